@@ -1,0 +1,325 @@
+//! The daemon's configuration: a TOML file, or the embedded default when there is none.
+//!
+//! The default needs no file at all: state under `/var/lib/berth`, one `root` pool at
+//! `/var/lib/berth/volumes` whose backend enforces sizes, sockets under `/run/berth/` and
+//! the Docker plugin socket at `/run/docker/plugins/berth.sock`. Unknown keys are errors,
+//! and every error names the field, so a typo is refused at start rather than ignored.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::engine::pool::PoolConfig;
+use crate::engine::{EngineConfig, NodeInfo};
+
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/berth";
+pub const DEFAULT_RUN_DIR: &str = "/run/berth";
+pub const DEFAULT_DOCKER_SOCKET: &str = "/run/docker/plugins/berth.sock";
+pub const DEFAULT_DRIVER_NAME: &str = "berth.csi.io";
+/// The topology key local volumes carry; its value is the node id.
+pub const DEFAULT_TOPOLOGY_KEY: &str = "topology.berth.io/node";
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("reading config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// The whole configuration file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the reservation store and the default pool live.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// This node's id; default: the host name.
+    #[serde(default)]
+    pub node_id: Option<String>,
+    /// The topology key whose value is the node id.
+    #[serde(default = "default_topology_key")]
+    pub topology_key: String,
+    /// Extra topology segments (e.g. `"topology.kubernetes.io/zone" = "a"`).
+    #[serde(default)]
+    pub topology: BTreeMap<String, String>,
+    /// The most volumes this node holds.
+    #[serde(default)]
+    pub max_volumes: Option<usize>,
+    #[serde(default)]
+    pub listen: Listen,
+    #[serde(default)]
+    pub csi: CsiConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Pools; default: one `root` pool under `state_dir/volumes`.
+    #[serde(default)]
+    pub pools: Vec<PoolConfig>,
+}
+
+/// Where each front-end listens; a front-end set to `""` is off.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    #[serde(default = "default_csi_socket")]
+    pub csi: String,
+    #[serde(default = "default_docker_socket")]
+    pub docker: String,
+    #[serde(default = "default_admin_socket")]
+    pub admin: String,
+    /// Also serve the admin API on TCP (`127.0.0.1:7480`); needs `admin.token`.
+    #[serde(default)]
+    pub admin_tcp: Option<String>,
+    /// Permission bits of the unix sockets.
+    #[serde(default = "default_socket_mode")]
+    pub socket_mode: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CsiConfig {
+    /// The CSI driver name (GetPluginInfo).
+    #[serde(default = "default_driver_name")]
+    pub driver_name: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Bearer token every admin request must carry; required for TCP.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// A file holding the token (read at start), instead of `token`.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_STATE_DIR)
+}
+fn default_topology_key() -> String {
+    DEFAULT_TOPOLOGY_KEY.into()
+}
+fn default_csi_socket() -> String {
+    format!("{DEFAULT_RUN_DIR}/csi.sock")
+}
+fn default_docker_socket() -> String {
+    DEFAULT_DOCKER_SOCKET.into()
+}
+fn default_admin_socket() -> String {
+    format!("{DEFAULT_RUN_DIR}/admin.sock")
+}
+fn default_socket_mode() -> u32 {
+    0o600
+}
+fn default_driver_name() -> String {
+    DEFAULT_DRIVER_NAME.into()
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Self {
+            csi: default_csi_socket(),
+            docker: default_docker_socket(),
+            admin: default_admin_socket(),
+            admin_tcp: None,
+            socket_mode: default_socket_mode(),
+        }
+    }
+}
+
+impl Default for CsiConfig {
+    fn default() -> Self {
+        Self {
+            driver_name: default_driver_name(),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            state_dir: default_state_dir(),
+            node_id: None,
+            topology_key: default_topology_key(),
+            topology: BTreeMap::new(),
+            max_volumes: None,
+            listen: Listen::default(),
+            csi: CsiConfig::default(),
+            admin: AdminConfig::default(),
+            pools: Vec::new(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and checks a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and checks config text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &Path) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        config.validate().map_err(|message| ConfigError::Invalid {
+            path: origin.to_path_buf(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// The pools in force: the configured ones, or the embedded default.
+    pub fn effective_pools(&self) -> Vec<PoolConfig> {
+        if self.pools.is_empty() {
+            vec![PoolConfig::default_root(&self.state_dir)]
+        } else {
+            self.pools.clone()
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.state_dir.is_absolute() {
+            return Err(format!(
+                "state_dir: {} must be an absolute path",
+                self.state_dir.display()
+            ));
+        }
+        if let Some(id) = &self.node_id
+            && (id.is_empty() || id.len() > 128)
+        {
+            return Err("node_id: 1 to 128 characters".into());
+        }
+        if self.listen.socket_mode > 0o777 {
+            return Err(format!(
+                "listen.socket_mode: {:o} is not a permission mode",
+                self.listen.socket_mode
+            ));
+        }
+        if self.listen.admin_tcp.is_some()
+            && self.admin.token.is_none()
+            && self.admin.token_file.is_none()
+        {
+            return Err(
+                "listen.admin_tcp: the admin API on TCP needs admin.token or admin.token_file"
+                    .into(),
+            );
+        }
+        if self.max_volumes == Some(0) {
+            return Err("max_volumes: must be at least 1".into());
+        }
+        let mut names = std::collections::HashSet::new();
+        for pool in &self.pools {
+            pool.validate()?;
+            if !names.insert(&pool.name) {
+                return Err(format!("pools.{}: the name is used twice", pool.name));
+            }
+        }
+        Ok(())
+    }
+
+    /// This node's id: the configured one or the host name.
+    pub fn node_id(&self) -> String {
+        self.node_id.clone().unwrap_or_else(hostname)
+    }
+
+    pub fn store_path(&self) -> PathBuf {
+        self.state_dir.join("berth.redb")
+    }
+
+    pub fn engine_config(&self) -> EngineConfig {
+        let node_id = self.node_id();
+        let mut topology = self.topology.clone();
+        topology.insert(self.topology_key.clone(), node_id.clone());
+        EngineConfig {
+            store_path: self.store_path(),
+            pools: self.effective_pools(),
+            node: NodeInfo {
+                node_id,
+                topology,
+                max_volumes: self.max_volumes,
+            },
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// A commented example with every key, shipped as `/etc/berth/config.toml.example`.
+pub const EXAMPLE: &str = include_str!("../packaging/config.example.toml");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_embedded_default() {
+        let c = Config::parse("", Path::new("t.toml")).unwrap();
+        assert_eq!(c, Config::default());
+        let pools = c.effective_pools();
+        assert_eq!(pools.len(), 1);
+        assert_eq!(pools[0].paths[0], Path::new("/var/lib/berth/volumes"));
+        assert_eq!(c.listen.csi, "/run/berth/csi.sock");
+    }
+
+    #[test]
+    fn the_shipped_example_parses() {
+        let c = Config::parse(EXAMPLE, Path::new("example")).unwrap();
+        assert!(!c.pools.is_empty());
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            ("colour = 'red'", "colour"),
+            ("state_dir = 'relative'", "state_dir"),
+            ("[listen]\nsocket_mode = 4095", "socket_mode"),
+            ("[listen]\nadmin_tcp = '127.0.0.1:1'", "admin_tcp"),
+            (
+                "[[pools]]\nname='a'\nkind='root'\npaths=['/x','/y']",
+                "root pool has exactly one path",
+            ),
+            (
+                "[[pools]]\nname='a'\nkind='root'\npaths=['/x']\ndefault_size='-1'",
+                "-1",
+            ),
+            (
+                "[[pools]]\nname='a'\nkind='root'\npaths=['/x']\nbackend='zfs'",
+                "backend",
+            ),
+            (
+                "[[pools]]\nname='a'\nkind='root'\npaths=['/x']\nsize='1G'",
+                "size",
+            ),
+            (
+                "[[pools]]\nname='a'\nkind='root'\npaths=['/x']\n[[pools]]\nname='a'\nkind='root'\npaths=['/y']",
+                "used twice",
+            ),
+        ];
+        for (text, needle) in cases {
+            let e = Config::parse(text, Path::new("t.toml")).unwrap_err().to_string();
+            assert!(e.contains(needle), "{text:?}: {e}");
+            assert!(e.contains("t.toml"), "{e}");
+        }
+    }
+}

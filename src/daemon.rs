@@ -1,0 +1,205 @@
+//! `berth serve`: open the engine, bind every configured front-end's socket, tell systemd
+//! we are ready, and shut down cleanly on SIGTERM/SIGINT.
+//!
+//! Sockets: a socket path is guarded by an `flock`ed lock file beside it (`PATH.lock`), so
+//! a second daemon cannot take a socket that a live one serves; a socket left by a crashed
+//! daemon (its lock is free) is replaced. Sockets are removed on shutdown, so `docker volume
+//! ls` never waits on a dead plugin socket.
+
+use std::future::Future;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use thiserror::Error;
+use tokio::net::UnixListener;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::engine::{Engine, EngineError, VolumeService};
+use crate::host::fake::FakeHost as LinuxHost; // TEMP until linux.rs lands
+
+#[derive(Debug, Error)]
+pub enum DaemonError {
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{path} is served by another running berth (its lock {lock} is held); stop it or configure another path"
+    )]
+    SocketInUse { path: PathBuf, lock: PathBuf },
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("{0}")]
+    Config(String),
+}
+
+fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> DaemonError {
+    let path = path.to_path_buf();
+    move |source| DaemonError::Io { what, path, source }
+}
+
+/// A listening unix socket and the lock that makes it ours; dropping it removes the socket.
+pub struct BoundSocket {
+    pub listener: UnixListener,
+    path: PathBuf,
+    _lock: std::fs::File,
+}
+
+impl Drop for BoundSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Accepts `unix:///path`, `unix:/path` and plain `/path`.
+pub fn socket_path(endpoint: &str) -> PathBuf {
+    let trimmed = endpoint
+        .strip_prefix("unix://")
+        .or_else(|| endpoint.strip_prefix("unix:"))
+        .unwrap_or(endpoint);
+    PathBuf::from(trimmed)
+}
+
+/// Binds a unix socket safely; see the module docs. Must be called inside a tokio runtime.
+pub fn bind_socket(endpoint: &str, mode: u32) -> Result<BoundSocket, DaemonError> {
+    let path = socket_path(endpoint);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io_err("creating the directory of", &path))?;
+    }
+    let lock_path = PathBuf::from(format!("{}.lock", path.display()));
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io_err("opening the lock file", &lock_path))?;
+    // SAFETY: flock on a file descriptor we own and keep open for the socket's lifetime.
+    let locked = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if locked != 0 {
+        return Err(DaemonError::SocketInUse {
+            path,
+            lock: lock_path,
+        });
+    }
+    match std::fs::remove_file(&path) {
+        Ok(()) => tracing::info!(socket = %path.display(), "replaced a stale socket"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err("removing the stale socket", &path)(e)),
+    }
+    let listener = UnixListener::bind(&path).map_err(io_err("binding", &path))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+        .map_err(io_err("setting the mode of", &path))?;
+    Ok(BoundSocket {
+        listener,
+        path,
+        _lock: lock,
+    })
+}
+
+/// Sends `READY=1` to systemd when run under `Type=notify`.
+fn notify_ready() {
+    let Some(socket) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let socket = PathBuf::from(socket);
+    let sent = std::os::unix::net::UnixDatagram::unbound().and_then(|d| {
+        if let Some(abstract_name) = socket.to_str().and_then(|s| s.strip_prefix('@')) {
+            use std::os::linux::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(abstract_name)?;
+            d.send_to_addr(b"READY=1\n", &addr)
+        } else {
+            d.send_to(b"READY=1\n", &socket)
+        }
+    });
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "could not notify systemd");
+    }
+}
+
+/// Resolves when SIGTERM or SIGINT arrives.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            }
+        }
+        _ => std::future::pending::<()>().await,
+    }
+}
+
+/// Opens the engine on the real host, with the config's directories in place.
+pub fn open_engine(config: &Config) -> Result<Arc<dyn VolumeService>, DaemonError> {
+    std::fs::create_dir_all(&config.state_dir)
+        .map_err(io_err("creating the state directory", &config.state_dir))?;
+    for pool in config.effective_pools() {
+        if pool.kind == crate::engine::types::PoolKind::Root {
+            for base in &pool.paths {
+                std::fs::create_dir_all(base).map_err(io_err("creating the pool directory", base))?;
+            }
+        }
+    }
+    let engine = Engine::open(config.engine_config(), LinuxHost::new(1 << 40))?;
+    Ok(Arc::new(engine))
+}
+
+/// A shutdown future that front-end servers can each hold a copy of.
+pub fn shutdown_future(mut rx: watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
+    async move {
+        while !*rx.borrow() {
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Runs the daemon until a signal (or `stop` resolves, for tests).
+pub async fn serve(
+    config: Config,
+    stop: impl Future<Output = ()> + Send,
+) -> Result<(), DaemonError> {
+    let started = std::time::Instant::now();
+    let engine = tokio::task::spawn_blocking({
+        let config = config.clone();
+        move || open_engine(&config)
+    })
+    .await
+    .map_err(|e| DaemonError::Config(format!("opening the engine panicked: {e}")))??;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut servers = tokio::task::JoinSet::new();
+    let mode = config.listen.socket_mode;
+    crate::csi::start(&config, &engine, mode, &stop_rx, &mut servers)?;
+    crate::docker::start(&config, &engine, mode, &stop_rx, &mut servers)?;
+    crate::admin::start(&config, &engine, mode, &stop_rx, &mut servers)?;
+    tracing::info!(
+        volumes = engine.list(&Default::default()).len(),
+        millis = started.elapsed().as_millis() as u64,
+        node = %engine.node().node_id,
+        "berth is ready"
+    );
+    notify_ready();
+    tokio::select! {
+        _ = shutdown_signal() => tracing::info!("shutting down on signal"),
+        _ = stop => tracing::info!("shutting down"),
+        Some(done) = servers.join_next() => {
+            if let Ok(Err(e)) = done { return Err(e); }
+        }
+    }
+    let _ = stop_tx.send(true);
+    while servers.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// What each front-end's `start` adds to the daemon: a task that serves until shutdown.
+pub type Servers = tokio::task::JoinSet<Result<(), DaemonError>>;

@@ -1,0 +1,96 @@
+//! The engine's errors. Each names the volume and the paths involved, so the one line a
+//! front-end logs (and the message it returns) tells an operator what happened and where.
+//! Every front-end maps [`EngineError`] exhaustively to its own status codes.
+
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+use crate::host::HostError;
+use crate::store::StoreError;
+
+/// Input that was refused before anything was touched.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum InputError {
+    #[error("invalid volume name {name:?}: {reason}")]
+    Name { name: String, reason: String },
+    #[error("invalid size {value:?}: {reason}")]
+    Size { value: String, reason: String },
+    #[error("invalid {field}: {reason}")]
+    Invalid { field: String, reason: String },
+}
+
+#[derive(Debug, Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Input(#[from] InputError),
+
+    #[error("volume {volume} not found")]
+    NotFound { volume: String },
+
+    #[error(
+        "volume {volume} already exists with different parameters ({difference}); delete it or use another name"
+    )]
+    AlreadyExists { volume: String, difference: String },
+
+    #[error("volume {volume} is busy: another operation on it is in progress; retry")]
+    Busy { volume: String },
+
+    #[error("volume {volume} is attached at {targets}; unpublish it first")]
+    InUse { volume: String, targets: String },
+
+    #[error("volume {volume} is being {phase}; retry once that has finished")]
+    WrongPhase { volume: String, phase: &'static str },
+
+    #[error("volume {volume}: no pool can hold it: {reason}")]
+    NoCapacity { volume: String, reason: String },
+
+    #[error("volume {volume}: {reason}")]
+    Unsupported { volume: String, reason: String },
+
+    #[error("volume {volume}: target {target} is already published {how}; unpublish it first")]
+    TargetConflict {
+        volume: String,
+        target: PathBuf,
+        how: String,
+    },
+
+    #[error("volume {volume}: the limit of {limit} volumes on this node is reached")]
+    TooManyVolumes { volume: String, limit: usize },
+
+    #[error("volume {volume}: {operation} failed: {source}")]
+    Host {
+        volume: String,
+        operation: &'static str,
+        #[source]
+        source: HostError,
+    },
+
+    #[error("volume {volume}: the reservation store failed during {operation}: {source}")]
+    Store {
+        volume: String,
+        operation: &'static str,
+        #[source]
+        source: StoreError,
+    },
+}
+
+impl EngineError {
+    /// A short stable word for metrics labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Input(_) => "invalid_input",
+            Self::NotFound { .. } => "not_found",
+            Self::AlreadyExists { .. } => "already_exists",
+            Self::Busy { .. } => "busy",
+            Self::InUse { .. } => "in_use",
+            Self::WrongPhase { .. } => "wrong_phase",
+            Self::NoCapacity { .. } => "no_capacity",
+            Self::Unsupported { .. } => "unsupported",
+            Self::TargetConflict { .. } => "target_conflict",
+            Self::TooManyVolumes { .. } => "too_many_volumes",
+            Self::Host { .. } => "host",
+            Self::Store { .. } => "store",
+        }
+    }
+}

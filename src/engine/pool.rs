@@ -1,0 +1,178 @@
+//! Pools: where volumes are carved from, and how a request picks its place.
+//!
+//! A pool has a kind (`root`, `path`), one or more base paths, a size-enforcement backend,
+//! profiles and labels. A request is matched against pools by kind, pool name, profile and
+//! path constraints, then placed on the base path with the most room; the sum of
+//! reservations on a base path never exceeds its capacity.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use super::types::{Backend, FsType, PoolKind, ReclaimPolicy, VolumeSpec, parse_size};
+
+/// How a pool enforces sizes. `auto` picks the best the filesystem under it supports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendChoice {
+    #[default]
+    Auto,
+    None,
+    Loopfs,
+}
+
+/// A pool as declared in the config.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    pub name: String,
+    pub kind: PoolKind,
+    /// Base directories; for `root` exactly one.
+    pub paths: Vec<PathBuf>,
+    #[serde(default)]
+    pub backend: BackendChoice,
+    /// The filesystem made inside `loopfs` images.
+    #[serde(default = "default_fs")]
+    pub fs: FsType,
+    #[serde(default)]
+    pub profiles: Vec<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub reclaim: ReclaimPolicy,
+    /// Size for requests that name none (`512MiB`, `1GiB`, bytes).
+    #[serde(
+        default,
+        deserialize_with = "deserialize_size",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub default_size: Option<u64>,
+    /// What the pool may reserve in all; default: the size of the filesystem under each path.
+    #[serde(
+        default,
+        deserialize_with = "deserialize_size",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub capacity: Option<u64>,
+}
+
+fn default_fs() -> FsType {
+    FsType::Ext4
+}
+
+fn deserialize_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Bytes(u64),
+        Text(String),
+    }
+    match Option::<Raw>::deserialize(d)? {
+        None => Ok(None),
+        Some(Raw::Bytes(0)) => Err(serde::de::Error::custom("a size must be greater than zero")),
+        Some(Raw::Bytes(b)) => Ok(Some(b)),
+        Some(Raw::Text(t)) => parse_size(&t)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+    }
+}
+
+impl PoolConfig {
+    /// The embedded default: one `root` pool under the state directory.
+    pub fn default_root(state_dir: &Path) -> Self {
+        Self {
+            name: "default".into(),
+            kind: PoolKind::Root,
+            paths: vec![state_dir.join("volumes")],
+            backend: BackendChoice::Auto,
+            fs: FsType::Ext4,
+            profiles: Vec::new(),
+            labels: BTreeMap::new(),
+            reclaim: ReclaimPolicy::Delete,
+            default_size: None,
+            capacity: None,
+        }
+    }
+
+    /// Checks what serde cannot: names, path counts, absolute paths.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.name.is_empty()
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(format!(
+                "pools.{}.name: use letters, digits, - _ and .",
+                self.name
+            ));
+        }
+        if self.paths.is_empty() {
+            return Err(format!("pools.{}.paths: at least one path", self.name));
+        }
+        if self.kind == PoolKind::Root && self.paths.len() != 1 {
+            return Err(format!(
+                "pools.{}.paths: a root pool has exactly one path",
+                self.name
+            ));
+        }
+        if self.kind == PoolKind::Mount {
+            return Err(format!(
+                "pools.{}.kind: mount pools are not supported by this build; use root or path",
+                self.name
+            ));
+        }
+        for p in &self.paths {
+            if !p.is_absolute()
+                || p.components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir))
+            {
+                return Err(format!(
+                    "pools.{}.paths: {} must be absolute, without ..",
+                    self.name,
+                    p.display()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The backend a volume of this spec gets in this pool: `auto` enforces sizes with
+    /// `loopfs`; a volume without any size is a plain directory.
+    pub fn backend_for(&self, size: Option<u64>) -> Backend {
+        match (self.backend, size) {
+            (_, None) => Backend::None,
+            (BackendChoice::None, _) => Backend::None,
+            (BackendChoice::Auto | BackendChoice::Loopfs, Some(_)) => Backend::Loopfs,
+        }
+    }
+
+    /// Why this pool cannot take the spec, or `None` if it can (capacity aside).
+    pub fn mismatch(&self, spec: &VolumeSpec) -> Option<String> {
+        if let Some(pool) = &spec.pool
+            && pool != &self.name
+        {
+            return Some(format!("pool {} is not the requested pool {pool}", self.name));
+        }
+        if let Some(kind) = spec.kind
+            && kind != self.kind
+        {
+            return Some(format!(
+                "pool {} is of kind {}, not {}",
+                self.name,
+                self.kind.as_str(),
+                kind.as_str()
+            ));
+        }
+        if let Some(profile) = &spec.profile
+            && !self.profiles.contains(profile)
+        {
+            return Some(format!(
+                "pool {} does not carry profile {profile:?} (it has {:?})",
+                self.name, self.profiles
+            ));
+        }
+        None
+    }
+}

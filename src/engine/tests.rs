@@ -1,0 +1,418 @@
+//! The engine's logic against the recording fake host: idempotency of every operation,
+//! refusals that change nothing, failures at every host step, crash recovery and capacity
+//! under concurrency. The same flows run against the real kernel in `tests/`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::pool::{BackendChoice, PoolConfig};
+use super::*;
+use crate::host::fake::FakeHost;
+
+const GIB: u64 = 1 << 30;
+const CSI: Caller = Caller {
+    frontend: Frontend::Csi,
+    wait_if_busy: false,
+};
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    pools: Vec<PoolConfig>,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut pool = PoolConfig::default_root(Path::new("/pool"));
+        pool.paths = vec![PathBuf::from("/pool/volumes")];
+        pool.capacity = Some(10 * GIB);
+        Self {
+            dir,
+            pools: vec![pool],
+        }
+    }
+
+    fn config(&self) -> EngineConfig {
+        EngineConfig {
+            store_path: self.dir.path().join("berth.redb"),
+            pools: self.pools.clone(),
+            node: NodeInfo {
+                node_id: "n1".into(),
+                ..NodeInfo::default()
+            },
+        }
+    }
+
+    fn open(&self, host: FakeHost) -> Engine<FakeHost> {
+        Engine::open(self.config(), host).unwrap()
+    }
+}
+
+fn name(s: &str) -> VolumeName {
+    VolumeName::parse(s).unwrap()
+}
+
+fn request(n: &str, size: Option<u64>) -> CreateRequest {
+    CreateRequest {
+        name: name(n),
+        spec: VolumeSpec {
+            size,
+            ..VolumeSpec::default()
+        },
+        owner: Owner::default(),
+    }
+}
+
+fn bind(path: &str, read_only: bool) -> PublishTarget {
+    PublishTarget::Bind {
+        path: PathBuf::from(path),
+        read_only,
+    }
+}
+
+fn host() -> FakeHost {
+    let h = FakeHost::new(100 * GIB);
+    h.add_dir(Path::new("/pool/volumes"));
+    h
+}
+
+/// Calls that change the host (everything but reads).
+fn mutations(h: &FakeHost) -> usize {
+    h.calls()
+        .iter()
+        .filter(|c| !matches!(c.op, "mounts" | "loop_devices" | "fs_stats" | "tree_usage"))
+        .count()
+}
+
+#[test]
+fn lifecycle_is_idempotent_at_every_step() {
+    let f = Fixture::new();
+    let e = f.open(host());
+    let v = e.create(CSI, request("db", Some(GIB))).unwrap();
+    assert_eq!(v.placement.backend, Backend::Loopfs);
+    assert_eq!(v.state(), VolumeState::Reserved);
+    let again = e.create(CSI, request("db", Some(GIB))).unwrap();
+    assert_eq!(v, again);
+    let dir = v.placement.dir.clone();
+    assert!(e.host().mounted_at(&dir).is_some(), "loopfs mounted");
+
+    for _ in 0..2 {
+        e.publish(CSI, &name("db"), bind("/t/a", false)).unwrap();
+        e.publish(CSI, &name("db"), bind("/t/b", true)).unwrap();
+    }
+    let v = e.get(&name("db")).unwrap();
+    assert_eq!(v.publications.len(), 2);
+    assert_eq!(v.state(), VolumeState::Attached);
+    assert_eq!(
+        e.host().mounted_at(Path::new("/t/b")),
+        Some((v.placement.data.clone(), true))
+    );
+
+    // Same target, other read-only setting: a conflict, not a silent change.
+    let err = e.publish(CSI, &name("db"), bind("/t/a", true)).unwrap_err();
+    assert!(matches!(err, EngineError::TargetConflict { .. }), "{err}");
+
+    let err = e.delete(CSI, &name("db")).unwrap_err();
+    assert!(matches!(err, EngineError::InUse { .. }), "{err}");
+    assert!(err.to_string().contains("/t/a"), "{err}");
+
+    for _ in 0..2 {
+        e.unpublish(CSI, &name("db"), &bind("/t/a", false)).unwrap();
+    }
+    assert!(e.host().mounted_at(Path::new("/t/a")).is_none());
+    assert!(!e.host().is_dir(Path::new("/t/a")), "created target removed");
+    assert!(e.host().mounted_at(Path::new("/t/b")).is_some());
+    e.unpublish(CSI, &name("db"), &bind("/t/b", true)).unwrap();
+    assert_eq!(e.get(&name("db")).unwrap().state(), VolumeState::Detached);
+
+    e.delete(CSI, &name("db")).unwrap();
+    assert!(matches!(
+        e.delete(CSI, &name("db")),
+        Err(EngineError::NotFound { .. })
+    ));
+    assert_eq!(e.host().mount_count(), 0);
+    assert_eq!(e.host().loop_count(), 0);
+    assert!(!e.host().has_image(&f.pools[0].paths[0].join(".images/db.img")));
+    assert!(!e.host().is_dir(&dir));
+}
+
+#[test]
+fn same_name_with_other_parameters_is_refused_and_changes_nothing() {
+    let f = Fixture::new();
+    let e = f.open(host());
+    e.create(CSI, request("db", Some(GIB))).unwrap();
+    let before = mutations(e.host());
+    let err = e.create(CSI, request("db", Some(2 * GIB))).unwrap_err();
+    assert!(matches!(err, EngineError::AlreadyExists { .. }));
+    assert!(err.to_string().contains("size"), "{err}");
+    assert_eq!(mutations(e.host()), before);
+}
+
+#[test]
+fn bad_requests_touch_nothing() {
+    let f = Fixture::new();
+    let e = f.open(host());
+    let before = mutations(e.host());
+    let mut bad_pool = request("a", Some(GIB));
+    bad_pool.spec.pool = Some("nope".into());
+    let mut bad_mode = request("b", Some(GIB));
+    bad_mode.spec.ownership.mode = Some(0o17777);
+    let mut bad_max = request("c", Some(GIB));
+    bad_max.spec.max_size = Some(2 * GIB);
+    let mut bad_profile = request("d", Some(GIB));
+    bad_profile.spec.profile = Some("gold".into());
+    let too_big = request("e", Some(11 * GIB));
+    let mut missing_source = request("f", Some(GIB));
+    missing_source.spec.source = Some(name("ghost"));
+    for r in [
+        bad_pool,
+        bad_mode,
+        bad_max,
+        bad_profile,
+        too_big,
+        missing_source,
+    ] {
+        let n = r.name.clone();
+        assert!(e.create(CSI, r).is_err());
+        assert!(matches!(e.get(&n), Err(EngineError::NotFound { .. })));
+    }
+    assert!(matches!(
+        e.publish(CSI, &name("ghost"), bind("/t/x", false)),
+        Err(EngineError::NotFound { .. })
+    ));
+    e.create(CSI, request("ok", None)).unwrap();
+    let after_create = mutations(e.host());
+    let relative = e.publish(CSI, &name("ok"), bind("t/x", false)).unwrap_err();
+    assert!(relative.to_string().contains("absolute"), "{relative}");
+    let dotdot = e
+        .publish(CSI, &name("ok"), bind("/t/../etc", false))
+        .unwrap_err();
+    assert!(matches!(dotdot, EngineError::Input(_)));
+    assert_eq!(mutations(e.host()), after_create);
+    assert!(before < after_create);
+}
+
+#[test]
+fn a_failure_at_any_host_step_of_create_leaves_nothing_and_a_retry_succeeds() {
+    // Count the host calls one create makes, then fail each in turn.
+    let probe = Fixture::new();
+    let e = probe.open(host());
+    let start = e.host().call_count();
+    e.create(CSI, request("v", Some(GIB))).unwrap();
+    let steps = e.host().call_count() - start;
+    drop(e);
+    assert!(steps >= 4, "a loopfs create makes several host calls");
+
+    for step in 0..steps {
+        let f = Fixture::new();
+        let e = f.open(host());
+        let base = e.host().call_count();
+        e.host().fail_at_call(base + step);
+        let err = e.create(CSI, request("v", Some(GIB))).unwrap_err();
+        assert!(matches!(err, EngineError::Host { .. }), "step {step}: {err}");
+        assert!(err.to_string().contains("volume v"), "{err}");
+        assert!(e.list(&VolumeFilter::default()).is_empty(), "step {step}");
+        assert_eq!(e.host().mount_count(), 0, "step {step}");
+        assert_eq!(e.host().loop_count(), 0, "step {step}");
+        e.create(CSI, request("v", Some(GIB))).unwrap();
+    }
+}
+
+#[test]
+fn a_failed_publish_leaves_no_mount_no_target_and_no_publication() {
+    let f = Fixture::new();
+    let e = f.open(host());
+    e.create(CSI, request("v", None)).unwrap();
+    e.host().fail_op("bind_mount");
+    let err = e.publish(CSI, &name("v"), bind("/t/a", false)).unwrap_err();
+    assert!(err.to_string().contains("bind-mounting"), "{err}");
+    let v = e.get(&name("v")).unwrap();
+    assert!(v.publications.is_empty());
+    assert!(!e.host().is_dir(Path::new("/t/a")));
+    e.host().heal();
+    e.publish(CSI, &name("v"), bind("/t/a", false)).unwrap();
+}
+
+#[test]
+fn restart_rolls_back_half_creates_and_finishes_tombstoned_deletes() {
+    let f = Fixture::new();
+    let store_path = f.config().store_path;
+    {
+        let e = f.open(host());
+        e.create(CSI, request("done", Some(GIB))).unwrap();
+        e.create(CSI, request("half", Some(GIB))).unwrap();
+        e.create(CSI, request("dying", Some(GIB))).unwrap();
+    }
+    {
+        // Forge the states a crash leaves behind.
+        let store = Store::open(&store_path).unwrap();
+        let mut all = store.load_all().unwrap();
+        for v in &mut all {
+            match v.name.as_str() {
+                "half" => v.phase = Phase::Creating,
+                "dying" => v.phase = Phase::Deleting { wipe: true },
+                _ => {}
+            }
+            store.put(v).unwrap();
+        }
+    }
+    let h = host();
+    // The host as it was: the three volumes' images exist and are mounted.
+    for n in ["done", "half", "dying"] {
+        let image = PathBuf::from(format!("/pool/volumes/.images/{n}.img"));
+        let dir = PathBuf::from(format!("/pool/volumes/{n}"));
+        h.make_dir(&dir, &Ownership::default()).unwrap();
+        h.create_image(&image, GIB, Some(FsType::Ext4)).unwrap();
+        h.mount_image(&image, &dir, FsType::Ext4).unwrap();
+    }
+    let e = f.open(h);
+    let report = e.recovery_report();
+    assert_eq!(report.rolled_back_creates, vec!["half".to_string()]);
+    assert_eq!(report.finished_deletes, vec!["dying".to_string()]);
+    let names: Vec<String> = e
+        .list(&VolumeFilter::default())
+        .iter()
+        .map(|v| v.name.to_string())
+        .collect();
+    assert_eq!(names, vec!["done".to_string()]);
+    assert_eq!(e.host().mount_count(), 1);
+    assert!(!e.host().has_image(Path::new("/pool/volumes/.images/half.img")));
+}
+
+#[test]
+fn after_a_reboot_filesystems_are_remounted_and_vanished_publications_dropped() {
+    let f = Fixture::new();
+    let h = host();
+    {
+        let e = f.open(h);
+        e.create(CSI, request("v", Some(GIB))).unwrap();
+        e.publish(CSI, &name("v"), bind("/t/a", false)).unwrap();
+        e.publish(
+            CSI,
+            &name("v"),
+            PublishTarget::Reference {
+                holder: "docker:1".into(),
+            },
+        )
+        .unwrap();
+    }
+    // A fresh host with the pool and the image, nothing mounted: what a reboot leaves.
+    let h = host();
+    h.make_dir(Path::new("/pool/volumes/v"), &Ownership::default())
+        .unwrap();
+    h.create_image(Path::new("/pool/volumes/.images/v.img"), GIB, Some(FsType::Ext4))
+        .unwrap();
+    let e = f.open(h);
+    let report = e.recovery_report();
+    assert_eq!(report.remounted, vec!["v".to_string()]);
+    assert_eq!(
+        report.dropped_publications,
+        vec![("v".to_string(), "/t/a".to_string())]
+    );
+    let v = e.get(&name("v")).unwrap();
+    assert_eq!(v.publications.len(), 1, "the reference is kept");
+    assert!(e.host().mounted_at(Path::new("/pool/volumes/v")).is_some());
+}
+
+#[test]
+fn retained_deletes_keep_data_and_wipes_destroy_it() {
+    let mut f = Fixture::new();
+    f.pools[0].reclaim = ReclaimPolicy::Retain;
+    f.pools[0].backend = BackendChoice::None;
+    let e = f.open(host());
+    let v = e.create(CSI, request("keep", Some(GIB))).unwrap();
+    e.delete(CSI, &name("keep")).unwrap();
+    assert!(!e.host().is_dir(&v.placement.dir));
+    let kept = Path::new("/pool/volumes/.retained").join(format!("keep-{}", v.created_at));
+    assert!(e.host().is_dir(&kept), "data moved aside");
+
+    let v = e.create(CSI, request("gone", Some(GIB))).unwrap();
+    e.wipe(CSI, &name("gone")).unwrap();
+    assert!(!e.host().is_dir(&v.placement.dir));
+    assert!(
+        !e.host()
+            .calls()
+            .iter()
+            .any(|c| c.op == "rename" && c.path == v.placement.dir)
+    );
+}
+
+#[test]
+fn concurrent_creates_never_overcommit_a_pool() {
+    let f = Fixture::new();
+    let e = Arc::new(f.open(host()));
+    let threads: Vec<_> = (0..16)
+        .map(|i| {
+            let e = Arc::clone(&e);
+            std::thread::spawn(move || e.create(CSI, request(&format!("v{i}"), Some(GIB))).is_ok())
+        })
+        .collect();
+    let created = threads
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .filter(|ok| *ok)
+        .count();
+    assert_eq!(created, 10, "a 10 GiB pool holds ten 1 GiB volumes");
+    let cap = e.capacity(&PoolSelector::default());
+    assert_eq!(cap[0].reserved_bytes, 10 * GIB);
+    assert_eq!(cap[0].available_bytes, 0);
+    let err = e.create(CSI, request("more", Some(1))).unwrap_err();
+    assert!(matches!(err, EngineError::NoCapacity { .. }));
+    assert!(err.to_string().contains("free of its capacity"), "{err}");
+}
+
+#[test]
+fn expand_grows_within_capacity_and_is_idempotent() {
+    let f = Fixture::new();
+    let e = f.open(host());
+    e.create(CSI, request("v", Some(GIB))).unwrap();
+    for _ in 0..2 {
+        let v = e.expand(CSI, &name("v"), 2 * GIB).unwrap();
+        assert_eq!(v.size, Some(2 * GIB));
+    }
+    // Shrinking is not growing: the volume stays as it is.
+    assert_eq!(e.expand(CSI, &name("v"), GIB).unwrap().size, Some(2 * GIB));
+    let err = e.expand(CSI, &name("v"), 20 * GIB).unwrap_err();
+    assert!(matches!(err, EngineError::NoCapacity { .. }), "{err}");
+    assert_eq!(e.get(&name("v")).unwrap().size, Some(2 * GIB));
+}
+
+#[test]
+fn the_second_operation_on_a_busy_volume_is_refused_not_interleaved() {
+    let f = Fixture::new();
+    let e = f.open(host());
+    e.create(CSI, request("v", None)).unwrap();
+    let guard = e.locks.acquire(&name("v"), false).unwrap();
+    let err = e.publish(CSI, &name("v"), bind("/t/a", false)).unwrap_err();
+    assert!(matches!(err, EngineError::Busy { .. }));
+    assert!(e.get(&name("v")).unwrap().publications.is_empty());
+    drop(guard);
+    e.publish(CSI, &name("v"), bind("/t/a", false)).unwrap();
+}
+
+#[test]
+fn block_volumes_attach_a_loop_device_per_publication() {
+    let f = Fixture::new();
+    let e = f.open(host());
+    let mut r = request("raw", Some(GIB));
+    r.spec.access = AccessType::Block;
+    e.create(CSI, r).unwrap();
+    assert_eq!(e.host().loop_count(), 0);
+    let v = e.publish(CSI, &name("raw"), bind("/t/dev", false)).unwrap();
+    assert_eq!(e.host().loop_count(), 1);
+    assert!(v.publications[0].device.is_some());
+    e.unpublish(CSI, &name("raw"), &bind("/t/dev", false)).unwrap();
+    assert_eq!(e.host().loop_count(), 0);
+    e.delete(CSI, &name("raw")).unwrap();
+}
+
+#[test]
+fn one_target_carries_one_volume() {
+    let f = Fixture::new();
+    let e = f.open(host());
+    e.create(CSI, request("a", None)).unwrap();
+    e.create(CSI, request("b", None)).unwrap();
+    e.publish(CSI, &name("a"), bind("/t/x", false)).unwrap();
+    let err = e.publish(CSI, &name("b"), bind("/t/x", false)).unwrap_err();
+    assert!(err.to_string().contains("for volume a"), "{err}");
+}

@@ -1,0 +1,22 @@
+//! berth: node-local persistent volumes for Kubernetes (CSI), Docker (volume plugin API)
+//! and Mesos/Marathon, from one volume engine.
+//!
+//! # Layout
+//! - [`engine`]: the one volume service (create, publish, unpublish, delete, wipe, expand,
+//!   usage, capacity, recovery). Front-ends call only this.
+//! - [`store`]: the durable reservation store under the engine.
+//! - [`host`]: everything that touches the kernel (mounts, loop devices, safe removal).
+//! - [`config`]: the typed configuration and its embedded default.
+//! - [`csi`], [`docker`], [`admin`], [`mesos`]: front-ends. They parse their protocol, call
+//!   the engine and map its errors; no volume logic of their own.
+//! - [`daemon`]: wiring for `berth serve`: sockets, lock file, signals.
+
+pub mod admin;
+pub mod config;
+pub mod csi;
+pub mod daemon;
+pub mod docker;
+pub mod engine;
+pub mod host;
+pub mod mesos;
+pub mod store;

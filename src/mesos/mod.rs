@@ -1,0 +1,3 @@
+//! Mesos/Marathon front-end: validating app and pod definitions, and the containerizer hook.
+
+pub mod validate;

@@ -1,0 +1,154 @@
+//! The durable reservation store: one record per volume, written in one ACID transaction per
+//! state change.
+//!
+//! Why redb: an embedded, pure-Rust, copy-on-write B-tree whose commits are atomic and
+//! `fsync`ed before `commit()` returns (`Durability::Immediate`). A `kill -9` at any instant
+//! leaves either the previous or the next committed state, never a torn record, and it needs
+//! no external process or write-ahead log of our own. Records are JSON so an operator can
+//! read a dump, and so fields can be added without a migration; the schema version in the
+//! `meta` table guards against an older berth opening a newer store.
+
+use std::path::{Path, PathBuf};
+
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use thiserror::Error;
+
+use crate::engine::types::{Volume, VolumeName};
+
+/// The record layout this build reads and writes.
+pub const SCHEMA_VERSION: u64 = 1;
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const VOLUMES: TableDefinition<&str, &[u8]> = TableDefinition::new("volumes_v1");
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("opening the store at {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: Box<redb::Error>,
+    },
+    #[error(
+        "the store at {path} has schema version {found}, this berth understands up to {SCHEMA_VERSION}; upgrade berth"
+    )]
+    Schema { path: PathBuf, found: u64 },
+    #[error("the record of volume {key} cannot be read: {reason}")]
+    Corrupt { key: String, reason: String },
+    #[error("store transaction: {0}")]
+    Transaction(#[from] Box<redb::Error>),
+}
+
+fn txn_err(e: impl Into<redb::Error>) -> StoreError {
+    StoreError::Transaction(Box::new(e.into()))
+}
+
+/// See the module docs.
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (or creates) the store file. redb holds an exclusive lock on it, so a second
+    /// daemon on the same state directory fails here.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let open_err = |e: redb::Error| StoreError::Open {
+            path: path.to_path_buf(),
+            source: Box::new(e),
+        };
+        let db = Database::create(path).map_err(|e| open_err(e.into()))?;
+        let store = Self {
+            db,
+            path: path.to_path_buf(),
+        };
+        store.check_schema()?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn check_schema(&self) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(txn_err)?;
+        {
+            let mut meta = txn.open_table(META).map_err(txn_err)?;
+            let found = meta
+                .get("schema_version")
+                .map_err(txn_err)?
+                .map(|v| v.value());
+            match found {
+                Some(v) if v > SCHEMA_VERSION => {
+                    return Err(StoreError::Schema {
+                        path: self.path.clone(),
+                        found: v,
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    meta.insert("schema_version", SCHEMA_VERSION)
+                        .map_err(txn_err)?;
+                }
+            }
+            txn.open_table(VOLUMES).map_err(txn_err)?;
+        }
+        txn.commit().map_err(txn_err)
+    }
+
+    /// Every volume record. A record that cannot be decoded is an error naming it, never
+    /// silently dropped.
+    pub fn load_all(&self) -> Result<Vec<Volume>, StoreError> {
+        let txn = self.db.begin_read().map_err(txn_err)?;
+        let table = txn.open_table(VOLUMES).map_err(txn_err)?;
+        let mut volumes = Vec::new();
+        for entry in table.iter().map_err(txn_err)? {
+            let (key, value) = entry.map_err(txn_err)?;
+            let volume: Volume =
+                serde_json::from_slice(value.value()).map_err(|e| StoreError::Corrupt {
+                    key: key.value().to_string(),
+                    reason: e.to_string(),
+                })?;
+            volumes.push(volume);
+        }
+        Ok(volumes)
+    }
+
+    /// Writes one volume's record durably.
+    pub fn put(&self, volume: &Volume) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(volume).map_err(|e| StoreError::Corrupt {
+            key: volume.name.to_string(),
+            reason: e.to_string(),
+        })?;
+        self.write(|table| {
+            table
+                .insert(volume.name.as_str(), bytes.as_slice())
+                .map(|_| ())
+        })
+    }
+
+    /// Removes one volume's record durably; a missing record is fine.
+    pub fn remove(&self, name: &VolumeName) -> Result<(), StoreError> {
+        self.write(|table| table.remove(name.as_str()).map(|_| ()))
+    }
+
+    fn write(
+        &self,
+        change: impl FnOnce(&mut redb::Table<&str, &[u8]>) -> Result<(), redb::StorageError>,
+    ) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write().map_err(txn_err)?;
+        txn.set_durability(Durability::Immediate).map_err(txn_err)?;
+        {
+            let mut table = txn.open_table(VOLUMES).map_err(txn_err)?;
+            change(&mut table).map_err(txn_err)?;
+        }
+        txn.commit().map_err(txn_err)
+    }
+
+    /// A read that proves the store answers (for readiness probes).
+    pub fn probe(&self) -> Result<(), StoreError> {
+        let txn = self.db.begin_read().map_err(txn_err)?;
+        txn.open_table(META).map_err(txn_err)?;
+        Ok(())
+    }
+}
