@@ -9,6 +9,7 @@
 //! - [`config`]: the typed configuration and its embedded default.
 //! - [`csi`], [`docker`], [`admin`], [`mesos`]: front-ends. They parse their protocol, call
 //!   the engine and map its errors; no volume logic of their own.
+//! - [`http`]: the small HTTP/1.1 server the Docker and admin APIs share.
 //! - [`daemon`]: wiring for `berth serve`: sockets, lock file, signals.
 
 pub mod admin;
@@ -18,5 +19,6 @@ pub mod daemon;
 pub mod docker;
 pub mod engine;
 pub mod host;
+pub mod http;
 pub mod mesos;
 pub mod store;
