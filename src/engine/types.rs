@@ -535,7 +535,9 @@ impl Volume {
     pub fn pending_expired(&self, now_ms: u64) -> bool {
         self.phase == Phase::Ready
             && self.publications.is_empty()
-            && self.pending_until.is_some_and(|deadline| deadline <= now_ms)
+            && self
+                .pending_until
+                .is_some_and(|deadline| deadline <= now_ms)
     }
 
     pub fn state(&self) -> VolumeState {
