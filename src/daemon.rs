@@ -155,12 +155,10 @@ pub fn open_engine(config: &Config) -> Result<Arc<dyn VolumeService>, DaemonErro
 }
 
 /// A shutdown future that front-end servers can each hold a copy of.
-pub fn shutdown_future(mut rx: watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
-    async move {
-        while !*rx.borrow() {
-            if rx.changed().await.is_err() {
-                return;
-            }
+pub async fn shutdown_future(mut rx: watch::Receiver<bool>) {
+    while !*rx.borrow() {
+        if rx.changed().await.is_err() {
+            return;
         }
     }
 }
