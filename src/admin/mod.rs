@@ -398,7 +398,8 @@ fn delete_volume(
             removed: Some(RemovedView::from(removed)),
         });
     }
-    let reclaim = engine.get(name)?.reclaim;
+    // Read before the delete, which forgets it; a missing volume is the delete's to report.
+    let reclaim = engine.get(name).map(|v| v.reclaim).unwrap_or_default();
     engine.delete(ADMIN, name)?;
     Ok(DeleteView {
         id: name.to_string(),
