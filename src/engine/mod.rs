@@ -74,6 +74,9 @@ pub struct PoolSelector {
 pub struct RecoveryReport {
     pub rolled_back_creates: Vec<String>,
     pub finished_deletes: Vec<String>,
+    /// Tombstoned volumes whose delete failed again at start (volume, error): they stay
+    /// tombstoned, so a retried delete or wipe can finish them, and berth starts anyway.
+    pub unfinished_deletes: Vec<(String, String)>,
     pub remounted: Vec<String>,
     pub dropped_publications: Vec<(String, String)>,
     pub confirmed_publications: Vec<(String, String)>,
@@ -1089,8 +1092,14 @@ impl<H: Host> Engine<H> {
                 }
                 Phase::Deleting { wipe } => {
                     // Publications of a tombstoned volume are already gone; see do_delete.
-                    self.finish_delete(&v, wipe)?;
-                    report.finished_deletes.push(v.name.to_string());
+                    // One that cannot be finished (say a mount planted inside it) must not
+                    // keep the node's every other volume from being served.
+                    match self.finish_delete(&v, wipe) {
+                        Ok(_) => report.finished_deletes.push(v.name.to_string()),
+                        Err(e) => report
+                            .unfinished_deletes
+                            .push((v.name.to_string(), e.to_string())),
+                    }
                     continue;
                 }
                 Phase::Ready => {}
@@ -1160,6 +1169,9 @@ impl<H: Host> Engine<H> {
         }
         for name in &report.finished_deletes {
             tracing::warn!(volume = %name, "finished a delete interrupted by a crash");
+        }
+        for (name, error) in &report.unfinished_deletes {
+            tracing::error!(volume = %name, error = %error, "could not finish a delete interrupted by a crash; the volume stays in state deleting until a retried delete or wipe succeeds");
         }
         for (name, target) in &report.dropped_publications {
             tracing::warn!(volume = %name, target = %target, "dropped a publication whose mount is gone");

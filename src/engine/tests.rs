@@ -516,3 +516,53 @@ fn a_pending_deadline_survives_a_restart_and_a_retried_create_does_not_extend_it
     assert_eq!(e.expire_pending_reservations(deadline), vec![name("p")]);
     assert!(!e.host().is_dir(Path::new("/pool/volumes/p")));
 }
+
+#[test]
+fn a_tombstoned_delete_that_fails_again_at_start_does_not_keep_the_engine_down() {
+    let f = Fixture::new();
+    let store_path = f.config().store_path;
+    {
+        let e = f.open(host());
+        e.create(CSI, request("stuck", None)).unwrap();
+        e.create(CSI, request("fine", None)).unwrap();
+    }
+    {
+        let store = Store::open(&store_path).unwrap();
+        let mut stuck = store
+            .load_all()
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name.as_str() == "stuck")
+            .unwrap();
+        stuck.phase = Phase::Deleting { wipe: true };
+        store.put(&stuck).unwrap();
+    }
+    let h = host();
+    for n in ["stuck", "fine"] {
+        h.make_dir(
+            &PathBuf::from(format!("/pool/volumes/{n}")),
+            &Ownership::default(),
+        )
+        .unwrap();
+    }
+    h.fail_op("remove_tree");
+    let e = f.open(h);
+    let report = e.recovery_report();
+    assert!(report.finished_deletes.is_empty());
+    assert_eq!(report.unfinished_deletes.len(), 1);
+    assert_eq!(report.unfinished_deletes[0].0, "stuck");
+    assert!(report.unfinished_deletes[0].1.contains("injected"));
+    assert_eq!(
+        e.get(&name("stuck")).unwrap().state(),
+        VolumeState::Deleting
+    );
+    assert_eq!(e.get(&name("fine")).unwrap().state(), VolumeState::Reserved);
+    e.host().heal();
+    // A plain delete of the tombstone keeps the stronger request: it is still a wipe.
+    e.delete(CSI, &name("stuck")).unwrap();
+    assert!(matches!(
+        e.get(&name("stuck")),
+        Err(EngineError::NotFound { .. })
+    ));
+    assert!(!e.host().is_dir(Path::new("/pool/volumes/stuck")));
+}
