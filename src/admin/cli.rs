@@ -258,7 +258,11 @@ fn wipe(client: &Client, console: &mut Console<'_>, id: &str, yes: bool) -> Resu
             )));
         }
         let contents = match &view.usage {
-            Some(u) => format!("{} files, {}", u.inodes_used, format_size(u.bytes_used)),
+            Some(u) => format!(
+                "{} files and directories, {}",
+                u.inodes_used,
+                format_size(u.bytes_used)
+            ),
             None => "contents unknown".into(),
         };
         write_out(
