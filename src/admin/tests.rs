@@ -319,6 +319,17 @@ async fn volumes_list_with_filters_and_show_their_owner_state_and_usage() {
     assert_eq!(status, 400);
     let (status, _) = call(&f, "PUT", "/v1/volumes/pg").await;
     assert_eq!(status, 405);
+    for (method, uri, allow) in [
+        ("POST", "/metrics", "GET"),
+        ("POST", "/healthz", "GET, HEAD"),
+        ("DELETE", "/v1/volumes", "GET"),
+    ] {
+        let reply = Arc::clone(&f.admin)
+            .handle(request(method, uri, Some(SECRET)))
+            .await;
+        assert_eq!(reply.status, 405, "{method} {uri}");
+        assert_eq!(reply.headers, vec![("allow", allow.to_string())]);
+    }
     let (status, body) = call(&f, "GET", "/v1/nothing").await;
     assert_eq!(status, 404);
     assert!(body["error"].as_str().unwrap().contains("/v1/volumes"));
