@@ -146,6 +146,35 @@ pub struct Admin {
     engine: Arc<dyn VolumeService>,
     token: Option<Token>,
     used_bytes: tokio::sync::Mutex<Option<(Instant, BTreeMap<String, u64>)>>,
+    refusals: Refusals,
+}
+
+/// Logs refused (unauthenticated) requests at most once per [`Refusals::EVERY`], with how
+/// many were refused since, so a client hammering the TCP port cannot flood the log.
+#[derive(Default)]
+struct Refusals {
+    state: std::sync::Mutex<(Option<Instant>, u64)>,
+}
+
+impl Refusals {
+    const EVERY: Duration = Duration::from_secs(10);
+
+    fn note(&self, method: &hyper::Method, path: &str) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (last, suppressed) = &mut *state;
+        if last.is_some_and(|at| at.elapsed() < Self::EVERY) {
+            *suppressed += 1;
+            return;
+        }
+        tracing::warn!(
+            method = %method,
+            path = %path,
+            refused_since_last_report = *suppressed,
+            "refused an admin request without a valid bearer token"
+        );
+        *last = Some(Instant::now());
+        *suppressed = 0;
+    }
 }
 
 impl Admin {
@@ -154,6 +183,7 @@ impl Admin {
             engine,
             token,
             used_bytes: tokio::sync::Mutex::new(None),
+            refusals: Refusals::default(),
         })
     }
 
@@ -171,11 +201,7 @@ impl Admin {
             };
         }
         if !authorized {
-            tracing::warn!(
-                method = %req.method,
-                path = %path,
-                "refused an admin request without a valid bearer token"
-            );
+            self.refusals.note(&req.method, &path);
             return error_reply(
                 401,
                 "unauthorized",

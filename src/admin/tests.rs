@@ -792,3 +792,17 @@ async fn the_cli_talks_to_the_socket_started_by_start() {
     while servers.join_next().await.is_some() {}
     assert!(!socket.exists(), "the socket is removed on shutdown");
 }
+
+#[test]
+fn refusals_are_logged_at_most_once_per_period_with_a_count() {
+    let r = Refusals::default();
+    let get = hyper::Method::GET;
+    r.note(&get, "/v1/volumes");
+    let first = r.state.lock().unwrap().0;
+    assert!(first.is_some());
+    for _ in 0..5 {
+        r.note(&get, "/v1/volumes");
+    }
+    let (last, suppressed) = *r.state.lock().unwrap();
+    assert_eq!((last, suppressed), (first, 5), "the next report will say 5");
+}
