@@ -395,7 +395,9 @@ impl<H: Host> Engine<H> {
             });
         }
         let mut reasons = Vec::new();
-        let candidates = self.candidates(&request.spec, &mut reasons)?;
+        let candidates = self
+            .candidates(&request.spec, &mut reasons)
+            .map_err(|e| e.for_volume(name.as_str()))?;
         // Directories go where there is most room; whole disks to the smallest that fits.
         // Without a requested kind, directories are preferred over giving away a disk.
         let best = candidates.into_iter().min_by_key(|c| match c.pool.kind {
@@ -924,7 +926,20 @@ impl<H: Host> Engine<H> {
             return Ok(v);
         };
         if let PublishTarget::Bind { path, .. } = &publication.target {
-            self.unbind(&v, &publication, path)?;
+            self.host
+                .unmount(path)
+                .map_err(Self::host_err(name, "unmounting the target"))?;
+            if let Err(e) = self.unbind(&v, &publication, path) {
+                // The mount is gone; record that only the clean-up is left, for a retry or
+                // the next start to finish.
+                for p in v.publications.iter_mut() {
+                    if p.target.same_place(target) {
+                        p.state = PublicationState::Unpublishing;
+                    }
+                }
+                self.save(&v, "unpublish")?;
+                return Err(e);
+            }
         }
         v.publications.retain(|p| !p.target.same_place(target));
         if v.publications.is_empty() {
@@ -1039,7 +1054,9 @@ impl<H: Host> Engine<H> {
                 reason: format!("its pool {} is no longer configured", v.placement.pool),
             })?;
         let growth = size - v.size.unwrap_or(0);
-        let available = self.available_on(pool, &v.placement.base)?;
+        let available = self
+            .available_on(pool, &v.placement.base)
+            .map_err(|e| e.for_volume(name.as_str()))?;
         if growth > available {
             return Err(EngineError::NoCapacity {
                 volume: name.to_string(),
