@@ -135,6 +135,29 @@ capacity = "1GiB"
         self.dir.join(rel)
     }
 
+    /// Appends pool tables to the config (before the daemon starts).
+    fn add_pools(&mut self, toml: &str) {
+        let mut text = std::fs::read_to_string(&self.config_path).unwrap();
+        text.push_str(toml);
+        std::fs::write(&self.config_path, text).unwrap();
+        self.config = Config::load(&self.config_path).unwrap();
+    }
+
+    /// A loop-backed ext4 disk of `mib` MiB mounted at `disks/<disk>` (undone by the guard).
+    fn disk(&self, disk: &str, mib: u64) -> PathBuf {
+        use berth::host::Host;
+        let host = berth::host::linux::LinuxHost::new();
+        let image = self.path(&format!("images/{disk}.img"));
+        let mount_point = self.path(&format!("disks/{disk}"));
+        std::fs::create_dir_all(image.parent().unwrap()).unwrap();
+        std::fs::create_dir_all(&mount_point).unwrap();
+        host.create_image(&image, mib << 20, Some(berth::engine::types::FsType::Ext4))
+            .unwrap();
+        host.mount_image(&image, &mount_point, berth::engine::types::FsType::Ext4)
+            .unwrap();
+        mount_point
+    }
+
     fn socket(&self) -> String {
         self.path("admin.sock").display().to_string()
     }
@@ -819,4 +842,49 @@ fn metrics_from_the_daemon_parse_as_prometheus_text() {
         value("berth_operation_duration_seconds", &[("frontend", "admin"), ("op", "wipe")]),
         V::Histogram(b) if b.last().is_some_and(|h| h.less_than.is_infinite() && h.count == 1.0)
     ));
+}
+
+#[test]
+fn wiping_a_mount_disk_empties_it_and_returns_it_to_the_pool() {
+    let mut env = Env::new("disk");
+    let disk = env.disk("d1", 64);
+    let d = env.dir.display().to_string();
+    env.add_pools(&format!(
+        "\n[[pools]]\nname = \"disks\"\nkind = \"mount\"\npaths = [\"{d}/disks\"]\nreclaim = \"retain\"\n"
+    ));
+    let whole = VolumeSpec {
+        size: Some(8 << 20),
+        kind: Some(berth::engine::types::PoolKind::Mount),
+        ..VolumeSpec::default()
+    };
+    let request = |n: &str| CreateRequest {
+        name: name(n),
+        spec: whole.clone(),
+        owner: Owner::default(),
+    };
+    let data = env.seed(|e| e.create(SEED, request("whole")).unwrap().placement.data);
+    assert!(data.starts_with(&disk), "{}", data.display());
+    std::fs::create_dir_all(data.join("db")).unwrap();
+    std::fs::write(data.join("db/table"), "rows").unwrap();
+    symlink(env.path("outside"), data.join("escape"));
+    canary(&env.path("outside"), "outside");
+    let daemon = env.start();
+    let (_, shown) = daemon.call("GET", "/v1/volumes/whole");
+    assert_eq!(
+        (shown["kind"].as_str(), shown["backend"].as_str()),
+        (Some("mount"), Some("disk"))
+    );
+    let (status, body) = daemon.call("DELETE", "/v1/volumes/whole?wipe=true");
+    assert_eq!(status, 200, "{body}");
+    assert!(!data.exists(), "the volume's data is gone");
+    assert_eq!(
+        mounts_beneath(&disk),
+        vec![disk.clone()],
+        "the disk stays mounted"
+    );
+    assert_canary(&env.path("outside"), "outside");
+    drop(daemon);
+    // Empty and unheld, the disk is handed out again.
+    let again = env.seed(|e| e.create(SEED, request("again")).map(|v| v.placement.base));
+    assert_eq!(again.unwrap(), disk);
 }
