@@ -1802,6 +1802,23 @@ fn mount_device(
     .map_err(|e| nix_err("mount", mount_point, e))
 }
 
+/// Unmounts `mount_point`, retrying `EBUSY` briefly: a holder may be transient (a child
+/// process forked elsewhere in this process that has not reached `exec` and its
+/// close-on-exec yet, a udev probe). A mount still busy after that is reported.
+fn unmount_when_idle(mount_point: &Path) -> Result<(), HostError> {
+    let mut tries = 0;
+    loop {
+        match nix::mount::umount2(mount_point, MntFlags::UMOUNT_NOFOLLOW) {
+            Ok(()) => return Ok(()),
+            Err(Errno::EBUSY) if tries < 5 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => return Err(nix_err("umount", mount_point, e)),
+        }
+    }
+}
+
 /// Offline grow: see the module docs. Refused while the filesystem has another mount.
 fn grow_ext4_offline(
     mount_point: &Path,
@@ -1829,8 +1846,7 @@ fn grow_ext4_offline(
         ));
     };
     let flags = mount_flags(&entry.options);
-    nix::mount::umount2(mount_point, MntFlags::UMOUNT_NOFOLLOW)
-        .map_err(|e| nix_err("umount", mount_point, e))?;
+    unmount_when_idle(mount_point)?;
     let resized =
         check_ext4(&device.device).and_then(|()| run("resize2fs", &[device.device.as_os_str()]));
     let remounted = mount_device(&device.device, mount_point, "ext4", flags);

@@ -305,6 +305,10 @@ pub(super) fn delete_subvolume(path: &Path) -> Result<(), HostError> {
         Err(Errno::ENOENT) => return Ok(()),
         Err(e) => return Err(nix_err("stat", path, e)),
     };
+    if !meta.is_symlink() {
+        let (parent_path, _) = super::split(path)?;
+        require_btrfs(parent.as_fd(), parent_path)?;
+    }
     if !is_subvolume_root(&meta) {
         return Err(not_a_subvolume(path, &meta));
     }
