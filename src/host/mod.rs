@@ -24,6 +24,7 @@
 //!   normally, as [`Host::fs_stats`] does: berth's state directory may sit behind a symlink.
 
 pub mod fake;
+pub mod faults;
 pub mod linux;
 pub mod mountinfo;
 
