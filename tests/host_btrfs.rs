@@ -180,6 +180,20 @@ fn delete_refuses_mounts_and_nested_subvolumes() {
     assert!(vol.join("data/file").exists());
     host.unmount(&vol.join("data/mnt")).unwrap();
 
+    // The same, seen through a second mount of the filesystem.
+    let second = s.join("second-view");
+    host.prepare_target(&second, TargetKind::Directory).unwrap();
+    host.bind_mount(&fs_root, &second, false).unwrap();
+    host.bind_mount(&source, &second.join("vol/data/mnt"), true)
+        .unwrap();
+    let err = host.btrfs_delete_subvolume(&vol).unwrap_err();
+    assert!(
+        matches!(err, HostError::CrossesMount { ref path } if *path == second.join("vol/data/mnt")),
+        "{err}"
+    );
+    host.unmount(&second.join("vol/data/mnt")).unwrap();
+    host.unmount(&second).unwrap();
+
     // A nested subvolume: the kernel refuses (ENOTEMPTY); remove_tree does not enter it.
     let inner = vol.join("data/inner");
     host.btrfs_create_subvolume(&inner).unwrap();

@@ -902,6 +902,16 @@ fn ext4_grow_offline_fallback() {
         );
         eprintln!("no CAP_SYS_RESOURCE: published volume refused as expected ({err})");
     }
+    if !online {
+        // Only the filesystem's root mount is ever remounted.
+        let err = host
+            .grow_image(&image, 48 * MIB, Some((&publication, FsType::Ext4)))
+            .unwrap_err();
+        assert!(
+            matches!(err, HostError::Unsupported(ref m) if m.contains("does not remount")),
+            "{err}"
+        );
+    }
     host.unmount(&publication).unwrap();
 
     // Unpublished: grown (offline without the capability), data intact, same device.

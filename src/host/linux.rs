@@ -43,7 +43,10 @@
 //!   it survives the unmount, `umount`, `e2fsck -f -p`, `resize2fs`, and mount the device
 //!   at the same place again with the same per-mount flags, also when the check or resize
 //!   failed. A busy mount point (open files, submounts) makes the unmount fail with `EBUSY`
-//!   before anything changed.
+//!   before anything changed. Mounts in other mount namespaces are not in our mountinfo; if
+//!   the filesystem is still mounted in one, `e2fsck`'s exclusive open of the device fails
+//!   and the filesystem is mounted back unchanged. A mount of a subdirectory of the
+//!   filesystem (mountinfo root other than `/`) is not remounted: refused.
 //! - **Size enforcement** lives in two submodules: `btrfs` (subvolumes and qgroup limits
 //!   through `BTRFS_IOC_*` ioctls) and `quota` (xfs/ext4 project quotas through
 //!   `FS_IOC_FSSETXATTR` and `quotactl(2)`). Their module docs list the kernel behaviour they
@@ -1830,6 +1833,16 @@ fn grow_ext4_offline(
         .filter(|m| m.device == entry.device && m.id != entry.id)
         .map(|m| m.mount_point.display().to_string())
         .collect();
+    if entry.root != Path::new("/") {
+        // Mounting the device again would put the filesystem's root where a subdirectory
+        // of it was: not the same mount. (berth's own image mounts are of the root.)
+        return Err(HostError::Unsupported(format!(
+            "online ext4 resize needs CAP_SYS_RESOURCE, and {} is a mount of {} inside the \
+             filesystem, which berth does not remount",
+            mount_point.display(),
+            entry.root.display()
+        )));
+    }
     if !others.is_empty() {
         return Err(HostError::Unsupported(format!(
             "online ext4 resize needs CAP_SYS_RESOURCE; unpublish the volume to grow it \

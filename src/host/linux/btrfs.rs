@@ -24,6 +24,7 @@
 //!   `/sys/fs/btrfs/<fsid>/qgroups/<level>_<id>/referenced` (5.9+), with
 //!   `qgroups/inconsistent` set while they are not to be trusted (during a rescan).
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io::{self, ErrorKind};
 use std::mem::size_of;
@@ -39,7 +40,7 @@ use super::{
     Meta, cstring, fd_kind, fd_real_path, fsync_fd, invalid, mount_by_id, nix_err, open_parent,
     read_mountinfo, statx_at, statx_fd, tree_usage,
 };
-use crate::host::{FsKind, HostError, TreeUsage};
+use crate::host::{FsKind, HostError, MountEntry, TreeUsage};
 
 const BTRFS_IOCTL_MAGIC: u8 = 0x94;
 const BTRFS_PATH_NAME_MAX: usize = 4087;
@@ -265,17 +266,27 @@ fn fs_relative(
     Ok((entry.root.join(rel), entry.device))
 }
 
-/// Refuses to delete a subvolume something is mounted in or from.
+/// Refuses to delete a subvolume something is mounted in or from, as seen through any
+/// mount of its filesystem: a mount whose mount point lies inside it (the kernel would
+/// detach it silently), or a mount of a directory inside it (a bind publication, which
+/// would keep the deleted data in use).
 fn check_unmounted(sub: BorrowedFd<'_>, sub_meta: &Meta, path: &Path) -> Result<(), HostError> {
-    let real = fd_real_path(sub, path)?;
     let (inside, device) = fs_relative(sub, sub_meta, path)?;
-    for m in read_mountinfo()? {
-        if m.mount_point.starts_with(&real) && m.mount_point != real {
+    let own = sub_mount_id(sub_meta);
+    let mounts = read_mountinfo()?;
+    let by_id: HashMap<u32, &MountEntry> = mounts.iter().map(|m| (m.id, m)).collect();
+    for m in &mounts {
+        if let Some(parent) = by_id.get(&m.parent)
+            && parent.device == device
+            && m.id != own
+            && let Ok(rel) = m.mount_point.strip_prefix(&parent.mount_point)
+            && parent.root.join(rel).starts_with(&inside)
+        {
             return Err(HostError::CrossesMount {
-                path: m.mount_point,
+                path: m.mount_point.clone(),
             });
         }
-        if m.device == device && m.root.starts_with(&inside) && m.id != sub_mount_id(sub_meta) {
+        if m.device == device && m.id != own && m.root.starts_with(&inside) {
             return Err(HostError::io(
                 "delete subvolume",
                 path,
@@ -440,7 +451,11 @@ pub(super) fn usage(subvolume: &Path) -> Result<TreeUsage, HostError> {
     let id = subvolume_id(fd.as_fd(), subvolume)?;
     let uuid = fsid(fd.as_fd(), subvolume)?;
     let qgroups = PathBuf::from(format!("/sys/fs/btrfs/{uuid}/qgroups"));
-    let consistent = matches!(read_u64(&qgroups.join("inconsistent")), Ok(0));
+    // `qgroups/inconsistent` is newer than the per-qgroup files: absent, trust the numbers.
+    let consistent = match read_u64(&qgroups.join("inconsistent")) {
+        Ok(flag) => flag == 0,
+        Err(e) => e.kind() == ErrorKind::NotFound && qgroups.is_dir(),
+    };
     if consistent {
         match read_u64(&qgroups.join(format!("0_{id}/referenced"))) {
             Ok(bytes) => return Ok(TreeUsage { bytes, inodes: 0 }),
