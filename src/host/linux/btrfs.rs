@@ -20,6 +20,9 @@
 //!   is in; so the fd must be the subvolume's root, which is checked (inode 256). A
 //!   `max_rfer` of `u64::MAX` clears the limit. `ENOTCONN` means quotas are not enabled.
 //!   The request number is `_IOR` although the kernel only reads the argument.
+//! - A deleted subvolume's qgroup `0/<id>` may stay behind (seen on 6.18 with its old
+//!   limit): harmless, since subvolume ids are never reused, so a new subvolume at the same
+//!   path is a new, unlimited qgroup.
 //! - **qgroup numbers** are updated at transaction commit; sysfs exposes them under
 //!   `/sys/fs/btrfs/<fsid>/qgroups/<level>_<id>/referenced` (5.9+), with
 //!   `qgroups/inconsistent` set while they are not to be trusted (during a rescan).
