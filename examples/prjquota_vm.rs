@@ -23,33 +23,32 @@
 //! `--skip-limit` (or `berth.skip_limit=1` on the kernel command line) deliberately skips
 //! applying the limit, to prove the host-side test fails when sizes are not enforced.
 //!
-//! The quota calls in [`prjquota`] are raw syscalls written here until berth's host layer
-//! has its project-quota calls (`project_quota_support`, `set_project_quota`,
-//! `clear_project_quota`, `project_quota_usage`, `project_ids_in_use`), and the volume's life
-//! goes through them directly until the engine has its `prjquota` backend; then this
-//! scenario switches to `Engine::open` + create/expand/delete on a `prjquota` pool.
+//! The volume's life goes through berth's host layer (`Host::project_quota_support`,
+//! `set_project_quota`, `clear_project_quota`, `project_quota_usage`,
+//! `project_ids_in_use` on [`LinuxHost`]); once the engine has its `prjquota` backend, it
+//! switches to `Engine::open` + create/expand/delete on a `prjquota` pool. What berth says
+//! is cross-checked against the kernel through a different interface ([`kernel`]: the
+//! generic `Q_GETQUOTA`/`Q_GETNEXTQUOTA` where berth uses the XFS-style `Q_X*` commands).
 
-use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use berth::engine::types::Ownership;
-use berth::host::Host;
 use berth::host::linux::LinuxHost;
 use berth::host::mountinfo;
+use berth::host::{Host, HostError};
 
 const MIB: u64 = 1 << 20;
 const LIMIT: u64 = 16 * MIB;
 const EXPANDED: u64 = 32 * MIB;
 
-/// Project-quota syscalls (`quotactl(2)` on `PRJQUOTA`, `FS_IOC_FS[GS]ETXATTR`).
-///
-/// TEMPORARY: replace with berth's `Host` project-quota calls once they reach `main`.
-mod prjquota {
+/// The kernel's own view, for checking what berth did: `quotactl(2)` with the generic
+/// `Q_GETQUOTA`/`Q_GETNEXTQUOTA` on `PRJQUOTA` and `FS_IOC_FSGETXATTR`. Read-only.
+mod kernel {
     use std::ffi::CString;
     use std::fs::File;
     use std::io;
@@ -59,22 +58,11 @@ mod prjquota {
 
     const PRJQUOTA: i32 = 2;
     const SUBCMDSHIFT: i32 = 8;
-    const Q_GETQUOTA: i32 = 0x800007;
-    const Q_SETQUOTA: i32 = 0x800008;
-    const Q_GETNEXTQUOTA: i32 = 0x800009;
-    /// `XQM_CMD(8)`: `('X' << 8) + 8`.
-    const Q_XGETQSTATV: i32 = (b'X' as i32) << 8 | 8;
-    const FS_QSTATV_VERSION1: i8 = 1;
-    const FS_QUOTA_PDQ_ACCT: u16 = 1 << 4;
-    const FS_QUOTA_PDQ_ENFD: u16 = 1 << 5;
-    const QIF_BLIMITS: u32 = 1;
+    const Q_GETQUOTA: i32 = 0x80_0007;
+    const Q_GETNEXTQUOTA: i32 = 0x80_0009;
     /// `if_dqblk` block limits are in units of 1 KiB (`QIF_DQBLKSIZE`).
-    const QIF_DQBLKSIZE: u64 = 1024;
+    pub const QIF_DQBLKSIZE: u64 = 1024;
     pub const FS_XFLAG_PROJINHERIT: u32 = 0x200;
-
-    fn qcmd(cmd: i32) -> i32 {
-        (cmd << SUBCMDSHIFT) | PRJQUOTA
-    }
 
     /// `struct if_nextdqblk` (a `struct if_dqblk` with the id appended; same prefix).
     #[repr(C)]
@@ -104,37 +92,6 @@ mod prjquota {
         }
     }
 
-    #[repr(C)]
-    #[derive(Clone, Copy, Default)]
-    struct QfileStatv {
-        ino: u64,
-        nblks: u64,
-        nextents: u32,
-        pad: u32,
-    }
-
-    /// `struct fs_quota_statv`.
-    #[repr(C)]
-    #[derive(Clone, Copy, Default)]
-    struct QuotaStatv {
-        version: i8,
-        pad1: u8,
-        flags: u16,
-        incoredqs: u32,
-        uquota: QfileStatv,
-        gquota: QfileStatv,
-        pquota: QfileStatv,
-        btimelimit: i32,
-        itimelimit: i32,
-        rtbtimelimit: i32,
-        bwarnlimit: u16,
-        iwarnlimit: u16,
-        rtbwarnlimit: u16,
-        pad3: u16,
-        pad4: u32,
-        pad2: [u64; 7],
-    }
-
     /// `struct fsxattr`.
     #[repr(C)]
     #[derive(Clone, Copy, Debug, Default)]
@@ -147,35 +104,25 @@ mod prjquota {
         pub pad: [u8; 8],
     }
 
-    nix::ioctl_read!(fs_ioc_fsgetxattr, b'X', 31, FsXattr);
-    nix::ioctl_write_ptr!(fs_ioc_fssetxattr, b'X', 32, FsXattr);
+    const _: () = assert!(size_of::<Dqblk>() == 72 && size_of::<FsXattr>() == 28);
 
-    fn quotactl<T>(cmd: i32, device: &Path, id: u32, data: &mut T) -> io::Result<()> {
+    nix::ioctl_read!(fs_ioc_fsgetxattr, b'X', 31, FsXattr);
+
+    /// `quotactl(2)` for the commands that fill a [`Dqblk`].
+    fn quotactl(cmd: i32, device: &Path, id: u32, data: &mut Dqblk) -> io::Result<()> {
         let dev = CString::new(device.as_os_str().as_bytes())
             .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
         let id = i32::try_from(id).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        // SAFETY: `dev` is a NUL-terminated string that outlives the call; `data` points to a
-        // live, exclusively borrowed `#[repr(C)]` value of the layout the command expects
-        // (checked per command by the callers), which the kernel reads or fills.
-        let r = unsafe { libc::quotactl(qcmd(cmd), dev.as_ptr(), id, (data as *mut T).cast()) };
+        let cmd = (cmd << SUBCMDSHIFT) | PRJQUOTA;
+        // SAFETY: `dev` is a NUL-terminated string that outlives the call; `data` is a live,
+        // exclusively borrowed `struct if_nextdqblk`, the largest struct Q_GETQUOTA
+        // (`if_dqblk`, its prefix) and Q_GETNEXTQUOTA write.
+        let r = unsafe { libc::quotactl(cmd, dev.as_ptr(), id, (data as *mut Dqblk).cast()) };
         if r == 0 {
             Ok(())
         } else {
             Err(io::Error::last_os_error())
         }
-    }
-
-    /// Whether project quotas are (accounted, enforced) on the filesystem of `device`.
-    pub fn state(device: &Path) -> io::Result<(bool, bool)> {
-        let mut st = QuotaStatv {
-            version: FS_QSTATV_VERSION1,
-            ..QuotaStatv::default()
-        };
-        quotactl(Q_XGETQSTATV, device, 0, &mut st)?;
-        Ok((
-            st.flags & FS_QUOTA_PDQ_ACCT != 0,
-            st.flags & FS_QUOTA_PDQ_ENFD != 0,
-        ))
     }
 
     /// Usage and limits of project `id`; an id the filesystem has never seen is all zeros.
@@ -189,16 +136,6 @@ mod prjquota {
             }),
             Err(e) => Err(e),
         }
-    }
-
-    /// Sets the hard block limit of project `id` (0: no limit); the soft limit is cleared.
-    pub fn set_limit(device: &Path, id: u32, bytes: u64) -> io::Result<()> {
-        let mut q = Dqblk {
-            bhardlimit: bytes.div_ceil(QIF_DQBLKSIZE),
-            valid: QIF_BLIMITS,
-            ..Dqblk::default()
-        };
-        quotactl(Q_SETQUOTA, device, id, &mut q)
     }
 
     /// Every project id with usage or limits on the filesystem of `device`, 0 excluded.
@@ -227,16 +164,6 @@ mod prjquota {
         // SAFETY: `dir` is an open fd; `x` is a live `struct fsxattr` the kernel fills.
         unsafe { fs_ioc_fsgetxattr(dir.as_raw_fd(), &mut x) }.map_err(io::Error::from)?;
         Ok(x)
-    }
-
-    /// Gives `dir` project `id`, inherited by everything created beneath it.
-    pub fn set_project(dir: &File, id: u32) -> io::Result<()> {
-        let mut x = get_xattr(dir)?;
-        x.projid = id;
-        x.xflags |= FS_XFLAG_PROJINHERIT;
-        // SAFETY: `dir` is an open fd; `x` is a live `struct fsxattr` the kernel reads.
-        unsafe { fs_ioc_fssetxattr(dir.as_raw_fd(), &x) }.map_err(io::Error::from)?;
-        Ok(())
     }
 }
 
@@ -343,28 +270,6 @@ fn device_of(mount_point: &Path) -> Result<PathBuf> {
         .with_context(|| format!("nothing is mounted at {}", mount_point.display()))
 }
 
-/// Support detection: project quotas accounted and enforced, or a clear refusal.
-fn support(mount_point: &Path, device: &Path) -> Result<()> {
-    match prjquota::state(device) {
-        Ok((true, true)) => Ok(()),
-        Ok((acct, _)) => bail!(
-            "{}: project quotas are {} on {} (mount it with -o prjquota)",
-            mount_point.display(),
-            if acct {
-                "accounted but not enforced"
-            } else {
-                "off"
-            },
-            device.display()
-        ),
-        Err(e) => bail!(
-            "{}: the kernel reports no project quota support for {} ({e}); mount it with -o prjquota",
-            mount_point.display(),
-            device.display()
-        ),
-    }
-}
-
 /// Appends to `path` in 1 MiB chunks until `total` bytes are written or a write fails;
 /// returns the bytes accepted and the error, if any. Data is fsynced when all went in.
 fn write_until(path: &Path, total: u64) -> Result<(u64, Option<io::Error>)> {
@@ -403,6 +308,7 @@ fn mib(bytes: u64) -> String {
 
 /// One volume's life on a project-quota filesystem.
 fn scenario(report: &mut Report, fs_name: &str, mount_point: &Path, skip_limit: bool) {
+    let host = LinuxHost::new();
     let device = match device_of(mount_point) {
         Ok(d) => d,
         Err(e) => {
@@ -413,50 +319,53 @@ fn scenario(report: &mut Report, fs_name: &str, mount_point: &Path, skip_limit: 
     if !report.check(
         fs_name,
         "support",
-        support(mount_point, &device).map(|()| {
-            format!(
-                "project quotas accounted and enforced on {}",
-                device.display()
-            )
-        }),
+        host.project_quota_support(mount_point)
+            .map(|()| format!("berth: project quotas usable on {}", device.display()))
+            .map_err(anyhow::Error::from),
     ) {
         return;
     }
-    if let Err(e) = volume_life(report, fs_name, mount_point, &device, skip_limit) {
+    if let Err(e) = volume_life(report, &host, fs_name, mount_point, &device, skip_limit) {
         report.check(fs_name, "scenario", Err(e));
     }
 }
 
 fn volume_life(
     report: &mut Report,
+    host: &LinuxHost,
     fs_name: &str,
     mount_point: &Path,
     device: &Path,
     skip_limit: bool,
 ) -> Result<()> {
-    let host = LinuxHost::new();
+    // What the backend applies; with --skip-limit nothing (the directory is still tagged).
+    let applied = |limit: u64| if skip_limit { 0 } else { limit };
+    if skip_limit {
+        info(
+            fs_name,
+            "limits NOT applied (berth.skip_limit=1): the limit checks must fail",
+        );
+    }
     let root = mount_point.join("volumes");
     host.make_dir(&root, &Ownership::default())?;
 
-    // A project someone else owns on this filesystem: id 1 with a little data.
+    // A project someone else owns on this filesystem: id 1, no limit, a little data.
     let foreign = root.join("foreign");
     host.make_dir(&foreign, &Ownership::default())?;
-    prjquota::set_project(&File::open(&foreign)?, 1).context("set foreign project id")?;
+    host.set_project_quota(&foreign, 1, 0)
+        .context("tag the foreign directory")?;
     fs::write(foreign.join("data"), vec![1u8; 64 * 1024])?;
     File::open(foreign.join("data"))?.sync_all()?;
 
-    let in_use: BTreeSet<u32> = prjquota::ids_in_use(device)
-        .context("list project ids")?
-        .into_iter()
-        .collect();
+    let in_use = host.project_ids_in_use(&root)?;
     report.check(
         fs_name,
         "ids-in-use",
         if in_use.contains(&1) {
-            Ok(format!("ids in use: {in_use:?}"))
+            Ok(format!("berth: ids in use {in_use:?}"))
         } else {
-            Err(anyhow::anyhow!(
-                "the foreign project 1 is not listed: {in_use:?}"
+            Err(anyhow!(
+                "berth does not list the foreign project 1: {in_use:?}"
             ))
         },
     );
@@ -466,49 +375,42 @@ fn volume_life(
     report.check(
         fs_name,
         "allocate-id",
-        if id != 1 {
-            Ok(format!("allocated project id {id}, skipping ids in use"))
-        } else {
-            Err(anyhow::anyhow!("allocated the foreign id 1"))
-        },
+        kernel::get(device, id)
+            .map_err(anyhow::Error::from)
+            .and_then(|q| {
+                if id != 1 && !q.in_use() {
+                    Ok(format!(
+                        "allocated project {id}, skipping ids in use; the kernel has no usage or limits for it"
+                    ))
+                } else {
+                    bail!("allocated {id}: the kernel shows it in use: {q:?}")
+                }
+            }),
     );
 
     let vol = root.join("vol");
     host.make_dir(&vol, &Ownership::default())?;
+    host.set_project_quota(&vol, id, applied(LIMIT))
+        .context("set_project_quota")?;
     let dir = File::open(&vol).with_context(|| format!("open {}", vol.display()))?;
     report.check(
         fs_name,
         "set-project",
-        prjquota::set_project(&dir, id)
-            .and_then(|()| prjquota::get_xattr(&dir))
+        kernel::get_xattr(&dir)
             .map_err(anyhow::Error::from)
             .and_then(|x| {
-                if x.projid == id && x.xflags & prjquota::FS_XFLAG_PROJINHERIT != 0 {
+                if x.projid == id && x.xflags & kernel::FS_XFLAG_PROJINHERIT != 0 {
                     Ok(format!(
                         "{} has project {id} with PROJINHERIT",
                         vol.display()
                     ))
                 } else {
-                    bail!("read back {x:?}")
+                    bail!("the kernel reads back {x:?}")
                 }
             }),
     );
-
-    if skip_limit {
-        info(
-            fs_name,
-            "limit NOT applied (berth.skip_limit=1): the checks below must fail",
-        );
-    } else {
-        report.check(
-            fs_name,
-            "set-limit",
-            prjquota::set_limit(device, id, LIMIT)
-                .map(|()| format!("hard limit {}", mib(LIMIT)))
-                .map_err(anyhow::Error::from),
-        );
-    }
-    report.check(fs_name, "statvfs-size", statvfs_is(&host, &vol, LIMIT));
+    report.check(fs_name, "set-limit", limit_is(device, id, LIMIT));
+    report.check(fs_name, "statvfs-size", statvfs_is(host, &vol, LIMIT));
 
     // The writer: XFS limits even root with every capability; ext4 limits only a writer
     // without CAP_SYS_RESOURCE, as in a container with Docker's default capabilities.
@@ -576,7 +478,6 @@ fn volume_life(
             Err(e) => info(fs_name, &format!("privileged write: {e:#}")),
         }
         fs::remove_file(&extra).context("remove the privileged file")?;
-        sync_fs(&vol)?;
         caps::set_effective(caps::CAP_SYS_RESOURCE, false).context("drop CAP_SYS_RESOURCE")?;
     }
 
@@ -584,30 +485,35 @@ fn volume_life(
     report.check(
         fs_name,
         "usage",
-        prjquota::get(device, id)
-            .map_err(anyhow::Error::from)
-            .and_then(|q| {
-                if (15 * MIB..=LIMIT).contains(&q.curspace) {
-                    Ok(format!("quota reports {} used", mib(q.curspace)))
-                } else {
-                    bail!(
-                        "quota reports {} used, expected 15 MiB to {}",
-                        mib(q.curspace),
-                        mib(LIMIT)
-                    )
-                }
-            }),
+        (|| {
+            let used = host.project_quota_usage(&vol, id)?;
+            let q = kernel::get(device, id)?;
+            if !(15 * MIB..=LIMIT).contains(&used.bytes) {
+                bail!(
+                    "berth reports {} used, expected 15 MiB to {}",
+                    mib(used.bytes),
+                    mib(LIMIT)
+                );
+            }
+            if used.bytes != q.curspace || used.inodes != q.curinodes {
+                bail!("berth reports {used:?}, the kernel {q:?}");
+            }
+            Ok(format!(
+                "berth reports {} and {} inodes used, as the kernel does",
+                mib(used.bytes),
+                used.inodes
+            ))
+        })(),
     );
 
-    if !skip_limit {
-        report.check(
-            fs_name,
-            "expand",
-            prjquota::set_limit(device, id, EXPANDED)
-                .map_err(anyhow::Error::from)
-                .and_then(|()| statvfs_is(&host, &vol, EXPANDED)),
-        );
-    }
+    report.check(
+        fs_name,
+        "expand",
+        host.set_project_quota(&vol, id, applied(EXPANDED))
+            .map_err(anyhow::Error::from)
+            .and_then(|()| limit_is(device, id, EXPANDED))
+            .and_then(|l| Ok(format!("{l}; {}", statvfs_is(host, &vol, EXPANDED)?))),
+    );
     let third = vol.join("third");
     report.check(
         fs_name,
@@ -629,27 +535,37 @@ fn volume_life(
         "delete-releases-id",
         (|| {
             host.remove_tree(&root, &vol)?;
-            prjquota::set_limit(device, id, 0).context("clear the limit")?;
+            host.clear_project_quota(&vol, id)?;
             // XFS inactivates unlinked inodes in the background (inodegc): the project's
             // last inode may stay charged for a moment after the rmdir.
             let start = Instant::now();
             loop {
                 sync_fs(&root)?;
-                let q = prjquota::get(device, id)?;
-                let ids = prjquota::ids_in_use(device)?;
-                if !ids.contains(&1) {
-                    bail!("the foreign project 1 vanished: ids in use {ids:?}");
+                let used = host.project_quota_usage(&root, id)?;
+                let berth_ids = host.project_ids_in_use(&root)?;
+                let q = kernel::get(device, id)?;
+                let kernel_ids = kernel::ids_in_use(device)?;
+                if !berth_ids.contains(&1) || !kernel_ids.contains(&1) {
+                    bail!(
+                        "the foreign project 1 vanished: berth {berth_ids:?}, kernel {kernel_ids:?}"
+                    );
                 }
-                if !q.in_use() && !ids.contains(&id) {
+                let released = used.bytes == 0
+                    && used.inodes == 0
+                    && !berth_ids.contains(&id)
+                    && !q.in_use()
+                    && !kernel_ids.contains(&id);
+                if released {
                     return Ok(format!(
-                        "project {id} released (no usage, no limits) {} ms after the delete; \
-                         ids in use {ids:?}",
+                        "project {id} released {} ms after the delete: no usage, no limits; \
+                         in use: berth {berth_ids:?}, kernel {kernel_ids:?}",
                         start.elapsed().as_millis()
                     ));
                 }
                 if start.elapsed() > Duration::from_secs(10) {
                     bail!(
-                        "project {id} still in use 10 s after the delete: {q:?}, ids in use {ids:?}"
+                        "project {id} still in use 10 s after the delete: berth {used:?} \
+                         {berth_ids:?}, kernel {q:?} {kernel_ids:?}"
                     );
                 }
                 std::thread::sleep(Duration::from_millis(20));
@@ -657,7 +573,23 @@ fn volume_life(
         })(),
     );
     host.remove_tree(&root, &foreign)?;
+    host.clear_project_quota(&foreign, 1)?;
     Ok(())
+}
+
+/// The kernel's hard block limit for project `id` must be `bytes`.
+fn limit_is(device: &Path, id: u32, bytes: u64) -> Result<String> {
+    let q = kernel::get(device, id)?;
+    let hard = q.bhardlimit * kernel::QIF_DQBLKSIZE;
+    if hard == bytes {
+        Ok(format!("the kernel has a hard limit of {}", mib(hard)))
+    } else {
+        bail!(
+            "the kernel has a hard limit of {} for project {id}, expected {}",
+            mib(hard),
+            mib(bytes)
+        )
+    }
 }
 
 /// `statvfs(2)` on `dir` must report the project limit as the filesystem size.
@@ -706,18 +638,17 @@ fn main() -> ExitCode {
         match fs_name.as_str() {
             "xfs" | "ext4" => scenario(&mut report, fs_name, mp, skip_limit),
             "plain" => {
-                let refusal = device_of(mp).and_then(|dev| match support(mp, &dev) {
-                    Ok(()) => bail!("project quotas reported as enabled on a plain mount"),
-                    Err(e) => Ok(format!("refused: {e:#}")),
-                });
+                let refusal = match LinuxHost::new().project_quota_support(mp) {
+                    Ok(()) => Err(anyhow!(
+                        "berth calls project quotas usable on a plain mount"
+                    )),
+                    Err(e @ HostError::Unsupported(_)) => Ok(format!("berth refuses: {e}")),
+                    Err(e) => Err(anyhow!("expected Unsupported, got: {e}")),
+                };
                 report.check(fs_name, "refuse-without-prjquota", refusal);
             }
             other => {
-                report.check(
-                    other,
-                    "known-fs",
-                    Err(anyhow::anyhow!("unknown kind {other}")),
-                );
+                report.check(other, "known-fs", Err(anyhow!("unknown kind {other}")));
             }
         }
     }

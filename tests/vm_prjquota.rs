@@ -3,7 +3,8 @@
 //! registry on the first run (QEMU and the kernel package; both cached afterwards).
 //!
 //! The host makes the filesystem images, fetches and caches the kernel, builds the guest
-//! payload (`examples/prjquota_vm.rs`) and an initramfs around it (`tests/vm/`), boots it
+//! payload (`examples/prjquota_vm.rs`, which drives berth's host layer) and an initramfs around
+//! it (`tests/vm/`), boots it
 //! under QEMU with TCG and reads the payload's checks from the serial console.
 //!
 //! `BERTH_VM_SKIP_LIMIT=1` boots with `berth.skip_limit=1`: the payload then does not apply
