@@ -3,9 +3,9 @@
 //! registry on the first run (QEMU and the kernel package; both cached afterwards).
 //!
 //! The host makes the filesystem images, fetches and caches the kernel, builds the guest
-//! payload (`examples/prjquota_vm.rs`, which drives berth's host layer) and an initramfs around
-//! it (`tests/vm/`), boots it
-//! under QEMU with TCG and reads the payload's checks from the serial console.
+//! payload (`examples/prjquota_vm.rs`, which drives berth's host layer) and an initramfs
+//! around it (`tests/vm/`), boots it under QEMU with TCG and reads the payload's checks from
+//! the serial console.
 //!
 //! `BERTH_VM_SKIP_LIMIT=1` boots with `berth.skip_limit=1`: the payload then does not apply
 //! the limit and this test must fail (the proof that it can). `BERTH_VM_KEEP=1` keeps the
