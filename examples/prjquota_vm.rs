@@ -7,28 +7,31 @@
 //! prjquota_vm [--skip-limit] FS=MOUNT_POINT...    FS: xfs | ext4 | plain
 //! ```
 //!
-//! For each `xfs`/`ext4` mount (mounted with `-o prjquota`) it runs one volume's life as the
-//! `prjquota` backend will: allocate a project id not in use on that filesystem (a foreign
-//! project is planted first, so the allocation must skip it), create the directory with that
-//! project id and `PROJINHERIT`, apply a 16 MiB limit, check that `statvfs` on the directory
-//! reports 16 MiB, write 15 MiB, write past the limit (XFS: `ENOSPC` even for root; ext4:
-//! `EDQUOT` for a writer without `CAP_SYS_RESOURCE`), read the usage from the quota, expand
-//! to 32 MiB and write again, delete and check the id is released. A `plain` mount (no
-//! `prjquota`) must be refused with a clear message.
+//! For each `xfs`/`ext4` mount (mounted with `-o prjquota`) it runs volumes' lives through
+//! berth's engine (`Engine::open` on a `root` pool with `backend = "prjquota"`, then
+//! create/usage/expand/delete, as every front-end does): a foreign project is planted first,
+//! so the project id allocation must skip it; a 16 MiB volume is created, `statvfs` inside it
+//! must report 16 MiB, 15 MiB are written, writing past the limit must fail (XFS: `ENOSPC`
+//! even for root; ext4: `EDQUOT` for a writer without `CAP_SYS_RESOURCE`), usage must come
+//! from the quota, the volume is expanded to 32 MiB and written again, then deleted: its id
+//! must be released (no usage, no limit, not in use) and handed out again. `auto` must pick
+//! `prjquota` there. On the `plain` mount (no `prjquota`) an explicit `prjquota` pool must be
+//! refused at start with a clear message, and `auto` must fall back to `loopfs`.
+//!
+//! Everything berth does is checked against the kernel through an interface berth does not
+//! use ([`kernel`]: the generic `Q_GETQUOTA`/`Q_GETNEXTQUOTA` and `FS_IOC_FSGETXATTR`, where
+//! berth uses the XFS-style `Q_X*` commands), and `statvfs` as a container would see it.
 //!
 //! Output, one line each, on stdout (the guest's serial console):
 //! `CHECK PASS|FAIL <fs> <check>: <detail>`, `INFO <fs> <detail>`, and last
 //! `BERTH-VM-RESULT: <n> passed, <m> failed`. Exit status 0 only if nothing failed.
 //!
-//! `--skip-limit` (or `berth.skip_limit=1` on the kernel command line) deliberately skips
-//! applying the limit, to prove the host-side test fails when sizes are not enforced.
+//! `--skip-limit` (or `berth.skip_limit=1` on the kernel command line) deliberately removes
+//! each limit right after berth set it, to prove the host-side test fails when sizes are not
+//! enforced.
 //!
-//! The volume's life goes through berth's host layer (`Host::project_quota_support`,
-//! `set_project_quota`, `clear_project_quota`, `project_quota_usage`,
-//! `project_ids_in_use` on [`LinuxHost`]); once the engine has its `prjquota` backend, it
-//! switches to `Engine::open` + create/expand/delete on a `prjquota` pool. What berth says
-//! is cross-checked against the kernel through a different interface ([`kernel`]: the
-//! generic `Q_GETQUOTA`/`Q_GETNEXTQUOTA` where berth uses the XFS-style `Q_X*` commands).
+//! `KNOWN FAIL` lines report a known gap that is not counted as a failure (yet); see the
+//! check that prints them.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -37,14 +40,25 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use berth::engine::types::Ownership;
+use berth::engine::pool::{BackendChoice, PoolConfig};
+use berth::engine::types::{
+    Backend, Caller, CreateRequest, Frontend, Owner, Ownership, PoolKind, ReclaimPolicy, Volume,
+    VolumeName, VolumeSpec,
+};
+use berth::engine::{
+    Engine, EngineConfig, EngineError, FIRST_PROJECT_ID, NodeInfo, PoolSelector, VolumeService,
+};
+use berth::host::Host;
 use berth::host::linux::LinuxHost;
 use berth::host::mountinfo;
-use berth::host::{Host, HostError};
 
 const MIB: u64 = 1 << 20;
 const LIMIT: u64 = 16 * MIB;
 const EXPANDED: u64 = 32 * MIB;
+const CALLER: Caller = Caller {
+    frontend: Frontend::Internal,
+    wait_if_busy: true,
+};
 
 /// The kernel's own view, for checking what berth did: `quotactl(2)` with the generic
 /// `Q_GETQUOTA`/`Q_GETNEXTQUOTA` on `PRJQUOTA` and `FS_IOC_FSGETXATTR`. Read-only.
@@ -255,6 +269,19 @@ impl Report {
     }
 }
 
+impl Report {
+    /// A check of a known gap: printed, but a failure is not counted.
+    fn known(&mut self, fs: &str, name: &str, result: Result<String>) {
+        match result {
+            Ok(detail) => {
+                self.passed += 1;
+                println!("CHECK PASS {fs} {name}: {detail}");
+            }
+            Err(e) => println!("KNOWN FAIL {fs} {name}: {e:#}"),
+        }
+    }
+}
+
 fn info(fs: &str, detail: &str) {
     println!("INFO {fs} {detail}");
 }
@@ -306,7 +333,7 @@ fn mib(bytes: u64) -> String {
     format!("{:.2} MiB", bytes as f64 / MIB as f64)
 }
 
-/// One volume's life on a project-quota filesystem.
+/// Volumes' lives on a project-quota filesystem, through the engine.
 fn scenario(report: &mut Report, fs_name: &str, mount_point: &Path, skip_limit: bool) {
     let host = LinuxHost::new();
     let device = match device_of(mount_point) {
@@ -328,6 +355,124 @@ fn scenario(report: &mut Report, fs_name: &str, mount_point: &Path, skip_limit: 
     if let Err(e) = volume_life(report, &host, fs_name, mount_point, &device, skip_limit) {
         report.check(fs_name, "scenario", Err(e));
     }
+    report.check(
+        fs_name,
+        "auto-picks-prjquota",
+        auto_backend(fs_name, mount_point).and_then(|b| match b {
+            Backend::Prjquota => Ok("backend auto resolves to prjquota".into()),
+            other => bail!("backend auto resolves to {}", other.as_str()),
+        }),
+    );
+}
+
+fn name(s: &str) -> Result<VolumeName> {
+    VolumeName::parse(s).map_err(|e| anyhow!("{e}"))
+}
+
+fn pool(fs_name: &str, base: &Path, backend: BackendChoice) -> PoolConfig {
+    let mut p = PoolConfig::default_root(Path::new("/unused"));
+    p.name = fs_name.into();
+    p.kind = PoolKind::Root;
+    p.paths = vec![base.to_path_buf()];
+    p.backend = backend;
+    p
+}
+
+fn open(
+    fs_name: &str,
+    base: &Path,
+    backend: BackendChoice,
+) -> Result<Engine<LinuxHost>, EngineError> {
+    let host = LinuxHost::new();
+    if let Err(e) = host.make_dir(base, &Ownership::default()) {
+        return Err(EngineError::Unsupported {
+            volume: "-".into(),
+            reason: format!("make {}: {e}", base.display()),
+        });
+    }
+    let store = Path::new("/tmp").join(format!(
+        "berth-{fs_name}-{}.redb",
+        base.file_name().and_then(|n| n.to_str()).unwrap_or("pool")
+    ));
+    Engine::open(
+        EngineConfig {
+            store_path: store,
+            pools: vec![pool(fs_name, base, backend)],
+            node: NodeInfo::default(),
+        },
+        host,
+    )
+}
+
+/// The backend `auto` resolves to on `mount_point` (a pool of its own, beside the others).
+fn auto_backend(fs_name: &str, mount_point: &Path) -> Result<Backend> {
+    let e = open(fs_name, &mount_point.join("auto"), BackendChoice::Auto)?;
+    e.capacity(&PoolSelector::default())
+        .first()
+        .map(|c| c.backend)
+        .context("no pool in capacity")
+}
+
+fn create(e: &Engine<LinuxHost>, n: &str, size: u64, reclaim: ReclaimPolicy) -> Result<Volume> {
+    Ok(e.create(
+        CALLER,
+        CreateRequest {
+            name: name(n)?,
+            spec: VolumeSpec {
+                size: Some(size),
+                reclaim: Some(reclaim),
+                ..VolumeSpec::default()
+            },
+            owner: Owner::default(),
+        },
+    )?)
+}
+
+/// The project id of a `prjquota` volume.
+fn project_of(v: &Volume) -> Result<u32> {
+    if v.placement.backend != Backend::Prjquota {
+        bail!(
+            "volume {} got backend {}",
+            v.name,
+            v.placement.backend.as_str()
+        );
+    }
+    v.placement
+        .project_id
+        .with_context(|| format!("volume {} has no project id", v.name))
+}
+
+/// Polls until project `id` has no usage and no limits in the kernel and berth does not list
+/// it as in use. XFS inactivates unlinked inodes in the background (inodegc): the project's
+/// last inode may stay charged for a moment after the rmdir.
+fn released(host: &LinuxHost, base: &Path, device: &Path, id: u32) -> Result<String> {
+    let start = Instant::now();
+    loop {
+        sync_fs(base)?;
+        let used = host.project_quota_usage(base, id)?;
+        let berth_ids = host.project_ids_in_use(base)?;
+        let q = kernel::get(device, id)?;
+        let kernel_ids = kernel::ids_in_use(device)?;
+        if used.bytes == 0
+            && used.inodes == 0
+            && !berth_ids.contains(&id)
+            && !q.in_use()
+            && !kernel_ids.contains(&id)
+        {
+            return Ok(format!(
+                "project {id} released {} ms after the delete: no usage, no limits; \
+                 in use: berth {berth_ids:?}, kernel {kernel_ids:?}",
+                start.elapsed().as_millis()
+            ));
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            bail!(
+                "project {id} still in use 10 s after the delete: berth {used:?} {berth_ids:?}, \
+                 kernel {q:?} {kernel_ids:?}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn volume_life(
@@ -338,79 +483,71 @@ fn volume_life(
     device: &Path,
     skip_limit: bool,
 ) -> Result<()> {
-    // What the backend applies; with --skip-limit nothing (the directory is still tagged).
-    let applied = |limit: u64| if skip_limit { 0 } else { limit };
+    // With --skip-limit, each limit berth sets is removed again at once.
+    let sabotage = |v: &Volume| -> Result<()> {
+        if skip_limit {
+            host.set_project_quota(&v.placement.dir, project_of(v)?, 0)?;
+        }
+        Ok(())
+    };
     if skip_limit {
         info(
             fs_name,
-            "limits NOT applied (berth.skip_limit=1): the limit checks must fail",
+            "limits removed behind berth's back (berth.skip_limit=1): the limit checks must fail",
         );
     }
-    let root = mount_point.join("volumes");
-    host.make_dir(&root, &Ownership::default())?;
+    let base = mount_point.join("volumes");
+    host.make_dir(&base, &Ownership::default())?;
 
-    // A project someone else owns on this filesystem: id 1, no limit, a little data.
-    let foreign = root.join("foreign");
+    // A project someone else owns on this filesystem, with the first id berth would pick.
+    let foreign = base.join("foreign");
     host.make_dir(&foreign, &Ownership::default())?;
-    host.set_project_quota(&foreign, 1, 0)
+    host.set_project_quota(&foreign, FIRST_PROJECT_ID, 0)
         .context("tag the foreign directory")?;
     fs::write(foreign.join("data"), vec![1u8; 64 * 1024])?;
     File::open(foreign.join("data"))?.sync_all()?;
 
-    let in_use = host.project_ids_in_use(&root)?;
-    report.check(
-        fs_name,
-        "ids-in-use",
-        if in_use.contains(&1) {
-            Ok(format!("berth: ids in use {in_use:?}"))
-        } else {
-            Err(anyhow!(
-                "berth does not list the foreign project 1: {in_use:?}"
-            ))
-        },
-    );
-    let id = (1u32..)
-        .find(|i| !in_use.contains(i))
-        .context("no free id")?;
+    let e = open(fs_name, &base, BackendChoice::Prjquota).context("Engine::open")?;
+    let v = create(&e, "vol", LIMIT, ReclaimPolicy::Delete).context("create")?;
+    sabotage(&v)?;
+    let id = project_of(&v)?;
+    let data = v.placement.data.clone();
     report.check(
         fs_name,
         "allocate-id",
         kernel::get(device, id)
             .map_err(anyhow::Error::from)
             .and_then(|q| {
-                if id != 1 && !q.in_use() {
-                    Ok(format!(
-                        "allocated project {id}, skipping ids in use; the kernel has no usage or limits for it"
-                    ))
-                } else {
-                    bail!("allocated {id}: the kernel shows it in use: {q:?}")
+                if id == FIRST_PROJECT_ID {
+                    bail!("allocated the foreign project's id {id}");
                 }
+                if q.curinodes > 2 || q.curspace > 64 * 1024 {
+                    bail!("allocated {id}, which already has usage: {q:?}");
+                }
+                Ok(format!(
+                    "volume {} got project {id}, skipping the foreign {FIRST_PROJECT_ID}",
+                    v.name
+                ))
             }),
     );
-
-    let vol = root.join("vol");
-    host.make_dir(&vol, &Ownership::default())?;
-    host.set_project_quota(&vol, id, applied(LIMIT))
-        .context("set_project_quota")?;
-    let dir = File::open(&vol).with_context(|| format!("open {}", vol.display()))?;
     report.check(
         fs_name,
         "set-project",
-        kernel::get_xattr(&dir)
-            .map_err(anyhow::Error::from)
-            .and_then(|x| {
-                if x.projid == id && x.xflags & kernel::FS_XFLAG_PROJINHERIT != 0 {
-                    Ok(format!(
-                        "{} has project {id} with PROJINHERIT",
-                        vol.display()
-                    ))
-                } else {
-                    bail!("the kernel reads back {x:?}")
+        (|| {
+            for dir in [&v.placement.dir, &data] {
+                let x = kernel::get_xattr(&File::open(dir)?)?;
+                if x.projid != id || x.xflags & kernel::FS_XFLAG_PROJINHERIT == 0 {
+                    bail!("{}: the kernel reads back {x:?}", dir.display());
                 }
-            }),
+            }
+            Ok(format!(
+                "{} and its data directory have project {id} with PROJINHERIT",
+                v.placement.dir.display()
+            ))
+        })(),
     );
     report.check(fs_name, "set-limit", limit_is(device, id, LIMIT));
-    report.check(fs_name, "statvfs-size", statvfs_is(host, &vol, LIMIT));
+    report.check(fs_name, "statvfs-size", statvfs_is(host, &data, LIMIT));
 
     // The writer: XFS limits even root with every capability; ext4 limits only a writer
     // without CAP_SYS_RESOURCE, as in a container with Docker's default capabilities.
@@ -420,23 +557,28 @@ fn volume_life(
     } else {
         (libc::ENOSPC, "root with all capabilities")
     };
-    if drop_cap {
-        caps::set_effective(caps::CAP_SYS_RESOURCE, false).context("drop CAP_SYS_RESOURCE")?;
-    }
-    let first = vol.join("first");
+    let write = |path: &Path, total: u64| -> Result<(u64, Option<io::Error>)> {
+        if drop_cap {
+            caps::set_effective(caps::CAP_SYS_RESOURCE, false).context("drop CAP_SYS_RESOURCE")?;
+        }
+        let r = write_until(path, total);
+        if drop_cap {
+            caps::set_effective(caps::CAP_SYS_RESOURCE, true).context("raise CAP_SYS_RESOURCE")?;
+        }
+        r
+    };
     report.check(
         fs_name,
         "write-to-limit",
-        write_until(&first, 15 * MIB).and_then(|(n, err)| match err {
+        write(&data.join("first"), 15 * MIB).and_then(|(n, err)| match err {
             None => Ok(format!("{who} wrote {}", mib(n))),
             Some(e) => bail!("{who}: write failed after {}: {e}", mib(n)),
         }),
     );
-    let second = vol.join("second");
     report.check(
         fs_name,
         "write-past-limit",
-        write_until(&second, 8 * MIB).and_then(|(n, err)| match err {
+        write(&data.join("second"), 8 * MIB).and_then(|(n, err)| match err {
             Some(e) if e.raw_os_error() == Some(errno) && 15 * MIB + n <= LIMIT => Ok(format!(
                 "{who}: {} after {} more ({} in all)",
                 errno_name(&e),
@@ -457,8 +599,7 @@ fn volume_life(
         }),
     );
     if drop_cap {
-        caps::set_effective(caps::CAP_SYS_RESOURCE, true).context("raise CAP_SYS_RESOURCE")?;
-        let extra = vol.join("privileged");
+        let extra = data.join("privileged");
         match write_until(&extra, 2 * MIB) {
             Ok((n, None)) => info(
                 fs_name,
@@ -478,30 +619,33 @@ fn volume_life(
             Err(e) => info(fs_name, &format!("privileged write: {e:#}")),
         }
         fs::remove_file(&extra).context("remove the privileged file")?;
-        caps::set_effective(caps::CAP_SYS_RESOURCE, false).context("drop CAP_SYS_RESOURCE")?;
     }
 
-    sync_fs(&vol)?;
+    sync_fs(&data)?;
     report.check(
         fs_name,
         "usage",
         (|| {
-            let used = host.project_quota_usage(&vol, id)?;
+            let u = e.usage(&v.name)?;
             let q = kernel::get(device, id)?;
-            if !(15 * MIB..=LIMIT).contains(&used.bytes) {
+            if !(15 * MIB..=LIMIT).contains(&u.bytes_used) {
                 bail!(
                     "berth reports {} used, expected 15 MiB to {}",
-                    mib(used.bytes),
+                    mib(u.bytes_used),
                     mib(LIMIT)
                 );
             }
-            if used.bytes != q.curspace || used.inodes != q.curinodes {
-                bail!("berth reports {used:?}, the kernel {q:?}");
+            if u.bytes_used != q.curspace || u.inodes_used != q.curinodes {
+                bail!("berth reports {u:?}, the kernel {q:?}");
+            }
+            if u.bytes_total != LIMIT {
+                bail!("berth reports a total of {}", mib(u.bytes_total));
             }
             Ok(format!(
-                "berth reports {} and {} inodes used, as the kernel does",
-                mib(used.bytes),
-                used.inodes
+                "berth reports {} of {} and {} inodes used, as the kernel's quota does",
+                mib(u.bytes_used),
+                mib(u.bytes_total),
+                u.inodes_used
             ))
         })(),
     );
@@ -509,71 +653,88 @@ fn volume_life(
     report.check(
         fs_name,
         "expand",
-        host.set_project_quota(&vol, id, applied(EXPANDED))
-            .map_err(anyhow::Error::from)
-            .and_then(|()| limit_is(device, id, EXPANDED))
-            .and_then(|l| Ok(format!("{l}; {}", statvfs_is(host, &vol, EXPANDED)?))),
+        (|| {
+            let grown = e.expand(CALLER, &v.name, EXPANDED)?;
+            sabotage(&grown)?;
+            let limit = limit_is(device, id, EXPANDED)?;
+            Ok(format!("{limit}; {}", statvfs_is(host, &data, EXPANDED)?))
+        })(),
     );
-    let third = vol.join("third");
     report.check(
         fs_name,
         "write-after-expand",
-        write_until(&third, 12 * MIB).and_then(|(n, err)| match err {
+        write(&data.join("third"), 12 * MIB).and_then(|(n, err)| match err {
             None => Ok(format!("{who} wrote {} more", mib(n))),
             Some(e) => bail!("{who}: write failed after {}: {e}", mib(n)),
         }),
     );
-    if drop_cap {
-        caps::set_effective(caps::CAP_SYS_RESOURCE, true).context("raise CAP_SYS_RESOURCE")?;
-    }
 
-    // Delete: data gone, limit cleared, id released; the foreign project untouched. An open
-    // descriptor keeps an unlinked directory (and its quota charge) alive: close it first.
-    drop(dir);
     report.check(
         fs_name,
         "delete-releases-id",
         (|| {
-            host.remove_tree(&root, &vol)?;
-            host.clear_project_quota(&vol, id)?;
-            // XFS inactivates unlinked inodes in the background (inodegc): the project's
-            // last inode may stay charged for a moment after the rmdir.
-            let start = Instant::now();
-            loop {
-                sync_fs(&root)?;
-                let used = host.project_quota_usage(&root, id)?;
-                let berth_ids = host.project_ids_in_use(&root)?;
-                let q = kernel::get(device, id)?;
-                let kernel_ids = kernel::ids_in_use(device)?;
-                if !berth_ids.contains(&1) || !kernel_ids.contains(&1) {
-                    bail!(
-                        "the foreign project 1 vanished: berth {berth_ids:?}, kernel {kernel_ids:?}"
-                    );
-                }
-                let released = used.bytes == 0
-                    && used.inodes == 0
-                    && !berth_ids.contains(&id)
-                    && !q.in_use()
-                    && !kernel_ids.contains(&id);
-                if released {
-                    return Ok(format!(
-                        "project {id} released {} ms after the delete: no usage, no limits; \
-                         in use: berth {berth_ids:?}, kernel {kernel_ids:?}",
-                        start.elapsed().as_millis()
-                    ));
-                }
-                if start.elapsed() > Duration::from_secs(10) {
-                    bail!(
-                        "project {id} still in use 10 s after the delete: berth {used:?} \
-                         {berth_ids:?}, kernel {q:?} {kernel_ids:?}"
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(20));
+            e.delete(CALLER, &v.name)?;
+            if v.placement.dir.exists() {
+                bail!("{} is still there", v.placement.dir.display());
             }
+            let r = released(host, &base, device, id)?;
+            let foreign_ids = kernel::ids_in_use(device)?;
+            if !foreign_ids.contains(&FIRST_PROJECT_ID) {
+                bail!("the foreign project vanished: {foreign_ids:?}");
+            }
+            Ok(r)
         })(),
     );
-    host.remove_tree(&root, &foreign)?;
-    host.clear_project_quota(&foreign, 1)?;
+    report.check(
+        fs_name,
+        "id-reused",
+        (|| {
+            let again = create(&e, "again", LIMIT, ReclaimPolicy::Delete)?;
+            let reused = project_of(&again)?;
+            let used = e.usage(&again.name)?.bytes_used;
+            e.delete(CALLER, &again.name)?;
+            if reused != id {
+                bail!("the next volume got project {reused}, not the released {id}");
+            }
+            if used > 64 * 1024 {
+                bail!("the next volume starts with {} used", mib(used));
+            }
+            Ok(format!(
+                "the next volume got the released project {id}, starting empty"
+            ))
+        })(),
+    );
+
+    // Retained data keeps its files' project id after berth forgets the volume; the id must
+    // not be handed to a new volume, or the retained bytes count against the new one.
+    report.known(
+        fs_name,
+        "retain-keeps-id",
+        (|| {
+            let kept = create(&e, "kept", LIMIT, ReclaimPolicy::Retain)?;
+            let kept_id = project_of(&kept)?;
+            write_until(&kept.placement.data.join("old"), 4 * MIB)?;
+            e.delete(CALLER, &kept.name)?;
+            let next = create(&e, "next", LIMIT, ReclaimPolicy::Delete)?;
+            let next_id = project_of(&next)?;
+            sync_fs(&base)?;
+            let used = e.usage(&next.name)?.bytes_used;
+            e.delete(CALLER, &next.name)?;
+            if next_id == kept_id {
+                bail!(
+                    "a new volume got project {next_id}, still charged by retained data: it \
+                     starts with {} of {} used",
+                    mib(used),
+                    mib(LIMIT)
+                );
+            }
+            Ok(format!(
+                "retained data keeps project {kept_id}; the next volume got {next_id}"
+            ))
+        })(),
+    );
+    drop(e);
+    host.remove_tree(mount_point, &base)?;
     Ok(())
 }
 
@@ -638,14 +799,22 @@ fn main() -> ExitCode {
         match fs_name.as_str() {
             "xfs" | "ext4" => scenario(&mut report, fs_name, mp, skip_limit),
             "plain" => {
-                let refusal = match LinuxHost::new().project_quota_support(mp) {
-                    Ok(()) => Err(anyhow!(
-                        "berth calls project quotas usable on a plain mount"
-                    )),
-                    Err(e @ HostError::Unsupported(_)) => Ok(format!("berth refuses: {e}")),
+                let refusal = match open(fs_name, &mp.join("volumes"), BackendChoice::Prjquota) {
+                    Ok(_) => Err(anyhow!("berth opened a prjquota pool on a plain mount")),
+                    Err(e @ EngineError::Unsupported { .. }) => {
+                        Ok(format!("refused at start: {e}"))
+                    }
                     Err(e) => Err(anyhow!("expected Unsupported, got: {e}")),
                 };
                 report.check(fs_name, "refuse-without-prjquota", refusal);
+                report.check(
+                    fs_name,
+                    "auto-falls-back",
+                    auto_backend(fs_name, mp).and_then(|b| match b {
+                        Backend::Loopfs => Ok("backend auto resolves to loopfs".into()),
+                        other => bail!("backend auto resolves to {}", other.as_str()),
+                    }),
+                );
             }
             other => {
                 report.check(other, "known-fs", Err(anyhow!("unknown kind {other}")));
