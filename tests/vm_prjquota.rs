@@ -3,7 +3,7 @@
 //! registry on the first run (QEMU and the kernel package; both cached afterwards).
 //!
 //! The host makes the filesystem images, fetches and caches the kernel, builds the guest
-//! payload (`examples/prjquota_vm.rs`, which drives berth's host layer) and an initramfs
+//! payload (`examples/prjquota_vm.rs`, volumes through berth's engine) and an initramfs
 //! around it (`tests/vm/`), boots it under QEMU with TCG and reads the payload's checks from
 //! the serial console.
 //!
