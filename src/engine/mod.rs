@@ -103,6 +103,17 @@ pub trait VolumeService: Send + Sync {
     /// Destroys the data and releases the reservation, whatever the reclaim policy.
     fn wipe(&self, caller: Caller, name: &VolumeName) -> Result<RemovalStats, EngineError>;
     fn expand(&self, caller: Caller, name: &VolumeName, size: u64) -> Result<Volume, EngineError>;
+    /// Hands a volume that nothing is attached to over to `owner`, if its owner is still
+    /// `expected` (compare-and-set: of two callers racing for the same volume one wins, the
+    /// other gets `Busy`). An attached volume is `InUse`. The Mesos hook uses it to give a
+    /// scaled-down instance's detached volume to a new instance of the same app.
+    fn adopt(
+        &self,
+        caller: Caller,
+        name: &VolumeName,
+        expected: &Owner,
+        owner: Owner,
+    ) -> Result<Volume, EngineError>;
     fn get(&self, name: &VolumeName) -> Result<Volume, EngineError>;
     fn list(&self, filter: &VolumeFilter) -> Vec<Volume>;
     fn usage(&self, name: &VolumeName) -> Result<Usage, EngineError>;
@@ -887,6 +898,42 @@ impl<H: Host> Engine<H> {
         Ok(v)
     }
 
+    // ----- adopt --------------------------------------------------------------------------
+
+    fn do_adopt(
+        &self,
+        caller: Caller,
+        name: &VolumeName,
+        expected: &Owner,
+        owner: Owner,
+    ) -> Result<Volume, EngineError> {
+        let _guard = self.locks.acquire(name, caller.wait_if_busy)?;
+        let mut v = self.ready_volume(name)?;
+        if v.owner == owner {
+            return Ok(v);
+        }
+        if !v.publications.is_empty() {
+            return Err(EngineError::InUse {
+                volume: name.to_string(),
+                targets: v
+                    .publications
+                    .iter()
+                    .map(|p| p.target.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+        if v.owner != *expected {
+            // Another caller adopted it first.
+            return Err(EngineError::Busy {
+                volume: name.to_string(),
+            });
+        }
+        v.owner = owner;
+        self.save(&v, "adopt")?;
+        Ok(v)
+    }
+
     // ----- usage and capacity -------------------------------------------------------------
 
     fn do_usage(&self, name: &VolumeName) -> Result<Usage, EngineError> {
@@ -1188,6 +1235,18 @@ impl<H: Host> VolumeService for Engine<H> {
     fn expand(&self, caller: Caller, name: &VolumeName, size: u64) -> Result<Volume, EngineError> {
         self.observe(caller, "expand", name.as_str(), || {
             self.do_expand(caller, name, size)
+        })
+    }
+
+    fn adopt(
+        &self,
+        caller: Caller,
+        name: &VolumeName,
+        expected: &Owner,
+        owner: Owner,
+    ) -> Result<Volume, EngineError> {
+        self.observe(caller, "adopt", name.as_str(), || {
+            self.do_adopt(caller, name, expected, owner)
         })
     }
 
