@@ -134,6 +134,8 @@ pub struct CleanedVolume {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorReply {
     pub error: String,
+    /// A stable word, as the admin API uses: `invalid_input`, `forbidden`, `no_capacity`, ...
+    pub kind: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub violations: Vec<Violation>,
 }

@@ -98,9 +98,13 @@ pub struct DaemonArgs {
     /// The daemon's admin socket.
     #[arg(long, env = "BERTH_ADMIN_SOCKET", default_value = DEFAULT_ADMIN_SOCKET)]
     pub admin_socket: PathBuf,
-    /// Bearer token, if the admin API requires one.
+    /// The admin bearer token, if the daemon has one (prefer BERTH_TOKEN or --token-file:
+    /// arguments show in `ps`).
     #[arg(long, env = "BERTH_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// A file whose first line is the admin token (e.g. the daemon's admin.token_file).
+    #[arg(long, env = "BERTH_TOKEN_FILE", conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
     /// Print the daemon's JSON answer instead of a summary.
     #[arg(long)]
     pub json: bool,
@@ -358,6 +362,17 @@ fn call(
         message,
     };
     let body = serde_json::to_vec(request).map_err(|e| connect_err(e.to_string()))?;
+    let token = match (&daemon.token, &daemon.token_file) {
+        (Some(token), _) => Some(token.trim().to_string()),
+        (None, Some(file)) => {
+            let text = std::fs::read_to_string(file).map_err(|source| MesosCliError::Read {
+                path: file.clone(),
+                source,
+            })?;
+            Some(text.lines().next().unwrap_or("").trim().to_string())
+        }
+        (None, None) => None,
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -365,7 +380,7 @@ fn call(
     let answer = runtime.block_on(async {
         tokio::time::timeout(
             REQUEST_TIMEOUT,
-            post(&daemon.admin_socket, daemon.token.as_deref(), path, body),
+            post(&daemon.admin_socket, token.as_deref(), path, body),
         )
         .await
         .unwrap_or_else(|_| {

@@ -66,10 +66,11 @@ const CALLER: Caller = Caller {
 const MAX_ID_LEN: usize = 512;
 
 /// Answers `/v1/mesos/...`; `None` for every other path, which the caller routes elsewhere.
+/// The caller has checked the bearer token.
 pub async fn handle(
     engine: &Arc<dyn VolumeService>,
     config: &MesosConfig,
-    req: Request,
+    req: &Request,
 ) -> Option<Reply> {
     let path = req.uri.path();
     if path != "/v1/mesos" && !path.starts_with("/v1/mesos/") {
@@ -79,11 +80,14 @@ pub async fn handle(
     let reply = match (path, post) {
         (PREPARE_PATH, true) => run(engine, config, &req.body, prepare).await,
         (CLEANUP_PATH, true) => run(engine, config, &req.body, cleanup).await,
-        (PREPARE_PATH | CLEANUP_PATH, false) => {
-            error_reply(405, format!("{path} takes POST, not {}", req.method))
-        }
+        (PREPARE_PATH | CLEANUP_PATH, false) => error_reply(
+            405,
+            "method_not_allowed",
+            format!("{path} takes POST, not {}", req.method),
+        ),
         _ => error_reply(
             404,
+            "not_found",
             format!("{path}: no such endpoint; use POST {PREPARE_PATH} or POST {CLEANUP_PATH}"),
         ),
     };
@@ -105,7 +109,7 @@ where
         Ok(request) => request,
         Err(e) => {
             tracing::debug!(error = %e, "malformed Mesos hook request");
-            return error_reply(400, format!("malformed request body: {e}"));
+            return error_reply(400, "invalid_input", format!("malformed request body: {e}"));
         }
     };
     let engine = Arc::clone(engine);
@@ -113,15 +117,16 @@ where
     match tokio::task::spawn_blocking(move || operation(engine.as_ref(), &config, request)).await {
         Ok(Ok(answer)) => Reply::json(200, &answer),
         Ok(Err(e)) => e.into_reply(),
-        Err(e) => error_reply(500, format!("the Mesos hook failed: {e}")),
+        Err(e) => error_reply(500, "internal", format!("the Mesos hook failed: {e}")),
     }
 }
 
-fn error_reply(status: u16, error: String) -> Reply {
+fn error_reply(status: u16, kind: &str, error: String) -> Reply {
     Reply::json(
         status,
         &ErrorReply {
             error,
+            kind: kind.to_string(),
             violations: Vec::new(),
         },
     )
@@ -152,7 +157,7 @@ impl From<EngineError> for HookError {
 impl HookError {
     fn into_reply(self) -> Reply {
         match self {
-            Self::BadRequest(message) => error_reply(400, message),
+            Self::BadRequest(message) => error_reply(400, "invalid_input", message),
             Self::Definition(violations) => Reply::json(
                 422,
                 &ErrorReply {
@@ -160,13 +165,14 @@ impl HookError {
                         "the definition breaks {} of Marathon's rules for volumes",
                         violations.len()
                     ),
+                    kind: "invalid_definition".into(),
                     violations,
                 },
             ),
-            Self::Forbidden(message) => error_reply(403, message),
-            Self::Changed(message) => error_reply(409, message),
-            Self::Io(message) => error_reply(500, message),
-            Self::Engine(e) => error_reply(engine_status(&e), e.to_string()),
+            Self::Forbidden(message) => error_reply(403, "forbidden", message),
+            Self::Changed(message) => error_reply(409, "immutable_after_deploy", message),
+            Self::Io(message) => error_reply(500, "host", message),
+            Self::Engine(e) => error_reply(engine_status(&e), e.kind(), e.to_string()),
         }
     }
 }

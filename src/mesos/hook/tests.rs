@@ -91,7 +91,7 @@ impl Agent {
             headers: hyper::HeaderMap::new(),
             body: body.into(),
         };
-        let reply = handle(&engine, &self.config, request).await?;
+        let reply = handle(&engine, &self.config, &request).await?;
         assert_eq!(reply.content_type, "application/json");
         Some((reply.status, serde_json::from_slice(&reply.body).unwrap()))
     }
@@ -749,6 +749,7 @@ async fn requests_are_checked_at_the_edge_and_change_nothing() {
         .prepare(prepare_body(&broken, "t1", &sandbox, Some(&rootfs)))
         .await;
     assert_eq!(status, 422, "{reply:#}");
+    assert_eq!(reply["kind"], "invalid_definition");
     let paths: Vec<&str> = reply["violations"]
         .as_array()
         .unwrap()
@@ -819,6 +820,7 @@ async fn a_volume_no_pool_can_hold_is_insufficient_storage_and_leaves_nothing() 
         .prepare(prepare_body(POSTGRES_APP, "pg.1", &sandbox, None))
         .await;
     assert_eq!(status, 507, "{reply:#}");
+    assert_eq!(reply["kind"], "no_capacity");
     let error = error_of(&reply);
     assert!(error.contains("postgres#pgdata#"), "{error}");
     assert!(error.contains("kind root, not mount"), "{error}");
