@@ -512,29 +512,40 @@ fn plan_mounts(
                 }
             }
             for mount in &pod.mounts {
-                let root = if mount.mount_path.is_absolute() {
+                // `base` is what the mount path is relative to; `root`, the directory below
+                // which the hook checks and makes the missing parents.
+                let (root, base) = if mount.mount_path.is_absolute() {
                     let rootfs = layout
                         .container_rootfs
                         .get(&mount.container)
                         .map(|r| beneath_work_dir(work_dir, r, "container_rootfs", true))
                         .transpose()?;
-                    container_root(
+                    let root = container_root(
                         rootfs.as_ref(),
                         layout,
                         &mount.mount_path,
                         "container_rootfs",
-                    )?
+                    )?;
+                    (root.clone(), root)
                 } else {
                     match layout.container_sandboxes.get(&mount.container) {
-                        Some(dir) => beneath_work_dir(work_dir, dir, "container_sandboxes", true)?,
-                        None => {
-                            default_container_sandbox(&sandbox, &request.task_id, &mount.container)?
+                        Some(dir) => {
+                            let dir = beneath_work_dir(work_dir, dir, "container_sandboxes", true)?;
+                            (dir.clone(), dir)
                         }
+                        None => (
+                            sandbox.clone(),
+                            default_container_sandbox(
+                                &sandbox,
+                                &request.task_id,
+                                &mount.container,
+                            )?,
+                        ),
                     }
                 };
                 mounts.push(PlannedMount {
                     volume: mount.volume.clone(),
-                    path: join_beneath(&root, &mount.mount_path, "mountPath")?,
+                    path: join_beneath(&base, &mount.mount_path, "mountPath")?,
                     root,
                     read_only: mount.read_only,
                 });

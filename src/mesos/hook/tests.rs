@@ -673,6 +673,12 @@ async fn a_pod_volume_is_shared_by_its_containers_read_only_where_asked() {
     for (path, read_only) in &expected {
         assert_eq!(agent.mounted(path), Some(*read_only), "{}", path.display());
     }
+    // The mount points' parents exist on disk (the engine makes only the last component).
+    assert!(
+        container1.parent().unwrap().is_dir(),
+        "the container's sandbox is made"
+    );
+    assert!(rootfs3.join("srv").is_dir());
 
     let mut cleanup = body.clone();
     cleanup.as_object_mut().unwrap().remove("definition");
