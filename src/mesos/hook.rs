@@ -224,7 +224,9 @@ fn prepare(
         gid: request.owner_gid,
         mode: None,
     };
-    let app_id = definition.id();
+    // Marathon's ids are absolute; `mysql` in a definition is `/mysql`.
+    let app_id = format!("/{}", definition.id().trim_start_matches('/'));
+    let app_id = app_id.as_str();
     let existing = engine.list(&VolumeFilter {
         app_id: Some(app_id.to_string()),
         ..VolumeFilter::default()
@@ -263,9 +265,14 @@ fn prepare(
     let mut in_order: Vec<&PlannedMount> = mounts.iter().collect();
     in_order.sort_by_key(|m| m.path.components().count());
     for mount in in_order {
+        // The validator ties every mount to a persistent volume of the definition.
         let Some((_, volume, _)) = reserved.iter().find(|(name, _, _)| *name == mount.volume)
         else {
-            continue;
+            return Err(HookError::BadRequest(format!(
+                "{} mounts {:?}, which is not a persistent volume of {app_id}",
+                mount.path.display(),
+                mount.volume
+            )));
         };
         make_parents(&mount.root, &mount.path)?;
         let target = PublishTarget::Bind {

@@ -373,6 +373,16 @@ async fn scale_up_adopts_a_detached_volume_never_an_attached_one() {
     assert_eq!(reply.volumes[0].origin, Origin::Created);
     assert_eq!(agent.volumes().len(), 3);
 
+    // The same app written without its leading slash is the same app.
+    agent
+        .cleanup_ok(cleanup_body("t4", &sandbox, Some(&rootfs)))
+        .await;
+    let relative = edited(MYSQL_APP, |doc| doc["id"] = json!("mysql"));
+    let reply = agent
+        .prepare_ok(prepare_body(&relative, "t4", &sandbox, Some(&rootfs)))
+        .await;
+    assert_eq!(reply.volumes[0].origin, Origin::Relaunched);
+
     // Another framework's detached volume of an app with the same id is not taken.
     agent
         .cleanup_ok(cleanup_body("t4", &sandbox, Some(&rootfs)))
