@@ -69,6 +69,16 @@ pub struct PoolSelector {
     pub profile: Option<String>,
 }
 
+/// A place a new volume could go.
+struct Candidate<'p> {
+    pool: &'p PoolConfig,
+    base: PathBuf,
+    /// For directories the room left; for disks their size.
+    room: u64,
+    /// The size the volume gets there.
+    size: Option<u64>,
+}
+
 /// What the start-up reconciliation found and did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RecoveryReport {
@@ -159,7 +169,7 @@ impl<H: Host> Engine<H> {
         };
         let store = Store::open(&config.store_path).map_err(internal)?;
         let records = store.load_all().map_err(internal)?;
-        for pool in &config.pools {
+        for pool in config.pools.iter().filter(|p| p.kind != PoolKind::Mount) {
             for base in &pool.paths {
                 for dir in [IMAGES_DIR, RETAINED_DIR] {
                     host.make_dir(&base.join(dir), &Ownership::default())
@@ -383,7 +393,7 @@ impl<H: Host> Engine<H> {
         Ok(Some(source))
     }
 
-    /// Picks a pool and base path with room, and records the volume as `Creating`.
+    /// Picks a pool and base path (or disk) with room, and records the volume as `Creating`.
     fn reserve(&self, request: &CreateRequest) -> Result<Volume, EngineError> {
         let name = &request.name;
         let _placement = self.placement.lock().unwrap_or_else(|e| e.into_inner());
@@ -396,40 +406,17 @@ impl<H: Host> Engine<H> {
             });
         }
         let mut reasons = Vec::new();
-        let mut best: Option<(&PoolConfig, &PathBuf, u64, Option<u64>)> = None;
-        for pool in &self.pools {
-            if let Some(why) = pool.mismatch(&request.spec) {
-                reasons.push(why);
-                continue;
-            }
-            let size = request.spec.size.or(pool.default_size);
-            for base in &pool.paths {
-                let base_text = base.display().to_string();
-                if let Some(c) = request
-                    .spec
-                    .constraints
-                    .iter()
-                    .find(|c| !c.matches(&base_text))
-                {
-                    reasons.push(format!("{base_text} in pool {} fails {c}", pool.name));
-                    continue;
-                }
-                let available = self.available_on(pool, base)?;
-                if size.unwrap_or(0) > available {
-                    reasons.push(format!(
-                        "{base_text} in pool {} has {} free of its capacity, {} asked",
-                        pool.name,
-                        format_size(available),
-                        format_size(size.unwrap_or(0))
-                    ));
-                    continue;
-                }
-                if best.is_none_or(|(_, _, room, _)| available > room) {
-                    best = Some((pool, base, available, size));
-                }
-            }
-        }
-        let Some((pool, base, _, size)) = best else {
+        let candidates = self.candidates(&request.spec, &mut reasons)?;
+        // Directories go where there is most room; whole disks to the smallest that fits.
+        // Without a requested kind, directories are preferred over giving away a disk.
+        let best = candidates.into_iter().min_by_key(|c| match c.pool.kind {
+            PoolKind::Mount => (1, c.room, c.base.clone()),
+            _ => (0, u64::MAX - c.room, c.base.clone()),
+        });
+        let Some(Candidate {
+            pool, base, size, ..
+        }) = best
+        else {
             return Err(EngineError::NoCapacity {
                 volume: name.to_string(),
                 reason: if reasons.is_empty() {
@@ -444,7 +431,10 @@ impl<H: Host> Engine<H> {
         } else {
             pool.backend_for(size)
         };
-        let dir = base.join(name.as_str());
+        let dir = match backend {
+            Backend::Disk => base.clone(),
+            _ => base.join(name.as_str()),
+        };
         let (data, image, fs) = match (request.spec.access, backend) {
             (AccessType::Block, _) => {
                 let image = base.join(IMAGES_DIR).join(format!("{name}.img"));
@@ -455,7 +445,9 @@ impl<H: Host> Engine<H> {
                 Some(base.join(IMAGES_DIR).join(format!("{name}.img"))),
                 Some(pool.fs),
             ),
-            (AccessType::Filesystem, Backend::None) => (dir.join("data"), None, None),
+            (AccessType::Filesystem, Backend::None | Backend::Disk) => {
+                (dir.join("data"), None, None)
+            }
         };
         let volume = Volume {
             name: name.clone(),
@@ -465,7 +457,7 @@ impl<H: Host> Engine<H> {
                 pool: pool.name.clone(),
                 kind: pool.kind,
                 backend,
-                base: base.clone(),
+                base,
                 dir,
                 data,
                 image,
@@ -483,6 +475,146 @@ impl<H: Host> Engine<H> {
         Ok(volume)
     }
 
+    /// Every place that can hold the spec, and why each other place cannot.
+    fn candidates<'p>(
+        &'p self,
+        spec: &VolumeSpec,
+        reasons: &mut Vec<String>,
+    ) -> Result<Vec<Candidate<'p>>, EngineError> {
+        let mut found = Vec::new();
+        for pool in &self.pools {
+            if let Some(why) = pool.mismatch(spec) {
+                reasons.push(why);
+                continue;
+            }
+            if pool.kind == PoolKind::Mount && spec.access == AccessType::Block {
+                reasons.push(format!(
+                    "pool {} gives whole disks, not block devices",
+                    pool.name
+                ));
+                continue;
+            }
+            let bases = match pool.kind {
+                PoolKind::Mount => self.disks(pool)?,
+                _ => pool.paths.clone(),
+            };
+            if bases.is_empty() {
+                reasons.push(format!(
+                    "pool {} has no disks mounted under {:?}",
+                    pool.name, pool.paths
+                ));
+            }
+            for base in bases {
+                let base_text = base.display().to_string();
+                if let Some(c) = spec.constraints.iter().find(|c| !c.matches(&base_text)) {
+                    reasons.push(format!("{base_text} in pool {} fails {c}", pool.name));
+                    continue;
+                }
+                if pool.kind == PoolKind::Mount {
+                    if let Some(c) = self.disk_candidate(pool, base, spec, reasons)? {
+                        found.push(c);
+                    }
+                    continue;
+                }
+                let size = spec.size.or(pool.default_size);
+                let room = self.available_on(pool, &base)?;
+                if size.unwrap_or(0) > room {
+                    reasons.push(format!(
+                        "{base_text} in pool {} has {} free of its capacity, {} asked",
+                        pool.name,
+                        format_size(room),
+                        format_size(size.unwrap_or(0))
+                    ));
+                    continue;
+                }
+                found.push(Candidate {
+                    pool,
+                    base,
+                    room,
+                    size,
+                });
+            }
+        }
+        Ok(found)
+    }
+
+    /// The filesystems mounted directly beneath a mount pool's discovery directories,
+    /// read afresh from the mount table on every call.
+    fn disks(&self, pool: &PoolConfig) -> Result<Vec<PathBuf>, EngineError> {
+        let mounts = self.host.mounts().map_err(|source| EngineError::Host {
+            volume: "-".into(),
+            operation: "discovering disks",
+            source,
+        })?;
+        let mut disks: Vec<PathBuf> = mounts
+            .into_iter()
+            .map(|m| m.mount_point)
+            .filter(|mp| pool.paths.iter().any(|d| mp.parent() == Some(d.as_path())))
+            .collect();
+        disks.sort();
+        disks.dedup();
+        Ok(disks)
+    }
+
+    /// A disk can take a volume when no volume holds it, no data is left on it, and its
+    /// size lies within what is asked.
+    fn disk_candidate<'p>(
+        &self,
+        pool: &'p PoolConfig,
+        disk: PathBuf,
+        spec: &VolumeSpec,
+        reasons: &mut Vec<String>,
+    ) -> Result<Option<Candidate<'p>>, EngineError> {
+        let text = disk.display().to_string();
+        if let Some(holder) = self.cache().values().find(|v| v.placement.base == disk) {
+            reasons.push(format!("disk {text} is held by volume {}", holder.name));
+            return Ok(None);
+        }
+        let measure = |path: &Path| {
+            self.host
+                .tree_usage(path)
+                .map_err(|source| EngineError::Host {
+                    volume: "-".into(),
+                    operation: "inspecting a disk",
+                    source,
+                })
+        };
+        if measure(&disk.join("data"))?.inodes > 0 || measure(&disk.join(RETAINED_DIR))?.inodes > 1
+        {
+            reasons.push(format!(
+                "disk {text} still holds data of a released volume; wipe it first"
+            ));
+            return Ok(None);
+        }
+        let capacity = self.capacity_of(pool, &disk)?;
+        if let Some(size) = spec.size
+            && capacity < size
+        {
+            reasons.push(format!(
+                "disk {text} has {}, {} asked",
+                format_size(capacity),
+                format_size(size)
+            ));
+            return Ok(None);
+        }
+        if let Some(max) = spec.max_size
+            && capacity > max
+        {
+            reasons.push(format!(
+                "disk {text} has {}, more than the maximum {}",
+                format_size(capacity),
+                format_size(max)
+            ));
+            return Ok(None);
+        }
+        Ok(Some(Candidate {
+            pool,
+            base: disk,
+            room: capacity,
+            size: Some(capacity),
+        }))
+    }
+
     /// Bytes a base path can still reserve: its capacity less what its volumes hold.
     fn available_on(&self, pool: &PoolConfig, base: &Path) -> Result<u64, EngineError> {
         let capacity = self.capacity_of(pool, base)?;
@@ -491,8 +623,9 @@ impl<H: Host> Engine<H> {
 
     fn capacity_of(&self, pool: &PoolConfig, base: &Path) -> Result<u64, EngineError> {
         match pool.capacity {
-            Some(c) => Ok(c),
-            None => self
+            // A disk's capacity is its own size.
+            Some(c) if pool.kind != PoolKind::Mount => Ok(c),
+            _ => self
                 .host
                 .fs_stats(base)
                 .map(|s| s.bytes_total)
@@ -567,6 +700,22 @@ impl<H: Host> Engine<H> {
         let p = &v.placement;
         let err = |op| Self::host_err(&v.name, op);
         let mut stats = RemovalStats::default();
+        if p.backend == Backend::Disk {
+            // The disk itself stays: only what berth made on it goes.
+            if retain {
+                self.host
+                    .make_dir(&p.base.join(RETAINED_DIR), &Ownership::default())
+                    .map_err(err("retaining the data"))?;
+                self.host
+                    .rename(&p.data, &self.retained_path(v, ""))
+                    .map_err(err("retaining the data"))?;
+                return Ok(stats);
+            }
+            return self
+                .host
+                .remove_tree(&p.base, &p.data)
+                .map_err(err("wiping the disk"));
+        }
         if let Some(image) = &p.image {
             if p.fs.is_some() {
                 self.host
@@ -884,6 +1033,15 @@ impl<H: Host> Engine<H> {
         if v.size.is_some_and(|current| size <= current) {
             return Ok(v);
         }
+        if v.placement.backend == Backend::Disk {
+            return Err(EngineError::Unsupported {
+                volume: name.to_string(),
+                reason: format!(
+                    "a mount volume is a whole disk of {}; it cannot grow",
+                    format_size(v.size.unwrap_or(0))
+                ),
+            });
+        }
         let _placement = self.placement.lock().unwrap_or_else(|e| e.into_inner());
         let pool = self
             .pool(&v.placement.pool)
@@ -1025,12 +1183,30 @@ impl<H: Host> Engine<H> {
                 let mut capacity = 0u64;
                 let mut reserved = 0u64;
                 let mut available = 0u64;
-                for base in &pool.paths {
+                let bases = match pool.kind {
+                    PoolKind::Mount => self.disks(pool).unwrap_or_default(),
+                    _ => pool.paths.clone(),
+                };
+                for base in &bases {
                     let cap = self.capacity_of(pool, base).unwrap_or(0);
                     let res = self.reserved_on(base);
                     capacity += cap;
                     reserved += res;
-                    available += cap.saturating_sub(res);
+                    if pool.kind == PoolKind::Mount {
+                        let free = self
+                            .disk_candidate(
+                                pool,
+                                base.clone(),
+                                &VolumeSpec::default(),
+                                &mut Vec::new(),
+                            )
+                            .ok()
+                            .flatten()
+                            .is_some();
+                        available += if free { cap } else { 0 };
+                    } else {
+                        available += cap.saturating_sub(res);
+                    }
                 }
                 let volumes = self
                     .cache()

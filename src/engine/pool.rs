@@ -28,7 +28,8 @@ pub enum BackendChoice {
 pub struct PoolConfig {
     pub name: String,
     pub kind: PoolKind,
-    /// Base directories; for `root` exactly one.
+    /// Base directories; for `root` exactly one. For `mount` pools, discovery directories:
+    /// every filesystem mounted directly beneath one is a disk of the pool.
     pub paths: Vec<PathBuf>,
     #[serde(default)]
     pub backend: BackendChoice,
@@ -115,9 +116,9 @@ impl PoolConfig {
                 self.name
             ));
         }
-        if self.kind == PoolKind::Mount {
+        if self.kind == PoolKind::Mount && self.default_size.is_some() {
             return Err(format!(
-                "pools.{}.kind: mount pools are not supported by this build; use root or path",
+                "pools.{}.default_size: a mount pool gives each volume a whole disk",
                 self.name
             ));
         }
@@ -139,6 +140,9 @@ impl PoolConfig {
     /// The backend a volume of this spec gets in this pool: `auto` enforces sizes with
     /// `loopfs`; a volume without any size is a plain directory.
     pub fn backend_for(&self, size: Option<u64>) -> Backend {
+        if self.kind == PoolKind::Mount {
+            return Backend::Disk;
+        }
         match (self.backend, size) {
             (_, None) => Backend::None,
             (BackendChoice::None, _) => Backend::None,

@@ -214,6 +214,8 @@ pub enum Backend {
     None,
     /// A sparse image file with its own filesystem on a loop device: a hard limit.
     Loopfs,
+    /// A whole disk of a `mount` pool: the disk's own size is the limit.
+    Disk,
 }
 
 impl Backend {
@@ -221,6 +223,7 @@ impl Backend {
         match self {
             Self::None => "none",
             Self::Loopfs => "loopfs",
+            Self::Disk => "disk",
         }
     }
 }
