@@ -88,7 +88,17 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    /// With one `root` pool of size-enforcing `loopfs` volumes.
     pub fn start(scratch: &Path, work_dir: &Path) -> Self {
+        let pools = format!(
+            "[[pools]]\nname = \"default\"\nkind = \"root\"\npaths = [\"{}\"]\nbackend = \"loopfs\"\n",
+            scratch.join("pool").display()
+        );
+        Self::start_with_pools(scratch, work_dir, &pools)
+    }
+
+    /// With the pools of `pools` (TOML `[[pools]]` tables).
+    pub fn start_with_pools(scratch: &Path, work_dir: &Path, pools: &str) -> Self {
         let socket = scratch.join("admin.sock");
         let config = scratch.join("berth.toml");
         std::fs::write(
@@ -105,16 +115,10 @@ admin = "{socket}"
 [mesos]
 work_dir = "{work}"
 
-[[pools]]
-name = "default"
-kind = "root"
-paths = ["{pool}"]
-backend = "loopfs"
-"#,
+{pools}"#,
                 state = scratch.join("state").display(),
                 socket = socket.display(),
                 work = work_dir.display(),
-                pool = scratch.join("pool").display(),
             ),
         )
         .unwrap();
