@@ -55,7 +55,6 @@ fn sandbox(work_dir: &Path, run: &str) -> PathBuf {
 }
 
 #[test]
-#[ignore = "until main has the admin API routing /v1/mesos to the hook"]
 fn type_max_size_and_constraints_choose_the_disk() {
     require_root();
     let scratch = Scratch::new("berth-mmnt-");
@@ -69,7 +68,7 @@ fn type_max_size_and_constraints_choose_the_disk() {
         "[[pools]]\nname = \"disks\"\nkind = \"mount\"\npaths = [\"{}\"]\n",
         root.join("disks").display()
     );
-    let daemon = Daemon::start_with_pools(&root, &work_dir, &pools);
+    let daemon = Daemon::start_with(&root, &work_dir, &pools);
 
     // The documented app, scaled: 64 MiB on a disk of at most 128 MiB whose path matches.
     let mut app: Value = serde_json::from_str(POSTGRES).unwrap();

@@ -36,7 +36,6 @@ fn executor_sandbox(work_dir: &Path, run: &str) -> PathBuf {
 }
 
 #[test]
-#[ignore = "until main has LinuxHost and the admin API routes /v1/mesos to the hook"]
 fn a_pod_shares_one_volume_between_its_containers_read_only_where_asked() {
     require_root();
     let scratch = Scratch::new("berth-mpod-");

@@ -300,7 +300,6 @@ const DEFINITION: &str = r#"{
 }"#;
 
 #[test]
-#[ignore = "until main has LinuxHost and the admin API routes /v1/mesos to the hook"]
 fn postgres_data_survives_relaunch_and_scale_down_up_until_wiped() {
     require_root();
     let started = Instant::now();

@@ -94,11 +94,11 @@ impl Daemon {
             "[[pools]]\nname = \"default\"\nkind = \"root\"\npaths = [\"{}\"]\nbackend = \"loopfs\"\n",
             scratch.join("pool").display()
         );
-        Self::start_with_pools(scratch, work_dir, &pools)
+        Self::start_with(scratch, work_dir, &pools)
     }
 
-    /// With the pools of `pools` (TOML `[[pools]]` tables).
-    pub fn start_with_pools(scratch: &Path, work_dir: &Path, pools: &str) -> Self {
+    /// With `tables` (TOML tables: `[[pools]]`, `[admin]`, ...) after the common settings.
+    pub fn start_with(scratch: &Path, work_dir: &Path, tables: &str) -> Self {
         let socket = scratch.join("admin.sock");
         let config = scratch.join("berth.toml");
         std::fs::write(
@@ -115,7 +115,7 @@ admin = "{socket}"
 [mesos]
 work_dir = "{work}"
 
-{pools}"#,
+{tables}"#,
                 state = scratch.join("state").display(),
                 socket = socket.display(),
                 work = work_dir.display(),
