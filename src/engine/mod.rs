@@ -1041,17 +1041,8 @@ impl<H: Host> Engine<H> {
 
     /// Tombstones and destroys a volume whose lock the caller holds.
     fn delete_locked(&self, mut v: Volume, wipe: bool) -> Result<RemovalStats, EngineError> {
-        let name = &v.name;
         if !v.publications.is_empty() {
-            return Err(EngineError::InUse {
-                volume: name.to_string(),
-                targets: v
-                    .publications
-                    .iter()
-                    .map(|p| p.target.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            });
+            return Err(in_use(&v));
         }
         let wipe = match v.phase {
             // An interrupted delete keeps the stronger of the two requests.
@@ -1171,15 +1162,7 @@ impl<H: Host> Engine<H> {
             return Ok(v);
         }
         if !v.publications.is_empty() {
-            return Err(EngineError::InUse {
-                volume: name.to_string(),
-                targets: v
-                    .publications
-                    .iter()
-                    .map(|p| p.target.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            });
+            return Err(in_use(&v));
         }
         if v.owner != *expected {
             // Another caller adopted it first.
@@ -1475,6 +1458,19 @@ impl<H: Host> Engine<H> {
             }
         }
         Ok(())
+    }
+}
+
+/// `InUse` for a volume that still has publications, naming them.
+fn in_use(v: &Volume) -> EngineError {
+    EngineError::InUse {
+        volume: v.name.to_string(),
+        targets: v
+            .publications
+            .iter()
+            .map(|p| p.target.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
     }
 }
 
