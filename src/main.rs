@@ -34,6 +34,9 @@ enum Command {
         #[arg(long)]
         check: Option<PathBuf>,
     },
+    /// Marathon apps and pods: validate a definition; prepare and clean up a task's volumes.
+    #[command(subcommand)]
+    Mesos(berth::mesos::cli::MesosCommand),
 }
 
 fn berth_version() -> &'static str {
@@ -89,5 +92,6 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Mesos(command) => Ok(berth::mesos::cli::run(command)?),
     }
 }
