@@ -14,9 +14,10 @@
 //! must report 16 MiB, 15 MiB are written, writing past the limit must fail (XFS: `ENOSPC`
 //! even for root; ext4: `EDQUOT` for a writer without `CAP_SYS_RESOURCE`), usage must come
 //! from the quota, the volume is expanded to 32 MiB and written again, then deleted: its id
-//! must be released (no usage, no limit, not in use) and handed out again. `auto` must pick
-//! `prjquota` there. On the `plain` mount (no `prjquota`) an explicit `prjquota` pool must be
-//! refused at start with a clear message, and `auto` must fall back to `loopfs`.
+//! must be released (no usage, no limit, not in use) and handed out again, while a retained
+//! volume's id stays taken. `auto` must pick `prjquota` there. On the `plain` mount (no
+//! `prjquota`) an explicit `prjquota` pool must be refused at start with a clear message, and
+//! `auto` must fall back to `loopfs`.
 //!
 //! Everything berth does is checked against the kernel through an interface berth does not
 //! use ([`kernel`]: the generic `Q_GETQUOTA`/`Q_GETNEXTQUOTA` and `FS_IOC_FSGETXATTR`, where
@@ -29,9 +30,6 @@
 //! `--skip-limit` (or `berth.skip_limit=1` on the kernel command line) deliberately removes
 //! each limit right after berth set it, to prove the host-side test fails when sizes are not
 //! enforced.
-//!
-//! `KNOWN FAIL` lines report a known gap that is not counted as a failure (yet); see the
-//! check that prints them.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -265,19 +263,6 @@ impl Report {
                 println!("CHECK FAIL {fs} {name}: {e:#}");
                 false
             }
-        }
-    }
-}
-
-impl Report {
-    /// A check of a known gap: printed, but a failure is not counted.
-    fn known(&mut self, fs: &str, name: &str, result: Result<String>) {
-        match result {
-            Ok(detail) => {
-                self.passed += 1;
-                println!("CHECK PASS {fs} {name}: {detail}");
-            }
-            Err(e) => println!("KNOWN FAIL {fs} {name}: {e:#}"),
         }
     }
 }
@@ -707,7 +692,7 @@ fn volume_life(
 
     // Retained data keeps its files' project id after berth forgets the volume; the id must
     // not be handed to a new volume, or the retained bytes count against the new one.
-    report.known(
+    report.check(
         fs_name,
         "retain-keeps-id",
         (|| {
