@@ -786,10 +786,10 @@ fn main() -> ExitCode {
             "plain" => {
                 let refusal = match open(fs_name, &mp.join("volumes"), BackendChoice::Prjquota) {
                     Ok(_) => Err(anyhow!("berth opened a prjquota pool on a plain mount")),
-                    Err(e @ EngineError::Unsupported { .. }) => {
+                    Err(e @ EngineError::PoolUnusable { .. }) => {
                         Ok(format!("refused at start: {e}"))
                     }
-                    Err(e) => Err(anyhow!("expected Unsupported, got: {e}")),
+                    Err(e) => Err(anyhow!("expected PoolUnusable, got: {e}")),
                 };
                 report.check(fs_name, "refuse-without-prjquota", refusal);
                 report.check(

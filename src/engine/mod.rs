@@ -1567,8 +1567,8 @@ impl<H: Host> Engine<H> {
 fn resolve_backend<H: Host>(host: &H, pool: &PoolConfig) -> Result<Backend, EngineError> {
     use crate::host::FsKind;
     use pool::BackendChoice;
-    let refuse = |reason: String| EngineError::Unsupported {
-        volume: format!("pool {}", pool.name),
+    let refuse = |reason: String| EngineError::PoolUnusable {
+        pool: pool.name.clone(),
         reason,
     };
     if pool.kind == PoolKind::Mount {
