@@ -22,6 +22,8 @@ pub struct Call {
 #[derive(Default)]
 struct Model {
     dirs: BTreeSet<PathBuf>,
+    /// The ownership last applied to each directory by `make_dir`.
+    ownership: BTreeMap<PathBuf, Ownership>,
     files: BTreeSet<PathBuf>,
     /// mount point -> (source, read-only)
     mounts: BTreeMap<PathBuf, (PathBuf, bool)>,
@@ -73,6 +75,11 @@ impl FakeHost {
 
     pub fn call_count(&self) -> usize {
         self.lock().calls.len()
+    }
+
+    /// The ownership `make_dir` last applied to `p`, if it applied any.
+    pub fn ownership_of(&self, p: &Path) -> Option<Ownership> {
+        self.lock().ownership.get(p).cloned()
     }
 
     pub fn is_dir(&self, p: &Path) -> bool {
@@ -138,9 +145,12 @@ fn not_found(op: &'static str, path: &Path) -> HostError {
 }
 
 impl Host for FakeHost {
-    fn make_dir(&self, dir: &Path, _ownership: &Ownership) -> Result<(), HostError> {
+    fn make_dir(&self, dir: &Path, ownership: &Ownership) -> Result<(), HostError> {
         let mut m = self.enter("make_dir", dir)?;
         m.dirs.insert(dir.to_path_buf());
+        if *ownership != Ownership::default() {
+            m.ownership.insert(dir.to_path_buf(), ownership.clone());
+        }
         Ok(())
     }
 
