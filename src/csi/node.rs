@@ -14,7 +14,7 @@ use tonic::{Code, Request, Response, Status};
 use super::controller::{bytes, grow};
 use super::params::{
     Capability, EPHEMERAL_KEY, ParamSource, SizeRange, check_fits, choose_size, minimum_size,
-    parse_capability, parse_parameters, parse_range, topology_of,
+    parse_capability, parse_parameters, parse_range, read_only_block, topology_of,
 };
 use super::proto::node_server::Node;
 use super::proto::node_service_capability::{self, Rpc, rpc};
@@ -129,6 +129,12 @@ impl CsiService {
         let target = path_field(&req.target_path, "target_path", &name)?;
         let cap = stage_capability(req.volume_capability.as_ref(), &name)?;
         let read_only = req.readonly || cap.read_only;
+        if read_only && cap.access == AccessType::Block {
+            return Err(about(
+                name.as_str(),
+                Status::failed_precondition(read_only_block("readonly")),
+            ));
+        }
         if req.volume_context.get(EPHEMERAL_KEY).map(String::as_str) == Some("true") {
             return self
                 .publish_ephemeral(name, target, cap, read_only, &req.volume_context)

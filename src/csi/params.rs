@@ -262,6 +262,12 @@ pub fn parse_capability(
         None => Err(CapabilityError::Invalid(format!(
             "{field}.access_type is required: block or mount"
         ))),
+        Some(CsiAccess::Block(_)) if read_only => {
+            Err(CapabilityError::Unsupported(read_only_block(&format!(
+                "{field}.access_mode {}",
+                Mode::SingleNodeReaderOnly.as_str_name()
+            ))))
+        }
         Some(CsiAccess::Block(_)) => Ok(Capability {
             access: AccessType::Block,
             read_only,
@@ -297,6 +303,14 @@ pub fn parse_capability(
             })
         }
     }
+}
+
+/// Why a block volume cannot be given read-only: a read-only bind mount of a device node
+/// does not stop writes through it, and berth shares one loop device per volume.
+pub fn read_only_block(what: &str) -> String {
+    format!(
+        "{what}: berth cannot make block access read-only (a read-only bind of a device node still allows writes); publish it read-write or use a filesystem volume"
+    )
 }
 
 /// Checks a capability against an existing volume: the access type must match, and a
@@ -618,16 +632,23 @@ mod tests {
         assert_eq!(c.fs_type.as_deref(), Some("ext4"));
         assert_eq!(c.mount_group, Some(2000));
         let c = parse_capability(
-            &cap(Mode::SingleNodeReaderOnly, CsiAccess::Block(BlockVolume {})),
+            &cap(Mode::SingleNodeWriter, CsiAccess::Block(BlockVolume {})),
             "c",
         )
         .unwrap();
         assert_eq!(c.access, AccessType::Block);
-        assert!(c.read_only);
+        assert!(!c.read_only);
     }
 
     #[test]
     fn capabilities_berth_cannot_honour_are_refused() {
+        let err = parse_capability(
+            &cap(Mode::SingleNodeReaderOnly, CsiAccess::Block(BlockVolume {})),
+            "c",
+        )
+        .unwrap_err();
+        assert!(matches!(err, CapabilityError::Unsupported(_)), "{err:?}");
+        assert!(err.message().contains("read-only"), "{err:?}");
         let unsupported = [Mode::MultiNodeReaderOnly, Mode::MultiNodeMultiWriter];
         for mode in unsupported {
             let err = parse_capability(&cap(mode, mount("", &[], "")), "c").unwrap_err();

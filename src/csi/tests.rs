@@ -1168,6 +1168,18 @@ async fn block_volumes_are_staged_and_published_as_device_nodes() {
     );
     assert_eq!(fake.mounted_at(Path::new("/k/dev/raw")).unwrap().0, source);
     assert_eq!(fake.loop_count(), 1);
+    // A read-only bind of a device node would still allow writes: refused.
+    assert_code(
+        h.publish("raw", staging, "/k/dev/ro", block(), true).await,
+        Code::FailedPrecondition,
+        "read-only",
+    );
+    let mut reader = request("raw-ro", 64 * MIB, 0);
+    reader.volume_capabilities = vec![cap(
+        Mode::SingleNodeReaderOnly,
+        CsiAccess::Block(BlockVolume {}),
+    )];
+    assert_code(h.create(reader).await, Code::InvalidArgument, "read-only");
     assert_code(
         h.publish("raw", staging, "/k/dev/other", mount(), false)
             .await,
