@@ -34,6 +34,7 @@ pub struct Daemon {
     child: Option<Child>,
     pub node_id: String,
     extra_config: String,
+    log_level: String,
 }
 
 impl Daemon {
@@ -41,6 +42,12 @@ impl Daemon {
     /// `xfs` (xfs images), a plain-directory pool `plain` (profile `bulk`), and `extra`
     /// appended to the config.
     pub fn start(extra: &str) -> Self {
+        let level = std::env::var("BERTH_LOG").unwrap_or_else(|_| "info".into());
+        Self::start_logging(extra, &level)
+    }
+
+    /// [`Daemon::start`] with the daemon's log level (`BERTH_LOG`) given.
+    pub fn start_logging(extra: &str, log_level: &str) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("berth-csi-")
             .tempdir_in(std::env::var("BERTH_TEST_DIR").unwrap_or_else(|_| "/var/tmp".into()))
@@ -60,6 +67,7 @@ impl Daemon {
             child: None,
             node_id,
             extra_config: extra.to_string(),
+            log_level: log_level.to_string(),
         };
         for sub in ["pool", "plain", "xfs", "k8s"] {
             std::fs::create_dir_all(daemon.path().join(sub)).expect("dirs");
@@ -146,10 +154,7 @@ capacity = "8GiB"
         let child = Command::new(env!("CARGO_BIN_EXE_berth"))
             .args(["serve", "--config"])
             .arg(self.config_path())
-            .env(
-                "BERTH_LOG",
-                std::env::var("BERTH_LOG").unwrap_or_else(|_| "info".into()),
-            )
+            .env("BERTH_LOG", &self.log_level)
             .env_remove("CSI_ENDPOINT")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
