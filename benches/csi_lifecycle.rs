@@ -370,6 +370,25 @@ async fn main() {
         log_level
     );
 
+    // The cost of the transport alone: an RPC that does not reach the engine, and one that
+    // runs a blocking engine call.
+    let mut c = clients.clone();
+    let (mut info, mut probe) = (Vec::new(), Vec::new());
+    for _ in 0..500 {
+        let t = Instant::now();
+        c.node
+            .node_get_info(NodeGetInfoRequest {})
+            .await
+            .expect("NodeGetInfo");
+        info.push(t.elapsed());
+        let t = Instant::now();
+        c.identity.probe(ProbeRequest {}).await.expect("Probe");
+        probe.push(t.elapsed());
+    }
+    println!("transport:");
+    report("NodeGetInfo", info);
+    report("Probe", probe);
+
     let mut rates = BTreeMap::new();
     for concurrency in [1, 8] {
         rates.insert(

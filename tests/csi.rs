@@ -801,6 +801,10 @@ async fn each_error_code_names_the_volume_and_the_field() {
         }
         let second = c.controller.create_volume(slow).await;
         running.await.unwrap().unwrap();
+        c.controller
+            .delete_volume(delete_request(&id))
+            .await
+            .unwrap();
         if let Err(status) = second {
             aborted = Some(status);
             break;
