@@ -231,7 +231,7 @@ pub async fn serve(
         .add_service(IdentityServer::new(service.clone()))
         .add_service(ControllerServer::new(service.clone()))
         .add_service(NodeServer::new(service))
-        .serve_with_incoming_shutdown(Incoming(&bound.listener), shutdown)
+        .serve_with_incoming_shutdown(Incoming::new(&bound.listener), shutdown)
         .await
         .map_err(|e| DaemonError::Io {
             what: "serving CSI on",
@@ -258,15 +258,44 @@ pub async fn connect(endpoint: &str) -> Result<Channel, tonic::transport::Error>
 }
 
 /// The socket's connections as a stream, borrowing the listener so the bound socket (and
-/// its lock) stays owned by the serving task.
-struct Incoming<'a>(&'a UnixListener);
+/// its lock) stays owned by the serving task. A failed accept (out of file descriptors,
+/// say) is logged and retried after a pause rather than spun on.
+struct Incoming<'a> {
+    listener: &'a UnixListener,
+    backoff: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<'a> Incoming<'a> {
+    fn new(listener: &'a UnixListener) -> Self {
+        Self {
+            listener,
+            backoff: None,
+        }
+    }
+}
+
+/// How long to wait after a failed accept.
+const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl tokio_stream::Stream for Incoming<'_> {
     type Item = std::io::Result<UnixStream>;
 
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.0
-            .poll_accept(cx)
-            .map(|accepted| Some(accepted.map(|(stream, _)| stream)))
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            if let Some(pause) = self.backoff.as_mut() {
+                if pause.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                self.backoff = None;
+            }
+            match self.listener.poll_accept(cx) {
+                Poll::Ready(Ok((stream, _))) => return Poll::Ready(Some(Ok(stream))),
+                Poll::Ready(Err(e)) => {
+                    tracing::warn!(error = %e, "accepting a CSI connection failed; retrying");
+                    self.backoff = Some(Box::pin(tokio::time::sleep(ACCEPT_BACKOFF)));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 }
