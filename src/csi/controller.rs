@@ -5,8 +5,8 @@
 use tonic::{Code, Request, Response, Status};
 
 use super::params::{
-    ParamSource, SizeRange, check_fits, check_requirements, choose_size, minimum_size, node_in,
-    parse_capability, parse_parameters, parse_range, topology_of,
+    ParamSource, SizeRange, check_fits, check_requirements, choose_size, minimum_size,
+    minimum_size_bound, node_in, parse_capability, parse_parameters, parse_range, topology_of,
 };
 use super::proto::controller_server::Controller;
 use super::proto::controller_service_capability::{self, Rpc, rpc};
@@ -15,7 +15,9 @@ use super::proto::validate_volume_capabilities_response::Confirmed;
 use super::proto::volume_content_source::{self, VolumeSource};
 use super::proto::*;
 use super::{CALLER, CsiService, Failure, about, reply, required, volume_id};
-use crate::engine::types::{AccessType, CreateRequest, Owner, Volume as EngineVolume, VolumeName};
+use crate::engine::types::{
+    AccessType, CreateRequest, Owner, Volume as EngineVolume, VolumeName, VolumeSpec,
+};
 use crate::engine::{EngineError, NodeInfo, PoolSelector, VolumeService};
 
 /// What the controller does, and nothing more.
@@ -49,6 +51,32 @@ pub(super) fn csi_volume(v: &EngineVolume, node: &NodeInfo) -> Volume {
             })),
         }),
         accessible_topology: vec![topology_of(&node.topology)],
+    }
+}
+
+/// [`choose_size`] with the filesystem minimum of the pools that could take `spec`. The
+/// exact minimum needs each pool's resolved backend (a walk over the volumes), so it is
+/// looked up only for sizes below what any candidate pool could need.
+pub(super) fn size_for(
+    engine: &dyn VolumeService,
+    spec: &VolumeSpec,
+    range: SizeRange,
+    at_least: Option<u64>,
+) -> Result<Option<u64>, Status> {
+    match choose_size(range, at_least, 0)? {
+        Some(size) if size < minimum_size_bound(engine.pools(), spec) => {
+            let candidates = engine.capacity(&PoolSelector {
+                pool: spec.pool.clone(),
+                kind: spec.kind,
+                profile: spec.profile.clone(),
+            });
+            choose_size(
+                range,
+                at_least,
+                minimum_size(&candidates, engine.pools(), spec),
+            )
+        }
+        other => Ok(other),
     }
 }
 
@@ -151,7 +179,7 @@ impl CsiService {
                 };
                 spec.size = match e.get(&name) {
                     Ok(existing) if fits(&existing) => existing.spec.size,
-                    _ => choose_size(range, source_size, minimum_size(e.pools(), &spec))
+                    _ => size_for(e, &spec, range, source_size)
                         .map_err(|s| about(name.as_str(), s))?,
                 };
                 let request = CreateRequest {
@@ -338,7 +366,7 @@ impl CsiService {
                     .any(|p| p.name == c.pool && p.paths.len() == 1)
             });
             let largest = pools.iter().map(|p| p.available_bytes).max();
-            let minimum = minimum_size(e.pools(), &spec);
+            let minimum = minimum_size(&pools, e.pools(), &spec);
             GetCapacityResponse {
                 available_capacity: bytes(available),
                 maximum_volume_size: largest.filter(|_| single_path).map(bytes),

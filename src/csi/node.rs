@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 
 use tonic::{Code, Request, Response, Status};
 
-use super::controller::{bytes, grow};
+use super::controller::{bytes, grow, size_for};
 use super::params::{
-    Capability, EPHEMERAL_KEY, ParamSource, SizeRange, check_fits, choose_size, minimum_size,
-    parse_capability, parse_parameters, parse_range, read_only_block, topology_of,
+    Capability, EPHEMERAL_KEY, ParamSource, SizeRange, check_fits, parse_capability,
+    parse_parameters, parse_range, read_only_block, topology_of,
 };
 use super::proto::node_server::Node;
 use super::proto::node_service_capability::{self, Rpc, rpc};
@@ -212,8 +212,7 @@ impl CsiService {
                 required: params.size.unwrap_or(0),
                 limit: None,
             };
-            spec.size = choose_size(range, None, minimum_size(e.pools(), &spec))
-                .map_err(|s| about(name.as_str(), s))?;
+            spec.size = size_for(e, &spec, range, None).map_err(|s| about(name.as_str(), s))?;
             let v = e.create(
                 CALLER,
                 CreateRequest {

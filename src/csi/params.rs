@@ -13,7 +13,7 @@ use super::proto::volume_capability::{AccessType as CsiAccess, access_mode::Mode
 use super::proto::{CapacityRange, Topology, TopologyRequirement, VolumeCapability};
 use crate::engine::pool::PoolConfig;
 use crate::engine::types::{
-    AccessType, Backend, Ownership, PoolKind, ReclaimPolicy, VolumeSpec, parse_size,
+    AccessType, Backend, Ownership, PoolCapacity, PoolKind, ReclaimPolicy, VolumeSpec, parse_size,
 };
 
 /// Keys Kubernetes itself puts into `parameters` and `volume_context`.
@@ -431,16 +431,31 @@ fn why_bigger(required: u64, at_least: Option<u64>, minimum: u64) -> String {
 }
 
 /// The smallest size a volume of `spec` can have: the largest filesystem minimum among the
-/// pools that could take it and would make it a loopfs filesystem. Sizes below are raised
-/// (within `limit_bytes`) rather than refused.
-pub fn minimum_size(pools: &[PoolConfig], spec: &VolumeSpec) -> u64 {
+/// `candidates` (the pools that could take it, with the size-enforcing backend each resolved
+/// at start, as `VolumeService::capacity` reports them) that would make it a loopfs
+/// filesystem. Sizes below are raised (within `limit_bytes`) rather than refused.
+pub fn minimum_size(candidates: &[PoolCapacity], configs: &[PoolConfig], spec: &VolumeSpec) -> u64 {
     if spec.access == AccessType::Block {
         return 0;
     }
-    pools
+    candidates
+        .iter()
+        .filter(|c| c.backend == Backend::Loopfs)
+        .filter_map(|c| configs.iter().find(|p| p.name == c.pool))
+        .map(|p| p.fs.min_size())
+        .max()
+        .unwrap_or(0)
+}
+
+/// An upper bound of [`minimum_size`] from the pools' configs alone: sizes at or above it
+/// need no look-up of the pools' backends.
+pub fn minimum_size_bound(configs: &[PoolConfig], spec: &VolumeSpec) -> u64 {
+    if spec.access == AccessType::Block {
+        return 0;
+    }
+    configs
         .iter()
         .filter(|p| p.mismatch(spec).is_none())
-        .filter(|p| p.backend_for(Some(SIZE_GRANULARITY)) == Backend::Loopfs)
         .map(|p| p.fs.min_size())
         .max()
         .unwrap_or(0)
@@ -760,28 +775,57 @@ mod tests {
         let mut xfs = PoolConfig::default_root(Path::new("/b"));
         xfs.name = "xfs".into();
         xfs.fs = FsType::Xfs;
-        let mut plain = PoolConfig::default_root(Path::new("/c"));
-        plain.name = "plain".into();
-        plain.backend = crate::engine::pool::BackendChoice::None;
-        let pools = [ext4, xfs, plain];
+        let mut quota = PoolConfig::default_root(Path::new("/c"));
+        quota.name = "quota".into();
+        quota.fs = FsType::Xfs;
+        let configs = [ext4, xfs, quota];
+        let candidate = |pool: &str, backend| PoolCapacity {
+            pool: pool.into(),
+            kind: PoolKind::Root,
+            backend,
+            profiles: Vec::new(),
+            capacity_bytes: 0,
+            reserved_bytes: 0,
+            available_bytes: 0,
+            volumes: 0,
+        };
+        let all = [
+            candidate("ext4", Backend::Loopfs),
+            candidate("xfs", Backend::Loopfs),
+            candidate("quota", Backend::Prjquota),
+        ];
         let spec = |pool: Option<&str>, access| VolumeSpec {
             pool: pool.map(str::to_string),
             access,
             ..VolumeSpec::default()
         };
+        let fs = AccessType::Filesystem;
         assert_eq!(
-            minimum_size(&pools, &spec(Some("ext4"), AccessType::Filesystem)),
+            minimum_size(&all[..1], &configs, &spec(Some("ext4"), fs)),
+            16 << 20
+        );
+        assert_eq!(minimum_size(&all, &configs, &spec(None, fs)), 300 << 20);
+        // A project quota on a directory has no minimum, whatever the filesystem.
+        assert_eq!(
+            minimum_size(&all[2..], &configs, &spec(Some("quota"), fs)),
+            0
+        );
+        assert_eq!(
+            minimum_size(&all, &configs, &spec(None, AccessType::Block)),
+            0
+        );
+        assert_eq!(
+            minimum_size_bound(&configs, &spec(Some("ext4"), fs)),
             16 << 20
         );
         assert_eq!(
-            minimum_size(&pools, &spec(None, AccessType::Filesystem)),
+            minimum_size_bound(&configs, &spec(Some("quota"), fs)),
             300 << 20
         );
         assert_eq!(
-            minimum_size(&pools, &spec(Some("plain"), AccessType::Filesystem)),
+            minimum_size_bound(&configs, &spec(None, AccessType::Block)),
             0
         );
-        assert_eq!(minimum_size(&pools, &spec(None, AccessType::Block)), 0);
     }
 
     #[test]
