@@ -16,7 +16,7 @@ use super::proto::volume_content_source::{self, VolumeSource};
 use super::proto::*;
 use super::{CALLER, CsiService, Failure, about, reply, required, volume_id};
 use crate::engine::types::{
-    AccessType, CreateRequest, Owner, Volume as EngineVolume, VolumeName, VolumeSpec,
+    AccessType, Backend, CreateRequest, Owner, Volume as EngineVolume, VolumeName, VolumeSpec,
 };
 use crate::engine::{EngineError, NodeInfo, PoolSelector, VolumeService};
 
@@ -80,6 +80,37 @@ pub(super) fn size_for(
     }
 }
 
+/// Refuses a `fs_type` that a pool able to take `spec` would not give it, since the engine
+/// places a volume on whichever of them has most room: a loopfs pool makes its own `fs`;
+/// any other backend (a quota on a directory) lives on the pool's filesystem, whatever it is,
+/// and takes any `fs_type`.
+fn check_fs_type(engine: &dyn VolumeService, spec: &VolumeSpec, fs: &str) -> Result<(), Status> {
+    let candidates = engine.capacity(&PoolSelector {
+        pool: spec.pool.clone(),
+        kind: spec.kind,
+        profile: spec.profile.clone(),
+    });
+    let fs_of = |pool: &str| {
+        engine
+            .pools()
+            .iter()
+            .find(|p| p.name == pool)
+            .map(|p| p.fs.as_str())
+    };
+    let other: Vec<String> = candidates
+        .iter()
+        .filter(|c| c.backend == Backend::Loopfs && fs_of(&c.pool) != Some(fs))
+        .map(|c| format!("pool {} makes {}", c.pool, fs_of(&c.pool).unwrap_or("?")))
+        .collect();
+    if other.is_empty() {
+        return Ok(());
+    }
+    Err(Status::invalid_argument(format!(
+        "volume_capabilities fs_type {fs:?}: {}; name a pool whose fs is {fs} in parameters.pool, or leave fs_type empty",
+        other.join(", ")
+    )))
+}
+
 /// Grows a volume to what `range` asks (never shrinks it) and returns its size: shared by
 /// ControllerExpandVolume and NodeExpandVolume. The engine grows a loopfs filesystem while
 /// it is mounted, so nothing is left for the node to do.
@@ -123,6 +154,7 @@ impl CsiService {
             ));
         }
         let mut access = None;
+        let mut fs_type: Option<String> = None;
         for (i, c) in req.volume_capabilities.iter().enumerate() {
             let cap = parse_capability(c, &format!("volume_capabilities[{i}]"))
                 .map_err(|e| about(&volume, e.status(Code::InvalidArgument)))?;
@@ -134,7 +166,18 @@ impl CsiService {
                     ),
                 ));
             }
+            if let (Some(a), Some(b)) = (&fs_type, &cap.fs_type)
+                && a != b
+            {
+                return Err(about(
+                    &volume,
+                    Status::invalid_argument(format!(
+                        "volume_capabilities ask for fs_type {a:?} and {b:?}; a volume has one"
+                    )),
+                ));
+            }
             access = Some(cap.access);
+            fs_type = fs_type.or(cap.fs_type);
         }
         let params = parse_parameters(&req.parameters, ParamSource::Parameters)
             .map_err(|s| about(&volume, s))?;
@@ -178,9 +221,28 @@ impl CsiService {
                     None => range == SizeRange::default(),
                 };
                 spec.size = match e.get(&name) {
-                    Ok(existing) if fits(&existing) => existing.spec.size,
-                    _ => size_for(e, &spec, range, source_size)
-                        .map_err(|s| about(name.as_str(), s))?,
+                    Ok(existing) if fits(&existing) => {
+                        if let (Some(asked), Some(has)) = (&fs_type, existing.placement.fs)
+                            && asked != has.as_str()
+                        {
+                            return Err(about(
+                                name.as_str(),
+                                Status::already_exists(format!(
+                                    "it exists with an {} filesystem; fs_type {asked:?} asked",
+                                    has.as_str()
+                                )),
+                            ));
+                        }
+                        existing.spec.size
+                    }
+                    _ => {
+                        let size = size_for(e, &spec, range, source_size)
+                            .map_err(|s| about(name.as_str(), s))?;
+                        if let (Some(_), Some(fs)) = (size, &fs_type) {
+                            check_fs_type(e, &spec, fs).map_err(|s| about(name.as_str(), s))?;
+                        }
+                        size
+                    }
                 };
                 let request = CreateRequest {
                     name,

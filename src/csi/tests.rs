@@ -428,6 +428,19 @@ async fn create_is_idempotent_and_refuses_a_different_volume_of_the_same_name() 
         Code::AlreadyExists,
         "size",
     );
+    // The filesystem is part of what the volume is.
+    let mut ext4 = request("db2", GIB, 0);
+    ext4.volume_capabilities = vec![mount_with("ext4", &[], "")];
+    h.create(ext4.clone()).await.unwrap();
+    h.create(ext4).await.unwrap();
+    let mut xfs = request("db2", GIB, 0);
+    xfs.volume_capabilities = vec![mount_with("xfs", &[], "")];
+    assert_code(h.create(xfs).await, Code::AlreadyExists, "ext4");
+    // A plain directory lives on whatever filesystem its pool is on.
+    let mut plain = request("plain-xfs", GIB / 4, 0);
+    plain.parameters = params(&[("pool", "plain")]);
+    plain.volume_capabilities = vec![mount_with("xfs", &[], "")];
+    h.create(plain).await.unwrap();
     // Delete is idempotent, and an id that names nothing is deleted already.
     for _ in 0..2 {
         h.delete("db").await.unwrap();
@@ -459,6 +472,10 @@ async fn create_refuses_bad_input_naming_the_field_and_makes_nothing() {
     bad_type.parameters = params(&[("type", "disk")]);
     let mut no_pool = request("v", GIB, 0);
     no_pool.parameters = params(&[("pool", "nope")]);
+    let mut xfs = request("v", GIB, 0);
+    xfs.volume_capabilities = vec![mount_with("xfs", &[], "")];
+    let mut two_fs = request("v", GIB, 0);
+    two_fs.volume_capabilities = vec![mount_with("ext4", &[], ""), mount_with("xfs", &[], "")];
     let mut snapshot = request("v", GIB, 0);
     snapshot.volume_content_source = Some(VolumeContentSource {
         r#type: Some(volume_content_source::Type::Snapshot(
@@ -491,6 +508,8 @@ async fn create_refuses_bad_input_naming_the_field_and_makes_nothing() {
         (bad_type, Code::InvalidArgument, "parameters.type"),
         (no_pool, Code::InvalidArgument, "no pool named \"nope\""),
         (snapshot, Code::InvalidArgument, "snapshots"),
+        (xfs, Code::InvalidArgument, "pool default makes ext4"),
+        (two_fs, Code::InvalidArgument, "a volume has one"),
         (request("v", -1, 0), Code::InvalidArgument, "required_bytes"),
         (request("v", 2 * GIB, GIB), Code::OutOfRange, "limit_bytes"),
         // A loopfs ext4 volume is at least 16 MiB.
