@@ -1148,3 +1148,51 @@ async fn the_csi_sanity_flows_pass() {
         .unwrap();
     assert!(list_ids(&mut c).await.is_empty());
 }
+
+/// csi-sanity's "ExpandVolume should work" on the default (ext4) pool: a volume that is
+/// not published grows (offline), and the grown filesystem is what a later stage sees.
+/// (Growing a *mounted* ext4 needs CAP_SYS_RESOURCE, which some sandboxes withhold from
+/// root, so the online case is tested on xfs above.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unpublished_ext4_volume_grows() {
+    needs_root!();
+    let daemon = Daemon::start("");
+    let mut c = daemon.clients().await;
+    c.controller
+        .create_volume(create_request("ext", 10 * GIB, mount()))
+        .await
+        .unwrap();
+    let expand = ControllerExpandVolumeRequest {
+        volume_id: "ext".into(),
+        capacity_range: Some(CapacityRange {
+            required_bytes: 11 * GIB,
+            limit_bytes: 0,
+        }),
+        volume_capability: Some(mount()),
+        ..Default::default()
+    };
+    for _ in 0..2 {
+        let r = c
+            .controller
+            .controller_expand_volume(expand.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.capacity_bytes, 11 * GIB);
+    }
+    let staging = daemon.k8s("ext/globalmount");
+    std::fs::create_dir_all(&staging).unwrap();
+    c.node
+        .node_stage_volume(stage_request("ext", &staging, mount()))
+        .await
+        .unwrap();
+    assert!(fs_total(&staging) > 10 << 30, "{}", fs_total(&staging));
+    c.node
+        .node_unstage_volume(unstage_request("ext", &staging))
+        .await
+        .unwrap();
+    c.controller
+        .delete_volume(delete_request("ext"))
+        .await
+        .unwrap();
+}
