@@ -277,6 +277,18 @@ impl Config {
         if self.max_volumes == Some(0) {
             return Err("max_volumes: must be at least 1".into());
         }
+        if !is_driver_name(&self.csi.driver_name) {
+            return Err(format!(
+                "csi.driver_name: {:?} is not a CSI driver name; use at most 63 letters, digits, - and . in domain style, starting and ending with a letter or digit, e.g. berth.csi.io",
+                self.csi.driver_name
+            ));
+        }
+        if self.topology_key.is_empty() || self.topology_key.chars().any(char::is_whitespace) {
+            return Err(format!(
+                "topology_key: {:?} is not a topology key; use e.g. topology.berth.io/node",
+                self.topology_key
+            ));
+        }
         let mut names = std::collections::HashSet::new();
         for pool in &self.pools {
             pool.validate()?;
@@ -315,6 +327,18 @@ impl Config {
             },
         }
     }
+}
+
+/// CSI's rule for plugin names: domain-name notation, at most 63 characters, beginning and
+/// ending with an alphanumeric, with dashes, dots and alphanumerics between.
+fn is_driver_name(name: &str) -> bool {
+    let edge_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    name.len() <= 63
+        && edge_ok(name.chars().next())
+        && edge_ok(name.chars().last())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
 }
 
 fn hostname() -> String {
@@ -381,6 +405,9 @@ mod tests {
                 "[[pools]]\nname='a'\nkind='root'\npaths=['/x']\n[[pools]]\nname='a'\nkind='root'\npaths=['/y']",
                 "used twice",
             ),
+            ("[csi]\ndriver_name = 'berth_csi'", "csi.driver_name"),
+            ("[csi]\ndriver_name = '.berth'", "csi.driver_name"),
+            ("topology_key = ''", "topology_key"),
         ];
         for (text, needle) in cases {
             let e = Config::parse(text, Path::new("t.toml"))

@@ -130,6 +130,16 @@ pub trait VolumeService: Send + Sync {
     /// another operation is left for the next call.
     fn expire_pending_reservations(&self, now_ms: u64) -> Vec<VolumeName>;
     fn expand(&self, caller: Caller, name: &VolumeName, size: u64) -> Result<Volume, EngineError>;
+    /// Gives group `gid` read-write access to a filesystem volume's data root: the root's
+    /// group becomes `gid`, with group read/write/search and set-group-id so that files made
+    /// inside inherit the group (CSI's `volume_mount_group`, Kubernetes' `fsGroup`). Existing
+    /// files inside are not changed. Idempotent.
+    fn grant_group(
+        &self,
+        caller: Caller,
+        name: &VolumeName,
+        gid: u32,
+    ) -> Result<Volume, EngineError>;
     /// Hands a volume that nothing is attached to over to `owner`, if its owner is still
     /// `expected` (compare-and-set: of two callers racing for the same volume one wins, the
     /// other gets `Busy`). An attached volume is `InUse`. The Mesos hook uses it to give a
@@ -143,6 +153,9 @@ pub trait VolumeService: Send + Sync {
     ) -> Result<Volume, EngineError>;
     fn get(&self, name: &VolumeName) -> Result<Volume, EngineError>;
     fn list(&self, filter: &VolumeFilter) -> Vec<Volume>;
+    /// At most `limit` volumes, in name order, whose names sort after `after` (all names
+    /// when `None`): one page of a listing, in time proportional to the page, not the store.
+    fn list_after(&self, after: Option<&VolumeName>, limit: usize) -> Vec<Volume>;
     fn usage(&self, name: &VolumeName) -> Result<Usage, EngineError>;
     fn capacity(&self, selector: &PoolSelector) -> Vec<PoolCapacity>;
     fn node(&self) -> &NodeInfo;
@@ -1244,6 +1257,35 @@ impl<H: Host> Engine<H> {
         Ok(v)
     }
 
+    // ----- group access -------------------------------------------------------------------
+
+    fn do_grant_group(
+        &self,
+        caller: Caller,
+        name: &VolumeName,
+        gid: u32,
+    ) -> Result<Volume, EngineError> {
+        let _guard = self.locks.acquire(name, caller.wait_if_busy)?;
+        let v = self.ready_volume(name)?;
+        if v.spec.access != AccessType::Filesystem {
+            return Err(EngineError::Unsupported {
+                volume: name.to_string(),
+                reason: "group access applies to filesystem volumes, not block volumes".into(),
+            });
+        }
+        // Keep the owner's and others' bits; add group rwx and set-group-id.
+        let base = v.spec.ownership.mode.unwrap_or(0o755) & 0o7777;
+        let ownership = Ownership {
+            uid: None,
+            gid: Some(gid),
+            mode: Some(base | 0o2070),
+        };
+        self.host
+            .make_dir(&v.placement.data, &ownership)
+            .map_err(Self::host_err(name, "granting group access"))?;
+        Ok(v)
+    }
+
     // ----- adopt --------------------------------------------------------------------------
 
     fn do_adopt(
@@ -1280,7 +1322,12 @@ impl<H: Host> Engine<H> {
         let err = |op| Self::host_err(name, op);
         match (v.spec.access, p.fs) {
             (AccessType::Filesystem, Some(_)) => {
-                let s = self.host.fs_stats(&p.dir).map_err(err("measuring usage"))?;
+                // The data directory lives inside the volume's own filesystem: if that is not
+                // mounted (or the data is gone) this fails instead of measuring the pool.
+                let s = self
+                    .host
+                    .fs_stats(&p.data)
+                    .map_err(err("measuring usage"))?;
                 Ok(Usage {
                     bytes_used: s.bytes_total.saturating_sub(s.bytes_free),
                     bytes_total: s.bytes_total,
@@ -1738,6 +1785,17 @@ impl<H: Host> VolumeService for Engine<H> {
         })
     }
 
+    fn grant_group(
+        &self,
+        caller: Caller,
+        name: &VolumeName,
+        gid: u32,
+    ) -> Result<Volume, EngineError> {
+        self.observe(caller, "grant_group", name.as_str(), || {
+            self.do_grant_group(caller, name, gid)
+        })
+    }
+
     fn adopt(
         &self,
         caller: Caller,
@@ -1761,6 +1819,19 @@ impl<H: Host> VolumeService for Engine<H> {
             .values()
             .filter(|v| filter.matches(v))
             .cloned()
+            .collect()
+    }
+
+    fn list_after(&self, after: Option<&VolumeName>, limit: usize) -> Vec<Volume> {
+        use std::ops::Bound;
+        let start = match after {
+            Some(name) => Bound::Excluded(name),
+            None => Bound::Unbounded,
+        };
+        self.cache()
+            .range::<VolumeName, _>((start, Bound::Unbounded))
+            .take(limit)
+            .map(|(_, v)| v.clone())
             .collect()
     }
 

@@ -435,6 +435,86 @@ fn one_target_carries_one_volume() {
 }
 
 #[test]
+fn grant_group_makes_the_data_root_group_writable_and_inheriting() {
+    let f = Fixture::new();
+    let e = f.open(host());
+    let v = e.create(CSI, request("shared", None)).unwrap();
+    for _ in 0..2 {
+        e.grant_group(CSI, &name("shared"), 2000).unwrap();
+        assert_eq!(
+            e.host().ownership_of(&v.placement.data),
+            Some(Ownership {
+                uid: None,
+                gid: Some(2000),
+                mode: Some(0o2775),
+            })
+        );
+    }
+    // The creator's mode is kept; only group bits are added.
+    let mut private = request("private", None);
+    private.spec.ownership.mode = Some(0o700);
+    let v = e.create(CSI, private).unwrap();
+    e.grant_group(CSI, &name("private"), 7).unwrap();
+    let granted = e.host().ownership_of(&v.placement.data).unwrap();
+    assert_eq!(granted.mode, Some(0o2770));
+
+    let mut raw = request("raw", Some(GIB));
+    raw.spec.access = AccessType::Block;
+    e.create(CSI, raw).unwrap();
+    let err = e.grant_group(CSI, &name("raw"), 7).unwrap_err();
+    assert!(matches!(err, EngineError::Unsupported { .. }), "{err}");
+    let err = e.grant_group(CSI, &name("missing"), 7).unwrap_err();
+    assert!(matches!(err, EngineError::NotFound { .. }), "{err}");
+    let guard = e.locks.acquire(&name("shared"), false).unwrap();
+    let err = e.grant_group(CSI, &name("shared"), 7).unwrap_err();
+    assert!(matches!(err, EngineError::Busy { .. }), "{err}");
+    drop(guard);
+}
+
+#[test]
+fn list_after_pages_in_name_order_and_survives_a_deleted_cursor() {
+    let f = Fixture::new();
+    let e = f.open(host());
+    for n in ["c", "a", "e", "b", "d"] {
+        e.create(CSI, request(n, None)).unwrap();
+    }
+    let names = |vs: Vec<Volume>| {
+        vs.into_iter()
+            .map(|v| v.name.to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names(e.list_after(None, 2)), ["a", "b"]);
+    assert_eq!(names(e.list_after(Some(&name("b")), 2)), ["c", "d"]);
+    assert_eq!(names(e.list_after(Some(&name("d")), 2)), ["e"]);
+    assert!(e.list_after(Some(&name("e")), 2).is_empty());
+    assert!(e.list_after(None, 0).is_empty());
+    // The cursor need not exist any more: paging goes on after where it was.
+    e.delete(CSI, &name("b")).unwrap();
+    assert_eq!(names(e.list_after(Some(&name("b")), 10)), ["c", "d", "e"]);
+    assert_eq!(names(e.list_after(None, usize::MAX)), ["a", "c", "d", "e"]);
+}
+
+#[test]
+fn usage_of_a_loopfs_volume_is_measured_inside_its_own_filesystem() {
+    let f = Fixture::new();
+    let e = f.open(host());
+    let v = e.create(CSI, request("db", Some(GIB))).unwrap();
+    e.usage(&name("db")).unwrap();
+    let measured: Vec<PathBuf> = e
+        .host()
+        .calls()
+        .into_iter()
+        .filter(|c| c.op == "fs_stats")
+        .map(|c| c.path)
+        .collect();
+    assert_eq!(measured.last(), Some(&v.placement.data), "{measured:?}");
+    // When the volume's filesystem cannot be measured, usage says so instead of guessing.
+    e.host().fail_op("fs_stats");
+    let err = e.usage(&name("db")).unwrap_err();
+    assert!(matches!(err, EngineError::Host { .. }), "{err}");
+}
+
+#[test]
 fn adopt_hands_a_detached_volume_to_one_new_owner_only() {
     let f = Fixture::new();
     let owner = |task: &str| Owner {
