@@ -1,20 +1,590 @@
-//! Front-end (being written).
+//! The Docker volume plugin front-end: HTTP/1.1 + JSON on a unix socket in
+//! `/run/docker/plugins/`, the legacy (v1) plugin protocol that `dockerd` and `dvdcli` speak.
+//!
+//! Docker names a plugin after its socket file: `berth.sock` is the driver `berth`.
+//! Endpoints: `/Plugin.Activate`, `/VolumeDriver.{Create,Remove,Mount,Unmount,Path,Get,
+//! List,Capabilities}`; every answer is JSON with an `Err` field that is empty on success.
+//!
+//! Mapping onto the engine:
+//! - `Create` parses `Opts` (see [`options`]) into a spec; the engine makes it idempotent
+//!   (same options: the same volume; other options: an error).
+//! - `Mount` publishes a [`PublishTarget::Reference`] held by `docker:<ID>`, so mounts are
+//!   counted per caller and survive a restart of berth (they live in the reservation store;
+//!   dockerd never re-sends `Mount` after a plugin restart). A `Mount` without an `ID` (as
+//!   `dvdcli` sends) holds the one anonymous reference `docker`: anonymous mounts are not
+//!   counted separately, the first `Unmount` without an `ID` releases them all.
+//!   Nothing is mounted: dockerd bind-mounts the answered `Mountpoint` (the volume's data
+//!   directory, inside its size-enforcing filesystem) into the container itself.
+//! - `Remove` deletes (refused while any reference or other publication exists).
+//!   `Remove` and `Unmount` of a volume that no longer exists succeed: the caller's goal
+//!   is already met, and dockerd could otherwise never forget a volume removed elsewhere.
+//!
+//! Errors: engine errors go through [`engine_error_reply`] (one exhaustive match); every
+//! error is `{"Err": "..."}` with a non-200 status, which dockerd reports as
+//! `VolumeDriver.<Method>: <message>`. Bodies are limited to [`MAX_BODY`] bytes; the shared
+//! [`crate::http`] server keeps slow clients from stalling others.
+//!
+//! Request types follow Docker's protocol, which we do not control, so unknown fields are
+//! ignored (a newer dockerd may add some) and lower-case field names are accepted (Go's JSON
+//! decoder, which other plugins use, is case-insensitive).
 
+mod options;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
 
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::daemon::{DaemonError, Servers};
-use crate::engine::VolumeService;
+use crate::daemon::{DaemonError, Servers, bind_socket, shutdown_future, socket_path};
+use crate::engine::types::{
+    AccessType, Caller, CreateRequest, Frontend, Owner, PublishTarget, Usage, Volume, VolumeFilter,
+    VolumeName, format_size,
+};
+use crate::engine::{EngineError, VolumeService};
+use crate::http::{self, HttpLimits, Reply};
 
-/// Starts this front-end's server, if configured.
+pub use options::{KNOWN_OPTIONS, LABEL_PREFIX};
+
+/// The content type of the plugin protocol.
+pub const CONTENT_TYPE: &str = "application/vnd.docker.plugins.v1.2+json";
+/// The largest request body accepted; Docker's requests are a name and a few options.
+pub const MAX_BODY: usize = 64 << 10;
+/// The reference held by `Mount` calls without an `ID`.
+pub const ANONYMOUS_HOLDER: &str = "docker";
+/// The longest caller `ID` accepted (dockerd sends 64 hex digits).
+const MAX_ID_LEN: usize = 256;
+
+const CALLER: Caller = Caller {
+    frontend: Frontend::Docker,
+    // dockerd sends overlapping requests for one volume (two containers starting).
+    wait_if_busy: true,
+};
+
+/// Starts the plugin server on `listen.docker`, unless that is `""`.
 pub fn start(
-    _config: &Config,
-    _engine: &Arc<dyn VolumeService>,
-    _mode: u32,
-    _stop: &watch::Receiver<bool>,
-    _servers: &mut Servers,
+    config: &Config,
+    engine: &Arc<dyn VolumeService>,
+    mode: u32,
+    stop: &watch::Receiver<bool>,
+    servers: &mut Servers,
 ) -> Result<(), DaemonError> {
+    if config.listen.docker.is_empty() {
+        return Ok(());
+    }
+    let socket = bind_socket(&config.listen.docker, mode)?;
+    let plugin = Plugin {
+        engine: Arc::clone(engine),
+        driver: Arc::from(driver_name(&socket_path(&config.listen.docker))),
+    };
+    let stop = shutdown_future(stop.clone());
+    servers.spawn(async move {
+        let listener = &socket.listener;
+        http::serve(
+            || async move { listener.accept().await.map(|(stream, _)| stream) },
+            move |request| plugin.clone().handle(request),
+            limits(),
+            error_reply,
+            stop,
+        )
+        .await;
+        // Dropping the socket removes it, so `docker volume ls` never waits on a dead one.
+        drop(socket);
+        Ok(())
+    });
     Ok(())
+}
+
+/// The driver name Docker derives from the socket: the file name without `.sock`.
+pub fn driver_name(socket: &Path) -> String {
+    let file = socket
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    file.strip_suffix(".sock").unwrap_or(&file).to_string()
+}
+
+fn limits() -> HttpLimits {
+    HttpLimits {
+        max_body: MAX_BODY,
+        ..HttpLimits::default()
+    }
+}
+
+/// The plugin's state: the engine and the driver name it is known by (for messages).
+#[derive(Clone)]
+pub struct Plugin {
+    pub engine: Arc<dyn VolumeService>,
+    pub driver: Arc<str>,
+}
+
+/// The endpoints of the plugin protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Endpoint {
+    Activate,
+    Create,
+    Remove,
+    Mount,
+    Unmount,
+    Path,
+    Get,
+    List,
+    Capabilities,
+}
+
+impl Endpoint {
+    const ALL: [Endpoint; 9] = [
+        Self::Activate,
+        Self::Create,
+        Self::Remove,
+        Self::Mount,
+        Self::Unmount,
+        Self::Path,
+        Self::Get,
+        Self::List,
+        Self::Capabilities,
+    ];
+
+    fn path(self) -> &'static str {
+        match self {
+            Self::Activate => "/Plugin.Activate",
+            Self::Create => "/VolumeDriver.Create",
+            Self::Remove => "/VolumeDriver.Remove",
+            Self::Mount => "/VolumeDriver.Mount",
+            Self::Unmount => "/VolumeDriver.Unmount",
+            Self::Path => "/VolumeDriver.Path",
+            Self::Get => "/VolumeDriver.Get",
+            Self::List => "/VolumeDriver.List",
+            Self::Capabilities => "/VolumeDriver.Capabilities",
+        }
+    }
+
+    fn from_path(path: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|e| e.path() == path)
+    }
+
+    /// What a well-formed body looks like, for error messages.
+    fn example(self) -> &'static str {
+        match self {
+            Self::Create => r#"{"Name":"v","Opts":{"size":"1GiB"}}"#,
+            Self::Mount | Self::Unmount => r#"{"Name":"v","ID":"<caller id>"}"#,
+            Self::Remove | Self::Path | Self::Get => r#"{"Name":"v"}"#,
+            Self::Activate | Self::List | Self::Capabilities => "{}",
+        }
+    }
+}
+
+// ----- wire types ------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+struct NameBody {
+    #[serde(rename = "Name", alias = "name")]
+    name: String,
+}
+
+#[derive(Deserialize)]
+struct CreateBody {
+    #[serde(rename = "Name", alias = "name")]
+    name: String,
+    #[serde(rename = "Opts", alias = "opts", default)]
+    opts: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Deserialize)]
+struct MountBody {
+    #[serde(rename = "Name", alias = "name")]
+    name: String,
+    #[serde(rename = "ID", alias = "id", alias = "Id", default)]
+    id: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct ErrReply {
+    err: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct ActivateReply {
+    implements: [&'static str; 1],
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct CapabilitiesReply {
+    capabilities: Capabilities,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct Capabilities {
+    scope: &'static str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct MountpointReply {
+    mountpoint: String,
+    err: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct GetReply {
+    volume: VolumeInfo,
+    err: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct ListReply {
+    volumes: Vec<VolumeInfo>,
+    err: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct VolumeInfo {
+    name: String,
+    mountpoint: String,
+    /// RFC 3339: anything else makes `docker volume inspect` answer "No such volume".
+    created_at: String,
+    status: Status,
+}
+
+/// What `docker volume inspect` shows under `Status`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Status {
+    state: &'static str,
+    kind: &'static str,
+    backend: &'static str,
+    pool: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    profile: Option<String>,
+    /// `16MiB`, or `unlimited` for a plain directory without a size.
+    size: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    size_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    used_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage_error: Option<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    labels: BTreeMap<String, String>,
+    /// Who holds the volume: `docker:<ID>` references, CSI target paths, ...
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    published_to: Vec<String>,
+}
+
+// ----- requests --------------------------------------------------------------------------
+
+/// A parsed request.
+enum Call {
+    Activate,
+    Capabilities,
+    Create(Box<CreateRequest>),
+    Remove(VolumeName),
+    Mount(VolumeName, PublishTarget),
+    Unmount(VolumeName, PublishTarget),
+    Path(VolumeName),
+    Get(VolumeName),
+    List,
+}
+
+/// Why a request failed before or in the engine.
+enum Failure {
+    /// The request itself is unusable (wrong method, endpoint or body).
+    Protocol {
+        status: u16,
+        message: String,
+    },
+    Engine(EngineError),
+}
+
+impl From<EngineError> for Failure {
+    fn from(e: EngineError) -> Self {
+        Failure::Engine(e)
+    }
+}
+
+impl Plugin {
+    /// Answers one request.
+    pub async fn handle(self, request: http::Request) -> Reply {
+        let path = request.uri.path();
+        let Some(endpoint) = Endpoint::from_path(path) else {
+            tracing::debug!(path, "unknown plugin endpoint");
+            return error_reply(
+                404,
+                &format!(
+                    "berth does not serve {path}; it implements Plugin.Activate and VolumeDriver.* (the volume plugin protocol)"
+                ),
+            );
+        };
+        if request.method != hyper::Method::POST {
+            tracing::debug!(path, method = %request.method, "plugin call with the wrong method");
+            return error_reply(405, &format!("{path} takes POST, not {}", request.method));
+        }
+        let call = match parse_call(endpoint, &request.body) {
+            Ok(call) => call,
+            Err(failure) => return self.failure_reply(failure),
+        };
+        match call {
+            Call::Activate => json_reply(&ActivateReply {
+                implements: ["VolumeDriver"],
+            }),
+            Call::Capabilities => json_reply(&CapabilitiesReply {
+                capabilities: Capabilities { scope: "local" },
+            }),
+            call => {
+                let plugin = self.clone();
+                match tokio::task::spawn_blocking(move || plugin.run(call)).await {
+                    Ok(Ok(reply)) => reply,
+                    Ok(Err(failure)) => self.failure_reply(failure),
+                    Err(e) => error_reply(500, &format!("{path} failed inside berth: {e}; retry")),
+                }
+            }
+        }
+    }
+
+    /// Runs a call on the engine (blocking).
+    fn run(&self, call: Call) -> Result<Reply, Failure> {
+        let engine = &*self.engine;
+        match call {
+            Call::Activate | Call::Capabilities => Err(Failure::Protocol {
+                status: 500,
+                message: "Plugin.Activate and VolumeDriver.Capabilities need no engine".into(),
+            }),
+            Call::Create(request) => {
+                engine.create(CALLER, *request)?;
+                Ok(ok_reply())
+            }
+            Call::Remove(name) => match engine.delete(CALLER, &name) {
+                Ok(()) | Err(EngineError::NotFound { .. }) => Ok(ok_reply()),
+                Err(e) => Err(e.into()),
+            },
+            Call::Mount(name, holder) => {
+                let volume = engine.get(&name)?;
+                if volume.spec.access == AccessType::Block {
+                    return Err(EngineError::Unsupported {
+                        volume: name.to_string(),
+                        reason:
+                            "it is a raw block volume; Docker can mount only filesystem volumes"
+                                .into(),
+                    }
+                    .into());
+                }
+                let volume = engine.publish(CALLER, &name, holder)?;
+                Ok(mountpoint_reply(&volume))
+            }
+            Call::Unmount(name, holder) => match engine.unpublish(CALLER, &name, &holder) {
+                Ok(_) | Err(EngineError::NotFound { .. }) => Ok(ok_reply()),
+                Err(e) => Err(e.into()),
+            },
+            Call::Path(name) => Ok(mountpoint_reply(&engine.get(&name)?)),
+            Call::Get(name) => {
+                let volume = engine.get(&name)?;
+                let usage = engine.usage(&name);
+                Ok(json_reply(&GetReply {
+                    volume: describe(&volume, Some(usage)),
+                    err: String::new(),
+                }))
+            }
+            Call::List => {
+                // Usage is left out: measuring it is a syscall (or a tree walk) per volume.
+                let volumes = engine
+                    .list(&VolumeFilter::default())
+                    .iter()
+                    .map(|v| describe(v, None))
+                    .collect();
+                Ok(json_reply(&ListReply {
+                    volumes,
+                    err: String::new(),
+                }))
+            }
+        }
+    }
+
+    fn failure_reply(&self, failure: Failure) -> Reply {
+        match failure {
+            Failure::Protocol { status, message } => error_reply(status, &message),
+            Failure::Engine(e) => engine_error_reply(&e, &self.driver),
+        }
+    }
+}
+
+/// Parses a request body into a call; names and options are checked here, at the edge.
+fn parse_call(endpoint: Endpoint, body: &[u8]) -> Result<Call, Failure> {
+    let malformed = |e: serde_json::Error| {
+        let what = endpoint.path().trim_start_matches('/');
+        tracing::debug!(endpoint = what, error = %e, "malformed plugin request");
+        Failure::Protocol {
+            status: 400,
+            message: format!(
+                "malformed {what} request: {e}; send JSON like {}",
+                endpoint.example()
+            ),
+        }
+    };
+    let name = |raw: &str| VolumeName::parse(raw).map_err(|e| Failure::Engine(e.into()));
+    Ok(match endpoint {
+        Endpoint::Create => {
+            let b: CreateBody = decode(body).map_err(malformed)?;
+            let volume = name(&b.name)?;
+            let spec = options::parse_options(&volume, &b.opts.unwrap_or_default())
+                .map_err(|e| Failure::Engine(e.into()))?;
+            Call::Create(Box::new(CreateRequest {
+                name: volume,
+                spec,
+                owner: Owner::default(),
+            }))
+        }
+        Endpoint::Mount | Endpoint::Unmount => {
+            let b: MountBody = decode(body).map_err(malformed)?;
+            let volume = name(&b.name)?;
+            let holder = holder(&volume, b.id.as_deref())?;
+            if endpoint == Endpoint::Mount {
+                Call::Mount(volume, holder)
+            } else {
+                Call::Unmount(volume, holder)
+            }
+        }
+        Endpoint::Remove | Endpoint::Path | Endpoint::Get => {
+            let b: NameBody = decode(body).map_err(malformed)?;
+            let volume = name(&b.name)?;
+            match endpoint {
+                Endpoint::Remove => Call::Remove(volume),
+                Endpoint::Path => Call::Path(volume),
+                _ => Call::Get(volume),
+            }
+        }
+        // These take no arguments; dockerd sends `{}` or nothing, which is not checked.
+        Endpoint::List => Call::List,
+        Endpoint::Activate => Call::Activate,
+        Endpoint::Capabilities => Call::Capabilities,
+    })
+}
+
+/// Decodes a JSON object into `T`; an array with the right number of items is refused too.
+fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, serde_json::Error> {
+    let object: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body)?;
+    serde_json::from_value(serde_json::Value::Object(object))
+}
+
+/// The reference a `Mount`/`Unmount` holds: `docker:<ID>`, or the anonymous one.
+fn holder(volume: &VolumeName, id: Option<&str>) -> Result<PublishTarget, Failure> {
+    let holder = match id {
+        None | Some("") => ANONYMOUS_HOLDER.to_string(),
+        Some(id) if id.len() <= MAX_ID_LEN && id.chars().all(|c| c.is_ascii_graphic()) => {
+            format!("{ANONYMOUS_HOLDER}:{id}")
+        }
+        Some(_) => {
+            return Err(Failure::Engine(EngineError::Input(
+                crate::engine::InputError::Invalid {
+                    field: format!("ID for volume {volume}"),
+                    reason: format!(
+                        "a caller id is at most {MAX_ID_LEN} printable ASCII characters without spaces"
+                    ),
+                },
+            )));
+        }
+    };
+    Ok(PublishTarget::Reference { holder })
+}
+
+// ----- replies ---------------------------------------------------------------------------
+
+fn json_reply(value: &impl Serialize) -> Reply {
+    let mut reply = Reply::json(200, value);
+    reply.content_type = CONTENT_TYPE;
+    reply
+}
+
+fn ok_reply() -> Reply {
+    json_reply(&ErrReply { err: String::new() })
+}
+
+/// `{"Err": message}` with `status`; also what the HTTP server sends for its own refusals.
+pub fn error_reply(status: u16, message: &str) -> Reply {
+    let mut reply = Reply::json(
+        status,
+        &ErrReply {
+            err: message.to_string(),
+        },
+    );
+    reply.content_type = CONTENT_TYPE;
+    reply
+}
+
+fn mountpoint_reply(volume: &Volume) -> Reply {
+    json_reply(&MountpointReply {
+        mountpoint: volume.placement.data.to_string_lossy().into_owned(),
+        err: String::new(),
+    })
+}
+
+fn describe(v: &Volume, usage: Option<Result<Usage, EngineError>>) -> VolumeInfo {
+    let created = UNIX_EPOCH + Duration::from_millis(v.created_at);
+    let (used_bytes, usage_error) = match usage {
+        None => (None, None),
+        Some(Ok(u)) => (Some(u.bytes_used), None),
+        Some(Err(e)) => (None, Some(e.to_string())),
+    };
+    VolumeInfo {
+        name: v.name.to_string(),
+        mountpoint: v.placement.data.to_string_lossy().into_owned(),
+        created_at: humantime::format_rfc3339_seconds(created).to_string(),
+        status: Status {
+            state: v.state().as_str(),
+            kind: v.placement.kind.as_str(),
+            backend: v.placement.backend.as_str(),
+            pool: v.placement.pool.clone(),
+            profile: v.spec.profile.clone(),
+            size: v.size.map_or_else(|| "unlimited".to_string(), format_size),
+            size_bytes: v.size,
+            used_bytes,
+            usage_error,
+            labels: v.spec.labels.clone(),
+            published_to: v
+                .publications
+                .iter()
+                .map(|p| p.target.to_string())
+                .collect(),
+        },
+    }
+}
+
+/// Maps every engine error to a status and a message that says what to do.
+fn engine_error_reply(e: &EngineError, driver: &str) -> Reply {
+    let (status, message) = match e {
+        EngineError::Input(_) => (400, e.to_string()),
+        EngineError::NotFound { volume } => (
+            404,
+            format!(
+                "volume {volume} not found; create it with `docker volume create --driver {driver} {volume}`"
+            ),
+        ),
+        EngineError::AlreadyExists { .. } => (409, e.to_string()),
+        EngineError::Busy { .. } => (503, e.to_string()),
+        EngineError::InUse { volume, targets } => (
+            409,
+            format!(
+                "volume {volume} is in use ({targets}); stop and remove the containers using it, then retry"
+            ),
+        ),
+        EngineError::WrongPhase { .. } => (409, e.to_string()),
+        EngineError::NoCapacity { .. } => (507, e.to_string()),
+        EngineError::Unsupported { .. } => (422, e.to_string()),
+        EngineError::TargetConflict { .. } => (409, e.to_string()),
+        EngineError::TooManyVolumes { .. } => (507, e.to_string()),
+        EngineError::Host { .. } => (500, e.to_string()),
+        EngineError::Store { .. } => (500, e.to_string()),
+    };
+    error_reply(status, &message)
 }
