@@ -80,7 +80,9 @@ fn main() {
             )
             .expect("create");
         let t1 = Instant::now();
-        engine.publish(caller, &name, target.clone()).expect("publish");
+        engine
+            .publish(caller, &name, target.clone())
+            .expect("publish");
         let t2 = Instant::now();
         engine.unpublish(caller, &name, &target).expect("unpublish");
         let t3 = Instant::now();

@@ -317,7 +317,9 @@ mod tests {
             ),
         ];
         for (text, needle) in cases {
-            let e = Config::parse(text, Path::new("t.toml")).unwrap_err().to_string();
+            let e = Config::parse(text, Path::new("t.toml"))
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(needle), "{text:?}: {e}");
             assert!(e.contains("t.toml"), "{e}");
         }

@@ -145,7 +145,8 @@ pub fn open_engine(config: &Config) -> Result<Arc<dyn VolumeService>, DaemonErro
     for pool in config.effective_pools() {
         if pool.kind == crate::engine::types::PoolKind::Root {
             for base in &pool.paths {
-                std::fs::create_dir_all(base).map_err(io_err("creating the pool directory", base))?;
+                std::fs::create_dir_all(base)
+                    .map_err(io_err("creating the pool directory", base))?;
             }
         }
     }

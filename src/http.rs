@@ -67,14 +67,17 @@ impl Reply {
     }
 
     pub fn json(status: u16, value: &impl serde::Serialize) -> Self {
-        let body = serde_json::to_vec(value).unwrap_or_else(|e| {
-            format!("{{\"error\":\"encoding the reply: {e}\"}}").into_bytes()
-        });
+        let body = serde_json::to_vec(value)
+            .unwrap_or_else(|e| format!("{{\"error\":\"encoding the reply: {e}\"}}").into_bytes());
         Self::new(status, "application/json", body)
     }
 
     pub fn text(status: u16, body: impl Into<String>) -> Self {
-        Self::new(status, "text/plain; charset=utf-8", body.into().into_bytes())
+        Self::new(
+            status,
+            "text/plain; charset=utf-8",
+            body.into().into_bytes(),
+        )
     }
 }
 

@@ -35,7 +35,12 @@ enum Command {
 }
 
 fn berth_version() -> &'static str {
-    concat!(env!("CARGO_PKG_VERSION"), " (", env!("BERTH_GIT_COMMIT"), ")")
+    concat!(
+        env!("CARGO_PKG_VERSION"),
+        " (",
+        env!("BERTH_GIT_COMMIT"),
+        ")"
+    )
 }
 
 fn init_logging(json: bool) {

@@ -29,10 +29,7 @@ impl VolumeLocks {
                     volume: name.to_string(),
                 });
             }
-            busy = self
-                .released
-                .wait(busy)
-                .unwrap_or_else(|e| e.into_inner());
+            busy = self.released.wait(busy).unwrap_or_else(|e| e.into_inner());
         }
         busy.insert(name.clone());
         Ok(VolumeGuard {

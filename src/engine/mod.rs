@@ -190,21 +190,25 @@ impl<H: Host> Engine<H> {
 
     /// Commits a record and updates the cache.
     fn save(&self, volume: &Volume, operation: &'static str) -> Result<(), EngineError> {
-        self.store.put(volume).map_err(|source| EngineError::Store {
-            volume: volume.name.to_string(),
-            operation,
-            source,
-        })?;
+        self.store
+            .put(volume)
+            .map_err(|source| EngineError::Store {
+                volume: volume.name.to_string(),
+                operation,
+                source,
+            })?;
         self.cache().insert(volume.name.clone(), volume.clone());
         Ok(())
     }
 
     fn forget(&self, name: &VolumeName, operation: &'static str) -> Result<(), EngineError> {
-        self.store.remove(name).map_err(|source| EngineError::Store {
-            volume: name.to_string(),
-            operation,
-            source,
-        })?;
+        self.store
+            .remove(name)
+            .map_err(|source| EngineError::Store {
+                volume: name.to_string(),
+                operation,
+                source,
+            })?;
         self.cache().remove(name);
         Ok(())
     }
@@ -239,7 +243,10 @@ impl<H: Host> Engine<H> {
         result
     }
 
-    fn host_err(volume: &VolumeName, operation: &'static str) -> impl FnOnce(HostError) -> EngineError {
+    fn host_err(
+        volume: &VolumeName,
+        operation: &'static str,
+    ) -> impl FnOnce(HostError) -> EngineError {
         let volume = volume.to_string();
         move |source| EngineError::Host {
             volume,
@@ -301,7 +308,10 @@ impl<H: Host> Engine<H> {
         if let Some(mode) = spec.ownership.mode
             && mode > 0o7777
         {
-            return Err(invalid("mode", format!("{mode:o} is not a permission mode")));
+            return Err(invalid(
+                "mode",
+                format!("{mode:o} is not a permission mode"),
+            ));
         }
         if let (Some(size), Some(max)) = (spec.size, spec.max_size)
             && max < size
@@ -318,10 +328,7 @@ impl<H: Host> Engine<H> {
             ));
         }
         if spec.access == AccessType::Block && spec.size.is_none() {
-            return Err(invalid(
-                "size",
-                "a block volume needs a size".into(),
-            ));
+            return Err(invalid("size", "a block volume needs a size".into()));
         }
         if let Some(pool) = &spec.pool
             && self.pool(pool).is_none()
@@ -337,9 +344,11 @@ impl<H: Host> Engine<H> {
         let Some(source_name) = &spec.source else {
             return Ok(None);
         };
-        let source = self.cached(source_name).ok_or_else(|| EngineError::NotFound {
-            volume: source_name.to_string(),
-        })?;
+        let source = self
+            .cached(source_name)
+            .ok_or_else(|| EngineError::NotFound {
+                volume: source_name.to_string(),
+            })?;
         if source.phase != Phase::Ready {
             return Err(EngineError::WrongPhase {
                 volume: source_name.to_string(),
@@ -738,9 +747,10 @@ impl<H: Host> Engine<H> {
         };
         if let Err(e) = self.host.bind_mount(&source, target, read_only) {
             if device.is_some()
-                && !v.publications.iter().any(|p| {
-                    p.device.is_some() && p.state == PublicationState::Published
-                })
+                && !v
+                    .publications
+                    .iter()
+                    .any(|p| p.device.is_some() && p.state == PublicationState::Published)
                 && let Some(image) = &v.placement.image
                 && let Err(undo) = self.host.detach_loop(image)
             {
@@ -775,9 +785,16 @@ impl<H: Host> Engine<H> {
         Ok(v)
     }
 
-    fn unbind(&self, v: &Volume, publication: &Publication, path: &Path) -> Result<(), EngineError> {
+    fn unbind(
+        &self,
+        v: &Volume,
+        publication: &Publication,
+        path: &Path,
+    ) -> Result<(), EngineError> {
         let err = |op| Self::host_err(&v.name, op);
-        self.host.unmount(path).map_err(err("unmounting the target"))?;
+        self.host
+            .unmount(path)
+            .map_err(err("unmounting the target"))?;
         let kind = if publication.device.is_some() {
             TargetKind::File
         } else {
@@ -907,7 +924,10 @@ impl<H: Host> Engine<H> {
             }
             (AccessType::Block, _) => {
                 let image = p.image.as_deref().unwrap_or(&p.data);
-                let used = self.host.tree_usage(image).map_err(err("measuring usage"))?;
+                let used = self
+                    .host
+                    .tree_usage(image)
+                    .map_err(err("measuring usage"))?;
                 let size = v.size.unwrap_or(0);
                 Ok(Usage {
                     bytes_used: used.bytes.min(size),
@@ -921,9 +941,15 @@ impl<H: Host> Engine<H> {
                     .host
                     .tree_usage(&p.dir)
                     .map_err(err("measuring usage"))?;
-                let fs = self.host.fs_stats(&p.base).map_err(err("measuring usage"))?;
+                let fs = self
+                    .host
+                    .fs_stats(&p.base)
+                    .map_err(err("measuring usage"))?;
                 let (total, available) = match v.size {
-                    Some(size) => (size, size.saturating_sub(used.bytes).min(fs.bytes_available)),
+                    Some(size) => (
+                        size,
+                        size.saturating_sub(used.bytes).min(fs.bytes_available),
+                    ),
                     None => (fs.bytes_total, fs.bytes_available),
                 };
                 Ok(Usage {
@@ -1084,16 +1110,21 @@ impl<H: Host> Engine<H> {
         Ok(report)
     }
 
-    fn find_strays(&self, mounts: &[MountEntry], report: &mut RecoveryReport) -> Result<(), EngineError> {
+    fn find_strays(
+        &self,
+        mounts: &[MountEntry],
+        report: &mut RecoveryReport,
+    ) -> Result<(), EngineError> {
         let cache = self.cache();
         let known_mounts: HashSet<&Path> = cache
             .values()
             .flat_map(|v| {
                 let own = v.placement.fs.map(|_| v.placement.dir.as_path());
-                own.into_iter().chain(v.publications.iter().filter_map(|p| match &p.target {
-                    PublishTarget::Bind { path, .. } => Some(path.as_path()),
-                    PublishTarget::Reference { .. } => None,
-                }))
+                own.into_iter()
+                    .chain(v.publications.iter().filter_map(|p| match &p.target {
+                        PublishTarget::Bind { path, .. } => Some(path.as_path()),
+                        PublishTarget::Reference { .. } => None,
+                    }))
             })
             .collect();
         let bases: Vec<&Path> = self
@@ -1107,18 +1138,19 @@ impl<H: Host> Engine<H> {
             .collect();
         for m in mounts {
             let under_pool = bases.iter().any(|b| m.mount_point.starts_with(b));
-            let from_pool = bases
-                .iter()
-                .any(|b| m.root.starts_with(b) && m.root != *b);
+            let from_pool = bases.iter().any(|b| m.root.starts_with(b) && m.root != *b);
             if (under_pool || from_pool) && !known_mounts.contains(m.mount_point.as_path()) {
                 report.stray_mounts.push(m.mount_point.clone());
             }
         }
-        let loops = self.host.loop_devices().map_err(|source| EngineError::Host {
-            volume: "-".into(),
-            operation: "listing loop devices",
-            source,
-        })?;
+        let loops = self
+            .host
+            .loop_devices()
+            .map_err(|source| EngineError::Host {
+                volume: "-".into(),
+                operation: "listing loop devices",
+                source,
+            })?;
         for l in loops {
             let ours = bases
                 .iter()
@@ -1137,7 +1169,19 @@ fn spec_difference(old: &VolumeSpec, new: &VolumeSpec) -> String {
     macro_rules! cmp {
         ($($f:ident),*) => { $( if old.$f != new.$f { fields.push(stringify!($f)); } )* };
     }
-    cmp!(size, max_size, pool, kind, profile, constraints, labels, ownership, access, source, reclaim);
+    cmp!(
+        size,
+        max_size,
+        pool,
+        kind,
+        profile,
+        constraints,
+        labels,
+        ownership,
+        access,
+        source,
+        reclaim
+    );
     if fields.is_empty() {
         "none".into()
     } else {
@@ -1226,20 +1270,28 @@ impl<H: Host> VolumeService for Engine<H> {
     }
 
     fn recovery_report(&self) -> RecoveryReport {
-        self.recovery.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.recovery
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn probe(&self) -> Result<(), EngineError> {
-        self.store.probe().map_err(|source: StoreError| EngineError::Store {
-            volume: "-".into(),
-            operation: "probe",
-            source,
-        })?;
-        self.host.mounts().map(|_| ()).map_err(|source| EngineError::Host {
-            volume: "-".into(),
-            operation: "probe",
-            source,
-        })
+        self.store
+            .probe()
+            .map_err(|source: StoreError| EngineError::Store {
+                volume: "-".into(),
+                operation: "probe",
+                source,
+            })?;
+        self.host
+            .mounts()
+            .map(|_| ())
+            .map_err(|source| EngineError::Host {
+                volume: "-".into(),
+                operation: "probe",
+                source,
+            })
     }
 }
 

@@ -72,9 +72,7 @@ fn deserialize_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::E
         None => Ok(None),
         Some(Raw::Bytes(0)) => Err(serde::de::Error::custom("a size must be greater than zero")),
         Some(Raw::Bytes(b)) => Ok(Some(b)),
-        Some(Raw::Text(t)) => parse_size(&t)
-            .map(Some)
-            .map_err(serde::de::Error::custom),
+        Some(Raw::Text(t)) => parse_size(&t).map(Some).map_err(serde::de::Error::custom),
     }
 }
 
@@ -153,7 +151,10 @@ impl PoolConfig {
         if let Some(pool) = &spec.pool
             && pool != &self.name
         {
-            return Some(format!("pool {} is not the requested pool {pool}", self.name));
+            return Some(format!(
+                "pool {} is not the requested pool {pool}",
+                self.name
+            ));
         }
         if let Some(kind) = spec.kind
             && kind != self.kind

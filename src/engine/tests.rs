@@ -120,7 +120,10 @@ fn lifecycle_is_idempotent_at_every_step() {
         e.unpublish(CSI, &name("db"), &bind("/t/a", false)).unwrap();
     }
     assert!(e.host().mounted_at(Path::new("/t/a")).is_none());
-    assert!(!e.host().is_dir(Path::new("/t/a")), "created target removed");
+    assert!(
+        !e.host().is_dir(Path::new("/t/a")),
+        "created target removed"
+    );
     assert!(e.host().mounted_at(Path::new("/t/b")).is_some());
     e.unpublish(CSI, &name("db"), &bind("/t/b", true)).unwrap();
     assert_eq!(e.get(&name("db")).unwrap().state(), VolumeState::Detached);
@@ -132,7 +135,10 @@ fn lifecycle_is_idempotent_at_every_step() {
     ));
     assert_eq!(e.host().mount_count(), 0);
     assert_eq!(e.host().loop_count(), 0);
-    assert!(!e.host().has_image(&f.pools[0].paths[0].join(".images/db.img")));
+    assert!(
+        !e.host()
+            .has_image(&f.pools[0].paths[0].join(".images/db.img"))
+    );
     assert!(!e.host().is_dir(&dir));
 }
 
@@ -209,7 +215,10 @@ fn a_failure_at_any_host_step_of_create_leaves_nothing_and_a_retry_succeeds() {
         let base = e.host().call_count();
         e.host().fail_at_call(base + step);
         let err = e.create(CSI, request("v", Some(GIB))).unwrap_err();
-        assert!(matches!(err, EngineError::Host { .. }), "step {step}: {err}");
+        assert!(
+            matches!(err, EngineError::Host { .. }),
+            "step {step}: {err}"
+        );
         assert!(err.to_string().contains("volume v"), "{err}");
         assert!(e.list(&VolumeFilter::default()).is_empty(), "step {step}");
         assert_eq!(e.host().mount_count(), 0, "step {step}");
@@ -276,7 +285,10 @@ fn restart_rolls_back_half_creates_and_finishes_tombstoned_deletes() {
         .collect();
     assert_eq!(names, vec!["done".to_string()]);
     assert_eq!(e.host().mount_count(), 1);
-    assert!(!e.host().has_image(Path::new("/pool/volumes/.images/half.img")));
+    assert!(
+        !e.host()
+            .has_image(Path::new("/pool/volumes/.images/half.img"))
+    );
 }
 
 #[test]
@@ -300,8 +312,12 @@ fn after_a_reboot_filesystems_are_remounted_and_vanished_publications_dropped() 
     let h = host();
     h.make_dir(Path::new("/pool/volumes/v"), &Ownership::default())
         .unwrap();
-    h.create_image(Path::new("/pool/volumes/.images/v.img"), GIB, Some(FsType::Ext4))
-        .unwrap();
+    h.create_image(
+        Path::new("/pool/volumes/.images/v.img"),
+        GIB,
+        Some(FsType::Ext4),
+    )
+    .unwrap();
     let e = f.open(h);
     let report = e.recovery_report();
     assert_eq!(report.remounted, vec!["v".to_string()]);
@@ -401,7 +417,8 @@ fn block_volumes_attach_a_loop_device_per_publication() {
     let v = e.publish(CSI, &name("raw"), bind("/t/dev", false)).unwrap();
     assert_eq!(e.host().loop_count(), 1);
     assert!(v.publications[0].device.is_some());
-    e.unpublish(CSI, &name("raw"), &bind("/t/dev", false)).unwrap();
+    e.unpublish(CSI, &name("raw"), &bind("/t/dev", false))
+        .unwrap();
     assert_eq!(e.host().loop_count(), 0);
     e.delete(CSI, &name("raw")).unwrap();
 }

@@ -436,7 +436,9 @@ pub enum Phase {
     Creating,
     Ready,
     /// A delete or wipe was recorded (the tombstone); a start finishes it.
-    Deleting { wipe: bool },
+    Deleting {
+        wipe: bool,
+    },
 }
 
 /// What operators see as a volume's state.
@@ -668,7 +670,15 @@ mod tests {
         assert_eq!(parse_size("1.5GiB").unwrap(), 3 << 29);
         assert_eq!(parse_size(" 2 TiB ").unwrap(), 2 << 40);
         for bad in [
-            "", "-1", "lots", "0", "1.2.3", "5XB", "99999999999999999999", "20000000TiB", ".5G",
+            "",
+            "-1",
+            "lots",
+            "0",
+            "1.2.3",
+            "5XB",
+            "99999999999999999999",
+            "20000000TiB",
+            ".5G",
         ] {
             assert!(parse_size(bad).is_err(), "{bad:?}");
         }

@@ -112,7 +112,11 @@ impl FakeHost {
     }
 
     /// Records the call and decides whether it fails.
-    fn enter(&self, op: &'static str, path: &Path) -> Result<std::sync::MutexGuard<'_, Model>, HostError> {
+    fn enter(
+        &self,
+        op: &'static str,
+        path: &Path,
+    ) -> Result<std::sync::MutexGuard<'_, Model>, HostError> {
         let mut m = self.lock();
         let index = m.calls.len();
         m.calls.push(Call {
