@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::engine::{Engine, EngineError, VolumeService};
-use crate::host::fake::FakeHost as LinuxHost; // TEMP until linux.rs lands
+use crate::host::linux::LinuxHost;
 
 #[derive(Debug, Error)]
 pub enum DaemonError {
@@ -150,17 +150,15 @@ pub fn open_engine(config: &Config) -> Result<Arc<dyn VolumeService>, DaemonErro
             }
         }
     }
-    let engine = Engine::open(config.engine_config(), LinuxHost::new(1 << 40))?;
+    let engine = Engine::open(config.engine_config(), LinuxHost::new())?;
     Ok(Arc::new(engine))
 }
 
 /// A shutdown future that front-end servers can each hold a copy of.
-pub fn shutdown_future(mut rx: watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
-    async move {
-        while !*rx.borrow() {
-            if rx.changed().await.is_err() {
-                return;
-            }
+pub async fn shutdown_future(mut rx: watch::Receiver<bool>) {
+    while !*rx.borrow() {
+        if rx.changed().await.is_err() {
+            return;
         }
     }
 }

@@ -160,7 +160,7 @@ pub fn format_size(bytes: u64) -> String {
     ];
     for (unit, scale) in UNITS {
         if bytes >= scale {
-            if bytes % scale == 0 {
+            if bytes.is_multiple_of(scale) {
                 return format!("{}{unit}", bytes / scale);
             }
             return format!("{:.1}{unit}", bytes as f64 / scale as f64);

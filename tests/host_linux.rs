@@ -1,0 +1,1002 @@
+//! Integration tests of `LinuxHost` against the real kernel. They need root (mounts, loop
+//! devices) and `mkfs.ext4`/`mkfs.xfs`/`resize2fs`/`xfs_growfs`; without root they are
+//! skipped with a message. Each test works in its own directory under /tmp, and a guard
+//! unmounts everything beneath it and detaches loop devices backed by files in it, also when
+//! the test fails.
+
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use berth::engine::types::{FsType, Ownership};
+use berth::host::linux::LinuxHost;
+use berth::host::{Host, HostError, TargetKind};
+use nix::fcntl::OFlag;
+use nix::mount::MntFlags;
+use nix::sys::stat::Mode;
+
+const MIB: u64 = 1024 * 1024;
+
+/// A scratch directory that is cleaned up of mounts and loop devices on drop.
+struct Scratch {
+    dir: Option<tempfile::TempDir>,
+    path: PathBuf,
+}
+
+impl Scratch {
+    fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("berth-host-")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
+        let path = dir.path().canonicalize().expect("canonical tempdir");
+        Self {
+            dir: Some(dir),
+            path,
+        }
+    }
+
+    fn join(&self, rel: &str) -> PathBuf {
+        self.path.join(rel)
+    }
+
+    fn mounts_beneath(&self) -> Vec<PathBuf> {
+        let mut mounts: Vec<PathBuf> = LinuxHost::new()
+            .mounts()
+            .expect("mountinfo")
+            .into_iter()
+            .map(|m| m.mount_point)
+            .filter(|p| p.starts_with(&self.path))
+            .collect();
+        // Deepest (and most recent) first.
+        mounts.reverse();
+        mounts.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        mounts
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let host = LinuxHost::new();
+        for _ in 0..16 {
+            let mounts = self.mounts_beneath();
+            if mounts.is_empty() {
+                break;
+            }
+            for m in mounts {
+                if nix::mount::umount2(&m, MntFlags::UMOUNT_NOFOLLOW).is_err() {
+                    let _ = nix::mount::umount2(&m, MntFlags::MNT_DETACH);
+                }
+            }
+        }
+        if let Ok(loops) = host.loop_devices() {
+            for l in loops {
+                if l.backing_file.starts_with(&self.path) {
+                    let _ = host.detach_loop(&l.backing_file);
+                }
+            }
+        }
+        let dir = self.dir.take();
+        if !self.mounts_beneath().is_empty() {
+            // Never let a recursive delete run through a mount: leak the directory instead.
+            eprintln!("leaving {} behind: still has mounts", self.path.display());
+            if let Some(d) = dir {
+                let _ = d.keep();
+            }
+        }
+    }
+}
+
+/// Whether this process has capability `bit` (e.g. CAP_SYS_RESOURCE = 24) in effect.
+fn has_capability(bit: u32) -> bool {
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << bit) != 0)
+}
+
+const CAP_SYS_RESOURCE: u32 = 24;
+
+/// The size in bytes the kernel gives a loop device.
+fn device_size(device: &Path) -> u64 {
+    let name = device.file_name().unwrap().to_string_lossy().to_string();
+    let sectors: u64 = fs::read_to_string(format!("/sys/block/{name}/size"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    sectors * 512
+}
+
+/// CPU time (user + system) this thread has used: what a walk costs, whatever else the
+/// machine is busy with.
+fn thread_cpu() -> Duration {
+    // SAFETY (test): all-zero bytes are a valid `rusage` (integers only).
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY (test): `usage` is a valid, writable `rusage` for the duration of the call.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) };
+    assert_eq!(rc, 0);
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+fn is_root() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    eprintln!("skipped: needs root");
+    false
+}
+
+fn mount_of(target: &Path) -> Option<berth::host::MountEntry> {
+    LinuxHost::new()
+        .mounts()
+        .expect("mountinfo")
+        .into_iter()
+        .rev()
+        .find(|m| m.mount_point == target)
+}
+
+fn backed_loops(host: &LinuxHost, image: &Path) -> Vec<PathBuf> {
+    host.loop_devices()
+        .expect("loop devices")
+        .into_iter()
+        .filter(|l| l.backing_file == image)
+        .map(|l| l.device)
+        .collect()
+}
+
+/// Polls (the kernel tears an autoclear loop device down on the last close) up to 2 s.
+fn wait_no_loops(host: &LinuxHost, image: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !backed_loops(host, image).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "loop devices of {} still attached: {:?}",
+            image.display(),
+            backed_loops(host, image)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Writes `limit` bytes (or until an error) in 1 MiB chunks, then fsyncs; returns bytes
+/// written and the error, if any.
+fn fill(path: &Path, limit: u64) -> (u64, Option<std::io::Error>) {
+    let mut file = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .expect("open fill file");
+    let chunk = vec![0xa5u8; MIB as usize];
+    let mut written = 0;
+    while written < limit {
+        if let Err(e) = file.write_all(&chunk) {
+            return (written, Some(e));
+        }
+        written += MIB;
+    }
+    match file.sync_all() {
+        Ok(()) => (written, None),
+        Err(e) => (written, Some(e)),
+    }
+}
+
+#[test]
+fn bind_mount_rw_two_targets_then_unmount() {
+    if !is_root() {
+        return;
+    }
+    let s = Scratch::new();
+    let host = LinuxHost::new();
+    let data = s.join("data");
+    host.make_dir(&data, &Ownership::default()).unwrap();
+    let (a, b) = (s.join("a"), s.join("b"));
+    assert!(host.prepare_target(&a, TargetKind::Directory).unwrap());
+    assert!(host.prepare_target(&b, TargetKind::Directory).unwrap());
+    assert!(!host.prepare_target(&a, TargetKind::Directory).unwrap());
+    assert_eq!(
+        fs::metadata(&a).unwrap().permissions().mode() & 0o7777,
+        0o750
+    );
+
+    host.bind_mount(&data, &a, false).unwrap();
+    host.bind_mount(&data, &b, false).unwrap();
+    let before = host.mounts().unwrap().len();
+    host.bind_mount(&data, &a, false).unwrap(); // idempotent: no second mount
+    assert_eq!(host.mounts().unwrap().len(), before);
+
+    fs::write(a.join("hello"), b"through a").unwrap();
+    assert_eq!(fs::read(b.join("hello")).unwrap(), b"through a");
+    assert_eq!(fs::read(data.join("hello")).unwrap(), b"through a");
+    let entry = mount_of(&a).expect("a is mounted");
+    assert!(!entry.is_read_only());
+
+    // Still mounted: a target is never removed with its mount.
+    assert!(host.remove_target(&a, TargetKind::Directory).is_err());
+
+    for t in [&a, &b] {
+        host.unmount(t).unwrap();
+        host.unmount(t).unwrap(); // not mounted: fine
+        assert!(mount_of(t).is_none());
+        host.remove_target(t, TargetKind::Directory).unwrap();
+        host.remove_target(t, TargetKind::Directory).unwrap(); // missing: fine
+        assert!(!t.exists());
+    }
+    host.unmount(&s.join("never-existed")).unwrap();
+    assert!(data.join("hello").exists());
+}
+
+#[test]
+fn bind_mount_read_only() {
+    if !is_root() {
+        return;
+    }
+    let s = Scratch::new();
+    let host = LinuxHost::new();
+    let data = s.join("data");
+    host.make_dir(&data, &Ownership::default()).unwrap();
+    fs::write(data.join("f"), b"x").unwrap();
+    let ro = s.join("ro");
+    host.prepare_target(&ro, TargetKind::Directory).unwrap();
+    host.bind_mount(&data, &ro, true).unwrap();
+
+    let err = fs::write(ro.join("new"), b"no").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+    assert_eq!(fs::read(ro.join("f")).unwrap(), b"x");
+    let entry = mount_of(&ro).expect("mounted");
+    assert!(entry.is_read_only(), "{entry:?}");
+    // Exactly one mount at the target (the read-only remount did not stack another).
+    let count = host
+        .mounts()
+        .unwrap()
+        .iter()
+        .filter(|m| m.mount_point == ro)
+        .count();
+    assert_eq!(count, 1);
+    // The source stays writable.
+    fs::write(data.join("g"), b"y").unwrap();
+
+    // Asking again with another mode remounts in place.
+    host.bind_mount(&data, &ro, false).unwrap();
+    assert!(!mount_of(&ro).unwrap().is_read_only());
+    fs::write(ro.join("now-rw"), b"ok").unwrap();
+    host.bind_mount(&data, &ro, true).unwrap();
+    assert!(mount_of(&ro).unwrap().is_read_only());
+    let count = host
+        .mounts()
+        .unwrap()
+        .iter()
+        .filter(|m| m.mount_point == ro)
+        .count();
+    assert_eq!(count, 1);
+
+    host.unmount(&ro).unwrap();
+    host.remove_target(&ro, TargetKind::Directory).unwrap();
+}
+
+#[test]
+fn bind_mount_refuses_symlinks() {
+    if !is_root() {
+        return;
+    }
+    let s = Scratch::new();
+    let host = LinuxHost::new();
+    let data = s.join("data");
+    host.make_dir(&data, &Ownership::default()).unwrap();
+    let elsewhere = s.join("elsewhere");
+    host.make_dir(&elsewhere, &Ownership::default()).unwrap();
+    let to_dir = s.join("to-dir");
+    std::os::unix::fs::symlink(&elsewhere, &to_dir).unwrap();
+    let to_root = s.join("to-root");
+    std::os::unix::fs::symlink("/", &to_root).unwrap();
+
+    let before = host.mounts().unwrap();
+    let err = host.bind_mount(&data, &to_dir, false).unwrap_err();
+    assert!(matches!(err, HostError::Symlink { .. }), "{err}");
+    let err = host.bind_mount(&data, &to_dir, true).unwrap_err();
+    assert!(matches!(err, HostError::Symlink { .. }), "{err}");
+    let err = host.bind_mount(&data, &to_root, false).unwrap_err();
+    assert!(matches!(err, HostError::Symlink { .. }), "{err}");
+    // A symlinked source is refused too.
+    let src_link = s.join("src-link");
+    std::os::unix::fs::symlink(&data, &src_link).unwrap();
+    let target = s.join("target");
+    host.prepare_target(&target, TargetKind::Directory).unwrap();
+    let err = host.bind_mount(&src_link, &target, false).unwrap_err();
+    assert!(matches!(err, HostError::Symlink { .. }), "{err}");
+
+    let after = host.mounts().unwrap();
+    let at = |mounts: &[berth::host::MountEntry], p: &Path| {
+        mounts.iter().filter(|m| m.mount_point == p).count()
+    };
+    for p in [Path::new("/"), elsewhere.as_path(), target.as_path()] {
+        assert_eq!(at(&before, p), at(&after, p), "mounts at {}", p.display());
+    }
+    assert!(s.mounts_beneath().is_empty());
+
+    // prepare_target and remove_target refuse a symlink as well, and unmount of a link is a
+    // no-op.
+    let err = host
+        .prepare_target(&to_dir, TargetKind::Directory)
+        .unwrap_err();
+    assert!(matches!(err, HostError::Symlink { .. }), "{err}");
+    let err = host
+        .remove_target(&to_dir, TargetKind::Directory)
+        .unwrap_err();
+    assert!(matches!(err, HostError::Symlink { .. }), "{err}");
+    host.unmount(&to_root).unwrap();
+    assert!(to_root.symlink_metadata().unwrap().file_type().is_symlink());
+}
+
+#[test]
+fn remove_tree_big_tree_with_symlinks_out() {
+    if !is_root() {
+        return;
+    }
+    let s = Scratch::new();
+    let host = LinuxHost::new();
+    let root = s.join("root");
+    let vol = root.join("vol");
+    let other = s.join("root/other");
+    fs::create_dir_all(&other).unwrap();
+    fs::write(other.join("keep.txt"), b"keep").unwrap();
+    for d in 0..100 {
+        let dir = vol.join(format!("d{d:03}/nested"));
+        fs::create_dir_all(&dir).unwrap();
+        for f in 0..100 {
+            fs::write(dir.join(format!("f{f:03}")), b"0123456789").unwrap();
+        }
+    }
+    std::os::unix::fs::symlink("/etc", vol.join("data")).unwrap();
+    std::os::unix::fs::symlink("../other", vol.join("up")).unwrap();
+    let etc_before = fs::read_dir("/etc").unwrap().count();
+
+    let start = Instant::now();
+    let cpu = thread_cpu();
+    let stats = host.remove_tree(&root, &vol).unwrap();
+    let took = thread_cpu() - cpu;
+    eprintln!(
+        "remove_tree of 10,000 files took {:?} ({took:?} CPU): {stats:?}",
+        start.elapsed()
+    );
+    assert_eq!(stats.files, 10_000);
+    assert_eq!(stats.symlinks, 2);
+    assert_eq!(stats.dirs, 201);
+    assert_eq!(stats.bytes, 100_000);
+    // CPU time, not wall time: a loaded test machine must not make this flaky.
+    assert!(took < Duration::from_secs(1), "too slow: {took:?} CPU");
+    assert!(!vol.exists());
+    assert_eq!(fs::read(other.join("keep.txt")).unwrap(), b"keep");
+    assert_eq!(fs::read_dir("/etc").unwrap().count(), etc_before);
+
+    // Missing: success, nothing done.
+    assert_eq!(host.remove_tree(&root, &vol).unwrap(), Default::default());
+    assert_eq!(
+        host.remove_tree(&root, &root.join("a/b/c")).unwrap(),
+        Default::default()
+    );
+}
+
+#[test]
+fn remove_tree_refuses_outside_root_and_symlinked_paths() {
+    if !is_root() {
+        return;
+    }
+    let s = Scratch::new();
+    let host = LinuxHost::new();
+    let root = s.join("root");
+    let real = root.join("real");
+    fs::create_dir_all(real.join("sub")).unwrap();
+    fs::write(real.join("sub/file"), b"x").unwrap();
+    let outside = s.join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    fs::write(outside.join("file"), b"x").unwrap();
+
+    for path in [
+        outside.clone(),
+        root.clone(),
+        root.join("../outside"),
+        root.join("real/../../outside"),
+        PathBuf::from("/etc"),
+    ] {
+        let err = host.remove_tree(&root, &path).unwrap_err();
+        assert!(
+            matches!(err, HostError::OutsideRoot { .. }),
+            "{}: {err}",
+            path.display()
+        );
+    }
+    std::os::unix::fs::symlink(&real, root.join("link")).unwrap();
+    std::os::unix::fs::symlink(&outside, root.join("out-link")).unwrap();
+    for path in [
+        root.join("link/sub"),
+        root.join("link"),
+        root.join("out-link"),
+    ] {
+        let err = host.remove_tree(&root, &path).unwrap_err();
+        assert!(
+            matches!(err, HostError::Symlink { .. }),
+            "{}: {err}",
+            path.display()
+        );
+    }
+    assert!(real.join("sub/file").exists());
+    assert!(outside.join("file").exists());
+}
+
+#[test]
+fn remove_tree_does_not_cross_mounts() {
+    if !is_root() {
+        return;
+    }
+    let s = Scratch::new();
+    let host = LinuxHost::new();
+    let root = s.join("root");
+    let vol = root.join("vol");
+    fs::create_dir_all(vol.join("a/deeper")).unwrap();
+    fs::write(vol.join("a/deeper/gone"), b"x").unwrap();
+    let source = s.join("source");
+    fs::create_dir_all(&source).unwrap();
+    fs::write(source.join("survivor"), b"still here").unwrap();
+    let mnt = vol.join("a/mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    host.bind_mount(&source, &mnt, false).unwrap();
+    // A file bind-mounted onto a file inside the tree.
+    fs::write(s.join("file-src"), b"file source").unwrap();
+    fs::write(vol.join("file-target"), b"").unwrap();
+    host.bind_mount(&s.join("file-src"), &vol.join("file-target"), false)
+        .unwrap();
+
+    let err = host.remove_tree(&root, &vol).unwrap_err();
+    match &err {
+        HostError::CrossesMount { path } => {
+            assert!(path == &mnt || path == &vol.join("file-target"), "{err}")
+        }
+        other => panic!("expected CrossesMount, got {other}"),
+    }
+    assert_eq!(
+        fs::read(source.join("survivor")).unwrap(),
+        b"still here",
+        "the mount was entered"
+    );
+    assert_eq!(fs::read(s.join("file-src")).unwrap(), b"file source");
+    assert!(!vol.join("a/deeper").exists(), "the rest was removed");
+    assert!(mnt.exists());
+
+    // The path itself being a mount point: nothing is removed.
+    let err = host.remove_tree(&root, &mnt).unwrap_err();
+    assert!(matches!(err, HostError::CrossesMount { .. }), "{err}");
+    assert!(source.join("survivor").exists());
+
+    host.unmount(&mnt).unwrap();
+    host.unmount(&vol.join("file-target")).unwrap();
+    let stats = host.remove_tree(&root, &vol).unwrap();
+    assert_eq!(stats.dirs, 3); // vol, a, mnt
+    assert_eq!(stats.files, 1);
+    assert!(!vol.exists());
+    assert!(source.join("survivor").exists());
+}
+
+#[test]
+fn remove_tree_10000_deep() {
+    if !is_root() {
+        return;
+    }
+    let s = Scratch::new();
+    let host = LinuxHost::new();
+    let root = s.join("root");
+    let vol = root.join("vol");
+    fs::create_dir_all(&vol).unwrap();
+    // Build it fd by fd: the full path is far beyond PATH_MAX.
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    let mut fd = nix::fcntl::open(&vol, flags, Mode::empty()).unwrap();
+    for _ in 0..10_000 {
+        nix::sys::stat::mkdirat(&fd, "d", Mode::from_bits_truncate(0o755)).unwrap();
+        let next = nix::fcntl::openat(&fd, "d", flags, Mode::empty()).unwrap();
+        let file = nix::fcntl::openat(
+            &fd,
+            "f",
+            OFlag::O_CREAT | OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o644),
+        )
+        .unwrap();
+        drop(file);
+        fd = next;
+    }
+    drop(fd);
+
+    let start = Instant::now();
+    let usage = host.tree_usage(&vol).unwrap();
+    eprintln!("tree_usage 10,000 deep took {:?}", start.elapsed());
+    assert_eq!(usage.inodes, 20_001);
+    let copy = root.join("copy");
+    fs::create_dir(&copy).unwrap();
+    let start = Instant::now();
+    host.copy_tree(&vol, &copy).unwrap();
+    eprintln!("copy_tree 10,000 deep took {:?}", start.elapsed());
+    assert_eq!(host.tree_usage(&copy).unwrap().inodes, 20_001);
+    let copied = host.remove_tree(&root, &copy).unwrap();
+    assert_eq!(copied.dirs, 10_001);
+
+    let start = Instant::now();
+    let cpu = thread_cpu();
+    let stats = host.remove_tree(&root, &vol).unwrap();
+    let took = thread_cpu() - cpu;
+    eprintln!(
+        "remove_tree 10,000 deep took {:?} ({took:?} CPU)",
+        start.elapsed()
+    );
+    assert!(took < Duration::from_secs(2), "too slow: {took:?} CPU");
+    assert_eq!(stats.dirs, 10_001);
+    assert_eq!(stats.files, 10_000);
+    assert!(!vol.exists());
+}
+
+fn image_lifecycle(fs_type: FsType, size: u64, fits: u64, grown: u64, more: u64) {
+    let s = Scratch::new();
+    let host = LinuxHost::new();
+    let image = s.join("vol.img");
+    let mnt = s.join("mnt");
+    host.prepare_target(&mnt, TargetKind::Directory).unwrap();
+
+    let start = Instant::now();
+    host.create_image(&image, size, Some(fs_type)).unwrap();
+    let made = start.elapsed();
+    host.mount_image(&image, &mnt, fs_type).unwrap();
+    eprintln!(
+        "{}: create_image {:?}, + mount_image {:?}",
+        fs_type.as_str(),
+        made,
+        start.elapsed()
+    );
+    let meta = fs::metadata(&image).unwrap();
+    assert_eq!(meta.len(), size);
+    assert!(meta.blocks() * 512 < size / 2, "image is not sparse");
+    // Mounting again is a no-op.
+    host.mount_image(&image, &mnt, fs_type).unwrap();
+    let entry = mount_of(&mnt).expect("mounted");
+    assert_eq!(entry.fs_type, fs_type.as_str());
+    assert_eq!(
+        host.mounts()
+            .unwrap()
+            .iter()
+            .filter(|m| m.mount_point == mnt)
+            .count(),
+        1
+    );
+    let loops = backed_loops(&host, &image);
+    assert_eq!(loops.len(), 1, "{loops:?}");
+    assert_eq!(entry.source, loops[0].to_string_lossy());
+    let loop_name = loops[0].file_name().unwrap().to_string_lossy().to_string();
+    let sys = |attr: &str| {
+        fs::read_to_string(format!("/sys/block/{loop_name}/loop/{attr}"))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    assert_eq!(sys("autoclear"), "1");
+    eprintln!("{}: direct I/O = {}", fs_type.as_str(), sys("dio"));
+
+    let stats = host.fs_stats(&mnt).unwrap();
+    eprintln!("{}: {stats:?}", fs_type.as_str());
+    assert!(stats.bytes_total <= size, "{stats:?}");
+    assert!(stats.bytes_total >= fits, "{stats:?}");
+
+    let (n, err) = fill(&mnt.join("fill"), fits);
+    assert!(
+        err.is_none(),
+        "writing {fits} bytes failed after {n}: {err:?}"
+    );
+    let (n, err) = fill(&mnt.join("fill"), size);
+    let err = err.expect("writing past the end must fail");
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    assert!(fits + n < size, "wrote {} of {size}", fits + n);
+
+    assert_eq!(device_size(&loops[0]), size);
+    let result = host.grow_image(&image, grown, Some((&mnt, fs_type)));
+    assert_eq!(fs::metadata(&image).unwrap().len(), grown);
+    assert_eq!(device_size(&loops[0]), grown, "LOOP_SET_CAPACITY");
+    if fs_type == FsType::Ext4 && !has_capability(CAP_SYS_RESOURCE) {
+        // ext4's online resize ioctl needs CAP_SYS_RESOURCE, which some sandboxes drop.
+        let err = result.unwrap_err();
+        assert!(matches!(err, HostError::Command { .. }), "{err}");
+        eprintln!("no CAP_SYS_RESOURCE: skipping the online ext4 grow checks ({err})");
+        host.unmount(&mnt).unwrap();
+        wait_no_loops(&host, &image);
+        return;
+    }
+    result.unwrap();
+    let stats = host.fs_stats(&mnt).unwrap();
+    assert!(stats.bytes_total > size, "{stats:?}");
+    let (n, err) = fill(&mnt.join("after-grow"), more);
+    assert!(err.is_none(), "after growing, failed after {n}: {err:?}");
+    // Growing again to the same size is a no-op; shrinking is refused.
+    host.grow_image(&image, grown, Some((&mnt, fs_type)))
+        .unwrap();
+    assert!(host.grow_image(&image, size, None).is_err());
+
+    host.unmount(&mnt).unwrap();
+    wait_no_loops(&host, &image);
+    host.unmount(&mnt).unwrap();
+    host.remove_target(&mnt, TargetKind::Directory).unwrap();
+}
+
+#[test]
+fn image_ext4_mount_fill_grow() {
+    if !is_root() {
+        return;
+    }
+    // 64 MiB ext4 (1 KiB blocks, 4 MiB journal, 16k inodes) leaves ~54 MiB for data.
+    image_lifecycle(FsType::Ext4, 64 * MIB, 50 * MIB, 128 * MIB, 50 * MIB);
+}
+
+#[test]
+fn image_xfs_mount_fill_grow() {
+    if !is_root() {
+        return;
+    }
+    // mkfs.xfs refuses less than 300 MiB; its 64 MiB log leaves ~236 MiB for data.
+    image_lifecycle(FsType::Xfs, 300 * MIB, 200 * MIB, 400 * MIB, 90 * MIB);
+}
+
+#[test]
+fn create_image_is_idempotent() {
+    if !is_root() {
+        return;
+    }
+    for (fs_type, size) in [(FsType::Ext4, 64 * MIB), (FsType::Xfs, 300 * MIB)] {
+        let s = Scratch::new();
+        let host = LinuxHost::new();
+        let image = s.join("vol.img");
+        let mnt = s.join("mnt");
+        host.prepare_target(&mnt, TargetKind::Directory).unwrap();
+        host.create_image(&image, size, Some(fs_type)).unwrap();
+        host.mount_image(&image, &mnt, fs_type).unwrap();
+        fs::write(mnt.join("precious"), b"data").unwrap();
+        host.unmount(&mnt).unwrap();
+        wait_no_loops(&host, &image);
+
+        host.create_image(&image, size, Some(fs_type)).unwrap();
+        host.mount_image(&image, &mnt, fs_type).unwrap();
+        assert_eq!(fs::read(mnt.join("precious")).unwrap(), b"data");
+        host.unmount(&mnt).unwrap();
+        wait_no_loops(&host, &image);
+
+        // Another size or another filesystem is refused, not re-made.
+        assert!(host.create_image(&image, size * 2, Some(fs_type)).is_err());
+        let other = match fs_type {
+            FsType::Ext4 => FsType::Xfs,
+            FsType::Xfs => FsType::Ext4,
+        };
+        assert!(host.create_image(&image, size, Some(other)).is_err());
+        let mode = fs::metadata(&image).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o600);
+    }
+}
+
+#[test]
+fn image_on_tmpfs() {
+    if !is_root() {
+        return;
+    }
+    // tmpfs may not do O_DIRECT: the loop device must then fall back to buffered I/O.
+    let s = Scratch::new();
+    let host = LinuxHost::new();
+    let tmpfs = s.join("tmpfs");
+    fs::create_dir(&tmpfs).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &tmpfs,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=128m"),
+    )
+    .unwrap();
+    let image = tmpfs.join("vol.img");
+    let mnt = s.join("mnt");
+    host.prepare_target(&mnt, TargetKind::Directory).unwrap();
+    host.create_image(&image, 64 * MIB, Some(FsType::Ext4))
+        .unwrap();
+    host.mount_image(&image, &mnt, FsType::Ext4).unwrap();
+    fs::write(mnt.join("x"), b"on tmpfs").unwrap();
+    host.unmount(&mnt).unwrap();
+    wait_no_loops(&host, &image);
+}
+
+#[test]
+fn mount_image_reuses_the_loop_device_for_a_second_target() {
+    if !is_root() {
+        return;
+    }
+    let s = Scratch::new();
+    let host = LinuxHost::new();
+    let image = s.join("vol.img");
+    host.create_image(&image, 64 * MIB, Some(FsType::Ext4))
+        .unwrap();
+    let (m1, m2) = (s.join("m1"), s.join("m2"));
+    host.prepare_target(&m1, TargetKind::Directory).unwrap();
+    host.prepare_target(&m2, TargetKind::Directory).unwrap();
+    host.mount_image(&image, &m1, FsType::Ext4).unwrap();
+    host.mount_image(&image, &m2, FsType::Ext4).unwrap();
+    assert_eq!(backed_loops(&host, &image).len(), 1);
+    fs::write(m1.join("x"), b"shared").unwrap();
+    assert_eq!(fs::read(m2.join("x")).unwrap(), b"shared");
+    host.unmount(&m1).unwrap();
+    assert_eq!(backed_loops(&host, &image).len(), 1);
+    host.unmount(&m2).unwrap();
+    wait_no_loops(&host, &image);
+}
+
+#[test]
+fn block_volume_attach_bind_detach() {
+    if !is_root() {
+        return;
+    }
+    let s = Scratch::new();
+    let host = LinuxHost::new();
+    let image = s.join("block.img");
+    host.create_image(&image, 16 * MIB, None).unwrap();
+    host.create_image(&image, 16 * MIB, None).unwrap();
+    let device = host.attach_loop(&image).unwrap();
+    assert_eq!(host.attach_loop(&image).unwrap(), device);
+    assert_eq!(backed_loops(&host, &image), vec![device.clone()]);
+
+    let target = s.join("dev-target");
+    assert!(host.prepare_target(&target, TargetKind::File).unwrap());
+    assert!(!host.prepare_target(&target, TargetKind::File).unwrap());
+    assert!(host.prepare_target(&target, TargetKind::Directory).is_err());
+    host.bind_mount(&device, &target, false).unwrap();
+    host.bind_mount(&device, &target, false).unwrap();
+    let meta = fs::metadata(&target).unwrap();
+    assert!(meta.file_type().is_block_device());
+    assert_eq!(meta.rdev(), fs::metadata(&device).unwrap().rdev());
+
+    // Write through the bound node, read it back from the image.
+    {
+        let mut dev = fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&target)
+            .unwrap();
+        let mut block = vec![0u8; 4096];
+        block[..5].copy_from_slice(b"berth");
+        // O_DIRECT needs an aligned buffer: copy into an aligned allocation.
+        let layout = std::alloc::Layout::from_size_align(4096, 4096).unwrap();
+        // SAFETY (test): layout is non-zero-sized; the buffer is freed below.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        assert!(!ptr.is_null());
+        // SAFETY (test): ptr is valid for 4096 bytes and exclusively ours.
+        let aligned = unsafe { std::slice::from_raw_parts_mut(ptr, 4096) };
+        aligned.copy_from_slice(&block);
+        dev.seek(SeekFrom::Start(4096)).unwrap();
+        let result = dev.write_all(aligned);
+        // SAFETY (test): allocated above with the same layout.
+        unsafe { std::alloc::dealloc(ptr, layout) };
+        result.unwrap();
+        dev.sync_all().unwrap();
+    }
+    let mut img = fs::File::open(&image).unwrap();
+    img.seek(SeekFrom::Start(4096)).unwrap();
+    let mut head = [0u8; 5];
+    img.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"berth");
+
+    host.unmount(&target).unwrap();
+    host.remove_target(&target, TargetKind::File).unwrap();
+    host.detach_loop(&image).unwrap();
+    wait_no_loops(&host, &image);
+    host.detach_loop(&image).unwrap();
+}
+
+#[test]
+fn tree_usage_and_copy_tree() {
+    if !is_root() {
+        return;
+    }
+    let s = Scratch::new();
+    let host = LinuxHost::new();
+    let from = s.join("from");
+    fs::create_dir_all(from.join("sub/deeper")).unwrap();
+    fs::write(from.join("sub/deeper/data"), vec![7u8; MIB as usize]).unwrap();
+    fs::hard_link(from.join("sub/deeper/data"), from.join("hardlink")).unwrap();
+    std::os::unix::fs::symlink("../outside/secret", from.join("link")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", from.join("sub/abs-link")).unwrap();
+    fs::write(from.join("small"), b"hello").unwrap();
+    nix::unistd::chown(
+        &from.join("small"),
+        Some(nix::unistd::Uid::from_raw(1234)),
+        Some(nix::unistd::Gid::from_raw(5678)),
+    )
+    .unwrap();
+    fs::set_permissions(from.join("small"), fs::Permissions::from_mode(0o4640)).unwrap();
+    fs::set_permissions(from.join("sub"), fs::Permissions::from_mode(0o705)).unwrap();
+    nix::unistd::mkfifo(&from.join("fifo"), Mode::from_bits_truncate(0o600)).unwrap();
+    fs::set_permissions(from.join("fifo"), fs::Permissions::from_mode(0o620)).unwrap();
+    let _sock = UnixListener::bind(from.join("sock")).unwrap();
+    // Sparse: 8 MiB with 4 KiB of data in the middle.
+    {
+        let f = fs::File::create(from.join("sparse")).unwrap();
+        f.set_len(8 * MIB).unwrap();
+        use std::os::unix::fs::FileExt;
+        f.write_all_at(b"middle", 4 * MIB).unwrap();
+    }
+
+    let usage = host.tree_usage(&from).unwrap();
+    eprintln!("usage: {usage:?}");
+    // from, sub, deeper, data (once for two names), link, abs-link, small, fifo, sock, sparse
+    assert_eq!(usage.inodes, 10);
+    assert!(usage.bytes >= MIB && usage.bytes < 2 * MIB, "{usage:?}");
+    assert_eq!(
+        host.tree_usage(&s.join("missing")).unwrap(),
+        Default::default()
+    );
+    let err = host.tree_usage(&from.join("link")).unwrap_err();
+    assert!(matches!(err, HostError::Symlink { .. }), "{err}");
+
+    let to = s.join("to");
+    host.make_dir(
+        &to,
+        &Ownership {
+            uid: Some(42),
+            gid: Some(43),
+            mode: Some(0o2770),
+        },
+    )
+    .unwrap();
+    host.copy_tree(&from, &to).unwrap();
+    host.copy_tree(&from, &to).unwrap(); // again: overwrites, same result
+
+    let to_meta = fs::metadata(&to).unwrap();
+    assert_eq!((to_meta.uid(), to_meta.gid()), (42, 43));
+    assert_eq!(to_meta.permissions().mode() & 0o7777, 0o2770);
+    assert_eq!(
+        fs::read(to.join("sub/deeper/data")).unwrap(),
+        vec![7u8; MIB as usize]
+    );
+    assert_eq!(
+        fs::read_link(to.join("link")).unwrap(),
+        Path::new("../outside/secret")
+    );
+    assert_eq!(
+        fs::read_link(to.join("sub/abs-link")).unwrap(),
+        Path::new("/etc/passwd")
+    );
+    let small = fs::metadata(to.join("small")).unwrap();
+    assert_eq!((small.uid(), small.gid()), (1234, 5678));
+    assert_eq!(small.permissions().mode() & 0o7777, 0o4640);
+    assert_eq!(
+        fs::metadata(to.join("sub")).unwrap().permissions().mode() & 0o7777,
+        0o705
+    );
+    assert!(
+        fs::symlink_metadata(to.join("fifo"))
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+    assert_eq!(
+        fs::symlink_metadata(to.join("fifo"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777,
+        0o620
+    );
+    assert!(
+        fs::symlink_metadata(to.join("sock"))
+            .unwrap()
+            .file_type()
+            .is_socket()
+    );
+    let sparse = fs::metadata(to.join("sparse")).unwrap();
+    assert_eq!(sparse.len(), 8 * MIB);
+    assert!(sparse.blocks() * 512 < MIB, "copy is not sparse");
+    let bytes = fs::read(to.join("sparse")).unwrap();
+    assert_eq!(&bytes[4 * MIB as usize..4 * MIB as usize + 6], b"middle");
+    let usage_to = host.tree_usage(&to).unwrap();
+    // The hard link became two files.
+    assert_eq!(usage_to.inodes, 11, "{usage_to:?}");
+
+    // A symlinked source is refused; a mount inside the source is not entered.
+    let err = host.copy_tree(&from.join("link"), &to).unwrap_err();
+    assert!(matches!(err, HostError::Symlink { .. }), "{err}");
+    let mounted = s.join("mounted-src");
+    fs::create_dir_all(&mounted).unwrap();
+    fs::write(mounted.join("not-copied"), b"x").unwrap();
+    fs::create_dir_all(from.join("mnt")).unwrap();
+    host.bind_mount(&mounted, &from.join("mnt"), true).unwrap();
+    let to2 = s.join("to2");
+    host.make_dir(&to2, &Ownership::default()).unwrap();
+    let err = host.copy_tree(&from, &to2).unwrap_err();
+    assert!(matches!(err, HostError::CrossesMount { .. }), "{err}");
+    assert!(!to2.join("mnt/not-copied").exists());
+    assert!(to2.join("small").exists());
+    let usage_mounted = host.tree_usage(&from).unwrap();
+    assert_eq!(usage_mounted.inodes, usage.inodes, "mount was counted");
+    host.unmount(&from.join("mnt")).unwrap();
+}
+
+#[test]
+fn make_dir_rename_sync_and_stats() {
+    if !is_root() {
+        return;
+    }
+    let s = Scratch::new();
+    let host = LinuxHost::new();
+    let dir = s.join("owned");
+    let own = Ownership {
+        uid: Some(1000),
+        gid: Some(2000),
+        mode: Some(0o750),
+    };
+    host.make_dir(&dir, &own).unwrap();
+    host.make_dir(&dir, &own).unwrap();
+    let meta = fs::metadata(&dir).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (1000, 2000));
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o750);
+    // Missing parent, symlink and file are refused.
+    assert!(
+        host.make_dir(&s.join("no/parent"), &Ownership::default())
+            .is_err()
+    );
+    std::os::unix::fs::symlink("/tmp", s.join("link")).unwrap();
+    let err = host
+        .make_dir(
+            &s.join("link"),
+            &Ownership {
+                uid: Some(1),
+                gid: None,
+                mode: Some(0o777),
+            },
+        )
+        .unwrap_err();
+    assert!(matches!(err, HostError::Symlink { .. }), "{err}");
+    assert_ne!(fs::metadata("/tmp").unwrap().uid(), 1, "followed the link!");
+    fs::write(s.join("file"), b"").unwrap();
+    assert!(
+        host.make_dir(&s.join("file"), &Ownership::default())
+            .is_err()
+    );
+
+    // rename: no replace, and a done rename is success.
+    let (a, b) = (s.join("a"), s.join("b"));
+    fs::write(&a, b"A").unwrap();
+    host.rename(&a, &b).unwrap();
+    host.rename(&a, &b).unwrap();
+    assert_eq!(fs::read(&b).unwrap(), b"A");
+    fs::write(&a, b"A2").unwrap();
+    let err = host.rename(&a, &b).unwrap_err();
+    assert_eq!(err.errno(), Some(libc::EEXIST), "{err}");
+    assert_eq!(fs::read(&b).unwrap(), b"A");
+    assert!(host.rename(&s.join("x"), &s.join("y")).is_err());
+    host.rename(&dir, &s.join("sub-renamed")).unwrap();
+
+    // remove_target: a non-empty directory stays.
+    let t = s.join("target");
+    host.prepare_target(&t, TargetKind::Directory).unwrap();
+    fs::write(t.join("content"), b"x").unwrap();
+    let err = host.remove_target(&t, TargetKind::Directory).unwrap_err();
+    assert_eq!(err.errno(), Some(libc::ENOTEMPTY), "{err}");
+    assert!(t.join("content").exists());
+    assert!(host.remove_target(&t, TargetKind::File).is_err());
+
+    host.sync_path(&b).unwrap();
+    host.sync_path(&t).unwrap();
+    host.sync_path(&s.join("link")).unwrap();
+    assert!(host.sync_path(&s.join("missing")).is_err());
+
+    let stats = host.fs_stats(&s.path).unwrap();
+    assert!(stats.bytes_total > 0 && stats.bytes_available <= stats.bytes_free);
+    assert!(stats.bytes_free <= stats.bytes_total);
+    assert!(stats.inodes_total >= stats.inodes_free);
+    // The loop device list is readable and names /dev/loopN devices.
+    for l in host.loop_devices().unwrap() {
+        assert!(l.device.to_string_lossy().starts_with("/dev/loop"), "{l:?}");
+    }
+}
