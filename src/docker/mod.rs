@@ -31,6 +31,7 @@
 mod options;
 #[cfg(test)]
 mod tests;
+mod usage;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -43,7 +44,7 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::daemon::{DaemonError, Servers, bind_socket, shutdown_future, socket_path};
 use crate::engine::types::{
-    AccessType, Caller, CreateRequest, Frontend, Owner, PublishTarget, Usage, Volume, VolumeFilter,
+    AccessType, Caller, CreateRequest, Frontend, Owner, PublishTarget, Volume, VolumeFilter,
     VolumeName, format_size,
 };
 use crate::engine::{EngineError, VolumeService};
@@ -78,10 +79,10 @@ pub fn start(
         return Ok(());
     }
     let socket = bind_socket(&config.listen.docker, mode)?;
-    let plugin = Plugin {
-        engine: Arc::clone(engine),
-        driver: Arc::from(driver_name(&socket_path(&config.listen.docker))),
-    };
+    let plugin = Plugin::new(
+        Arc::clone(engine),
+        &driver_name(&socket_path(&config.listen.docker)),
+    );
     let stop = shutdown_future(stop.clone());
     servers.spawn(async move {
         let listener = &socket.listener;
@@ -116,11 +117,13 @@ fn limits() -> HttpLimits {
     }
 }
 
-/// The plugin's state: the engine and the driver name it is known by (for messages).
+/// The plugin's state: the engine, the driver name it is known by (for messages) and the
+/// usage figures `Get` shows.
 #[derive(Clone)]
 pub struct Plugin {
-    pub engine: Arc<dyn VolumeService>,
-    pub driver: Arc<str>,
+    engine: Arc<dyn VolumeService>,
+    driver: Arc<str>,
+    usage: usage::UsageMeter,
 }
 
 /// The endpoints of the plugin protocol.
@@ -274,8 +277,12 @@ struct Status {
     size_bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     used_bytes: Option<u64>,
+    /// Set when `usedBytes` comes from a slow measurement reused for a while.
     #[serde(skip_serializing_if = "Option::is_none")]
-    usage_error: Option<String>,
+    usage_age_seconds: Option<u64>,
+    /// Why `usedBytes` is missing: still being measured, or the measurement failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage_note: Option<String>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     labels: BTreeMap<String, String>,
     /// Who holds the volume: `docker:<ID>` references, CSI target paths, ...
@@ -315,6 +322,14 @@ impl From<EngineError> for Failure {
 }
 
 impl Plugin {
+    pub fn new(engine: Arc<dyn VolumeService>, driver: &str) -> Self {
+        Self {
+            engine,
+            driver: Arc::from(driver),
+            usage: usage::UsageMeter::default(),
+        }
+    }
+
     /// Answers one request.
     pub async fn handle(self, request: http::Request) -> Reply {
         let path = request.uri.path();
@@ -390,9 +405,15 @@ impl Plugin {
             Call::Path(name) => Ok(mountpoint_reply(&engine.get(&name)?)),
             Call::Get(name) => {
                 let volume = engine.get(&name)?;
-                let usage = engine.usage(&name);
+                let (measured, measured_name) = (Arc::clone(&self.engine), name.clone());
+                let reading = self.usage.read(&name, usage::BUDGET, move || {
+                    measured
+                        .usage(&measured_name)
+                        .map(|u| u.bytes_used)
+                        .map_err(|e| e.to_string())
+                });
                 Ok(json_reply(&GetReply {
-                    volume: describe(&volume, Some(usage)),
+                    volume: describe(&volume, Some(reading)),
                     err: String::new(),
                 }))
             }
@@ -529,13 +550,23 @@ fn mountpoint_reply(volume: &Volume) -> Reply {
     })
 }
 
-fn describe(v: &Volume, usage: Option<Result<Usage, EngineError>>) -> VolumeInfo {
+/// A volume as Docker shows it; `usage` is measured for `Get` and left out of `List`.
+fn describe(v: &Volume, usage: Option<usage::Reading>) -> VolumeInfo {
     let created = UNIX_EPOCH + Duration::from_millis(v.created_at);
-    let (used_bytes, usage_error) = match usage {
-        None => (None, None),
-        Some(Ok(u)) => (Some(u.bytes_used), None),
-        Some(Err(e)) => (None, Some(e.to_string())),
-    };
+    let (mut used_bytes, mut usage_note, mut usage_age_seconds) = (None, None, None);
+    match usage {
+        None => {}
+        Some(usage::Reading::Pending) => {
+            usage_note = Some("being measured in the background; ask again shortly".into());
+        }
+        Some(usage::Reading::Measured { outcome, age }) => {
+            match outcome {
+                Ok(bytes) => used_bytes = Some(bytes),
+                Err(e) => usage_note = Some(e),
+            }
+            usage_age_seconds = Some(age.as_secs()).filter(|&s| s > 0);
+        }
+    }
     VolumeInfo {
         name: v.name.to_string(),
         mountpoint: v.placement.data.to_string_lossy().into_owned(),
@@ -549,7 +580,8 @@ fn describe(v: &Volume, usage: Option<Result<Usage, EngineError>>) -> VolumeInfo
             size: v.size.map_or_else(|| "unlimited".to_string(), format_size),
             size_bytes: v.size,
             used_bytes,
-            usage_error,
+            usage_age_seconds,
+            usage_note,
             labels: v.spec.labels.clone(),
             published_to: v
                 .publications

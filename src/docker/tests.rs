@@ -46,10 +46,7 @@ fn fixture() -> Fixture {
     Fixture {
         _dir: dir,
         engine,
-        plugin: Plugin {
-            engine: service,
-            driver: Arc::from("berth"),
-        },
+        plugin: Plugin::new(service, "berth"),
     }
 }
 
