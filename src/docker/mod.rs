@@ -14,10 +14,19 @@
 //!   `dvdcli` sends) holds the one anonymous reference `docker`: anonymous mounts are not
 //!   counted separately, the first `Unmount` without an `ID` releases them all.
 //!   Nothing is mounted: dockerd bind-mounts the answered `Mountpoint` (the volume's data
-//!   directory, inside its size-enforcing filesystem) into the container itself.
+//!   directory; for a sized volume it lies in the volume's own filesystem) into the container.
 //! - `Remove` deletes (refused while any reference or other publication exists).
 //!   `Remove` and `Unmount` of a volume that no longer exists succeed: the caller's goal
 //!   is already met, and dockerd could otherwise never forget a volume removed elsewhere.
+//!
+//! - `Get` reports usage measured within a short budget (see [`usage`]): dockerd calls it
+//!   two or three times per container start.
+//!
+//! Time: dockerd waits two minutes for `Create` and `Mount` and one for the rest. berth
+//! answers a little before that (see `Deadlines`) with an error saying the call is still
+//! running. A `Mount` whose answer never reached dockerd (that deadline, or the connection
+//! closed) has its reference released when it completes, since dockerd will never send the
+//! matching `Unmount`.
 //!
 //! Errors: engine errors go through [`engine_error_reply`] (one exhaustive match); every
 //! error is `{"Err": "..."}` with a non-200 status, which dockerd reports as
@@ -49,8 +58,6 @@ use crate::engine::types::{
 };
 use crate::engine::{EngineError, VolumeService};
 use crate::http::{self, HttpLimits, Reply};
-
-pub use options::{KNOWN_OPTIONS, LABEL_PREFIX};
 
 /// The content type of the plugin protocol.
 pub const CONTENT_TYPE: &str = "application/vnd.docker.plugins.v1.2+json";
@@ -94,7 +101,8 @@ pub fn start(
             stop,
         )
         .await;
-        // Dropping the socket removes it, so `docker volume ls` never waits on a dead one.
+        // Dropping the socket removes it: a dockerd scanning the plugin directory (every
+        // `docker volume ls`) would otherwise wait 15 s on it.
         drop(socket);
         Ok(())
     });
@@ -113,6 +121,8 @@ pub fn driver_name(socket: &Path) -> String {
 fn limits() -> HttpLimits {
     HttpLimits {
         max_body: MAX_BODY,
+        // Above the plugin's own deadlines (see `Deadlines`), which answer first.
+        request_timeout: Duration::from_secs(115),
         ..HttpLimits::default()
     }
 }
@@ -124,6 +134,95 @@ pub struct Plugin {
     engine: Arc<dyn VolumeService>,
     driver: Arc<str>,
     usage: usage::UsageMeter,
+    deadlines: Deadlines,
+}
+
+/// How long a call may take before berth answers that it is still running: a little less
+/// than dockerd waits (two minutes for Create and Mount, one for the rest), so dockerd shows
+/// berth's message rather than a bare timeout.
+#[derive(Clone, Copy, Debug)]
+struct Deadlines {
+    create_and_mount: Duration,
+    other: Duration,
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Self {
+            create_and_mount: Duration::from_secs(110),
+            other: Duration::from_secs(50),
+        }
+    }
+}
+
+impl Deadlines {
+    fn of(&self, call: &Call) -> Duration {
+        match call {
+            Call::Create(_) | Call::Mount(..) => self.create_and_mount,
+            Call::Activate
+            | Call::Capabilities
+            | Call::Remove(_)
+            | Call::Unmount(..)
+            | Call::Path(_)
+            | Call::Get(_)
+            | Call::List => self.other,
+        }
+    }
+}
+
+/// A finished call: the reply, and the mount reference it took (if it took a new one).
+struct Done {
+    reply: Reply,
+    taken: Option<(VolumeName, PublishTarget)>,
+}
+
+/// An engine call in flight. If it is dropped before its answer was handed back (the
+/// deadline passed, or the client went away) and the call turns out to have taken a mount
+/// reference, the reference is released again: dockerd treats that Mount as failed and will
+/// never send the Unmount that would release it.
+struct InFlight {
+    task: Option<tokio::task::JoinHandle<Result<Done, Failure>>>,
+    engine: Arc<dyn VolumeService>,
+}
+
+impl InFlight {
+    /// The call's outcome, or `None` if it did not finish within `deadline`.
+    async fn wait(
+        &mut self,
+        deadline: Duration,
+    ) -> Option<Result<Result<Done, Failure>, tokio::task::JoinError>> {
+        let task = self.task.as_mut()?;
+        let joined = tokio::time::timeout(deadline, task).await.ok()?;
+        self.task = None;
+        Some(joined)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let Some(task) = self.task.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let engine = Arc::clone(&self.engine);
+        runtime.spawn(async move {
+            let Ok(Ok(Done {
+                taken: Some((name, holder)),
+                ..
+            })) = task.await
+            else {
+                return;
+            };
+            tracing::warn!(volume = %name, holder = %holder, "releasing a mount whose answer never reached the caller");
+            let released =
+                tokio::task::spawn_blocking(move || engine.unpublish(CALLER, &name, &holder)).await;
+            if let Ok(Err(e)) = released {
+                tracing::warn!(error = %e, "releasing an undelivered mount failed");
+            }
+        });
+    }
 }
 
 /// The endpoints of the plugin protocol.
@@ -305,6 +404,22 @@ enum Call {
     List,
 }
 
+impl Call {
+    /// What the call does, for messages.
+    fn describe(&self) -> String {
+        match self {
+            Self::Activate => "Plugin.Activate".into(),
+            Self::Capabilities => "VolumeDriver.Capabilities".into(),
+            Self::Create(r) => format!("creating volume {}", r.name),
+            Self::Remove(n) => format!("removing volume {n}"),
+            Self::Mount(n, _) => format!("mounting volume {n}"),
+            Self::Unmount(n, _) => format!("unmounting volume {n}"),
+            Self::Path(n) | Self::Get(n) => format!("looking up volume {n}"),
+            Self::List => "listing volumes".into(),
+        }
+    }
+}
+
 /// Why a request failed before or in the engine.
 enum Failure {
     /// The request itself is unusable (wrong method, endpoint or body).
@@ -327,7 +442,18 @@ impl Plugin {
             engine,
             driver: Arc::from(driver),
             usage: usage::UsageMeter::default(),
+            deadlines: Deadlines::default(),
         }
+    }
+
+    /// The same plugin with other deadlines (tests use short ones).
+    #[cfg(test)]
+    fn with_deadlines(mut self, create_and_mount: Duration, other: Duration) -> Self {
+        self.deadlines = Deadlines {
+            create_and_mount,
+            other,
+        };
+        self
     }
 
     /// Answers one request.
@@ -358,31 +484,55 @@ impl Plugin {
                 capabilities: Capabilities { scope: "local" },
             }),
             call => {
+                let deadline = self.deadlines.of(&call);
+                let what = call.describe();
+                let late = if matches!(call, Call::Mount(..)) {
+                    "if it completes late, berth releases the mount again"
+                } else {
+                    "it completes in the background"
+                };
                 let plugin = self.clone();
-                match tokio::task::spawn_blocking(move || plugin.run(call)).await {
-                    Ok(Ok(reply)) => reply,
-                    Ok(Err(failure)) => self.failure_reply(failure),
-                    Err(e) => error_reply(500, &format!("{path} failed inside berth: {e}; retry")),
+                let mut in_flight = InFlight {
+                    task: Some(tokio::task::spawn_blocking(move || plugin.run(call))),
+                    engine: Arc::clone(&self.engine),
+                };
+                match in_flight.wait(deadline).await {
+                    Some(Ok(Ok(done))) => done.reply,
+                    Some(Ok(Err(failure))) => self.failure_reply(failure),
+                    Some(Err(e)) => {
+                        error_reply(500, &format!("{what} failed inside berth: {e}; retry"))
+                    }
+                    // `in_flight` is dropped with the task still running: see `InFlight`.
+                    None => error_reply(
+                        503,
+                        &format!(
+                            "{what} is still running after {} s, and dockerd gives up soon; \
+                             {late}; retry",
+                            deadline.as_secs()
+                        ),
+                    ),
                 }
             }
         }
     }
 
     /// Runs a call on the engine (blocking).
-    fn run(&self, call: Call) -> Result<Reply, Failure> {
+    fn run(&self, call: Call) -> Result<Done, Failure> {
         let engine = &*self.engine;
-        match call {
-            Call::Activate | Call::Capabilities => Err(Failure::Protocol {
-                status: 500,
-                message: "Plugin.Activate and VolumeDriver.Capabilities need no engine".into(),
-            }),
+        let reply = match call {
+            Call::Activate | Call::Capabilities => {
+                return Err(Failure::Protocol {
+                    status: 500,
+                    message: "Plugin.Activate and VolumeDriver.Capabilities need no engine".into(),
+                });
+            }
             Call::Create(request) => {
                 engine.create(CALLER, *request)?;
-                Ok(ok_reply())
+                ok_reply()
             }
             Call::Remove(name) => match engine.delete(CALLER, &name) {
-                Ok(()) | Err(EngineError::NotFound { .. }) => Ok(ok_reply()),
-                Err(e) => Err(e.into()),
+                Ok(()) | Err(EngineError::NotFound { .. }) => ok_reply(),
+                Err(e) => return Err(e.into()),
             },
             Call::Mount(name, holder) => {
                 let volume = engine.get(&name)?;
@@ -395,14 +545,18 @@ impl Plugin {
                     }
                     .into());
                 }
-                let volume = engine.publish(CALLER, &name, holder)?;
-                Ok(mountpoint_reply(&volume))
+                let held_before = volume.publication(&holder).is_some();
+                let volume = engine.publish(CALLER, &name, holder.clone())?;
+                return Ok(Done {
+                    reply: mountpoint_reply(&volume),
+                    taken: (!held_before).then_some((name, holder)),
+                });
             }
             Call::Unmount(name, holder) => match engine.unpublish(CALLER, &name, &holder) {
-                Ok(_) | Err(EngineError::NotFound { .. }) => Ok(ok_reply()),
-                Err(e) => Err(e.into()),
+                Ok(_) | Err(EngineError::NotFound { .. }) => ok_reply(),
+                Err(e) => return Err(e.into()),
             },
-            Call::Path(name) => Ok(mountpoint_reply(&engine.get(&name)?)),
+            Call::Path(name) => mountpoint_reply(&engine.get(&name)?),
             Call::Get(name) => {
                 let volume = engine.get(&name)?;
                 let (measured, measured_name) = (Arc::clone(&self.engine), name.clone());
@@ -412,10 +566,10 @@ impl Plugin {
                         .map(|u| u.bytes_used)
                         .map_err(|e| e.to_string())
                 });
-                Ok(json_reply(&GetReply {
+                json_reply(&GetReply {
                     volume: describe(&volume, Some(reading)),
                     err: String::new(),
-                }))
+                })
             }
             Call::List => {
                 // Usage is left out: measuring it is a syscall (or a tree walk) per volume.
@@ -424,12 +578,13 @@ impl Plugin {
                     .iter()
                     .map(|v| describe(v, None))
                     .collect();
-                Ok(json_reply(&ListReply {
+                json_reply(&ListReply {
                     volumes,
                     err: String::new(),
-                }))
+                })
             }
-        }
+        };
+        Ok(Done { reply, taken: None })
     }
 
     fn failure_reply(&self, failure: Failure) -> Reply {

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -14,6 +15,8 @@ use crate::engine::{Engine, EngineConfig, NodeInfo};
 use crate::host::fake::FakeHost;
 
 const GIB: u64 = 1 << 30;
+/// A deadline no test reaches.
+const LONG: Duration = Duration::from_secs(60);
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -438,4 +441,246 @@ fn driver_names_come_from_the_socket_file() {
         driver_name(Path::new("/x/berth-test-1-2.sock")),
         "berth-test-1-2"
     );
+}
+
+/// The engine, with `publish`, `delete` and `usage` slowed down: a volume busy behind a
+/// long operation, as dockerd's timeouts meet it, or a directory too large to walk quickly.
+struct Slow {
+    inner: Arc<Engine<FakeHost>>,
+    delay: Duration,
+    /// Publishes that have finished (successfully or not).
+    published: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl VolumeService for Slow {
+    fn create(&self, c: Caller, r: CreateRequest) -> Result<Volume, EngineError> {
+        self.inner.create(c, r)
+    }
+    fn publish(&self, c: Caller, n: &VolumeName, t: PublishTarget) -> Result<Volume, EngineError> {
+        std::thread::sleep(self.delay);
+        let result = self.inner.publish(c, n, t);
+        self.published
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        result
+    }
+    fn unpublish(
+        &self,
+        c: Caller,
+        n: &VolumeName,
+        t: &PublishTarget,
+    ) -> Result<Volume, EngineError> {
+        self.inner.unpublish(c, n, t)
+    }
+    fn delete(&self, c: Caller, n: &VolumeName) -> Result<(), EngineError> {
+        std::thread::sleep(self.delay);
+        self.inner.delete(c, n)
+    }
+    fn wipe(&self, c: Caller, n: &VolumeName) -> Result<crate::engine::RemovalStats, EngineError> {
+        self.inner.wipe(c, n)
+    }
+    fn expand(&self, c: Caller, n: &VolumeName, size: u64) -> Result<Volume, EngineError> {
+        self.inner.expand(c, n, size)
+    }
+    fn get(&self, n: &VolumeName) -> Result<Volume, EngineError> {
+        self.inner.get(n)
+    }
+    fn list(&self, f: &VolumeFilter) -> Vec<Volume> {
+        self.inner.list(f)
+    }
+    fn usage(&self, n: &VolumeName) -> Result<crate::engine::types::Usage, EngineError> {
+        std::thread::sleep(self.delay);
+        self.inner.usage(n)
+    }
+    fn capacity(&self, s: &crate::engine::PoolSelector) -> Vec<crate::engine::types::PoolCapacity> {
+        self.inner.capacity(s)
+    }
+    fn node(&self) -> &NodeInfo {
+        self.inner.node()
+    }
+    fn pools(&self) -> &[PoolConfig] {
+        self.inner.pools()
+    }
+    fn metrics(&self) -> crate::engine::metrics::MetricsSnapshot {
+        self.inner.metrics()
+    }
+    fn recovery_report(&self) -> crate::engine::RecoveryReport {
+        self.inner.recovery_report()
+    }
+    fn probe(&self) -> Result<(), EngineError> {
+        self.inner.probe()
+    }
+}
+
+/// A plugin over [`Slow`] with 100 ms deadlines, and its count of finished publishes.
+fn slow_plugin(f: &Fixture, delay: Duration) -> (Plugin, Arc<std::sync::atomic::AtomicUsize>) {
+    let published = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let slow: Arc<dyn VolumeService> = Arc::new(Slow {
+        inner: Arc::clone(&f.engine),
+        delay,
+        published: Arc::clone(&published),
+    });
+    let short = Duration::from_millis(100);
+    (
+        Plugin::new(slow, "berth").with_deadlines(short, short),
+        published,
+    )
+}
+
+async fn post(plugin: &Plugin, path: &str, body: Value) -> (u16, Value) {
+    let reply = plugin
+        .clone()
+        .handle(http::Request {
+            method: hyper::Method::POST,
+            uri: path.parse().unwrap(),
+            headers: hyper::HeaderMap::new(),
+            body: bytes::Bytes::from(body.to_string()),
+        })
+        .await;
+    (reply.status, serde_json::from_slice(&reply.body).unwrap())
+}
+
+/// Waits until `publishes` slow publishes have finished, then until volume `v` holds
+/// `expected` references, and checks that it still does a moment later.
+async fn assert_settles_at(
+    f: &Fixture,
+    published: &std::sync::atomic::AtomicUsize,
+    publishes: usize,
+    expected: usize,
+) {
+    let references = || {
+        f.engine
+            .get(&VolumeName::parse("v").unwrap())
+            .unwrap()
+            .publications
+            .len()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while published.load(std::sync::atomic::Ordering::SeqCst) < publishes
+        || references() != expected
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} references, expected {expected}",
+            references()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(references(), expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mount_answered_as_timed_out_is_released_when_it_completes() {
+    let f = fixture();
+    f.ok("VolumeDriver.Create", json!({"Name": "v"})).await;
+    let (plugin, published) = slow_plugin(&f, Duration::from_millis(400));
+    let mount = json!({"Name": "v", "ID": "c1"});
+    let (status, reply) = post(&plugin, "/VolumeDriver.Mount", mount).await;
+    assert_eq!(status, 503);
+    let message = reply["Err"].as_str().unwrap();
+    assert!(
+        message.starts_with("mounting volume v is still running after 0 s"),
+        "{message}"
+    );
+    assert!(
+        message.contains("berth releases the mount again"),
+        "{message}"
+    );
+    assert_settles_at(&f, &published, 1, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mount_whose_caller_went_away_is_released_when_it_completes() {
+    let f = fixture();
+    f.ok("VolumeDriver.Create", json!({"Name": "v"})).await;
+    let (plugin, published) = slow_plugin(&f, Duration::from_millis(300));
+    let plugin = plugin.with_deadlines(LONG, LONG);
+    // The client disconnects: the server drops the request's future.
+    let mount = json!({"Name": "v", "ID": "c1"});
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(50),
+        post(&plugin, "/VolumeDriver.Mount", mount),
+    )
+    .await;
+    assert!(gave_up.is_err());
+    assert_settles_at(&f, &published, 1, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_mount_keeps_a_reference_that_was_already_held() {
+    let f = fixture();
+    f.ok("VolumeDriver.Create", json!({"Name": "v"})).await;
+    f.ok("VolumeDriver.Mount", json!({"Name": "v", "ID": "c1"}))
+        .await;
+    let (plugin, published) = slow_plugin(&f, Duration::from_millis(300));
+    let again = json!({"Name": "v", "ID": "c1"});
+    let (status, _) = post(&plugin, "/VolumeDriver.Mount", again).await;
+    assert_eq!(status, 503);
+    assert_settles_at(&f, &published, 1, 1).await;
+    // A mount answered in time keeps its reference.
+    let patient = plugin.with_deadlines(LONG, LONG);
+    let other = json!({"Name": "v", "ID": "c2"});
+    let (status, _) = post(&patient, "/VolumeDriver.Mount", other).await;
+    assert_eq!(status, 200);
+    assert_settles_at(&f, &published, 2, 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_remove_is_answered_in_time_and_finishes_in_the_background() {
+    let f = fixture();
+    f.ok("VolumeDriver.Create", json!({"Name": "v"})).await;
+    let (plugin, _) = slow_plugin(&f, Duration::from_millis(300));
+    let (status, reply) = post(&plugin, "/VolumeDriver.Remove", json!({"Name": "v"})).await;
+    assert_eq!(status, 503);
+    let message = reply["Err"].as_str().unwrap();
+    assert!(
+        message.contains("removing volume v is still running"),
+        "{message}"
+    );
+    assert!(
+        message.contains("it completes in the background"),
+        "{message}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !f.engine.list(&VolumeFilter::default()).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the remove never finished"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_does_not_wait_for_a_slow_usage_measurement() {
+    let f = fixture();
+    f.ok("VolumeDriver.Create", json!({"Name": "v"})).await;
+    let (plugin, _) = slow_plugin(&f, Duration::from_secs(1));
+    let plugin = plugin.with_deadlines(LONG, LONG);
+    let started = std::time::Instant::now();
+    let (status, reply) = post(&plugin, "/VolumeDriver.Get", json!({"Name": "v"})).await;
+    assert_eq!(status, 200);
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+    let usage = &reply["Volume"]["Status"];
+    assert!(usage.get("usedBytes").is_none(), "{usage}");
+    assert_eq!(
+        usage["usageNote"],
+        "being measured in the background; ask again shortly"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, reply) = post(&plugin, "/VolumeDriver.Get", json!({"Name": "v"})).await;
+        if reply["Volume"]["Status"]["usedBytes"].is_u64() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never measured: {reply}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
