@@ -18,8 +18,12 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/berth";
 pub const DEFAULT_RUN_DIR: &str = "/run/berth";
 pub const DEFAULT_DOCKER_SOCKET: &str = "/run/docker/plugins/berth.sock";
 pub const DEFAULT_DRIVER_NAME: &str = "berth.csi.io";
+/// The Mesos agent's default `--work_dir`; task sandboxes live beneath it.
+pub const DEFAULT_MESOS_WORK_DIR: &str = "/var/lib/mesos";
 /// The topology key local volumes carry; its value is the node id.
 pub const DEFAULT_TOPOLOGY_KEY: &str = "topology.berth.io/node";
+/// As Marathon's `task_reservation_timeout` default.
+pub const DEFAULT_RESERVATION_TIMEOUT_SECS: u64 = 20;
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -54,12 +58,18 @@ pub struct Config {
     /// The most volumes this node holds.
     #[serde(default)]
     pub max_volumes: Option<usize>,
+    /// Seconds a pending reservation (made for a task that has yet to start) may wait for
+    /// its first attach before it is rolled back; Marathon's `task_reservation_timeout`.
+    #[serde(default = "default_reservation_timeout_secs")]
+    pub reservation_timeout_secs: u64,
     #[serde(default)]
     pub listen: Listen,
     #[serde(default)]
     pub csi: CsiConfig,
     #[serde(default)]
     pub admin: AdminConfig,
+    #[serde(default)]
+    pub mesos: MesosConfig,
     /// Pools; default: one `root` pool under `state_dir/volumes`.
     #[serde(default)]
     pub pools: Vec<PoolConfig>,
@@ -102,6 +112,28 @@ pub struct AdminConfig {
     pub token_file: Option<PathBuf>,
 }
 
+/// The Mesos hook (`berth mesos prepare` / `cleanup`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MesosConfig {
+    /// The agent's `--work_dir`. The hook mounts volumes only into sandboxes and container
+    /// root filesystems beneath it, so a caller cannot point it at `/etc`.
+    #[serde(default = "default_mesos_work_dir")]
+    pub work_dir: PathBuf,
+}
+
+fn default_mesos_work_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_MESOS_WORK_DIR)
+}
+
+impl Default for MesosConfig {
+    fn default() -> Self {
+        Self {
+            work_dir: default_mesos_work_dir(),
+        }
+    }
+}
+
 fn default_state_dir() -> PathBuf {
     PathBuf::from(DEFAULT_STATE_DIR)
 }
@@ -116,6 +148,9 @@ fn default_docker_socket() -> String {
 }
 fn default_admin_socket() -> String {
     format!("{DEFAULT_RUN_DIR}/admin.sock")
+}
+fn default_reservation_timeout_secs() -> u64 {
+    DEFAULT_RESERVATION_TIMEOUT_SECS
 }
 fn default_socket_mode() -> u32 {
     0o600
@@ -152,9 +187,11 @@ impl Default for Config {
             topology_key: default_topology_key(),
             topology: BTreeMap::new(),
             max_volumes: None,
+            reservation_timeout_secs: default_reservation_timeout_secs(),
             listen: Listen::default(),
             csi: CsiConfig::default(),
             admin: AdminConfig::default(),
+            mesos: MesosConfig::default(),
             pools: Vec::new(),
         }
     }
@@ -219,6 +256,24 @@ impl Config {
                     .into(),
             );
         }
+        let work_dir = &self.mesos.work_dir;
+        if !work_dir.is_absolute()
+            || work_dir.parent().is_none()
+            || work_dir
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(format!(
+                "mesos.work_dir: {} must be an absolute path below / without ..",
+                work_dir.display()
+            ));
+        }
+        if !(1..=86_400).contains(&self.reservation_timeout_secs) {
+            return Err(format!(
+                "reservation_timeout_secs: {} is outside 1 to 86400 seconds",
+                self.reservation_timeout_secs
+            ));
+        }
         if self.max_volumes == Some(0) {
             return Err("max_volumes: must be at least 1".into());
         }
@@ -230,6 +285,11 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// How long a pending reservation may wait for its first attach.
+    pub fn reservation_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.reservation_timeout_secs)
     }
 
     /// This node's id: the configured one or the host name.
@@ -280,6 +340,7 @@ mod tests {
         assert_eq!(pools.len(), 1);
         assert_eq!(pools[0].paths[0], Path::new("/var/lib/berth/volumes"));
         assert_eq!(c.listen.csi, "/run/berth/csi.sock");
+        assert_eq!(c.mesos.work_dir, Path::new("/var/lib/mesos"));
     }
 
     #[test]
@@ -295,6 +356,11 @@ mod tests {
             ("state_dir = 'relative'", "state_dir"),
             ("[listen]\nsocket_mode = 4095", "socket_mode"),
             ("[listen]\nadmin_tcp = '127.0.0.1:1'", "admin_tcp"),
+            ("[mesos]\nwork_dir = 'mesos'", "mesos.work_dir"),
+            ("[mesos]\nwork_dir = '/'", "mesos.work_dir"),
+            ("[mesos]\nwork_dir = '/var/../etc'", "mesos.work_dir"),
+            ("[mesos]\nsandbox = '/x'", "sandbox"),
+            ("reservation_timeout_secs = 0", "reservation_timeout_secs"),
             (
                 "[[pools]]\nname='a'\nkind='root'\npaths=['/x','/y']",
                 "root pool has exactly one path",

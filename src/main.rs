@@ -26,12 +26,17 @@ enum Command {
         #[arg(long, short, env = "BERTH_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// List, inspect, remove and wipe volumes through the admin API.
+    Volume(berth::admin::cli::VolumeArgs),
     /// Print the embedded default configuration, or check a config file.
     Config {
         /// Check this file instead of printing the default.
         #[arg(long)]
         check: Option<PathBuf>,
     },
+    /// Marathon apps and pods: validate a definition; prepare and clean up a task's volumes.
+    #[command(subcommand)]
+    Mesos(berth::mesos::cli::MesosCommand),
 }
 
 fn berth_version() -> &'static str {
@@ -76,6 +81,7 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(berth::daemon::serve(config, std::future::pending()))?;
             Ok(())
         }
+        Command::Volume(args) => Ok(args.run()?),
         Command::Config { check } => {
             match check {
                 Some(path) => {
@@ -86,5 +92,6 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Mesos(command) => Ok(berth::mesos::cli::run(command)?),
     }
 }

@@ -48,6 +48,9 @@ pub enum EngineError {
     #[error("volume {volume}: {reason}")]
     Unsupported { volume: String, reason: String },
 
+    #[error("pool {pool} cannot be used: {reason}")]
+    PoolUnusable { pool: String, reason: String },
+
     #[error("volume {volume}: target {target} is already published {how}; unpublish it first")]
     TargetConflict {
         volume: String,
@@ -76,6 +79,32 @@ pub enum EngineError {
 }
 
 impl EngineError {
+    /// Names `volume` in an error raised where no volume was known yet (pool measuring,
+    /// disk discovery), so the caller's message says which request failed.
+    pub fn for_volume(self, name: &str) -> Self {
+        match self {
+            Self::Host {
+                volume,
+                operation,
+                source,
+            } if volume == "-" => Self::Host {
+                volume: name.to_string(),
+                operation,
+                source,
+            },
+            Self::Store {
+                volume,
+                operation,
+                source,
+            } if volume == "-" => Self::Store {
+                volume: name.to_string(),
+                operation,
+                source,
+            },
+            other => other,
+        }
+    }
+
     /// A short stable word for metrics labels.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -87,6 +116,7 @@ impl EngineError {
             Self::WrongPhase { .. } => "wrong_phase",
             Self::NoCapacity { .. } => "no_capacity",
             Self::Unsupported { .. } => "unsupported",
+            Self::PoolUnusable { .. } => "pool_unusable",
             Self::TargetConflict { .. } => "target_conflict",
             Self::TooManyVolumes { .. } => "too_many_volumes",
             Self::Host { .. } => "host",

@@ -25,10 +25,10 @@ pub mod metrics;
 pub mod pool;
 pub mod types;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::host::{Host, HostError, TargetKind};
 use crate::store::{Store, StoreError};
@@ -69,11 +69,24 @@ pub struct PoolSelector {
     pub profile: Option<String>,
 }
 
+/// A place a new volume could go.
+struct Candidate<'p> {
+    pool: &'p PoolConfig,
+    base: PathBuf,
+    /// For directories the room left; for disks their size.
+    room: u64,
+    /// The size the volume gets there.
+    size: Option<u64>,
+}
+
 /// What the start-up reconciliation found and did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RecoveryReport {
     pub rolled_back_creates: Vec<String>,
     pub finished_deletes: Vec<String>,
+    /// Tombstoned volumes whose delete failed again at start (volume, error): they stay
+    /// tombstoned, so a retried delete or wipe can finish them, and berth starts anyway.
+    pub unfinished_deletes: Vec<(String, String)>,
     pub remounted: Vec<String>,
     pub dropped_publications: Vec<(String, String)>,
     pub confirmed_publications: Vec<(String, String)>,
@@ -102,7 +115,32 @@ pub trait VolumeService: Send + Sync {
     fn delete(&self, caller: Caller, name: &VolumeName) -> Result<(), EngineError>;
     /// Destroys the data and releases the reservation, whatever the reclaim policy.
     fn wipe(&self, caller: Caller, name: &VolumeName) -> Result<RemovalStats, EngineError>;
+    /// Creates a *pending* reservation: like `create`, but if the volume is not published
+    /// within `attach_within`, [`VolumeService::expire_pending_reservations`] rolls it back
+    /// (wipes it), so a task that never starts does not hold the space for ever. An existing
+    /// volume is returned as it is (a retry does not extend or add a deadline).
+    fn create_pending(
+        &self,
+        caller: Caller,
+        request: CreateRequest,
+        attach_within: Duration,
+    ) -> Result<Volume, EngineError>;
+    /// Wipes every pending reservation whose deadline is at or before `now_ms` (Unix
+    /// milliseconds) and that was never published; returns their names. A volume busy with
+    /// another operation is left for the next call.
+    fn expire_pending_reservations(&self, now_ms: u64) -> Vec<VolumeName>;
     fn expand(&self, caller: Caller, name: &VolumeName, size: u64) -> Result<Volume, EngineError>;
+    /// Hands a volume that nothing is attached to over to `owner`, if its owner is still
+    /// `expected` (compare-and-set: of two callers racing for the same volume one wins, the
+    /// other gets `Busy`). An attached volume is `InUse`. The Mesos hook uses it to give a
+    /// scaled-down instance's detached volume to a new instance of the same app.
+    fn adopt(
+        &self,
+        caller: Caller,
+        name: &VolumeName,
+        expected: &Owner,
+        owner: Owner,
+    ) -> Result<Volume, EngineError>;
     fn get(&self, name: &VolumeName) -> Result<Volume, EngineError>;
     fn list(&self, filter: &VolumeFilter) -> Vec<Volume>;
     fn usage(&self, name: &VolumeName) -> Result<Usage, EngineError>;
@@ -128,9 +166,16 @@ pub struct Engine<H: Host> {
     placement: Mutex<()>,
     metrics: Metrics,
     recovery: Mutex<RecoveryReport>,
+    /// Each pool's size-enforcing backend, resolved at start from its config and the
+    /// filesystem under it.
+    enforcing: HashMap<String, Backend>,
 }
 
-fn now_ms() -> u64 {
+/// The first project id berth hands out; lower ids are left to the operator.
+pub const FIRST_PROJECT_ID: u32 = 100_000;
+
+/// Now, in the Unix milliseconds the store records times in.
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -148,7 +193,7 @@ impl<H: Host> Engine<H> {
         };
         let store = Store::open(&config.store_path).map_err(internal)?;
         let records = store.load_all().map_err(internal)?;
-        for pool in &config.pools {
+        for pool in config.pools.iter().filter(|p| p.kind != PoolKind::Mount) {
             for base in &pool.paths {
                 for dir in [IMAGES_DIR, RETAINED_DIR] {
                     host.make_dir(&base.join(dir), &Ownership::default())
@@ -160,7 +205,12 @@ impl<H: Host> Engine<H> {
                 }
             }
         }
+        let mut enforcing = HashMap::new();
+        for pool in &config.pools {
+            enforcing.insert(pool.name.clone(), resolve_backend(&host, pool)?);
+        }
         let engine = Self {
+            enforcing,
             host,
             store,
             pools: config.pools,
@@ -217,6 +267,37 @@ impl<H: Host> Engine<H> {
         self.pools.iter().find(|p| p.name == name)
     }
 
+    fn enforcing_of(&self, pool: &PoolConfig) -> Backend {
+        self.enforcing
+            .get(&pool.name)
+            .copied()
+            .unwrap_or(Backend::Loopfs)
+    }
+
+    /// The lowest project id that no berth volume holds and the filesystem under `base`
+    /// does not already use (listed in `/etc/projid` or set on a directory there). Called
+    /// under the placement lock, so two creates never get the same id.
+    fn free_project_id(&self, base: &Path) -> Result<u32, EngineError> {
+        let in_use = |dir: &Path| {
+            self.host
+                .project_ids_in_use(dir)
+                .map_err(|source| EngineError::Host {
+                    volume: "-".into(),
+                    operation: "listing project ids in use",
+                    source,
+                })
+        };
+        let mut taken: BTreeSet<u32> = in_use(base)?;
+        taken.extend(in_use(&base.join(RETAINED_DIR))?);
+        taken.extend(self.cache().values().filter_map(|v| v.placement.project_id));
+        (FIRST_PROJECT_ID..u32::MAX)
+            .find(|id| !taken.contains(id))
+            .ok_or_else(|| EngineError::Unsupported {
+                volume: "-".into(),
+                reason: "no project id is free".into(),
+            })
+    }
+
     /// Runs one operation: logs it once and counts it.
     fn observe<T>(
         &self,
@@ -257,7 +338,12 @@ impl<H: Host> Engine<H> {
 
     // ----- create -------------------------------------------------------------------------
 
-    fn do_create(&self, caller: Caller, request: CreateRequest) -> Result<Volume, EngineError> {
+    fn do_create(
+        &self,
+        caller: Caller,
+        request: CreateRequest,
+        pending_until: Option<u64>,
+    ) -> Result<Volume, EngineError> {
         let name = request.name.clone();
         let _guard = self.locks.acquire(&name, caller.wait_if_busy)?;
         if let Some(existing) = self.cached(&name) {
@@ -280,7 +366,7 @@ impl<H: Host> Engine<H> {
             }
         }
         let source = self.validate_spec(&name, &request.spec)?;
-        let volume = self.reserve(&request)?;
+        let volume = self.reserve(&request, pending_until)?;
         if let Err(e) = self.carve(&volume, source.as_ref()) {
             if let Err(undo) = self.undo_create(&volume) {
                 tracing::error!(volume = %name, error = %undo, "rolling back a failed create");
@@ -372,8 +458,12 @@ impl<H: Host> Engine<H> {
         Ok(Some(source))
     }
 
-    /// Picks a pool and base path with room, and records the volume as `Creating`.
-    fn reserve(&self, request: &CreateRequest) -> Result<Volume, EngineError> {
+    /// Picks a pool and base path (or disk) with room, and records the volume as `Creating`.
+    fn reserve(
+        &self,
+        request: &CreateRequest,
+        pending_until: Option<u64>,
+    ) -> Result<Volume, EngineError> {
         let name = &request.name;
         let _placement = self.placement.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(limit) = self.node.max_volumes
@@ -385,40 +475,19 @@ impl<H: Host> Engine<H> {
             });
         }
         let mut reasons = Vec::new();
-        let mut best: Option<(&PoolConfig, &PathBuf, u64, Option<u64>)> = None;
-        for pool in &self.pools {
-            if let Some(why) = pool.mismatch(&request.spec) {
-                reasons.push(why);
-                continue;
-            }
-            let size = request.spec.size.or(pool.default_size);
-            for base in &pool.paths {
-                let base_text = base.display().to_string();
-                if let Some(c) = request
-                    .spec
-                    .constraints
-                    .iter()
-                    .find(|c| !c.matches(&base_text))
-                {
-                    reasons.push(format!("{base_text} in pool {} fails {c}", pool.name));
-                    continue;
-                }
-                let available = self.available_on(pool, base)?;
-                if size.unwrap_or(0) > available {
-                    reasons.push(format!(
-                        "{base_text} in pool {} has {} free of its capacity, {} asked",
-                        pool.name,
-                        format_size(available),
-                        format_size(size.unwrap_or(0))
-                    ));
-                    continue;
-                }
-                if best.is_none_or(|(_, _, room, _)| available > room) {
-                    best = Some((pool, base, available, size));
-                }
-            }
-        }
-        let Some((pool, base, _, size)) = best else {
+        let candidates = self
+            .candidates(&request.spec, &mut reasons)
+            .map_err(|e| e.for_volume(name.as_str()))?;
+        // Directories go where there is most room; whole disks to the smallest that fits.
+        // Without a requested kind, directories are preferred over giving away a disk.
+        let best = candidates.into_iter().min_by_key(|c| match c.pool.kind {
+            PoolKind::Mount => (1, c.room, c.base.clone()),
+            _ => (0, u64::MAX - c.room, c.base.clone()),
+        });
+        let Some(Candidate {
+            pool, base, size, ..
+        }) = best
+        else {
             return Err(EngineError::NoCapacity {
                 volume: name.to_string(),
                 reason: if reasons.is_empty() {
@@ -431,9 +500,19 @@ impl<H: Host> Engine<H> {
         let backend = if request.spec.access == AccessType::Block {
             Backend::Loopfs
         } else {
-            pool.backend_for(size)
+            pool.backend_for(self.enforcing_of(pool), size)
         };
-        let dir = base.join(name.as_str());
+        let project_id = match backend {
+            Backend::Prjquota => Some(
+                self.free_project_id(&base)
+                    .map_err(|e| e.for_volume(name.as_str()))?,
+            ),
+            _ => None,
+        };
+        let dir = match backend {
+            Backend::Disk => base.clone(),
+            _ => base.join(name.as_str()),
+        };
         let (data, image, fs) = match (request.spec.access, backend) {
             (AccessType::Block, _) => {
                 let image = base.join(IMAGES_DIR).join(format!("{name}.img"));
@@ -444,7 +523,10 @@ impl<H: Host> Engine<H> {
                 Some(base.join(IMAGES_DIR).join(format!("{name}.img"))),
                 Some(pool.fs),
             ),
-            (AccessType::Filesystem, Backend::None) => (dir.join("data"), None, None),
+            (
+                AccessType::Filesystem,
+                Backend::None | Backend::Disk | Backend::Btrfs | Backend::Prjquota,
+            ) => (dir.join("data"), None, None),
         };
         let volume = Volume {
             name: name.clone(),
@@ -454,11 +536,12 @@ impl<H: Host> Engine<H> {
                 pool: pool.name.clone(),
                 kind: pool.kind,
                 backend,
-                base: base.clone(),
+                base,
                 dir,
                 data,
                 image,
                 fs,
+                project_id,
             },
             reclaim: request.spec.reclaim.unwrap_or(pool.reclaim),
             owner: request.owner.clone(),
@@ -467,9 +550,150 @@ impl<H: Host> Engine<H> {
             created_at: now_ms(),
             attached_at: None,
             detached_at: None,
+            pending_until,
         };
         self.save(&volume, "create")?;
         Ok(volume)
+    }
+
+    /// Every place that can hold the spec, and why each other place cannot.
+    fn candidates<'p>(
+        &'p self,
+        spec: &VolumeSpec,
+        reasons: &mut Vec<String>,
+    ) -> Result<Vec<Candidate<'p>>, EngineError> {
+        let mut found = Vec::new();
+        for pool in &self.pools {
+            if let Some(why) = pool.mismatch(spec) {
+                reasons.push(why);
+                continue;
+            }
+            if pool.kind == PoolKind::Mount && spec.access == AccessType::Block {
+                reasons.push(format!(
+                    "pool {} gives whole disks, not block devices",
+                    pool.name
+                ));
+                continue;
+            }
+            let bases = match pool.kind {
+                PoolKind::Mount => self.disks(pool)?,
+                _ => pool.paths.clone(),
+            };
+            if bases.is_empty() {
+                reasons.push(format!(
+                    "pool {} has no disks mounted under {:?}",
+                    pool.name, pool.paths
+                ));
+            }
+            for base in bases {
+                let base_text = base.display().to_string();
+                if let Some(c) = spec.constraints.iter().find(|c| !c.matches(&base_text)) {
+                    reasons.push(format!("{base_text} in pool {} fails {c}", pool.name));
+                    continue;
+                }
+                if pool.kind == PoolKind::Mount {
+                    if let Some(c) = self.disk_candidate(pool, base, spec, reasons)? {
+                        found.push(c);
+                    }
+                    continue;
+                }
+                let size = spec.size.or(pool.default_size);
+                let room = self.available_on(pool, &base)?;
+                if size.unwrap_or(0) > room {
+                    reasons.push(format!(
+                        "{base_text} in pool {} has {} free of its capacity, {} asked",
+                        pool.name,
+                        format_size(room),
+                        format_size(size.unwrap_or(0))
+                    ));
+                    continue;
+                }
+                found.push(Candidate {
+                    pool,
+                    base,
+                    room,
+                    size,
+                });
+            }
+        }
+        Ok(found)
+    }
+
+    /// The filesystems mounted directly beneath a mount pool's discovery directories,
+    /// read afresh from the mount table on every call.
+    fn disks(&self, pool: &PoolConfig) -> Result<Vec<PathBuf>, EngineError> {
+        let mounts = self.host.mounts().map_err(|source| EngineError::Host {
+            volume: "-".into(),
+            operation: "discovering disks",
+            source,
+        })?;
+        let mut disks: Vec<PathBuf> = mounts
+            .into_iter()
+            .map(|m| m.mount_point)
+            .filter(|mp| pool.paths.iter().any(|d| mp.parent() == Some(d.as_path())))
+            .collect();
+        disks.sort();
+        disks.dedup();
+        Ok(disks)
+    }
+
+    /// A disk can take a volume when no volume holds it, no data is left on it, and its
+    /// size lies within what is asked.
+    fn disk_candidate<'p>(
+        &self,
+        pool: &'p PoolConfig,
+        disk: PathBuf,
+        spec: &VolumeSpec,
+        reasons: &mut Vec<String>,
+    ) -> Result<Option<Candidate<'p>>, EngineError> {
+        let text = disk.display().to_string();
+        if let Some(holder) = self.cache().values().find(|v| v.placement.base == disk) {
+            reasons.push(format!("disk {text} is held by volume {}", holder.name));
+            return Ok(None);
+        }
+        let measure = |path: &Path| {
+            self.host
+                .tree_usage(path)
+                .map_err(|source| EngineError::Host {
+                    volume: "-".into(),
+                    operation: "inspecting a disk",
+                    source,
+                })
+        };
+        if measure(&disk.join("data"))?.inodes > 0 || measure(&disk.join(RETAINED_DIR))?.inodes > 1
+        {
+            reasons.push(format!(
+                "disk {text} still holds data of a released volume; wipe it first"
+            ));
+            return Ok(None);
+        }
+        let capacity = self.capacity_of(pool, &disk)?;
+        if let Some(size) = spec.size
+            && capacity < size
+        {
+            reasons.push(format!(
+                "disk {text} has {}, {} asked",
+                format_size(capacity),
+                format_size(size)
+            ));
+            return Ok(None);
+        }
+        if let Some(max) = spec.max_size
+            && capacity > max
+        {
+            reasons.push(format!(
+                "disk {text} has {}, more than the maximum {}",
+                format_size(capacity),
+                format_size(max)
+            ));
+            return Ok(None);
+        }
+        Ok(Some(Candidate {
+            pool,
+            base: disk,
+            room: capacity,
+            size: Some(capacity),
+        }))
     }
 
     /// Bytes a base path can still reserve: its capacity less what its volumes hold.
@@ -480,8 +704,9 @@ impl<H: Host> Engine<H> {
 
     fn capacity_of(&self, pool: &PoolConfig, base: &Path) -> Result<u64, EngineError> {
         match pool.capacity {
-            Some(c) => Ok(c),
-            None => self
+            // A disk's capacity is its own size.
+            Some(c) if pool.kind != PoolKind::Mount => Ok(c),
+            _ => self
                 .host
                 .fs_stats(base)
                 .map(|s| s.bytes_total)
@@ -529,9 +754,29 @@ impl<H: Host> Engine<H> {
                     .map_err(err("creating the data directory"))?;
             }
             _ => {
-                self.host
-                    .make_dir(&p.dir, &no_owner)
-                    .map_err(err("creating the volume directory"))?;
+                let size = v.size.unwrap_or(0);
+                match p.backend {
+                    Backend::Btrfs => {
+                        self.host
+                            .btrfs_create_subvolume(&p.dir)
+                            .map_err(err("creating the subvolume"))?;
+                        self.host
+                            .btrfs_set_limit(&p.dir, size)
+                            .map_err(err("setting the qgroup limit"))?;
+                    }
+                    Backend::Prjquota => {
+                        self.host
+                            .make_dir(&p.dir, &no_owner)
+                            .map_err(err("creating the volume directory"))?;
+                        self.host
+                            .set_project_quota(&p.dir, p.project_id.unwrap_or(0), size)
+                            .map_err(err("setting the project quota"))?;
+                    }
+                    _ => self
+                        .host
+                        .make_dir(&p.dir, &no_owner)
+                        .map_err(err("creating the volume directory"))?,
+                }
                 self.host
                     .make_dir(&p.data, &v.spec.ownership)
                     .map_err(err("creating the data directory"))?;
@@ -556,6 +801,43 @@ impl<H: Host> Engine<H> {
         let p = &v.placement;
         let err = |op| Self::host_err(&v.name, op);
         let mut stats = RemovalStats::default();
+        if p.backend == Backend::Disk {
+            // The disk itself stays: only what berth made on it goes.
+            if retain {
+                self.host
+                    .make_dir(&p.base.join(RETAINED_DIR), &Ownership::default())
+                    .map_err(err("retaining the data"))?;
+                self.host
+                    .rename(&p.data, &self.retained_path(v, ""))
+                    .map_err(err("retaining the data"))?;
+                return Ok(stats);
+            }
+            return self
+                .host
+                .remove_tree(&p.base, &p.data)
+                .map_err(err("wiping the disk"));
+        }
+        // Retained data keeps its project id (its files carry it), so the id stays taken:
+        // `free_project_id` also looks under the retained directory.
+        if let Some(id) = p.project_id
+            && !retain
+        {
+            self.host
+                .clear_project_quota(&p.dir, id)
+                .map_err(err("releasing the project quota"))?;
+        }
+        if p.backend == Backend::Btrfs {
+            if retain {
+                self.host
+                    .rename(&p.dir, &self.retained_path(v, ""))
+                    .map_err(err("retaining the data"))?;
+            } else {
+                self.host
+                    .btrfs_delete_subvolume(&p.dir)
+                    .map_err(err("deleting the subvolume"))?;
+            }
+            return Ok(stats);
+        }
         if let Some(image) = &p.image {
             if p.fs.is_some() {
                 self.host
@@ -689,6 +971,7 @@ impl<H: Host> Engine<H> {
         if first {
             v.attached_at = Some(now_ms());
         }
+        v.pending_until = None;
         self.save(&v, "publish")?;
         Ok(v)
     }
@@ -775,7 +1058,20 @@ impl<H: Host> Engine<H> {
             return Ok(v);
         };
         if let PublishTarget::Bind { path, .. } = &publication.target {
-            self.unbind(&v, &publication, path)?;
+            self.host
+                .unmount(path)
+                .map_err(Self::host_err(name, "unmounting the target"))?;
+            if let Err(e) = self.unbind(&v, &publication, path) {
+                // The mount is gone; record that only the clean-up is left, for a retry or
+                // the next start to finish.
+                for p in v.publications.iter_mut() {
+                    if p.target.same_place(target) {
+                        p.state = PublicationState::Unpublishing;
+                    }
+                }
+                self.save(&v, "unpublish")?;
+                return Err(e);
+            }
         }
         v.publications.retain(|p| !p.target.same_place(target));
         if v.publications.is_empty() {
@@ -829,19 +1125,16 @@ impl<H: Host> Engine<H> {
         wipe: bool,
     ) -> Result<RemovalStats, EngineError> {
         let _guard = self.locks.acquire(name, caller.wait_if_busy)?;
-        let mut v = self.cached(name).ok_or_else(|| EngineError::NotFound {
+        let v = self.cached(name).ok_or_else(|| EngineError::NotFound {
             volume: name.to_string(),
         })?;
+        self.delete_locked(v, wipe)
+    }
+
+    /// Tombstones and destroys a volume whose lock the caller holds.
+    fn delete_locked(&self, mut v: Volume, wipe: bool) -> Result<RemovalStats, EngineError> {
         if !v.publications.is_empty() {
-            return Err(EngineError::InUse {
-                volume: name.to_string(),
-                targets: v
-                    .publications
-                    .iter()
-                    .map(|p| p.target.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            });
+            return Err(in_use(&v));
         }
         let wipe = match v.phase {
             // An interrupted delete keeps the stronger of the two requests.
@@ -851,6 +1144,37 @@ impl<H: Host> Engine<H> {
         v.phase = Phase::Deleting { wipe };
         self.save(&v, if wipe { "wipe" } else { "delete" })?;
         self.finish_delete(&v, wipe)
+    }
+
+    /// Rolls back the pending reservations past their deadline; see the trait.
+    fn do_expire_pending(&self, now: u64) -> Vec<VolumeName> {
+        let candidates: Vec<VolumeName> = self
+            .cache()
+            .values()
+            .filter(|v| v.pending_expired(now))
+            .map(|v| v.name.clone())
+            .collect();
+        let caller = Caller {
+            frontend: Frontend::Internal,
+            wait_if_busy: false,
+        };
+        let mut expired = Vec::new();
+        for name in candidates {
+            // Busy: someone is publishing (or deleting) it right now; look again next time.
+            let Ok(_guard) = self.locks.acquire(&name, false) else {
+                continue;
+            };
+            let Some(v) = self.cached(&name).filter(|v| v.pending_expired(now)) else {
+                continue;
+            };
+            let wiped = self.observe(caller, "expire", name.as_str(), || {
+                self.delete_locked(v, true)
+            });
+            if wiped.is_ok() {
+                expired.push(name);
+            }
+        }
+        expired
     }
 
     fn finish_delete(&self, v: &Volume, wipe: bool) -> Result<RemovalStats, EngineError> {
@@ -873,6 +1197,15 @@ impl<H: Host> Engine<H> {
         if v.size.is_some_and(|current| size <= current) {
             return Ok(v);
         }
+        if v.placement.backend == Backend::Disk {
+            return Err(EngineError::Unsupported {
+                volume: name.to_string(),
+                reason: format!(
+                    "a mount volume is a whole disk of {}; it cannot grow",
+                    format_size(v.size.unwrap_or(0))
+                ),
+            });
+        }
         let _placement = self.placement.lock().unwrap_or_else(|e| e.into_inner());
         let pool = self
             .pool(&v.placement.pool)
@@ -881,7 +1214,9 @@ impl<H: Host> Engine<H> {
                 reason: format!("its pool {} is no longer configured", v.placement.pool),
             })?;
         let growth = size - v.size.unwrap_or(0);
-        let available = self.available_on(pool, &v.placement.base)?;
+        let available = self
+            .available_on(pool, &v.placement.base)
+            .map_err(|e| e.for_volume(name.as_str()))?;
         if growth > available {
             return Err(EngineError::NoCapacity {
                 volume: name.to_string(),
@@ -893,14 +1228,47 @@ impl<H: Host> Engine<H> {
                 ),
             });
         }
-        if let Some(image) = &v.placement.image {
-            let mounted = v.placement.fs.map(|fs| (v.placement.dir.as_path(), fs));
-            self.host
-                .grow_image(image, size, mounted)
-                .map_err(Self::host_err(name, "growing the volume"))?;
-        }
+        let p = &v.placement;
+        let grown = match (p.backend, &p.image, p.project_id) {
+            (_, Some(image), _) => {
+                let mounted = p.fs.map(|fs| (p.dir.as_path(), fs));
+                self.host.grow_image(image, size, mounted)
+            }
+            (Backend::Btrfs, None, _) => self.host.btrfs_set_limit(&p.dir, size),
+            (Backend::Prjquota, None, Some(id)) => self.host.set_project_quota(&p.dir, id, size),
+            _ => Ok(()),
+        };
+        grown.map_err(Self::host_err(name, "growing the volume"))?;
         v.size = Some(size);
         self.save(&v, "expand")?;
+        Ok(v)
+    }
+
+    // ----- adopt --------------------------------------------------------------------------
+
+    fn do_adopt(
+        &self,
+        caller: Caller,
+        name: &VolumeName,
+        expected: &Owner,
+        owner: Owner,
+    ) -> Result<Volume, EngineError> {
+        let _guard = self.locks.acquire(name, caller.wait_if_busy)?;
+        let mut v = self.ready_volume(name)?;
+        if v.owner == owner {
+            return Ok(v);
+        }
+        if !v.publications.is_empty() {
+            return Err(in_use(&v));
+        }
+        if v.owner != *expected {
+            // Another caller adopted it first.
+            return Err(EngineError::Busy {
+                volume: name.to_string(),
+            });
+        }
+        v.owner = owner;
+        self.save(&v, "adopt")?;
         Ok(v)
     }
 
@@ -937,10 +1305,13 @@ impl<H: Host> Engine<H> {
                 })
             }
             (AccessType::Filesystem, None) => {
-                let used = self
-                    .host
-                    .tree_usage(&p.dir)
-                    .map_err(err("measuring usage"))?;
+                // Enforcing backends know their usage; a plain directory is walked.
+                let used = match (p.backend, p.project_id) {
+                    (Backend::Btrfs, _) => self.host.btrfs_usage(&p.dir),
+                    (Backend::Prjquota, Some(id)) => self.host.project_quota_usage(&p.dir, id),
+                    _ => self.host.tree_usage(&p.dir),
+                }
+                .map_err(err("measuring usage"))?;
                 let fs = self
                     .host
                     .fs_stats(&p.base)
@@ -978,12 +1349,30 @@ impl<H: Host> Engine<H> {
                 let mut capacity = 0u64;
                 let mut reserved = 0u64;
                 let mut available = 0u64;
-                for base in &pool.paths {
+                let bases = match pool.kind {
+                    PoolKind::Mount => self.disks(pool).unwrap_or_default(),
+                    _ => pool.paths.clone(),
+                };
+                for base in &bases {
                     let cap = self.capacity_of(pool, base).unwrap_or(0);
                     let res = self.reserved_on(base);
                     capacity += cap;
                     reserved += res;
-                    available += cap.saturating_sub(res);
+                    if pool.kind == PoolKind::Mount {
+                        let free = self
+                            .disk_candidate(
+                                pool,
+                                base.clone(),
+                                &VolumeSpec::default(),
+                                &mut Vec::new(),
+                            )
+                            .ok()
+                            .flatten()
+                            .is_some();
+                        available += if free { cap } else { 0 };
+                    } else {
+                        available += cap.saturating_sub(res);
+                    }
                 }
                 let volumes = self
                     .cache()
@@ -993,7 +1382,7 @@ impl<H: Host> Engine<H> {
                 PoolCapacity {
                     pool: pool.name.clone(),
                     kind: pool.kind,
-                    backend: pool.backend_for(Some(1)),
+                    backend: pool.backend_for(self.enforcing_of(pool), Some(1)),
                     profiles: pool.profiles.clone(),
                     capacity_bytes: capacity,
                     reserved_bytes: reserved,
@@ -1026,8 +1415,14 @@ impl<H: Host> Engine<H> {
                 }
                 Phase::Deleting { wipe } => {
                     // Publications of a tombstoned volume are already gone; see do_delete.
-                    self.finish_delete(&v, wipe)?;
-                    report.finished_deletes.push(v.name.to_string());
+                    // One that cannot be finished (say a mount planted inside it) must not
+                    // keep the node's every other volume from being served.
+                    match self.finish_delete(&v, wipe) {
+                        Ok(_) => report.finished_deletes.push(v.name.to_string()),
+                        Err(e) => report
+                            .unfinished_deletes
+                            .push((v.name.to_string(), e.to_string())),
+                    }
                     continue;
                 }
                 Phase::Ready => {}
@@ -1098,6 +1493,9 @@ impl<H: Host> Engine<H> {
         for name in &report.finished_deletes {
             tracing::warn!(volume = %name, "finished a delete interrupted by a crash");
         }
+        for (name, error) in &report.unfinished_deletes {
+            tracing::error!(volume = %name, error = %error, "could not finish a delete interrupted by a crash; the volume stays in state deleting until a retried delete or wipe succeeds");
+        }
         for (name, target) in &report.dropped_publications {
             tracing::warn!(volume = %name, target = %target, "dropped a publication whose mount is gone");
         }
@@ -1163,6 +1561,92 @@ impl<H: Host> Engine<H> {
     }
 }
 
+/// Decides a pool's size-enforcing backend from its config and the filesystem under its
+/// paths. An explicitly chosen backend that cannot work is refused at start, naming the
+/// pool and why; `auto` falls back to `loopfs` and says why in the log.
+fn resolve_backend<H: Host>(host: &H, pool: &PoolConfig) -> Result<Backend, EngineError> {
+    use crate::host::FsKind;
+    use pool::BackendChoice;
+    let refuse = |reason: String| EngineError::PoolUnusable {
+        pool: pool.name.clone(),
+        reason,
+    };
+    if pool.kind == PoolKind::Mount {
+        return Ok(Backend::Disk);
+    }
+    let all_btrfs = || -> Result<bool, EngineError> {
+        for base in &pool.paths {
+            let kind = host
+                .fs_kind(base)
+                .map_err(|e| refuse(format!("cannot inspect {}: {e}", base.display())))?;
+            if kind != FsKind::Btrfs {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    };
+    let enable_btrfs = || -> Result<(), EngineError> {
+        for base in &pool.paths {
+            host.btrfs_enable_quota(base)
+                .map_err(|e| refuse(format!("enabling btrfs quotas on {}: {e}", base.display())))?;
+        }
+        Ok(())
+    };
+    let prjquota = || -> Result<(), String> {
+        for base in &pool.paths {
+            host.project_quota_support(base)
+                .map_err(|e| format!("{}: {e}", base.display()))?;
+        }
+        Ok(())
+    };
+    match pool.backend {
+        BackendChoice::None => Ok(Backend::None),
+        BackendChoice::Loopfs => Ok(Backend::Loopfs),
+        BackendChoice::Btrfs => {
+            if !all_btrfs()? {
+                return Err(refuse(format!(
+                    "backend btrfs needs every path on btrfs: {:?}",
+                    pool.paths
+                )));
+            }
+            enable_btrfs()?;
+            Ok(Backend::Btrfs)
+        }
+        BackendChoice::Prjquota => {
+            prjquota().map_err(|why| refuse(format!("backend prjquota cannot work: {why}")))?;
+            Ok(Backend::Prjquota)
+        }
+        BackendChoice::Auto => {
+            if all_btrfs()? {
+                match enable_btrfs() {
+                    Ok(()) => return Ok(Backend::Btrfs),
+                    Err(e) => {
+                        tracing::warn!(pool = %pool.name, error = %e, "btrfs quotas unavailable; using loopfs")
+                    }
+                }
+            } else if let Err(why) = prjquota() {
+                tracing::info!(pool = %pool.name, reason = %why, "no project quotas; sizes are enforced with loopfs");
+            } else {
+                return Ok(Backend::Prjquota);
+            }
+            Ok(Backend::Loopfs)
+        }
+    }
+}
+
+/// `InUse` for a volume that still has publications, naming them.
+fn in_use(v: &Volume) -> EngineError {
+    EngineError::InUse {
+        volume: v.name.to_string(),
+        targets: v
+            .publications
+            .iter()
+            .map(|p| p.target.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
 /// Names the fields in which two specs differ, for `AlreadyExists` messages.
 fn spec_difference(old: &VolumeSpec, new: &VolumeSpec) -> String {
     let mut fields = Vec::new();
@@ -1192,7 +1676,26 @@ fn spec_difference(old: &VolumeSpec, new: &VolumeSpec) -> String {
 impl<H: Host> VolumeService for Engine<H> {
     fn create(&self, caller: Caller, request: CreateRequest) -> Result<Volume, EngineError> {
         let name = request.name.to_string();
-        self.observe(caller, "create", &name, || self.do_create(caller, request))
+        self.observe(caller, "create", &name, || {
+            self.do_create(caller, request, None)
+        })
+    }
+
+    fn create_pending(
+        &self,
+        caller: Caller,
+        request: CreateRequest,
+        attach_within: Duration,
+    ) -> Result<Volume, EngineError> {
+        let name = request.name.to_string();
+        let deadline = now_ms().saturating_add(attach_within.as_millis() as u64);
+        self.observe(caller, "create", &name, || {
+            self.do_create(caller, request, Some(deadline))
+        })
+    }
+
+    fn expire_pending_reservations(&self, now_ms: u64) -> Vec<VolumeName> {
+        self.do_expire_pending(now_ms)
     }
 
     fn publish(
@@ -1232,6 +1735,18 @@ impl<H: Host> VolumeService for Engine<H> {
     fn expand(&self, caller: Caller, name: &VolumeName, size: u64) -> Result<Volume, EngineError> {
         self.observe(caller, "expand", name.as_str(), || {
             self.do_expand(caller, name, size)
+        })
+    }
+
+    fn adopt(
+        &self,
+        caller: Caller,
+        name: &VolumeName,
+        expected: &Owner,
+        owner: Owner,
+    ) -> Result<Volume, EngineError> {
+        self.observe(caller, "adopt", name.as_str(), || {
+            self.do_adopt(caller, name, expected, owner)
         })
     }
 

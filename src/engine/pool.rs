@@ -12,7 +12,9 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use super::types::{Backend, FsType, PoolKind, ReclaimPolicy, VolumeSpec, parse_size};
 
-/// How a pool enforces sizes. `auto` picks the best the filesystem under it supports.
+/// How a pool enforces sizes. `auto` picks the best the filesystem under it supports:
+/// btrfs qgroups on btrfs, project quotas where the kernel and mount have them, otherwise
+/// `loopfs`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendChoice {
@@ -20,6 +22,8 @@ pub enum BackendChoice {
     Auto,
     None,
     Loopfs,
+    Btrfs,
+    Prjquota,
 }
 
 /// A pool as declared in the config.
@@ -28,7 +32,8 @@ pub enum BackendChoice {
 pub struct PoolConfig {
     pub name: String,
     pub kind: PoolKind,
-    /// Base directories; for `root` exactly one.
+    /// Base directories; for `root` exactly one. For `mount` pools, discovery directories:
+    /// every filesystem mounted directly beneath one is a disk of the pool.
     pub paths: Vec<PathBuf>,
     #[serde(default)]
     pub backend: BackendChoice,
@@ -115,9 +120,9 @@ impl PoolConfig {
                 self.name
             ));
         }
-        if self.kind == PoolKind::Mount {
+        if self.kind == PoolKind::Mount && self.default_size.is_some() {
             return Err(format!(
-                "pools.{}.kind: mount pools are not supported by this build; use root or path",
+                "pools.{}.default_size: a mount pool gives each volume a whole disk",
                 self.name
             ));
         }
@@ -136,13 +141,15 @@ impl PoolConfig {
         Ok(())
     }
 
-    /// The backend a volume of this spec gets in this pool: `auto` enforces sizes with
-    /// `loopfs`; a volume without any size is a plain directory.
-    pub fn backend_for(&self, size: Option<u64>) -> Backend {
-        match (self.backend, size) {
-            (_, None) => Backend::None,
-            (BackendChoice::None, _) => Backend::None,
-            (BackendChoice::Auto | BackendChoice::Loopfs, Some(_)) => Backend::Loopfs,
+    /// The backend a volume gets in this pool, given the pool's resolved enforcing backend:
+    /// a volume without any size is a plain directory, and `mount` pools give whole disks.
+    pub fn backend_for(&self, enforcing: Backend, size: Option<u64>) -> Backend {
+        if self.kind == PoolKind::Mount {
+            return Backend::Disk;
+        }
+        match size {
+            None => Backend::None,
+            Some(_) => enforcing,
         }
     }
 

@@ -433,3 +433,287 @@ fn one_target_carries_one_volume() {
     let err = e.publish(CSI, &name("b"), bind("/t/x", false)).unwrap_err();
     assert!(err.to_string().contains("for volume a"), "{err}");
 }
+
+#[test]
+fn adopt_hands_a_detached_volume_to_one_new_owner_only() {
+    let f = Fixture::new();
+    let owner = |task: &str| Owner {
+        app_id: Some("/db".into()),
+        task_id: Some(task.into()),
+        ..Owner::default()
+    };
+    {
+        let e = f.open(host());
+        // A plain directory, so that a fresh fake host can reopen the store below.
+        let mut req = request("v", None);
+        req.owner = owner("t1");
+        e.create(CSI, req).unwrap();
+        e.publish(CSI, &name("v"), bind("/t/a", false)).unwrap();
+
+        // Attached: refused, nothing changes.
+        let before = mutations(e.host());
+        let err = e
+            .adopt(CSI, &name("v"), &owner("t1"), owner("t2"))
+            .unwrap_err();
+        assert!(matches!(err, EngineError::InUse { .. }), "{err}");
+        assert!(err.to_string().contains("/t/a"), "{err}");
+        assert_eq!(e.get(&name("v")).unwrap().owner, owner("t1"));
+
+        assert_eq!(
+            mutations(e.host()),
+            before,
+            "a refused adopt touches nothing"
+        );
+        e.unpublish(CSI, &name("v"), &bind("/t/a", false)).unwrap();
+        let before = mutations(e.host());
+        let v = e.adopt(CSI, &name("v"), &owner("t1"), owner("t2")).unwrap();
+        assert_eq!(v.owner, owner("t2"));
+        assert_eq!(
+            v.state(),
+            VolumeState::Detached,
+            "adopting attaches nothing"
+        );
+        // A retry by the winner is a no-op; a loser who still expects t1 is told Busy.
+        e.adopt(CSI, &name("v"), &owner("t1"), owner("t2")).unwrap();
+        let err = e
+            .adopt(CSI, &name("v"), &owner("t1"), owner("t3"))
+            .unwrap_err();
+        assert!(matches!(err, EngineError::Busy { .. }), "{err}");
+        assert!(matches!(
+            e.adopt(CSI, &name("nope"), &owner("t1"), owner("t2")),
+            Err(EngineError::NotFound { .. })
+        ));
+        assert_eq!(mutations(e.host()), before, "adopting is bookkeeping only");
+    }
+    // The new owner is durable.
+    let e = f.open(host());
+    assert_eq!(e.get(&name("v")).unwrap().owner, owner("t2"));
+}
+
+#[test]
+fn a_pending_reservation_never_attached_is_rolled_back_at_its_deadline_and_can_be_retried() {
+    let f = Fixture::new();
+    let e = f.open(host());
+    let within = std::time::Duration::from_secs(20);
+    let before = now_ms();
+    let v = e
+        .create_pending(CSI, request("pending", Some(GIB)), within)
+        .unwrap();
+    let deadline = v.pending_until.expect("a deadline");
+    assert!(deadline >= before + 20_000, "{deadline} {before}");
+    e.create(CSI, request("plain", Some(GIB))).unwrap();
+    e.create_pending(CSI, request("used", Some(GIB)), within)
+        .unwrap();
+    e.publish(CSI, &name("used"), bind("/t/used", false))
+        .unwrap();
+    assert_eq!(e.get(&name("used")).unwrap().pending_until, None);
+    // Attached once, it is an ordinary volume: detaching does not make it expire.
+    e.unpublish(CSI, &name("used"), &bind("/t/used", false))
+        .unwrap();
+
+    assert!(e.expire_pending_reservations(deadline - 1).is_empty());
+    assert!(e.get(&name("pending")).is_ok());
+
+    // A volume busy with another operation is left for the next sweep.
+    let guard = e.locks.acquire(&name("pending"), false).unwrap();
+    assert!(e.expire_pending_reservations(deadline).is_empty());
+    drop(guard);
+
+    let expired = e.expire_pending_reservations(deadline);
+    assert_eq!(expired, vec![name("pending")]);
+    assert!(matches!(
+        e.get(&name("pending")),
+        Err(EngineError::NotFound { .. })
+    ));
+    assert!(!e.host().is_dir(&v.placement.dir), "the data is wiped");
+    assert!(!e.host().has_image(v.placement.image.as_deref().unwrap()));
+    assert_eq!(
+        e.capacity(&PoolSelector::default())[0].reserved_bytes,
+        2 * GIB
+    );
+    let later = deadline + 3_600_000;
+    assert!(e.expire_pending_reservations(later).is_empty());
+    assert!(e.get(&name("plain")).is_ok() && e.get(&name("used")).is_ok());
+    let m = e.metrics();
+    assert_eq!(m.ops[&("internal", "expire")].count, 1);
+
+    // The attempt can be made again, and this time the task starts.
+    e.create_pending(CSI, request("pending", Some(GIB)), within)
+        .unwrap();
+    e.publish(CSI, &name("pending"), bind("/t/p", false))
+        .unwrap();
+    assert!(e.expire_pending_reservations(later).is_empty());
+}
+
+#[test]
+fn a_pending_deadline_survives_a_restart_and_a_retried_create_does_not_extend_it() {
+    let f = Fixture::new();
+    let h = host();
+    let within = std::time::Duration::from_secs(20);
+    let deadline = {
+        let e = f.open(h);
+        let v = e.create_pending(CSI, request("p", None), within).unwrap();
+        v.pending_until.unwrap()
+    };
+    let h = host();
+    h.make_dir(Path::new("/pool/volumes/p"), &Ownership::default())
+        .unwrap();
+    let e = f.open(h);
+    assert_eq!(e.get(&name("p")).unwrap().pending_until, Some(deadline));
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let again = e.create_pending(CSI, request("p", None), within).unwrap();
+    assert_eq!(
+        again.pending_until,
+        Some(deadline),
+        "a retry keeps the deadline"
+    );
+    // A plain create of the same volume neither adds nor removes a deadline.
+    let plain = e.create(CSI, request("p", None)).unwrap();
+    assert_eq!(plain.pending_until, Some(deadline));
+    assert_eq!(e.expire_pending_reservations(deadline), vec![name("p")]);
+    assert!(!e.host().is_dir(Path::new("/pool/volumes/p")));
+}
+
+#[test]
+fn a_tombstoned_delete_that_fails_again_at_start_does_not_keep_the_engine_down() {
+    let f = Fixture::new();
+    let store_path = f.config().store_path;
+    {
+        let e = f.open(host());
+        e.create(CSI, request("stuck", None)).unwrap();
+        e.create(CSI, request("fine", None)).unwrap();
+    }
+    {
+        let store = Store::open(&store_path).unwrap();
+        let mut stuck = store
+            .load_all()
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name.as_str() == "stuck")
+            .unwrap();
+        stuck.phase = Phase::Deleting { wipe: true };
+        store.put(&stuck).unwrap();
+    }
+    let h = host();
+    for n in ["stuck", "fine"] {
+        h.make_dir(
+            &PathBuf::from(format!("/pool/volumes/{n}")),
+            &Ownership::default(),
+        )
+        .unwrap();
+    }
+    h.fail_op("remove_tree");
+    let e = f.open(h);
+    let report = e.recovery_report();
+    assert!(report.finished_deletes.is_empty());
+    assert_eq!(report.unfinished_deletes.len(), 1);
+    assert_eq!(report.unfinished_deletes[0].0, "stuck");
+    assert!(report.unfinished_deletes[0].1.contains("injected"));
+    assert_eq!(
+        e.get(&name("stuck")).unwrap().state(),
+        VolumeState::Deleting
+    );
+    assert_eq!(e.get(&name("fine")).unwrap().state(), VolumeState::Reserved);
+    e.host().heal();
+    // A plain delete of the tombstone keeps the stronger request: it is still a wipe.
+    e.delete(CSI, &name("stuck")).unwrap();
+    assert!(matches!(
+        e.get(&name("stuck")),
+        Err(EngineError::NotFound { .. })
+    ));
+    assert!(!e.host().is_dir(Path::new("/pool/volumes/stuck")));
+}
+
+fn prjquota_fixture(backend: BackendChoice) -> Fixture {
+    let mut f = Fixture::new();
+    f.pools[0].backend = backend;
+    f
+}
+
+#[test]
+fn project_quota_pools_get_unique_ids_that_skip_the_operators_and_are_released() {
+    let f = prjquota_fixture(BackendChoice::Auto);
+    let h = host();
+    h.set_fs_kind(Path::new("/pool"), crate::host::FsKind::Xfs);
+    h.set_project_quotas(true);
+    h.reserve_project_id(FIRST_PROJECT_ID);
+    let e = f.open(h);
+    let a = e.create(CSI, request("a", Some(GIB))).unwrap();
+    let b = e.create(CSI, request("b", Some(GIB))).unwrap();
+    assert_eq!(a.placement.backend, Backend::Prjquota);
+    let (ida, idb) = (
+        a.placement.project_id.unwrap(),
+        b.placement.project_id.unwrap(),
+    );
+    assert_eq!(ida, FIRST_PROJECT_ID + 1, "the operator's id is skipped");
+    assert_ne!(ida, idb);
+    assert_eq!(e.host().project_of(&a.placement.dir), Some((ida, GIB)));
+    e.expand(CSI, &name("a"), 2 * GIB).unwrap();
+    assert_eq!(e.host().project_of(&a.placement.dir), Some((ida, 2 * GIB)));
+    e.delete(CSI, &name("a")).unwrap();
+    assert_eq!(e.host().project_of(&a.placement.dir), None, "released");
+    // The released id is handed out again.
+    let c = e.create(CSI, request("c", Some(GIB))).unwrap();
+    assert_eq!(c.placement.project_id, Some(ida));
+    // Without a size: a plain directory, no quota.
+    let d = e.create(CSI, request("d", None)).unwrap();
+    assert_eq!(d.placement.backend, Backend::None);
+    assert_eq!(d.placement.project_id, None);
+}
+
+#[test]
+fn an_explicit_backend_the_filesystem_cannot_serve_is_refused_at_start() {
+    let f = prjquota_fixture(BackendChoice::Prjquota);
+    let err = Engine::open(f.config(), host()).err().unwrap().to_string();
+    assert!(err.contains("pool default"), "{err}");
+    assert!(err.contains("prjquota cannot work"), "{err}");
+    let f = prjquota_fixture(BackendChoice::Btrfs);
+    let err = Engine::open(f.config(), host()).err().unwrap().to_string();
+    assert!(err.contains("needs every path on btrfs"), "{err}");
+    // Auto on a filesystem without quotas falls back to loopfs.
+    let f = prjquota_fixture(BackendChoice::Auto);
+    let e = f.open(host());
+    let v = e.create(CSI, request("v", Some(GIB))).unwrap();
+    assert_eq!(v.placement.backend, Backend::Loopfs);
+}
+
+#[test]
+fn btrfs_pools_make_subvolumes_with_qgroup_limits() {
+    let f = prjquota_fixture(BackendChoice::Auto);
+    let h = host();
+    h.set_fs_kind(Path::new("/pool"), crate::host::FsKind::Btrfs);
+    let e = f.open(h);
+    let v = e.create(CSI, request("v", Some(GIB))).unwrap();
+    assert_eq!(v.placement.backend, Backend::Btrfs);
+    assert_eq!(e.host().subvolume_limit(&v.placement.dir), Some(Some(GIB)));
+    e.expand(CSI, &name("v"), 3 * GIB).unwrap();
+    assert_eq!(
+        e.host().subvolume_limit(&v.placement.dir),
+        Some(Some(3 * GIB))
+    );
+    e.usage(&name("v")).unwrap();
+    e.wipe(CSI, &name("v")).unwrap();
+    assert!(!e.host().is_subvolume(&v.placement.dir));
+}
+
+#[test]
+fn retained_project_quota_data_keeps_its_id_taken() {
+    let mut f = prjquota_fixture(BackendChoice::Prjquota);
+    f.pools[0].reclaim = ReclaimPolicy::Retain;
+    let h = host();
+    h.set_fs_kind(Path::new("/pool"), crate::host::FsKind::Xfs);
+    h.set_project_quotas(true);
+    h.add_dir(Path::new("/pool/volumes/.retained"));
+    let e = f.open(h);
+    let a = e.create(CSI, request("a", Some(GIB))).unwrap();
+    let id = a.placement.project_id.unwrap();
+    e.delete(CSI, &name("a")).unwrap();
+    let kept = Path::new("/pool/volumes/.retained").join(format!("a-{}", a.created_at));
+    assert_eq!(e.host().project_of(&kept).map(|(i, _)| i), Some(id));
+    let b = e.create(CSI, request("b", Some(GIB))).unwrap();
+    assert_ne!(
+        b.placement.project_id,
+        Some(id),
+        "the retained data's id is not reused"
+    );
+}

@@ -214,6 +214,12 @@ pub enum Backend {
     None,
     /// A sparse image file with its own filesystem on a loop device: a hard limit.
     Loopfs,
+    /// A whole disk of a `mount` pool: the disk's own size is the limit.
+    Disk,
+    /// A btrfs subvolume with a qgroup limit.
+    Btrfs,
+    /// A directory with an XFS or ext4 project quota.
+    Prjquota,
 }
 
 impl Backend {
@@ -221,6 +227,9 @@ impl Backend {
         match self {
             Self::None => "none",
             Self::Loopfs => "loopfs",
+            Self::Disk => "disk",
+            Self::Btrfs => "btrfs",
+            Self::Prjquota => "prjquota",
         }
     }
 }
@@ -501,6 +510,9 @@ pub struct Placement {
     pub image: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fs: Option<FsType>,
+    /// The project id of a `prjquota` volume, unique on its filesystem.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project_id: Option<u32>,
 }
 
 /// A volume as stored: its spec, where it lives, its owner and its publications.
@@ -524,9 +536,22 @@ pub struct Volume {
     pub attached_at: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detached_at: Option<u64>,
+    /// Unix milliseconds: a pending reservation (made for a task that has yet to start) that
+    /// is rolled back if it is not published by then. Cleared by its first publication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_until: Option<u64>,
 }
 
 impl Volume {
+    /// A pending reservation whose deadline has passed without a publication.
+    pub fn pending_expired(&self, now_ms: u64) -> bool {
+        self.phase == Phase::Ready
+            && self.publications.is_empty()
+            && self
+                .pending_until
+                .is_some_and(|deadline| deadline <= now_ms)
+    }
+
     pub fn state(&self) -> VolumeState {
         match self.phase {
             Phase::Creating => VolumeState::Creating,

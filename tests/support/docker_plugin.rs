@@ -51,9 +51,9 @@ impl Berth {
     /// Starts berth; `pool_extra` is appended to the pool's TOML table (e.g. `capacity`).
     pub fn start_with_pool(pool_extra: &str) -> Berth {
         // SAFETY: geteuid has no preconditions and cannot fail.
+        let euid = unsafe { libc::geteuid() };
         assert_eq!(
-            unsafe { libc::geteuid() },
-            0,
+            euid, 0,
             "the Docker plugin tests mount filesystems: run them as root (scripts/test.sh)"
         );
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
