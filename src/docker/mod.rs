@@ -768,6 +768,12 @@ fn engine_error_reply(e: &EngineError, driver: &str) -> Reply {
         EngineError::WrongPhase { .. } => (409, e.to_string()),
         EngineError::NoCapacity { .. } => (507, e.to_string()),
         EngineError::Unsupported { .. } => (422, e.to_string()),
+        EngineError::PoolUnusable { .. } => (
+            500,
+            format!(
+                "{e}; fix the pool in berth's configuration, or choose another with --opt pool=NAME"
+            ),
+        ),
         EngineError::TargetConflict { .. } => (409, e.to_string()),
         EngineError::TooManyVolumes { .. } => (507, e.to_string()),
         EngineError::Host { .. } => (500, e.to_string()),

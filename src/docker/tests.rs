@@ -478,14 +478,40 @@ impl VolumeService for Slow {
     fn wipe(&self, c: Caller, n: &VolumeName) -> Result<crate::engine::RemovalStats, EngineError> {
         self.inner.wipe(c, n)
     }
+    fn create_pending(
+        &self,
+        c: Caller,
+        r: CreateRequest,
+        attach_within: Duration,
+    ) -> Result<Volume, EngineError> {
+        self.inner.create_pending(c, r, attach_within)
+    }
+    fn expire_pending_reservations(&self, now_ms: u64) -> Vec<VolumeName> {
+        self.inner.expire_pending_reservations(now_ms)
+    }
     fn expand(&self, c: Caller, n: &VolumeName, size: u64) -> Result<Volume, EngineError> {
         self.inner.expand(c, n, size)
+    }
+    fn grant_group(&self, c: Caller, n: &VolumeName, gid: u32) -> Result<Volume, EngineError> {
+        self.inner.grant_group(c, n, gid)
+    }
+    fn adopt(
+        &self,
+        c: Caller,
+        n: &VolumeName,
+        expected: &Owner,
+        owner: Owner,
+    ) -> Result<Volume, EngineError> {
+        self.inner.adopt(c, n, expected, owner)
     }
     fn get(&self, n: &VolumeName) -> Result<Volume, EngineError> {
         self.inner.get(n)
     }
     fn list(&self, f: &VolumeFilter) -> Vec<Volume> {
         self.inner.list(f)
+    }
+    fn list_after(&self, after: Option<&VolumeName>, limit: usize) -> Vec<Volume> {
+        self.inner.list_after(after, limit)
     }
     fn usage(&self, n: &VolumeName) -> Result<crate::engine::types::Usage, EngineError> {
         std::thread::sleep(self.delay);

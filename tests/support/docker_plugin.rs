@@ -25,6 +25,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use berth::host::Host;
+use berth::host::linux::LinuxHost;
 use serde_json::Value;
 
 /// Where dockerd looks for plugin sockets.
@@ -51,9 +53,9 @@ impl Berth {
     /// Starts berth; `pool_extra` is appended to the pool's TOML table (e.g. `capacity`).
     pub fn start_with_pool(pool_extra: &str) -> Berth {
         // SAFETY: geteuid has no preconditions and cannot fail.
+        let euid = unsafe { libc::geteuid() };
         assert_eq!(
-            unsafe { libc::geteuid() },
-            0,
+            euid, 0,
             "the Docker plugin tests mount filesystems: run them as root (scripts/test.sh)"
         );
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
@@ -300,50 +302,26 @@ pub fn read_response(stream: &mut UnixStream) -> std::io::Result<(u16, Vec<u8>)>
     Ok((status, raw[split + 4..].to_vec()))
 }
 
-/// Mount points at or below `dir`, from /proc/self/mountinfo (octal escapes decoded).
+/// Mount points at or below `dir`.
 pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    text.lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(|field| PathBuf::from(unescape(field)))
+    let mounts = LinuxHost::new().mounts().expect("reading the mount table");
+    mounts
+        .into_iter()
+        .map(|m| m.mount_point)
         .filter(|p| p.starts_with(dir))
         .collect()
 }
 
 /// Loop devices whose backing file lies below `dir`.
 pub fn loops_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/sys/block") else {
-        return out;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if !name.starts_with("loop") {
-            continue;
-        }
-        let backing =
-            std::fs::read_to_string(entry.path().join("loop/backing_file")).unwrap_or_default();
-        if Path::new(backing.trim()).starts_with(dir) {
-            out.push(PathBuf::from(format!("/dev/{name}")));
-        }
-    }
-    out
-}
-
-fn unescape(field: &str) -> String {
-    let b = field.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(u8::is_ascii_digit) {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    let loops = LinuxHost::new()
+        .loop_devices()
+        .expect("listing loop devices");
+    loops
+        .into_iter()
+        .filter(|l| l.backing_file.starts_with(dir))
+        .map(|l| l.device)
+        .collect()
 }
 
 /// Unmounts everything below `dir` (deepest first), detaches loop devices over files in it,
