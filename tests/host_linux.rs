@@ -892,8 +892,10 @@ fn ext4_grow_offline_fallback() {
             }
             other => panic!("expected Unsupported, got {other}"),
         }
-        // Nothing happened to the mounts; the image and device did grow (harmless).
+        // Refused before anything changed: the mounts, the image and its device.
         assert_eq!(host.fs_stats(&mnt).unwrap().bytes_total, before.bytes_total);
+        assert_eq!(fs::metadata(&image).unwrap().len(), 32 * MIB);
+        assert_eq!(device_size(&device[0]), 32 * MIB);
         // (stat, not read: an fd open here could make the unmount below EBUSY should a
         // concurrent test fork meanwhile)
         assert_eq!(

@@ -43,7 +43,8 @@
 //!   it survives the unmount, `umount`, `e2fsck -f -p`, `resize2fs`, and mount the device
 //!   at the same place again with the same per-mount flags, also when the check or resize
 //!   failed. A busy mount point (open files, submounts) makes the unmount fail with `EBUSY`
-//!   before anything changed. Mounts in other mount namespaces are not in our mountinfo; if
+//!   before anything changed; a grow that cannot go offline is refused before the image is
+//!   extended. Mounts in other mount namespaces are not in our mountinfo; if
 //!   the filesystem is still mounted in one, `e2fsck`'s exclusive open of the device fails
 //!   and the filesystem is mounted back unchanged. A mount of a subdirectory of the
 //!   filesystem (mountinfo root other than `/`) is not remounted: refused.
@@ -1643,12 +1644,24 @@ fn grow_image(image: &Path, size: u64, mounted: Option<(&Path, FsType)>) -> Resu
             ),
         ));
     }
+    let ours = loops_of(image)?;
+    // Where the filesystem is mounted, and whether it can grow there, is settled before
+    // anything changes: a refused grow leaves the image and its device as they were.
+    let target = match mounted {
+        None => None,
+        Some((mount_point, fs)) => {
+            let (entry, device) = mounted_from(image, mount_point, &ours)?;
+            if fs == FsType::Ext4 && !has_capability(CAP_SYS_RESOURCE)? {
+                offline_grow_refusal(mount_point, &entry)?;
+            }
+            Some((mount_point, fs, entry, device))
+        }
+    };
     if size > meta.size {
         let len = i64::try_from(size).map_err(|_| invalid("grow", image, "size too large"))?;
         nix::unistd::ftruncate(&fd, len).map_err(|e| nix_err("ftruncate", image, e))?;
         fsync_fd(fd.as_fd(), image)?;
     }
-    let ours = loops_of(image)?;
     for l in &ours {
         if let Some(dev) = open_device(&l.device)? {
             // SAFETY: LOOP_SET_CAPACITY takes no argument; `dev` is an open loop device fd.
@@ -1656,9 +1669,22 @@ fn grow_image(image: &Path, size: u64, mounted: Option<(&Path, FsType)>) -> Resu
                 .map_err(|e| nix_err("LOOP_SET_CAPACITY", &l.device, e))?;
         }
     }
-    let Some((mount_point, fs)) = mounted else {
+    let Some((mount_point, fs, entry, device)) = target else {
         return Ok(());
     };
+    match fs {
+        FsType::Ext4 => grow_ext4(mount_point, &entry, &device),
+        FsType::Xfs => run("xfs_growfs", &[OsStr::new("-d"), mount_point.as_os_str()]),
+    }
+}
+
+/// The mount at `mount_point` (its root) and the one of `ours`, the loop devices of
+/// `image`, that it is made from.
+fn mounted_from(
+    image: &Path,
+    mount_point: &Path,
+    ours: &[SysLoop],
+) -> Result<(MountEntry, SysLoop), HostError> {
     let (mp_fd, mp_meta) = open_nofollow(mount_point)?;
     let entry = if mp_meta.mount_root {
         mount_by_id(mp_meta.mnt_id)?
@@ -1680,10 +1706,7 @@ fn grow_image(image: &Path, size: u64, mounted: Option<(&Path, FsType)>) -> Resu
             ),
         ));
     };
-    match fs {
-        FsType::Ext4 => grow_ext4(mount_point, &entry, device),
-        FsType::Xfs => run("xfs_growfs", &[OsStr::new("-d"), mount_point.as_os_str()]),
-    }
+    Ok((entry, device.clone()))
 }
 
 const CAP_SYS_RESOURCE: u32 = 24;
@@ -1822,12 +1845,10 @@ fn unmount_when_idle(mount_point: &Path) -> Result<(), HostError> {
     }
 }
 
-/// Offline grow: see the module docs. Refused while the filesystem has another mount.
-fn grow_ext4_offline(
-    mount_point: &Path,
-    entry: &MountEntry,
-    device: &SysLoop,
-) -> Result<(), HostError> {
+/// Why the ext4 mounted at `mount_point` (the mount `entry`) cannot be grown offline, if it
+/// cannot: another mount of it (a container may be using it), or a mount of a directory
+/// inside it rather than its root.
+fn offline_grow_refusal(mount_point: &Path, entry: &MountEntry) -> Result<(), HostError> {
     let others: Vec<String> = read_mountinfo()?
         .into_iter()
         .filter(|m| m.device == entry.device && m.id != entry.id)
@@ -1850,6 +1871,16 @@ fn grow_ext4_offline(
             others.join(", ")
         )));
     }
+    Ok(())
+}
+
+/// Offline grow: see the module docs. Refused while the filesystem has another mount.
+fn grow_ext4_offline(
+    mount_point: &Path,
+    entry: &MountEntry,
+    device: &SysLoop,
+) -> Result<(), HostError> {
+    offline_grow_refusal(mount_point, entry)?;
     // The device detaches itself on its last close (autoclear): hold it across the unmount.
     let Some(hold) = open_device(&device.device)? else {
         return Err(invalid(
