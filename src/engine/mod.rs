@@ -962,6 +962,12 @@ impl<H: Host> Engine<H> {
             published_at: now_ms(),
         };
         if let PublishTarget::Bind { path, read_only } = &target {
+            // The intent says whether berth is about to create the target, so that a crash
+            // before the publish is recorded still has the target removed at start.
+            publication.created_target = !self
+                .host
+                .target_exists(path)
+                .map_err(Self::host_err(name, "inspecting the target"))?;
             v.publications.push(publication.clone());
             self.save(&v, "publish")?;
             match self.bind(&v, path, *read_only) {

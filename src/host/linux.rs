@@ -2275,6 +2275,14 @@ impl Host for LinuxHost {
         prepare_target(target, kind)
     }
 
+    fn target_exists(&self, target: &Path) -> Result<bool, HostError> {
+        match std::fs::symlink_metadata(target) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(HostError::io("stat", target, e)),
+        }
+    }
+
     fn remove_target(&self, target: &Path, kind: TargetKind) -> Result<(), HostError> {
         remove_target(target, kind)
     }
