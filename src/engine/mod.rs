@@ -1539,6 +1539,8 @@ impl<H: Host> Engine<H> {
                 self.save(&v, "recovery")?;
             }
         }
+        // Read again: the rollbacks and deletes above unmounted their volumes.
+        let mounts = self.host.mounts().map_err(host_err)?;
         self.find_strays(&mounts, &mut report)?;
         for name in &report.rolled_back_creates {
             tracing::warn!(volume = %name, "rolled back a create interrupted by a crash");

@@ -283,6 +283,8 @@ fn restart_rolls_back_half_creates_and_finishes_tombstoned_deletes() {
     let report = e.recovery_report();
     assert_eq!(report.rolled_back_creates, vec!["half".to_string()]);
     assert_eq!(report.finished_deletes, vec!["dying".to_string()]);
+    // Their mounts went with them: nothing is reported as a stray.
+    assert_eq!(report.stray_mounts, Vec::<PathBuf>::new());
     let names: Vec<String> = e
         .list(&VolumeFilter::default())
         .iter()
