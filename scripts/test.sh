@@ -20,5 +20,4 @@ modprobe loop 2>/dev/null || true
 
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings
-cargo build --locked --benches
 cargo test --locked --no-fail-fast

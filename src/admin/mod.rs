@@ -491,6 +491,7 @@ pub fn status_of(e: &EngineError) -> u16 {
         EngineError::NoCapacity { .. } => 507,
         EngineError::TooManyVolumes { .. } => 507,
         EngineError::Unsupported { .. } => 422,
+        EngineError::PoolUnusable { .. } => 500,
         EngineError::Host { .. } => 500,
         EngineError::Store { .. } => 500,
     }

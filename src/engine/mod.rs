@@ -291,14 +291,17 @@ impl<H: Host> Engine<H> {
     /// does not already use (listed in `/etc/projid` or set on a directory there). Called
     /// under the placement lock, so two creates never get the same id.
     fn free_project_id(&self, base: &Path) -> Result<u32, EngineError> {
-        let mut taken: BTreeSet<u32> =
+        let in_use = |dir: &Path| {
             self.host
-                .project_ids_in_use(base)
+                .project_ids_in_use(dir)
                 .map_err(|source| EngineError::Host {
                     volume: "-".into(),
                     operation: "listing project ids in use",
                     source,
-                })?;
+                })
+        };
+        let mut taken: BTreeSet<u32> = in_use(base)?;
+        taken.extend(in_use(&base.join(RETAINED_DIR))?);
         taken.extend(self.cache().values().filter_map(|v| v.placement.project_id));
         (FIRST_PROJECT_ID..u32::MAX)
             .find(|id| !taken.contains(id))
@@ -827,7 +830,11 @@ impl<H: Host> Engine<H> {
                 .remove_tree(&p.base, &p.data)
                 .map_err(err("wiping the disk"));
         }
-        if let Some(id) = p.project_id {
+        // Retained data keeps its project id (its files carry it), so the id stays taken:
+        // `free_project_id` also looks under the retained directory.
+        if let Some(id) = p.project_id
+            && !retain
+        {
             self.host
                 .clear_project_quota(&p.dir, id)
                 .map_err(err("releasing the project quota"))?;
@@ -1607,8 +1614,8 @@ impl<H: Host> Engine<H> {
 fn resolve_backend<H: Host>(host: &H, pool: &PoolConfig) -> Result<Backend, EngineError> {
     use crate::host::FsKind;
     use pool::BackendChoice;
-    let refuse = |reason: String| EngineError::Unsupported {
-        volume: format!("pool {}", pool.name),
+    let refuse = |reason: String| EngineError::PoolUnusable {
+        pool: pool.name.clone(),
         reason,
     };
     if pool.kind == PoolKind::Mount {

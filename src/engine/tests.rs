@@ -775,3 +775,25 @@ fn btrfs_pools_make_subvolumes_with_qgroup_limits() {
     e.wipe(CSI, &name("v")).unwrap();
     assert!(!e.host().is_subvolume(&v.placement.dir));
 }
+
+#[test]
+fn retained_project_quota_data_keeps_its_id_taken() {
+    let mut f = prjquota_fixture(BackendChoice::Prjquota);
+    f.pools[0].reclaim = ReclaimPolicy::Retain;
+    let h = host();
+    h.set_fs_kind(Path::new("/pool"), crate::host::FsKind::Xfs);
+    h.set_project_quotas(true);
+    h.add_dir(Path::new("/pool/volumes/.retained"));
+    let e = f.open(h);
+    let a = e.create(CSI, request("a", Some(GIB))).unwrap();
+    let id = a.placement.project_id.unwrap();
+    e.delete(CSI, &name("a")).unwrap();
+    let kept = Path::new("/pool/volumes/.retained").join(format!("a-{}", a.created_at));
+    assert_eq!(e.host().project_of(&kept).map(|(i, _)| i), Some(id));
+    let b = e.create(CSI, request("b", Some(GIB))).unwrap();
+    assert_ne!(
+        b.placement.project_id,
+        Some(id),
+        "the retained data's id is not reused"
+    );
+}

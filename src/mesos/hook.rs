@@ -181,6 +181,7 @@ impl HookError {
 fn engine_status(e: &EngineError) -> u16 {
     match e {
         EngineError::Input(_) | EngineError::Unsupported { .. } => 400,
+        EngineError::PoolUnusable { .. } => 500,
         EngineError::NotFound { .. } => 404,
         EngineError::AlreadyExists { .. }
         | EngineError::InUse { .. }
