@@ -20,6 +20,8 @@ pub const DEFAULT_DOCKER_SOCKET: &str = "/run/docker/plugins/berth.sock";
 pub const DEFAULT_DRIVER_NAME: &str = "berth.csi.io";
 /// The topology key local volumes carry; its value is the node id.
 pub const DEFAULT_TOPOLOGY_KEY: &str = "topology.berth.io/node";
+/// As Marathon's `task_reservation_timeout` default.
+pub const DEFAULT_RESERVATION_TIMEOUT_SECS: u64 = 20;
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -54,6 +56,10 @@ pub struct Config {
     /// The most volumes this node holds.
     #[serde(default)]
     pub max_volumes: Option<usize>,
+    /// Seconds a pending reservation (made for a task that has yet to start) may wait for
+    /// its first attach before it is rolled back; Marathon's `task_reservation_timeout`.
+    #[serde(default = "default_reservation_timeout_secs")]
+    pub reservation_timeout_secs: u64,
     #[serde(default)]
     pub listen: Listen,
     #[serde(default)]
@@ -117,6 +123,9 @@ fn default_docker_socket() -> String {
 fn default_admin_socket() -> String {
     format!("{DEFAULT_RUN_DIR}/admin.sock")
 }
+fn default_reservation_timeout_secs() -> u64 {
+    DEFAULT_RESERVATION_TIMEOUT_SECS
+}
 fn default_socket_mode() -> u32 {
     0o600
 }
@@ -152,6 +161,7 @@ impl Default for Config {
             topology_key: default_topology_key(),
             topology: BTreeMap::new(),
             max_volumes: None,
+            reservation_timeout_secs: default_reservation_timeout_secs(),
             listen: Listen::default(),
             csi: CsiConfig::default(),
             admin: AdminConfig::default(),
@@ -219,6 +229,12 @@ impl Config {
                     .into(),
             );
         }
+        if !(1..=86_400).contains(&self.reservation_timeout_secs) {
+            return Err(format!(
+                "reservation_timeout_secs: {} is outside 1 to 86400 seconds",
+                self.reservation_timeout_secs
+            ));
+        }
         if self.max_volumes == Some(0) {
             return Err("max_volumes: must be at least 1".into());
         }
@@ -230,6 +246,11 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// How long a pending reservation may wait for its first attach.
+    pub fn reservation_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.reservation_timeout_secs)
     }
 
     /// This node's id: the configured one or the host name.
@@ -295,6 +316,7 @@ mod tests {
             ("state_dir = 'relative'", "state_dir"),
             ("[listen]\nsocket_mode = 4095", "socket_mode"),
             ("[listen]\nadmin_tcp = '127.0.0.1:1'", "admin_tcp"),
+            ("reservation_timeout_secs = 0", "reservation_timeout_secs"),
             (
                 "[[pools]]\nname='a'\nkind='root'\npaths=['/x','/y']",
                 "root pool has exactly one path",

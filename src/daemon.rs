@@ -181,6 +181,10 @@ pub async fn serve(
     crate::csi::start(&config, &engine, mode, &stop_rx, &mut servers)?;
     crate::docker::start(&config, &engine, mode, &stop_rx, &mut servers)?;
     crate::admin::start(&config, &engine, mode, &stop_rx, &mut servers)?;
+    servers.spawn(sweep_pending_reservations(
+        Arc::clone(&engine),
+        stop_rx.clone(),
+    ));
     tracing::info!(
         volumes = engine.list(&Default::default()).len(),
         millis = started.elapsed().as_millis() as u64,
@@ -198,6 +202,35 @@ pub async fn serve(
     let _ = stop_tx.send(true);
     while servers.join_next().await.is_some() {}
     Ok(())
+}
+
+/// How often pending reservations are checked against their deadlines.
+const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Rolls back pending reservations whose task never attached in time (see
+/// [`VolumeService::expire_pending_reservations`]); the engine logs each one.
+pub async fn sweep_pending_reservations(
+    engine: Arc<dyn VolumeService>,
+    stop: watch::Receiver<bool>,
+) -> Result<(), DaemonError> {
+    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stop = shutdown_future(stop);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return Ok(()),
+            _ = tick.tick() => {}
+        }
+        let engine = Arc::clone(&engine);
+        let swept = tokio::task::spawn_blocking(move || {
+            engine.expire_pending_reservations(crate::engine::now_ms())
+        })
+        .await;
+        if let Err(e) = swept {
+            tracing::error!(error = %e, "the pending-reservation sweep panicked");
+        }
+    }
 }
 
 /// What each front-end's `start` adds to the daemon: a task that serves until shutdown.

@@ -49,12 +49,14 @@ pub struct Request {
     pub body: Bytes,
 }
 
-/// A response: status, content type and body.
+/// A response: status, content type, body and any extra headers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reply {
     pub status: u16,
     pub content_type: &'static str,
     pub body: Vec<u8>,
+    /// Extra headers (lower-case names), e.g. `www-authenticate` on a 401.
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl Reply {
@@ -63,7 +65,14 @@ impl Reply {
             status,
             content_type,
             body: body.into(),
+            headers: Vec::new(),
         }
+    }
+
+    /// Adds a header; `name` is lower-case (`www-authenticate`).
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
     }
 
     pub fn json(status: u16, value: &impl serde::Serialize) -> Self {
@@ -127,6 +136,17 @@ pub async fn serve<S, A, AF, H, HF>(
                         hyper::header::CONTENT_TYPE,
                         hyper::header::HeaderValue::from_static(reply.content_type),
                     );
+                    for (name, value) in reply.headers {
+                        match (
+                            hyper::header::HeaderName::from_bytes(name.as_bytes()),
+                            hyper::header::HeaderValue::from_str(&value),
+                        ) {
+                            (Ok(name), Ok(value)) => {
+                                response.headers_mut().append(name, value);
+                            }
+                            _ => tracing::warn!(header = name, "dropping a malformed reply header"),
+                        }
+                    }
                     Ok::<_, std::convert::Infallible>(response)
                 }
             });

@@ -29,6 +29,8 @@ enum Command {
         #[arg(long, env = "BERTH_NODE_ID")]
         node_id: Option<String>,
     },
+    /// List, inspect, remove and wipe volumes through the admin API.
+    Volume(berth::admin::cli::VolumeArgs),
     /// Print the embedded default configuration, or check a config file.
     Config {
         /// Check this file instead of printing the default.
@@ -85,6 +87,7 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(berth::daemon::serve(config, std::future::pending()))?;
             Ok(())
         }
+        Command::Volume(args) => Ok(args.run()?),
         Command::Config { check } => {
             match check {
                 Some(path) => {

@@ -1,20 +1,670 @@
-//! Front-end (being written).
+//! The admin API: what operators and their scripts use to see and reclaim volumes.
+//!
+//! HTTP/1.1 on a unix socket (default `/run/berth/admin.sock`) and, when
+//! `listen.admin_tcp` is set, on TCP too. Routes:
+//! - `GET /v1/volumes` (filters `state`, `pool`, `app`, `task`, `label=KEY=VALUE`) and
+//!   `GET /v1/volumes/{id}`: size, usage, kind, pool, owner, state, publications, times.
+//! - `DELETE /v1/volumes/{id}[?wipe=true]`: release the reservation; the data is destroyed
+//!   or kept under the pool's retained directory as its reclaim policy says, or always
+//!   destroyed with `wipe=true`. Refused while attached.
+//! - `GET /v2/apps/{appId}/tasks` and `DELETE /v2/apps/{appId}/tasks/{taskId}[?wipe=true]`:
+//!   the same, Marathon-shaped, for the volumes a task owns (`appId` may contain slashes).
+//! - `GET /healthz` (no token needed, so a Marathon health check or a Kubernetes liveness
+//!   probe can call it; it says only "ok" or "unhealthy" to a caller without the token) and
+//!   `GET /metrics` (Prometheus text).
+//!
+//! # Authentication
+//! With `admin.token` (or `admin.token_file`, read at start) every request but `/healthz`
+//! must carry `Authorization: Bearer <token>`, on the socket and on TCP; the comparison takes
+//! the same time wherever the first difference is. Without a token only the unix socket is
+//! served (config validation refuses TCP), and it is created mode 0600 whatever
+//! `listen.socket_mode` says: then the socket's mode is the only guard. The token and the
+//! `Authorization` header are never logged.
+//!
+//! The API is a thin edge: it parses ids and filters into engine types, calls the engine
+//! (in `spawn_blocking`) and maps [`EngineError`] in one place, [`status_of`].
 
+pub mod cli;
+mod marathon;
+pub mod prometheus;
+pub mod views;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::daemon::{DaemonError, Servers};
-use crate::engine::VolumeService;
+use crate::daemon::{DaemonError, Servers, bind_socket, shutdown_future};
+use crate::engine::types::{
+    Caller, Frontend, ReclaimPolicy, VolumeFilter, VolumeName, VolumeState,
+};
+use crate::engine::{EngineError, PoolSelector, VolumeService};
+use crate::http::{HttpLimits, Reply, Request};
+use views::{DataOutcome, DeleteView, ErrorView, RemovedView, VolumeList, VolumeView};
 
-/// Starts this front-end's server, if configured.
+/// Operators' calls may wait for a busy volume rather than be told to retry.
+const ADMIN: Caller = Caller {
+    frontend: Frontend::Admin,
+    wait_if_busy: true,
+};
+
+/// How long `/metrics` reuses a measurement of the bytes used in each pool: measuring walks
+/// plain-directory volumes, which is too costly for every scrape.
+const USED_BYTES_MAX_AGE: Duration = Duration::from_secs(30);
+
+/// The limits of the admin API's HTTP server. A wipe of a large volume runs inside its
+/// request, so requests may take long.
+pub const LIMITS: HttpLimits = HttpLimits {
+    max_body: 64 << 10,
+    header_timeout: Duration::from_secs(10),
+    request_timeout: Duration::from_secs(3600),
+    max_connections: 64,
+};
+
+/// The bearer token. Its `Debug` never shows it.
+#[derive(Clone)]
+pub struct Token(String);
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+impl Token {
+    pub fn new(secret: &str) -> Result<Self, String> {
+        let secret = secret.trim();
+        if secret.is_empty() {
+            return Err("the admin token is empty".into());
+        }
+        if secret.chars().any(|c| c.is_control() || c == ' ') {
+            return Err("the admin token contains spaces or control characters".into());
+        }
+        Ok(Self(secret.to_string()))
+    }
+
+    /// Whether `header` (an `Authorization` value) carries this token.
+    fn admits(&self, header: Option<&hyper::header::HeaderValue>) -> bool {
+        let Some(value) = header.map(|h| h.as_bytes()) else {
+            return false;
+        };
+        let Some((scheme, presented)) = split_scheme(value) else {
+            return false;
+        };
+        scheme.eq_ignore_ascii_case(b"bearer") && constant_time_eq(presented, self.0.as_bytes())
+    }
+}
+
+fn split_scheme(value: &[u8]) -> Option<(&[u8], &[u8])> {
+    let space = value.iter().position(|b| *b == b' ')?;
+    let (scheme, rest) = value.split_at(space);
+    Some((scheme, rest.trim_ascii()))
+}
+
+/// Compares two secrets in time that depends only on their lengths.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+/// Reads the configured token: `admin.token`, or the first line of `admin.token_file`.
+pub fn configured_token(config: &Config) -> Result<Option<Token>, DaemonError> {
+    let invalid = |what: &str, e: String| DaemonError::Config(format!("{what}: {e}"));
+    if let Some(secret) = &config.admin.token {
+        return Token::new(secret)
+            .map(Some)
+            .map_err(|e| invalid("admin.token", e));
+    }
+    let Some(path) = &config.admin.token_file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| DaemonError::Io {
+        what: "reading the admin token file",
+        path: path.clone(),
+        source,
+    })?;
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(file = %path.display(), "the admin token file is readable by others; chmod 600 it");
+    }
+    Token::new(text.lines().next().unwrap_or(""))
+        .map(Some)
+        .map_err(|e| invalid(&format!("admin.token_file {}", path.display()), e))
+}
+
+/// The shared state of both listeners.
+pub struct Admin {
+    engine: Arc<dyn VolumeService>,
+    token: Option<Token>,
+    used_bytes: tokio::sync::Mutex<Option<(Instant, BTreeMap<String, u64>)>>,
+    refusals: Refusals,
+}
+
+/// Logs refused (unauthenticated) requests at most once per [`Refusals::EVERY`], with how
+/// many were refused since, so a client hammering the TCP port cannot flood the log.
+#[derive(Default)]
+struct Refusals {
+    state: std::sync::Mutex<(Option<Instant>, u64)>,
+}
+
+impl Refusals {
+    const EVERY: Duration = Duration::from_secs(10);
+
+    fn note(&self, method: &hyper::Method, path: &str) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (last, suppressed) = &mut *state;
+        if last.is_some_and(|at| at.elapsed() < Self::EVERY) {
+            *suppressed += 1;
+            return;
+        }
+        tracing::warn!(
+            method = %method,
+            path = %path,
+            refused_since_last_report = *suppressed,
+            "refused an admin request without a valid bearer token"
+        );
+        *last = Some(Instant::now());
+        *suppressed = 0;
+    }
+}
+
+impl Admin {
+    pub fn new(engine: Arc<dyn VolumeService>, token: Option<Token>) -> Arc<Self> {
+        Arc::new(Self {
+            engine,
+            token,
+            used_bytes: tokio::sync::Mutex::new(None),
+            refusals: Refusals::default(),
+        })
+    }
+
+    /// Answers one request.
+    pub async fn handle(self: Arc<Self>, req: Request) -> Reply {
+        let authorized = self
+            .token
+            .as_ref()
+            .is_none_or(|t| t.admits(req.headers.get(hyper::header::AUTHORIZATION)));
+        let path = req.uri.path().to_string();
+        if path == "/healthz" {
+            return match check_method(&req, "GET, HEAD") {
+                Some(refused) => refused,
+                None => self.healthz(authorized).await,
+            };
+        }
+        if !authorized {
+            self.refusals.note(&req.method, &path);
+            return error_reply(
+                401,
+                "unauthorized",
+                "this API needs the admin token: send `Authorization: Bearer <token>` (berth volume: --token-file, BERTH_TOKEN)",
+            )
+            .with_header("www-authenticate", "Bearer realm=\"berth\"");
+        }
+        if !req.body.is_empty() {
+            return error_reply(400, "invalid_input", "admin requests take no body");
+        }
+        let query = match parse_query(req.uri.query()) {
+            Ok(q) => q,
+            Err(e) => return bad_request(&e),
+        };
+        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        match segments.as_slice() {
+            ["metrics"] => match check_method(&req, "GET") {
+                Some(refused) => refused,
+                None => self.metrics(&query).await,
+            },
+            ["v1", "volumes"] => match check_method(&req, "GET") {
+                Some(refused) => refused,
+                None => self.list(&query).await,
+            },
+            ["v1", "volumes", id] => {
+                let id = match percent_decode(id) {
+                    Ok(id) => id,
+                    Err(e) => return bad_request(&e),
+                };
+                match req.method.as_str() {
+                    "GET" => self.get(&id, &query).await,
+                    "DELETE" => self.delete(&id, &query).await,
+                    _ => method_not_allowed("GET, DELETE"),
+                }
+            }
+            ["v2", "apps", rest @ ..] if !rest.is_empty() => {
+                marathon::route(&self, &req.method, rest, &query).await
+            }
+            _ => error_reply(
+                404,
+                "not_found",
+                &format!(
+                    "no route {path}; the admin API serves /v1/volumes, /v2/apps/{{appId}}/tasks, /healthz and /metrics"
+                ),
+            ),
+        }
+    }
+
+    /// Runs a blocking engine call off the async threads.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(&dyn VolumeService) -> T + Send + 'static,
+    ) -> Result<T, Reply> {
+        let engine = Arc::clone(&self.engine);
+        tokio::task::spawn_blocking(move || call(engine.as_ref()))
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "an admin request's engine call panicked");
+                error_reply(
+                    500,
+                    "internal",
+                    "the engine call failed unexpectedly; see the log",
+                )
+            })
+    }
+
+    async fn healthz(&self, authorized: bool) -> Reply {
+        match self.blocking(|e| e.probe()).await {
+            Ok(Ok(())) => Reply::text(200, "ok\n"),
+            Ok(Err(e)) if authorized => Reply::text(503, format!("unhealthy: {e}\n")),
+            Ok(Err(_)) | Err(_) => Reply::text(503, "unhealthy\n"),
+        }
+    }
+
+    async fn list(&self, query: &Query) -> Reply {
+        let filter = match volume_filter(query) {
+            Ok(f) => f,
+            Err(e) => return bad_request(&e),
+        };
+        let listed = self
+            .blocking(move |engine| {
+                let volumes = engine
+                    .list(&filter)
+                    .iter()
+                    .map(|v| VolumeView::new(v, usage_of(engine, v)))
+                    .collect();
+                VolumeList {
+                    node: engine.node().node_id.clone(),
+                    volumes,
+                }
+            })
+            .await;
+        match listed {
+            Ok(list) => Reply::json(200, &list),
+            Err(reply) => reply,
+        }
+    }
+
+    async fn get(&self, id: &str, query: &Query) -> Reply {
+        if let Err(e) = query.only(&[]) {
+            return bad_request(&e);
+        }
+        let name = match VolumeName::parse(id) {
+            Ok(n) => n,
+            Err(e) => return engine_error(&EngineError::Input(e)),
+        };
+        let found = self
+            .blocking(move |engine| {
+                engine
+                    .get(&name)
+                    .map(|v| VolumeView::new(&v, usage_of(engine, &v)))
+            })
+            .await;
+        match found {
+            Ok(Ok(view)) => Reply::json(200, &view),
+            Ok(Err(e)) => engine_error(&e),
+            Err(reply) => reply,
+        }
+    }
+
+    async fn delete(&self, id: &str, query: &Query) -> Reply {
+        let wipe = match query.only(&["wipe"]).and_then(|()| query.flag("wipe")) {
+            Ok(w) => w,
+            Err(e) => return bad_request(&e),
+        };
+        let name = match VolumeName::parse(id) {
+            Ok(n) => n,
+            Err(e) => return engine_error(&EngineError::Input(e)),
+        };
+        match self
+            .blocking(move |engine| delete_volume(engine, &name, wipe))
+            .await
+        {
+            Ok(Ok(view)) => Reply::json(200, &view),
+            Ok(Err(e)) => engine_error(&e),
+            Err(reply) => reply,
+        }
+    }
+
+    async fn metrics(&self, query: &Query) -> Reply {
+        if let Err(e) = query.only(&[]) {
+            return bad_request(&e);
+        }
+        let used = match self.used_bytes().await {
+            Ok(u) => u,
+            Err(reply) => return reply,
+        };
+        let rendered = self
+            .blocking(move |engine| {
+                let operations = engine.metrics();
+                let pools = engine.capacity(&PoolSelector::default());
+                let volumes = engine.list(&VolumeFilter::default());
+                let recovery = engine.recovery_report();
+                prometheus::render(&prometheus::Scrape {
+                    operations: &operations,
+                    pools: &pools,
+                    volumes: &volumes,
+                    used_bytes: &used,
+                    stray_mounts: recovery.stray_mounts.len(),
+                    stray_loops: recovery.stray_loops.len(),
+                })
+            })
+            .await;
+        match rendered {
+            Ok(text) => Reply::new(200, prometheus::CONTENT_TYPE, text),
+            Err(reply) => reply,
+        }
+    }
+
+    /// Bytes used per pool, measured at most every [`USED_BYTES_MAX_AGE`]; concurrent
+    /// scrapes wait for one measurement instead of each walking the volumes.
+    async fn used_bytes(&self) -> Result<BTreeMap<String, u64>, Reply> {
+        let mut cached = self.used_bytes.lock().await;
+        if let Some((at, used)) = cached.as_ref()
+            && at.elapsed() < USED_BYTES_MAX_AGE
+        {
+            return Ok(used.clone());
+        }
+        let used = self
+            .blocking(|engine| {
+                let mut used: BTreeMap<String, u64> = BTreeMap::new();
+                for v in engine.list(&VolumeFilter::default()) {
+                    if let Ok(u) = engine.usage(&v.name) {
+                        *used.entry(v.placement.pool.clone()).or_default() += u.bytes_used;
+                    }
+                }
+                used
+            })
+            .await?;
+        *cached = Some((Instant::now(), used.clone()));
+        Ok(used)
+    }
+}
+
+/// A volume's usage for its view: measured for ready volumes, absent otherwise.
+fn usage_of(
+    engine: &dyn VolumeService,
+    v: &crate::engine::types::Volume,
+) -> Option<Result<crate::engine::types::Usage, String>> {
+    match v.state() {
+        VolumeState::Creating | VolumeState::Deleting => None,
+        VolumeState::Reserved | VolumeState::Attached | VolumeState::Detached => {
+            Some(engine.usage(&v.name).map_err(|e| e.to_string()))
+        }
+    }
+}
+
+/// Releases one volume: wiped, or as its reclaim policy says.
+fn delete_volume(
+    engine: &dyn VolumeService,
+    name: &VolumeName,
+    wipe: bool,
+) -> Result<DeleteView, EngineError> {
+    if wipe {
+        let removed = engine.wipe(ADMIN, name)?;
+        return Ok(DeleteView {
+            id: name.to_string(),
+            wiped: true,
+            data: DataOutcome::Destroyed,
+            removed: Some(RemovedView::from(removed)),
+        });
+    }
+    // Read before the delete, which forgets it; a missing volume is the delete's to report.
+    let reclaim = engine.get(name).map(|v| v.reclaim).unwrap_or_default();
+    engine.delete(ADMIN, name)?;
+    Ok(DeleteView {
+        id: name.to_string(),
+        wiped: false,
+        data: match reclaim {
+            ReclaimPolicy::Delete => DataOutcome::Destroyed,
+            ReclaimPolicy::Retain => DataOutcome::Retained,
+        },
+        removed: None,
+    })
+}
+
+fn volume_filter(query: &Query) -> Result<VolumeFilter, String> {
+    query.only(&["state", "pool", "app", "task", "label"])?;
+    let state = query
+        .get("state")
+        .map(|s| s.parse::<VolumeState>().map_err(|e| e.to_string()))
+        .transpose()?;
+    let label = query
+        .get("label")
+        .map(|l| {
+            l.split_once('=')
+                .filter(|(k, _)| !k.is_empty())
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| format!("invalid label: {l:?} is not KEY=VALUE"))
+        })
+        .transpose()?;
+    Ok(VolumeFilter {
+        state,
+        pool: query.get("pool").map(str::to_string),
+        task_id: query.get("task").map(str::to_string),
+        app_id: query.get("app").map(str::to_string),
+        label,
+    })
+}
+
+/// The HTTP status of each engine error: the one place the admin API maps them.
+pub fn status_of(e: &EngineError) -> u16 {
+    match e {
+        EngineError::Input(_) => 400,
+        EngineError::NotFound { .. } => 404,
+        EngineError::AlreadyExists { .. } => 409,
+        EngineError::Busy { .. } => 409,
+        EngineError::InUse { .. } => 409,
+        EngineError::WrongPhase { .. } => 409,
+        EngineError::TargetConflict { .. } => 409,
+        EngineError::NoCapacity { .. } => 507,
+        EngineError::TooManyVolumes { .. } => 507,
+        EngineError::Unsupported { .. } => 422,
+        EngineError::Host { .. } => 500,
+        EngineError::Store { .. } => 500,
+    }
+}
+
+fn engine_error(e: &EngineError) -> Reply {
+    error_reply(status_of(e), e.kind(), &e.to_string())
+}
+
+fn error_reply(status: u16, kind: &str, message: &str) -> Reply {
+    Reply::json(
+        status,
+        &ErrorView {
+            error: message.to_string(),
+            kind: kind.to_string(),
+        },
+    )
+}
+
+fn bad_request(message: &str) -> Reply {
+    tracing::debug!(error = message, "refused a malformed admin request");
+    error_reply(400, "invalid_input", message)
+}
+
+/// For [`crate::http::serve`]: errors the server produces before a handler runs.
+fn server_error(status: u16, message: &str) -> Reply {
+    error_reply(status, "http", message)
+}
+
+fn method_not_allowed(allowed: &'static str) -> Reply {
+    error_reply(
+        405,
+        "method_not_allowed",
+        &format!("this route takes {allowed}"),
+    )
+    .with_header("allow", allowed)
+}
+
+/// `None` when the request's method is one of `allowed` (`"GET, HEAD"`), else a 405.
+fn check_method(req: &Request, allowed: &'static str) -> Option<Reply> {
+    if allowed.split(", ").any(|m| m == req.method.as_str()) {
+        None
+    } else {
+        Some(method_not_allowed(allowed))
+    }
+}
+
+/// A request's query parameters, each at most once.
+#[derive(Debug, Default)]
+pub struct Query(BTreeMap<String, String>);
+
+impl Query {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+
+    /// Refuses parameters outside `allowed`.
+    fn only(&self, allowed: &[&str]) -> Result<(), String> {
+        match self.0.keys().find(|k| !allowed.contains(&k.as_str())) {
+            None => Ok(()),
+            Some(k) if allowed.is_empty() => Err(format!(
+                "unknown query parameter {k:?}; this route takes none"
+            )),
+            Some(k) => Err(format!(
+                "unknown query parameter {k:?}; this route takes {}",
+                allowed.join(", ")
+            )),
+        }
+    }
+
+    /// A boolean parameter: `true`/`false`/`1`/`0`, absent is false.
+    fn flag(&self, key: &str) -> Result<bool, String> {
+        match self.get(key) {
+            None | Some("false") | Some("0") => Ok(false),
+            Some("true") | Some("1") => Ok(true),
+            Some(other) => Err(format!("invalid {key}: {other:?}; use true or false")),
+        }
+    }
+}
+
+fn parse_query(raw: Option<&str>) -> Result<Query, String> {
+    let mut query = Query::default();
+    for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let k = percent_decode(&k.replace('+', " "))?;
+        let v = percent_decode(&v.replace('+', " "))?;
+        if query.0.insert(k.clone(), v).is_some() {
+            return Err(format!("query parameter {k:?} is given twice"));
+        }
+    }
+    Ok(query)
+}
+
+/// Decodes `%XX` escapes; the result must be UTF-8 without NUL.
+fn percent_decode(raw: &str) -> Result<String, String> {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| format!("malformed percent escape in {raw:?}"))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    let text = String::from_utf8(out).map_err(|_| format!("{raw:?} is not UTF-8"))?;
+    if text.contains('\0') {
+        return Err(format!("{raw:?} contains NUL"));
+    }
+    Ok(text)
+}
+
+/// Starts the admin API on its unix socket and, if configured, on TCP.
 pub fn start(
-    _config: &Config,
-    _engine: &Arc<dyn VolumeService>,
-    _mode: u32,
-    _stop: &watch::Receiver<bool>,
-    _servers: &mut Servers,
+    config: &Config,
+    engine: &Arc<dyn VolumeService>,
+    mode: u32,
+    stop: &watch::Receiver<bool>,
+    servers: &mut Servers,
 ) -> Result<(), DaemonError> {
+    let token = configured_token(config)?;
+    let admin = Admin::new(Arc::clone(engine), token.clone());
+    if !config.listen.admin.is_empty() {
+        // Without a token the socket's mode is the only guard: keep it root's alone.
+        let mode = if token.is_some() { mode } else { 0o600 };
+        let socket = Arc::new(bind_socket(&config.listen.admin, mode)?);
+        let admin = Arc::clone(&admin);
+        let stop = stop.clone();
+        tracing::info!(socket = %config.listen.admin, token = token.is_some(), "admin API listening");
+        servers.spawn(async move {
+            let accept = move || {
+                let socket = Arc::clone(&socket);
+                async move { socket.listener.accept().await.map(|(s, _)| s) }
+            };
+            let handle = move |req| Arc::clone(&admin).handle(req);
+            crate::http::serve(accept, handle, LIMITS, server_error, shutdown_future(stop)).await;
+            Ok(())
+        });
+    }
+    if let Some(address) = &config.listen.admin_tcp {
+        if token.is_none() {
+            return Err(DaemonError::Config(
+                "listen.admin_tcp: the admin API on TCP needs admin.token or admin.token_file"
+                    .into(),
+            ));
+        }
+        let listener = bind_tcp(address)?;
+        if listener.local_addr().is_ok_and(|a| !a.ip().is_loopback()) {
+            tracing::warn!(address = %address, "the admin API listens on a non-loopback address without TLS: its token crosses the network in clear text");
+        }
+        tracing::info!(address = %address, "admin API listening on TCP");
+        let listener = Arc::new(listener);
+        let admin = Arc::clone(&admin);
+        let stop = stop.clone();
+        servers.spawn(async move {
+            let accept = move || {
+                let listener = Arc::clone(&listener);
+                async move { listener.accept().await.map(|(s, _)| s) }
+            };
+            let handle = move |req| Arc::clone(&admin).handle(req);
+            crate::http::serve(accept, handle, LIMITS, server_error, shutdown_future(stop)).await;
+            Ok(())
+        });
+    }
     Ok(())
 }
+
+fn bind_tcp(address: &str) -> Result<tokio::net::TcpListener, DaemonError> {
+    let io = |what| {
+        move |source| DaemonError::Io {
+            what,
+            path: PathBuf::from(address),
+            source,
+        }
+    };
+    let std_listener =
+        std::net::TcpListener::bind(address).map_err(io("binding the admin TCP address"))?;
+    std_listener
+        .set_nonblocking(true)
+        .map_err(io("configuring the admin TCP listener"))?;
+    tokio::net::TcpListener::from_std(std_listener)
+        .map_err(io("registering the admin TCP listener"))
+}
+
+#[cfg(test)]
+mod tests;

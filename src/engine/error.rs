@@ -76,6 +76,32 @@ pub enum EngineError {
 }
 
 impl EngineError {
+    /// Names `volume` in an error raised where no volume was known yet (pool measuring,
+    /// disk discovery), so the caller's message says which request failed.
+    pub fn for_volume(self, name: &str) -> Self {
+        match self {
+            Self::Host {
+                volume,
+                operation,
+                source,
+            } if volume == "-" => Self::Host {
+                volume: name.to_string(),
+                operation,
+                source,
+            },
+            Self::Store {
+                volume,
+                operation,
+                source,
+            } if volume == "-" => Self::Store {
+                volume: name.to_string(),
+                operation,
+                source,
+            },
+            other => other,
+        }
+    }
+
     /// A short stable word for metrics labels.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -28,7 +28,7 @@ pub mod types;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::host::{Host, HostError, TargetKind};
 use crate::store::{Store, StoreError};
@@ -84,6 +84,9 @@ struct Candidate<'p> {
 pub struct RecoveryReport {
     pub rolled_back_creates: Vec<String>,
     pub finished_deletes: Vec<String>,
+    /// Tombstoned volumes whose delete failed again at start (volume, error): they stay
+    /// tombstoned, so a retried delete or wipe can finish them, and berth starts anyway.
+    pub unfinished_deletes: Vec<(String, String)>,
     pub remounted: Vec<String>,
     pub dropped_publications: Vec<(String, String)>,
     pub confirmed_publications: Vec<(String, String)>,
@@ -112,6 +115,20 @@ pub trait VolumeService: Send + Sync {
     fn delete(&self, caller: Caller, name: &VolumeName) -> Result<(), EngineError>;
     /// Destroys the data and releases the reservation, whatever the reclaim policy.
     fn wipe(&self, caller: Caller, name: &VolumeName) -> Result<RemovalStats, EngineError>;
+    /// Creates a *pending* reservation: like `create`, but if the volume is not published
+    /// within `attach_within`, [`VolumeService::expire_pending_reservations`] rolls it back
+    /// (wipes it), so a task that never starts does not hold the space for ever. An existing
+    /// volume is returned as it is (a retry does not extend or add a deadline).
+    fn create_pending(
+        &self,
+        caller: Caller,
+        request: CreateRequest,
+        attach_within: Duration,
+    ) -> Result<Volume, EngineError>;
+    /// Wipes every pending reservation whose deadline is at or before `now_ms` (Unix
+    /// milliseconds) and that was never published; returns their names. A volume busy with
+    /// another operation is left for the next call.
+    fn expire_pending_reservations(&self, now_ms: u64) -> Vec<VolumeName>;
     fn expand(&self, caller: Caller, name: &VolumeName, size: u64) -> Result<Volume, EngineError>;
     fn get(&self, name: &VolumeName) -> Result<Volume, EngineError>;
     fn list(&self, filter: &VolumeFilter) -> Vec<Volume>;
@@ -140,7 +157,8 @@ pub struct Engine<H: Host> {
     recovery: Mutex<RecoveryReport>,
 }
 
-fn now_ms() -> u64 {
+/// Now, in the Unix milliseconds the store records times in.
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -267,7 +285,12 @@ impl<H: Host> Engine<H> {
 
     // ----- create -------------------------------------------------------------------------
 
-    fn do_create(&self, caller: Caller, request: CreateRequest) -> Result<Volume, EngineError> {
+    fn do_create(
+        &self,
+        caller: Caller,
+        request: CreateRequest,
+        pending_until: Option<u64>,
+    ) -> Result<Volume, EngineError> {
         let name = request.name.clone();
         let _guard = self.locks.acquire(&name, caller.wait_if_busy)?;
         if let Some(existing) = self.cached(&name) {
@@ -290,7 +313,7 @@ impl<H: Host> Engine<H> {
             }
         }
         let source = self.validate_spec(&name, &request.spec)?;
-        let volume = self.reserve(&request)?;
+        let volume = self.reserve(&request, pending_until)?;
         if let Err(e) = self.carve(&volume, source.as_ref()) {
             if let Err(undo) = self.undo_create(&volume) {
                 tracing::error!(volume = %name, error = %undo, "rolling back a failed create");
@@ -383,7 +406,11 @@ impl<H: Host> Engine<H> {
     }
 
     /// Picks a pool and base path (or disk) with room, and records the volume as `Creating`.
-    fn reserve(&self, request: &CreateRequest) -> Result<Volume, EngineError> {
+    fn reserve(
+        &self,
+        request: &CreateRequest,
+        pending_until: Option<u64>,
+    ) -> Result<Volume, EngineError> {
         let name = &request.name;
         let _placement = self.placement.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(limit) = self.node.max_volumes
@@ -395,7 +422,9 @@ impl<H: Host> Engine<H> {
             });
         }
         let mut reasons = Vec::new();
-        let candidates = self.candidates(&request.spec, &mut reasons)?;
+        let candidates = self
+            .candidates(&request.spec, &mut reasons)
+            .map_err(|e| e.for_volume(name.as_str()))?;
         // Directories go where there is most room; whole disks to the smallest that fits.
         // Without a requested kind, directories are preferred over giving away a disk.
         let best = candidates.into_iter().min_by_key(|c| match c.pool.kind {
@@ -459,6 +488,7 @@ impl<H: Host> Engine<H> {
             created_at: now_ms(),
             attached_at: None,
             detached_at: None,
+            pending_until,
         };
         self.save(&volume, "create")?;
         Ok(volume)
@@ -838,6 +868,7 @@ impl<H: Host> Engine<H> {
         if first {
             v.attached_at = Some(now_ms());
         }
+        v.pending_until = None;
         self.save(&v, "publish")?;
         Ok(v)
     }
@@ -924,7 +955,20 @@ impl<H: Host> Engine<H> {
             return Ok(v);
         };
         if let PublishTarget::Bind { path, .. } = &publication.target {
-            self.unbind(&v, &publication, path)?;
+            self.host
+                .unmount(path)
+                .map_err(Self::host_err(name, "unmounting the target"))?;
+            if let Err(e) = self.unbind(&v, &publication, path) {
+                // The mount is gone; record that only the clean-up is left, for a retry or
+                // the next start to finish.
+                for p in v.publications.iter_mut() {
+                    if p.target.same_place(target) {
+                        p.state = PublicationState::Unpublishing;
+                    }
+                }
+                self.save(&v, "unpublish")?;
+                return Err(e);
+            }
         }
         v.publications.retain(|p| !p.target.same_place(target));
         if v.publications.is_empty() {
@@ -978,9 +1022,15 @@ impl<H: Host> Engine<H> {
         wipe: bool,
     ) -> Result<RemovalStats, EngineError> {
         let _guard = self.locks.acquire(name, caller.wait_if_busy)?;
-        let mut v = self.cached(name).ok_or_else(|| EngineError::NotFound {
+        let v = self.cached(name).ok_or_else(|| EngineError::NotFound {
             volume: name.to_string(),
         })?;
+        self.delete_locked(v, wipe)
+    }
+
+    /// Tombstones and destroys a volume whose lock the caller holds.
+    fn delete_locked(&self, mut v: Volume, wipe: bool) -> Result<RemovalStats, EngineError> {
+        let name = &v.name;
         if !v.publications.is_empty() {
             return Err(EngineError::InUse {
                 volume: name.to_string(),
@@ -1000,6 +1050,37 @@ impl<H: Host> Engine<H> {
         v.phase = Phase::Deleting { wipe };
         self.save(&v, if wipe { "wipe" } else { "delete" })?;
         self.finish_delete(&v, wipe)
+    }
+
+    /// Rolls back the pending reservations past their deadline; see the trait.
+    fn do_expire_pending(&self, now: u64) -> Vec<VolumeName> {
+        let candidates: Vec<VolumeName> = self
+            .cache()
+            .values()
+            .filter(|v| v.pending_expired(now))
+            .map(|v| v.name.clone())
+            .collect();
+        let caller = Caller {
+            frontend: Frontend::Internal,
+            wait_if_busy: false,
+        };
+        let mut expired = Vec::new();
+        for name in candidates {
+            // Busy: someone is publishing (or deleting) it right now; look again next time.
+            let Ok(_guard) = self.locks.acquire(&name, false) else {
+                continue;
+            };
+            let Some(v) = self.cached(&name).filter(|v| v.pending_expired(now)) else {
+                continue;
+            };
+            let wiped = self.observe(caller, "expire", name.as_str(), || {
+                self.delete_locked(v, true)
+            });
+            if wiped.is_ok() {
+                expired.push(name);
+            }
+        }
+        expired
     }
 
     fn finish_delete(&self, v: &Volume, wipe: bool) -> Result<RemovalStats, EngineError> {
@@ -1039,7 +1120,9 @@ impl<H: Host> Engine<H> {
                 reason: format!("its pool {} is no longer configured", v.placement.pool),
             })?;
         let growth = size - v.size.unwrap_or(0);
-        let available = self.available_on(pool, &v.placement.base)?;
+        let available = self
+            .available_on(pool, &v.placement.base)
+            .map_err(|e| e.for_volume(name.as_str()))?;
         if growth > available {
             return Err(EngineError::NoCapacity {
                 volume: name.to_string(),
@@ -1202,8 +1285,14 @@ impl<H: Host> Engine<H> {
                 }
                 Phase::Deleting { wipe } => {
                     // Publications of a tombstoned volume are already gone; see do_delete.
-                    self.finish_delete(&v, wipe)?;
-                    report.finished_deletes.push(v.name.to_string());
+                    // One that cannot be finished (say a mount planted inside it) must not
+                    // keep the node's every other volume from being served.
+                    match self.finish_delete(&v, wipe) {
+                        Ok(_) => report.finished_deletes.push(v.name.to_string()),
+                        Err(e) => report
+                            .unfinished_deletes
+                            .push((v.name.to_string(), e.to_string())),
+                    }
                     continue;
                 }
                 Phase::Ready => {}
@@ -1273,6 +1362,9 @@ impl<H: Host> Engine<H> {
         }
         for name in &report.finished_deletes {
             tracing::warn!(volume = %name, "finished a delete interrupted by a crash");
+        }
+        for (name, error) in &report.unfinished_deletes {
+            tracing::error!(volume = %name, error = %error, "could not finish a delete interrupted by a crash; the volume stays in state deleting until a retried delete or wipe succeeds");
         }
         for (name, target) in &report.dropped_publications {
             tracing::warn!(volume = %name, target = %target, "dropped a publication whose mount is gone");
@@ -1368,7 +1460,26 @@ fn spec_difference(old: &VolumeSpec, new: &VolumeSpec) -> String {
 impl<H: Host> VolumeService for Engine<H> {
     fn create(&self, caller: Caller, request: CreateRequest) -> Result<Volume, EngineError> {
         let name = request.name.to_string();
-        self.observe(caller, "create", &name, || self.do_create(caller, request))
+        self.observe(caller, "create", &name, || {
+            self.do_create(caller, request, None)
+        })
+    }
+
+    fn create_pending(
+        &self,
+        caller: Caller,
+        request: CreateRequest,
+        attach_within: Duration,
+    ) -> Result<Volume, EngineError> {
+        let name = request.name.to_string();
+        let deadline = now_ms().saturating_add(attach_within.as_millis() as u64);
+        self.observe(caller, "create", &name, || {
+            self.do_create(caller, request, Some(deadline))
+        })
+    }
+
+    fn expire_pending_reservations(&self, now_ms: u64) -> Vec<VolumeName> {
+        self.do_expire_pending(now_ms)
     }
 
     fn publish(

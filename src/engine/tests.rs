@@ -433,3 +433,136 @@ fn one_target_carries_one_volume() {
     let err = e.publish(CSI, &name("b"), bind("/t/x", false)).unwrap_err();
     assert!(err.to_string().contains("for volume a"), "{err}");
 }
+#[test]
+fn a_pending_reservation_never_attached_is_rolled_back_at_its_deadline_and_can_be_retried() {
+    let f = Fixture::new();
+    let e = f.open(host());
+    let within = std::time::Duration::from_secs(20);
+    let before = now_ms();
+    let v = e
+        .create_pending(CSI, request("pending", Some(GIB)), within)
+        .unwrap();
+    let deadline = v.pending_until.expect("a deadline");
+    assert!(deadline >= before + 20_000, "{deadline} {before}");
+    e.create(CSI, request("plain", Some(GIB))).unwrap();
+    e.create_pending(CSI, request("used", Some(GIB)), within)
+        .unwrap();
+    e.publish(CSI, &name("used"), bind("/t/used", false))
+        .unwrap();
+    assert_eq!(e.get(&name("used")).unwrap().pending_until, None);
+    // Attached once, it is an ordinary volume: detaching does not make it expire.
+    e.unpublish(CSI, &name("used"), &bind("/t/used", false))
+        .unwrap();
+
+    assert!(e.expire_pending_reservations(deadline - 1).is_empty());
+    assert!(e.get(&name("pending")).is_ok());
+
+    // A volume busy with another operation is left for the next sweep.
+    let guard = e.locks.acquire(&name("pending"), false).unwrap();
+    assert!(e.expire_pending_reservations(deadline).is_empty());
+    drop(guard);
+
+    let expired = e.expire_pending_reservations(deadline);
+    assert_eq!(expired, vec![name("pending")]);
+    assert!(matches!(
+        e.get(&name("pending")),
+        Err(EngineError::NotFound { .. })
+    ));
+    assert!(!e.host().is_dir(&v.placement.dir), "the data is wiped");
+    assert!(!e.host().has_image(v.placement.image.as_deref().unwrap()));
+    assert_eq!(
+        e.capacity(&PoolSelector::default())[0].reserved_bytes,
+        2 * GIB
+    );
+    let later = deadline + 3_600_000;
+    assert!(e.expire_pending_reservations(later).is_empty());
+    assert!(e.get(&name("plain")).is_ok() && e.get(&name("used")).is_ok());
+    let m = e.metrics();
+    assert_eq!(m.ops[&("internal", "expire")].count, 1);
+
+    // The attempt can be made again, and this time the task starts.
+    e.create_pending(CSI, request("pending", Some(GIB)), within)
+        .unwrap();
+    e.publish(CSI, &name("pending"), bind("/t/p", false))
+        .unwrap();
+    assert!(e.expire_pending_reservations(later).is_empty());
+}
+
+#[test]
+fn a_pending_deadline_survives_a_restart_and_a_retried_create_does_not_extend_it() {
+    let f = Fixture::new();
+    let h = host();
+    let within = std::time::Duration::from_secs(20);
+    let deadline = {
+        let e = f.open(h);
+        let v = e.create_pending(CSI, request("p", None), within).unwrap();
+        v.pending_until.unwrap()
+    };
+    let h = host();
+    h.make_dir(Path::new("/pool/volumes/p"), &Ownership::default())
+        .unwrap();
+    let e = f.open(h);
+    assert_eq!(e.get(&name("p")).unwrap().pending_until, Some(deadline));
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let again = e.create_pending(CSI, request("p", None), within).unwrap();
+    assert_eq!(
+        again.pending_until,
+        Some(deadline),
+        "a retry keeps the deadline"
+    );
+    // A plain create of the same volume neither adds nor removes a deadline.
+    let plain = e.create(CSI, request("p", None)).unwrap();
+    assert_eq!(plain.pending_until, Some(deadline));
+    assert_eq!(e.expire_pending_reservations(deadline), vec![name("p")]);
+    assert!(!e.host().is_dir(Path::new("/pool/volumes/p")));
+}
+
+#[test]
+fn a_tombstoned_delete_that_fails_again_at_start_does_not_keep_the_engine_down() {
+    let f = Fixture::new();
+    let store_path = f.config().store_path;
+    {
+        let e = f.open(host());
+        e.create(CSI, request("stuck", None)).unwrap();
+        e.create(CSI, request("fine", None)).unwrap();
+    }
+    {
+        let store = Store::open(&store_path).unwrap();
+        let mut stuck = store
+            .load_all()
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name.as_str() == "stuck")
+            .unwrap();
+        stuck.phase = Phase::Deleting { wipe: true };
+        store.put(&stuck).unwrap();
+    }
+    let h = host();
+    for n in ["stuck", "fine"] {
+        h.make_dir(
+            &PathBuf::from(format!("/pool/volumes/{n}")),
+            &Ownership::default(),
+        )
+        .unwrap();
+    }
+    h.fail_op("remove_tree");
+    let e = f.open(h);
+    let report = e.recovery_report();
+    assert!(report.finished_deletes.is_empty());
+    assert_eq!(report.unfinished_deletes.len(), 1);
+    assert_eq!(report.unfinished_deletes[0].0, "stuck");
+    assert!(report.unfinished_deletes[0].1.contains("injected"));
+    assert_eq!(
+        e.get(&name("stuck")).unwrap().state(),
+        VolumeState::Deleting
+    );
+    assert_eq!(e.get(&name("fine")).unwrap().state(), VolumeState::Reserved);
+    e.host().heal();
+    // A plain delete of the tombstone keeps the stronger request: it is still a wipe.
+    e.delete(CSI, &name("stuck")).unwrap();
+    assert!(matches!(
+        e.get(&name("stuck")),
+        Err(EngineError::NotFound { .. })
+    ));
+    assert!(!e.host().is_dir(Path::new("/pool/volumes/stuck")));
+}

@@ -527,9 +527,22 @@ pub struct Volume {
     pub attached_at: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detached_at: Option<u64>,
+    /// Unix milliseconds: a pending reservation (made for a task that has yet to start) that
+    /// is rolled back if it is not published by then. Cleared by its first publication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_until: Option<u64>,
 }
 
 impl Volume {
+    /// A pending reservation whose deadline has passed without a publication.
+    pub fn pending_expired(&self, now_ms: u64) -> bool {
+        self.phase == Phase::Ready
+            && self.publications.is_empty()
+            && self
+                .pending_until
+                .is_some_and(|deadline| deadline <= now_ms)
+    }
+
     pub fn state(&self) -> VolumeState {
         match self.phase {
             Phase::Creating => VolumeState::Creating,

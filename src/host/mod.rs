@@ -15,6 +15,7 @@
 //! - Unmounts use `UMOUNT_NOFOLLOW`; "not mounted" is success, so every call is idempotent.
 
 pub mod fake;
+pub mod faults;
 pub mod linux;
 pub mod mountinfo;
 

@@ -1,0 +1,685 @@
+//! `berth volume ...`: the operator's command line on the admin API.
+//!
+//! It speaks plain HTTP/1.1 (one request per connection) over the admin unix socket, or
+//! over TCP for an `http://HOST:PORT` endpoint, so it needs no async runtime. `ls` prints a
+//! table like `kubectl get` (or JSON with `-o json`), `inspect` the volume's JSON, `rm`
+//! releases a volume as its reclaim policy says, and `wipe` destroys its data after asking
+//! (or with `--yes`; never silently when stdin is not a terminal). A wipe runs inside its
+//! request on the server, so the progress shown is the honest one: elapsed time, then what
+//! was removed.
+
+use std::io::{BufRead, IsTerminal, Read, Write};
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::de::DeserializeOwned;
+use thiserror::Error;
+
+use super::views::{DataOutcome, DeleteView, ErrorView, VolumeList, VolumeView, parse_rfc3339};
+use crate::engine::types::{VolumeName, VolumeState, format_size};
+
+/// Where `berth volume` finds the API unless told otherwise.
+pub const DEFAULT_ENDPOINT: &str = "/run/berth/admin.sock";
+
+#[derive(Debug, Error)]
+pub enum CliError {
+    #[error(
+        "connecting to the admin API at {endpoint}: {source} (is berth running? see --admin-socket)"
+    )]
+    Connect {
+        endpoint: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("talking to the admin API at {endpoint}: {source}")]
+    Io {
+        endpoint: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the admin API answered {status}: {message}")]
+    Api { status: u16, message: String },
+    #[error("the admin API sent a reply berth volume cannot read: {0}")]
+    Protocol(String),
+    #[error("{0}")]
+    Usage(String),
+    #[error("volume {0} was not wiped")]
+    Declined(String),
+    #[error("writing the output: {0}")]
+    Output(#[source] std::io::Error),
+}
+
+/// Connection options shared by every `berth volume` subcommand.
+#[derive(clap::Args, Debug)]
+pub struct VolumeArgs {
+    /// The admin API: a unix socket path, or http://HOST:PORT for the TCP listener.
+    #[arg(long, global = true, env = "BERTH_ADMIN_SOCKET", default_value = DEFAULT_ENDPOINT)]
+    pub admin_socket: String,
+    /// The admin bearer token (prefer BERTH_TOKEN or --token-file: arguments show in `ps`).
+    #[arg(long, global = true, env = "BERTH_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// A file whose first line is the admin token (e.g. the daemon's admin.token_file).
+    #[arg(
+        long,
+        global = true,
+        env = "BERTH_TOKEN_FILE",
+        conflicts_with = "token"
+    )]
+    pub token_file: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: VolumeCommand,
+}
+
+/// `berth volume` subcommands.
+#[derive(clap::Subcommand, Debug)]
+pub enum VolumeCommand {
+    /// List volumes (a table, or JSON with -o json).
+    #[command(alias = "list")]
+    Ls {
+        /// Only volumes in this state: reserved, attached, detached, creating, deleting.
+        #[arg(long)]
+        state: Option<String>,
+        /// Only volumes of this pool.
+        #[arg(long)]
+        pool: Option<String>,
+        /// Only volumes owned by this Marathon app.
+        #[arg(long)]
+        app: Option<String>,
+        /// Only volumes owned by this task.
+        #[arg(long)]
+        task: Option<String>,
+        /// Only volumes with this label (KEY=VALUE).
+        #[arg(long, short = 'l')]
+        label: Option<String>,
+        /// Output format.
+        #[arg(long, short = 'o', value_enum, default_value = "table")]
+        output: OutputFormat,
+        /// Print only the volume ids.
+        #[arg(long, short = 'q', conflicts_with = "output")]
+        quiet: bool,
+    },
+    /// Show one volume as JSON.
+    Inspect { id: String },
+    /// Destroy a volume's data and release its reservation (asks first unless --yes).
+    Wipe {
+        id: String,
+        /// Do not ask for confirmation.
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
+    /// Release a detached volume; its data is destroyed or retained as its pool's reclaim
+    /// policy says.
+    Rm { id: String },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
+impl VolumeArgs {
+    /// Resolves the token and runs the subcommand on the process's terminal.
+    pub fn run(self) -> Result<(), CliError> {
+        let token = match (&self.token, &self.token_file) {
+            (Some(t), _) => Some(t.trim().to_string()),
+            (None, Some(file)) => {
+                let text = std::fs::read_to_string(file).map_err(|e| {
+                    CliError::Usage(format!("reading the token file {}: {e}", file.display()))
+                })?;
+                Some(text.lines().next().unwrap_or("").trim().to_string())
+            }
+            (None, None) => None,
+        };
+        run(self.command, &self.admin_socket, token.as_deref())
+    }
+}
+
+/// Runs one subcommand against the API at `endpoint` on the process's terminal.
+pub fn run(command: VolumeCommand, endpoint: &str, token: Option<&str>) -> Result<(), CliError> {
+    let client = Client::new(endpoint, token)?;
+    let stdin = std::io::stdin();
+    let interactive = stdin.is_terminal();
+    let progress = std::io::stderr().is_terminal();
+    let mut input = stdin.lock();
+    let mut out = std::io::stdout().lock();
+    let mut err = std::io::stderr().lock();
+    let mut console = Console {
+        out: &mut out,
+        err: &mut err,
+        input: &mut input,
+        interactive,
+        progress,
+    };
+    run_on(command, &client, &mut console)
+}
+
+/// The terminal a command talks to; tests give it buffers.
+pub struct Console<'a> {
+    pub out: &'a mut dyn Write,
+    pub err: &'a mut dyn Write,
+    pub input: &'a mut dyn BufRead,
+    /// stdin is a terminal: the command may ask questions.
+    pub interactive: bool,
+    /// stderr is a terminal: the command may redraw a progress line.
+    pub progress: bool,
+}
+
+/// Runs one subcommand with `client` on `console`.
+pub fn run_on(
+    command: VolumeCommand,
+    client: &Client,
+    console: &mut Console<'_>,
+) -> Result<(), CliError> {
+    match command {
+        VolumeCommand::Ls {
+            state,
+            pool,
+            app,
+            task,
+            label,
+            output,
+            quiet,
+        } => {
+            if let Some(s) = &state {
+                s.parse::<VolumeState>()
+                    .map_err(|e| CliError::Usage(e.to_string()))?;
+            }
+            let filters = [
+                ("state", state),
+                ("pool", pool),
+                ("app", app),
+                ("task", task),
+                ("label", label),
+            ];
+            let query: Vec<String> = filters
+                .iter()
+                .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", url_encode(v))))
+                .collect();
+            let path = if query.is_empty() {
+                "/v1/volumes".to_string()
+            } else {
+                format!("/v1/volumes?{}", query.join("&"))
+            };
+            let list: VolumeList = client.call("GET", &path)?.json()?;
+            let text = if quiet {
+                list.volumes.iter().map(|v| format!("{}\n", v.id)).collect()
+            } else {
+                match output {
+                    OutputFormat::Table => table(&list.volumes, SystemTime::now()),
+                    OutputFormat::Json => pretty(&list.volumes)? + "\n",
+                }
+            };
+            write_out(console.out, &text)
+        }
+        VolumeCommand::Inspect { id } => {
+            let name = parse_id(&id)?;
+            let value: serde_json::Value = client.call("GET", &volume_path(&name))?.json()?;
+            write_out(console.out, &(pretty(&value)? + "\n"))
+        }
+        VolumeCommand::Rm { id } => {
+            let name = parse_id(&id)?;
+            let done: DeleteView = client.call("DELETE", &volume_path(&name))?.json()?;
+            write_out(console.out, &format!("{}\n", done.id))?;
+            if done.data == DataOutcome::Retained {
+                write_out(
+                    console.err,
+                    &format!(
+                        "{}: data retained under its pool's .retained directory (reclaim policy retain)\n",
+                        done.id
+                    ),
+                )?;
+            }
+            Ok(())
+        }
+        VolumeCommand::Wipe { id, yes } => wipe(client, console, &id, yes),
+    }
+}
+
+fn wipe(client: &Client, console: &mut Console<'_>, id: &str, yes: bool) -> Result<(), CliError> {
+    let name = parse_id(id)?;
+    let view: VolumeView = client.call("GET", &volume_path(&name))?.json()?;
+    if view.state == VolumeState::Attached {
+        let targets: Vec<String> = view
+            .publications
+            .iter()
+            .map(|p| p.target.to_string())
+            .collect();
+        return Err(CliError::Usage(format!(
+            "volume {name} is attached at {}; unpublish it (stop its container or pod) first",
+            targets.join(", ")
+        )));
+    }
+    if !yes {
+        if !console.interactive {
+            return Err(CliError::Usage(format!(
+                "refusing to wipe volume {name} without confirmation: stdin is not a terminal; pass --yes"
+            )));
+        }
+        let contents = match &view.usage {
+            Some(u) => format!(
+                "{} files and directories, {}",
+                u.inodes_used,
+                format_size(u.bytes_used)
+            ),
+            None => "contents unknown".into(),
+        };
+        write_out(
+            console.err,
+            &format!("Wipe volume {name} ({contents})? This destroys its data. [y/N] "),
+        )?;
+        console.err.flush().map_err(CliError::Output)?;
+        let mut answer = String::new();
+        console
+            .input
+            .read_line(&mut answer)
+            .map_err(CliError::Output)?;
+        if !matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes") {
+            return Err(CliError::Declined(name.to_string()));
+        }
+    }
+    let started = Instant::now();
+    let (done_tx, done_rx) = mpsc::channel();
+    let request_client = client.clone();
+    let path = format!("{}?wipe=true", volume_path(&name));
+    std::thread::spawn(move || {
+        let result = request_client
+            .call("DELETE", &path)
+            .and_then(|r| r.json::<DeleteView>());
+        // The receiver waits until this arrives; if it is gone there is no one to tell.
+        let _ = done_tx.send(result);
+    });
+    const SPINNER: [char; 4] = ['|', '/', '-', '\\'];
+    let mut frame = 0usize;
+    let mut last_note = Instant::now();
+    let result = loop {
+        match done_rx.recv_timeout(Duration::from_millis(125)) {
+            Ok(result) => break result,
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                break Err(CliError::Protocol(
+                    "the wipe request ended without an answer".into(),
+                ));
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let secs = started.elapsed().as_secs();
+                if console.progress {
+                    frame = (frame + 1) % SPINNER.len();
+                    write_out(
+                        console.err,
+                        &format!("\r{} wiping {name}: {secs}s elapsed", SPINNER[frame]),
+                    )?;
+                    console.err.flush().map_err(CliError::Output)?;
+                } else if last_note.elapsed() >= Duration::from_secs(10) {
+                    last_note = Instant::now();
+                    write_out(
+                        console.err,
+                        &format!("still wiping {name}: {secs}s elapsed\n"),
+                    )?;
+                }
+            }
+        }
+    };
+    if console.progress && started.elapsed() >= Duration::from_millis(125) {
+        write_out(console.err, "\r\x1b[2K")?;
+    }
+    let done = result?;
+    let removed = done.removed.unwrap_or_default();
+    write_out(
+        console.out,
+        &format!(
+            "wiped {}: removed {} files, {} directories, {} symlinks, {} in {:.1}s\n",
+            done.id,
+            removed.files,
+            removed.dirs,
+            removed.symlinks,
+            format_size(removed.bytes),
+            started.elapsed().as_secs_f64()
+        ),
+    )
+}
+
+fn parse_id(id: &str) -> Result<VolumeName, CliError> {
+    VolumeName::parse(id).map_err(|e| CliError::Usage(e.to_string()))
+}
+
+fn volume_path(name: &VolumeName) -> String {
+    format!("/v1/volumes/{}", url_encode(name.as_str()))
+}
+
+fn write_out(w: &mut dyn Write, text: &str) -> Result<(), CliError> {
+    w.write_all(text.as_bytes()).map_err(CliError::Output)
+}
+
+fn pretty(value: &impl serde::Serialize) -> Result<String, CliError> {
+    serde_json::to_string_pretty(value).map_err(|e| CliError::Protocol(e.to_string()))
+}
+
+/// Percent-encodes everything but unreserved characters.
+fn url_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// An age the way `kubectl get` shows it: `45s`, `12m`, `5h`, `3d`.
+pub fn age(created: SystemTime, now: SystemTime) -> String {
+    let secs = now
+        .duration_since(created)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    match secs {
+        0..120 => format!("{secs}s"),
+        120..7200 => format!("{}m", secs / 60),
+        7200..172_800 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86_400),
+    }
+}
+
+/// The `ls` table: NAME, STATE, SIZE, USED, POOL, KIND, OWNER/TASK, AGE, columns padded
+/// to their widest cell and three spaces apart.
+pub fn table(volumes: &[VolumeView], now: SystemTime) -> String {
+    let header = [
+        "NAME",
+        "STATE",
+        "SIZE",
+        "USED",
+        "POOL",
+        "KIND",
+        "OWNER/TASK",
+        "AGE",
+    ];
+    let mut rows: Vec<[String; 8]> = vec![header.map(String::from)];
+    for v in volumes {
+        let owner = v
+            .owner
+            .task_id
+            .as_ref()
+            .or(v.owner.app_id.as_ref())
+            .or(v.owner.framework_id.as_ref())
+            .cloned()
+            .unwrap_or_else(|| "-".into());
+        let created = parse_rfc3339(&v.created_at);
+        rows.push([
+            v.id.clone(),
+            v.state.as_str().to_string(),
+            v.size_bytes.map(format_size).unwrap_or_else(|| "-".into()),
+            v.usage
+                .map(|u| format_size(u.bytes_used))
+                .unwrap_or_else(|| "-".into()),
+            v.pool.clone(),
+            v.kind.as_str().to_string(),
+            owner,
+            created.map(|c| age(c, now)).unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    let mut widths = [0usize; 8];
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in &rows {
+        let mut line = String::new();
+        for (i, (cell, w)) in row.iter().zip(widths).enumerate() {
+            if i + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<w$}   "));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// Where the API is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    Unix(PathBuf),
+    Tcp(String),
+}
+
+impl Endpoint {
+    /// A socket path (`/run/berth/admin.sock`, `unix:///...`) or `http://HOST:PORT`.
+    pub fn parse(text: &str) -> Result<Self, CliError> {
+        if let Some(rest) = text.strip_prefix("http://") {
+            let address = rest.trim_end_matches('/');
+            if address.is_empty() || address.contains('/') {
+                return Err(CliError::Usage(format!(
+                    "{text:?}: give the TCP endpoint as http://HOST:PORT"
+                )));
+            }
+            return Ok(Self::Tcp(address.to_string()));
+        }
+        if text.starts_with("https://") {
+            return Err(CliError::Usage(
+                "the admin API does not serve TLS; use its unix socket, or http:// on loopback"
+                    .into(),
+            ));
+        }
+        Ok(Self::Unix(crate::daemon::socket_path(text)))
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Self::Unix(p) => p.display().to_string(),
+            Self::Tcp(a) => format!("http://{a}"),
+        }
+    }
+}
+
+/// A reply: status and body.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// The body as `T` when the status is a success; the API's error message otherwise.
+    pub fn json<T: DeserializeOwned>(self) -> Result<T, CliError> {
+        if (200..300).contains(&self.status) {
+            return serde_json::from_slice(&self.body)
+                .map_err(|e| CliError::Protocol(format!("{e}")));
+        }
+        let message = serde_json::from_slice::<ErrorView>(&self.body)
+            .map(|e| e.error)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&self.body).trim().to_string());
+        Err(CliError::Api {
+            status: self.status,
+            message,
+        })
+    }
+}
+
+/// A one-request-per-connection HTTP/1.1 client for the admin API.
+#[derive(Clone, Debug)]
+pub struct Client {
+    endpoint: Endpoint,
+    token: Option<String>,
+}
+
+impl Client {
+    pub fn new(endpoint: &str, token: Option<&str>) -> Result<Self, CliError> {
+        if let Some(t) = token
+            && (t.is_empty() || t.chars().any(|c| c.is_control()))
+        {
+            return Err(CliError::Usage(
+                "the token is empty or contains control characters".into(),
+            ));
+        }
+        Ok(Self {
+            endpoint: Endpoint::parse(endpoint)?,
+            token: token.map(str::to_string),
+        })
+    }
+
+    /// Sends one request without a body and reads the whole reply.
+    pub fn call(&self, method: &str, path: &str) -> Result<Response, CliError> {
+        let mut request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: berth-cli\r\nConnection: close\r\nContent-Length: 0\r\n"
+        );
+        if let Some(token) = &self.token {
+            request.push_str(&format!("Authorization: Bearer {token}\r\n"));
+        }
+        request.push_str("\r\n");
+        let endpoint = self.endpoint.describe();
+        let connect = |source| CliError::Connect {
+            endpoint: endpoint.clone(),
+            source,
+        };
+        let io = |source| CliError::Io {
+            endpoint: endpoint.clone(),
+            source,
+        };
+        let mut raw = Vec::new();
+        match &self.endpoint {
+            Endpoint::Unix(path) => {
+                let mut s = std::os::unix::net::UnixStream::connect(path).map_err(connect)?;
+                s.write_all(request.as_bytes()).map_err(io)?;
+                s.read_to_end(&mut raw).map_err(io)?;
+            }
+            Endpoint::Tcp(address) => {
+                let mut s = std::net::TcpStream::connect(address).map_err(connect)?;
+                s.write_all(request.as_bytes()).map_err(io)?;
+                s.read_to_end(&mut raw).map_err(io)?;
+            }
+        }
+        parse_response(&raw)
+    }
+}
+
+/// Parses a whole HTTP/1.1 response (`Content-Length`, chunked, or until close).
+fn parse_response(raw: &[u8]) -> Result<Response, CliError> {
+    let bad = |what: &str| CliError::Protocol(what.to_string());
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| bad("no end of headers"))?;
+    let head = std::str::from_utf8(&raw[..split]).map_err(|_| bad("headers are not UTF-8"))?;
+    let body = &raw[split + 4..];
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or("");
+    let status: u16 = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("malformed status line"))?;
+    let mut length = None;
+    let mut chunked = false;
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("content-length") {
+            length = Some(
+                value
+                    .parse::<usize>()
+                    .map_err(|_| bad("bad Content-Length"))?,
+            );
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = value.eq_ignore_ascii_case("chunked");
+        }
+    }
+    let body = if chunked {
+        dechunk(body).ok_or_else(|| bad("malformed chunked body"))?
+    } else if let Some(n) = length {
+        body.get(..n)
+            .ok_or_else(|| bad("the body is shorter than announced"))?
+            .to_vec()
+    } else {
+        body.to_vec()
+    };
+    Ok(Response { status, body })
+}
+
+fn dechunk(mut body: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = body.windows(2).position(|w| w == b"\r\n")?;
+        let size_text = std::str::from_utf8(&body[..line_end]).ok()?;
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        body = &body[line_end + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(body.get(..size)?);
+        body = body.get(size + 2..)?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn responses_parse_with_length_chunks_or_close() {
+        let r = parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokEXTRA").unwrap();
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"ok"[..]));
+        let r = parse_response(
+            b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!((r.status, r.body.as_slice()), (404, &b"abcde"[..]));
+        let r = parse_response(b"HTTP/1.1 204 No Content\r\n\r\n").unwrap();
+        assert!(r.body.is_empty());
+        assert!(parse_response(b"garbage").is_err());
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nshort").is_err());
+    }
+
+    #[test]
+    fn errors_carry_the_apis_message() {
+        let r = Response {
+            status: 409,
+            body: br#"{"error":"volume v is attached at /t; unpublish it first","kind":"in_use"}"#
+                .to_vec(),
+        };
+        let e = r.json::<VolumeView>().unwrap_err().to_string();
+        assert!(e.contains("409") && e.contains("attached at /t"), "{e}");
+    }
+
+    #[test]
+    fn endpoints_are_sockets_or_http() {
+        assert_eq!(
+            Endpoint::parse("unix:///run/x.sock").unwrap(),
+            Endpoint::Unix("/run/x.sock".into())
+        );
+        assert_eq!(
+            Endpoint::parse("http://127.0.0.1:7480/").unwrap(),
+            Endpoint::Tcp("127.0.0.1:7480".into())
+        );
+        assert!(Endpoint::parse("https://h:1").is_err());
+        assert!(Endpoint::parse("http://h:1/v1").is_err());
+    }
+
+    #[test]
+    fn ages_read_like_kubectl() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let at = |s| t + Duration::from_secs(s);
+        assert_eq!(age(t, at(5)), "5s");
+        assert_eq!(age(t, at(600)), "10m");
+        assert_eq!(age(t, at(3 * 3600)), "3h");
+        assert_eq!(age(t, at(5 * 86_400)), "5d");
+        assert_eq!(
+            age(at(10), t),
+            "0s",
+            "a clock running behind is not negative"
+        );
+    }
+
+    #[test]
+    fn url_encoding_keeps_only_unreserved() {
+        assert_eq!(url_encode("a=b c/d#e"), "a%3Db%20c%2Fd%23e");
+        assert_eq!(url_encode("pvc-1.x_y~"), "pvc-1.x_y~");
+    }
+}

@@ -1,0 +1,155 @@
+//! Fault injection around any [`Host`]: the real kernel, with chosen calls failing.
+//!
+//! [`Faulty`] delegates every call to the host it wraps and counts them; a plan makes the
+//! N-th call from now fail before it reaches the kernel, as a failing `mount`, `mkfs`, loop
+//! attach, `fsync` or `rename` would. Tests use it to fail each step of each operation in
+//! turn and check that the store and the host stay consistent and a retry succeeds.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use super::{
+    FsStats, Host, HostError, LoopDevice, MountEntry, RemovalStats, TargetKind, TreeUsage,
+};
+use crate::engine::types::{FsType, Ownership};
+
+#[derive(Default)]
+struct Plan {
+    calls: usize,
+    fail_at: Option<usize>,
+    log: Vec<&'static str>,
+}
+
+/// See the module docs.
+pub struct Faulty<H> {
+    inner: H,
+    plan: Mutex<Plan>,
+}
+
+impl<H: Host> Faulty<H> {
+    pub fn new(inner: H) -> Self {
+        Self {
+            inner,
+            plan: Mutex::default(),
+        }
+    }
+
+    /// The call `n` calls from now (0 = the next one) fails.
+    pub fn fail_in(&self, n: usize) {
+        let mut p = self.lock();
+        p.fail_at = Some(p.calls + n);
+    }
+
+    pub fn clear(&self) {
+        self.lock().fail_at = None;
+    }
+
+    /// Calls made so far, and their names.
+    pub fn calls(&self) -> usize {
+        self.lock().calls
+    }
+
+    pub fn log(&self) -> Vec<&'static str> {
+        self.lock().log.clone()
+    }
+
+    pub fn inner(&self) -> &H {
+        &self.inner
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Plan> {
+        self.plan.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn check(&self, op: &'static str, path: &Path) -> Result<(), HostError> {
+        let mut p = self.lock();
+        let index = p.calls;
+        p.calls += 1;
+        p.log.push(op);
+        if p.fail_at == Some(index) {
+            p.fail_at = None;
+            return Err(HostError::Injected(format!("{op} {}", path.display())));
+        }
+        Ok(())
+    }
+}
+
+impl<H: Host> Host for Faulty<H> {
+    fn make_dir(&self, dir: &Path, ownership: &Ownership) -> Result<(), HostError> {
+        self.check("make_dir", dir)?;
+        self.inner.make_dir(dir, ownership)
+    }
+    fn remove_tree(&self, root: &Path, path: &Path) -> Result<RemovalStats, HostError> {
+        self.check("remove_tree", path)?;
+        self.inner.remove_tree(root, path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> Result<(), HostError> {
+        self.check("rename", from)?;
+        self.inner.rename(from, to)
+    }
+    fn copy_tree(&self, from: &Path, to: &Path) -> Result<(), HostError> {
+        self.check("copy_tree", from)?;
+        self.inner.copy_tree(from, to)
+    }
+    fn prepare_target(&self, target: &Path, kind: TargetKind) -> Result<bool, HostError> {
+        self.check("prepare_target", target)?;
+        self.inner.prepare_target(target, kind)
+    }
+    fn remove_target(&self, target: &Path, kind: TargetKind) -> Result<(), HostError> {
+        self.check("remove_target", target)?;
+        self.inner.remove_target(target, kind)
+    }
+    fn bind_mount(&self, source: &Path, target: &Path, read_only: bool) -> Result<(), HostError> {
+        self.check("bind_mount", target)?;
+        self.inner.bind_mount(source, target, read_only)
+    }
+    fn unmount(&self, target: &Path) -> Result<(), HostError> {
+        self.check("unmount", target)?;
+        self.inner.unmount(target)
+    }
+    fn mounts(&self) -> Result<Vec<MountEntry>, HostError> {
+        self.check("mounts", Path::new("/proc/self/mountinfo"))?;
+        self.inner.mounts()
+    }
+    fn create_image(&self, image: &Path, size: u64, fs: Option<FsType>) -> Result<(), HostError> {
+        self.check("create_image", image)?;
+        self.inner.create_image(image, size, fs)
+    }
+    fn mount_image(&self, image: &Path, target: &Path, fs: FsType) -> Result<(), HostError> {
+        self.check("mount_image", image)?;
+        self.inner.mount_image(image, target, fs)
+    }
+    fn grow_image(
+        &self,
+        image: &Path,
+        size: u64,
+        mounted: Option<(&Path, FsType)>,
+    ) -> Result<(), HostError> {
+        self.check("grow_image", image)?;
+        self.inner.grow_image(image, size, mounted)
+    }
+    fn attach_loop(&self, image: &Path) -> Result<PathBuf, HostError> {
+        self.check("attach_loop", image)?;
+        self.inner.attach_loop(image)
+    }
+    fn detach_loop(&self, image: &Path) -> Result<(), HostError> {
+        self.check("detach_loop", image)?;
+        self.inner.detach_loop(image)
+    }
+    fn loop_devices(&self) -> Result<Vec<LoopDevice>, HostError> {
+        self.check("loop_devices", Path::new("/sys/block"))?;
+        self.inner.loop_devices()
+    }
+    fn fs_stats(&self, path: &Path) -> Result<FsStats, HostError> {
+        self.check("fs_stats", path)?;
+        self.inner.fs_stats(path)
+    }
+    fn tree_usage(&self, path: &Path) -> Result<TreeUsage, HostError> {
+        self.check("tree_usage", path)?;
+        self.inner.tree_usage(path)
+    }
+    fn sync_path(&self, path: &Path) -> Result<(), HostError> {
+        self.check("sync_path", path)?;
+        self.inner.sync_path(path)
+    }
+}
