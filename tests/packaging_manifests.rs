@@ -491,7 +491,23 @@ fn marathon_app_runs_berth_on_every_agent_with_a_health_check() {
     // In the host's mount namespace where it matters, at the host's paths.
     let docker = &app["container"]["docker"];
     assert_eq!(str_at(&app, "/container/type"), "DOCKER");
-    assert_eq!(docker["privileged"], Value::Bool(true));
+    // Not privileged: what berth needs and no more (mounts, loop devices, no AppArmor
+    // profile forbidding mount(2)).
+    assert_eq!(docker["privileged"], Value::Bool(false));
+    let params: Vec<(&str, &str)> = docker["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (str_at(p, "/key"), str_at(p, "/value")))
+        .collect();
+    for wanted in [
+        ("cap-add", "SYS_ADMIN"),
+        ("device", "/dev/loop-control"),
+        ("device-cgroup-rule", "b 7:* rmw"),
+        ("security-opt", "apparmor=unconfined"),
+    ] {
+        assert!(params.contains(&wanted), "no docker parameter {wanted:?}");
+    }
     assert_eq!(
         str_at(docker, "/image"),
         format!("berth:{}", env!("CARGO_PKG_VERSION"))
