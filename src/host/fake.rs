@@ -2,13 +2,21 @@
 //! directories, mounts, images and loop devices so idempotency and crash recovery can be
 //! checked without root, records every call, and fails on demand: at the N-th call, or at
 //! every call of a given operation.
+//!
+//! Size enforcement is modelled simply: [`Host::fs_kind`] answers what
+//! [`FakeHost::set_fs_kind`] set for the longest matching path prefix (ext4 otherwise).
+//! btrfs subvolumes are directories with an optional limit; the btrfs calls need a path on a
+//! prefix set to [`FsKind::Btrfs`], and limits need [`Host::btrfs_enable_quota`] on a
+//! prefix first. Project quotas are supported only after
+//! [`FakeHost::set_project_quotas`]`(true)`; they map a directory to a project id and limit.
+//! Usage counts 4 KiB per modelled directory, like [`Host::tree_usage`] here.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use super::{
-    FsStats, Host, HostError, LoopDevice, MountEntry, RemovalStats, TargetKind, TreeUsage,
+    FsKind, FsStats, Host, HostError, LoopDevice, MountEntry, RemovalStats, TargetKind, TreeUsage,
 };
 use crate::engine::types::{FsType, Ownership};
 
@@ -33,6 +41,67 @@ struct Model {
     calls: Vec<Call>,
     fail_at_call: Option<usize>,
     fail_ops: BTreeSet<&'static str>,
+    /// path prefix -> filesystem kind (longest prefix wins; ext4 elsewhere)
+    fs_kinds: BTreeMap<PathBuf, FsKind>,
+    /// btrfs subvolume -> referenced-bytes limit
+    subvolumes: BTreeMap<PathBuf, Option<u64>>,
+    /// paths on which btrfs quotas were enabled (covering everything beneath)
+    btrfs_quota: BTreeSet<PathBuf>,
+    project_quotas: bool,
+    /// directory -> (project id, limit in bytes; 0 = none)
+    projects: BTreeMap<PathBuf, (u32, u64)>,
+    /// ids "in /etc/projid"
+    reserved_project_ids: BTreeSet<u32>,
+}
+
+impl Model {
+    fn kind_of(&self, path: &Path) -> FsKind {
+        self.fs_kinds
+            .iter()
+            .filter(|(prefix, _)| path.starts_with(prefix))
+            .max_by_key(|(prefix, _)| prefix.components().count())
+            .map_or(FsKind::Ext4, |(_, kind)| *kind)
+    }
+
+    fn require_btrfs(&self, path: &Path) -> Result<(), HostError> {
+        match self.kind_of(path) {
+            FsKind::Btrfs => Ok(()),
+            other => Err(HostError::Unsupported(format!(
+                "{} is on {other}, not btrfs",
+                path.display()
+            ))),
+        }
+    }
+
+    fn require_subvolume(&self, path: &Path) -> Result<(), HostError> {
+        self.require_btrfs(path)?;
+        if self.subvolumes.contains_key(path) {
+            Ok(())
+        } else if self.dirs.contains(path) {
+            Err(invalid(path, "is a plain directory, not a btrfs subvolume"))
+        } else {
+            Err(not_found("subvolume", path))
+        }
+    }
+
+    fn require_project_quotas(&self, path: &Path) -> Result<(), HostError> {
+        if self.project_quotas {
+            Ok(())
+        } else {
+            Err(HostError::Unsupported(format!(
+                "fake host: project quotas are off for {}",
+                path.display()
+            )))
+        }
+    }
+
+    fn usage_beneath(&self, path: &Path) -> TreeUsage {
+        let inodes = self.dirs.iter().filter(|d| d.starts_with(path)).count() as u64;
+        TreeUsage {
+            bytes: inodes * 4096,
+            inodes,
+        }
+    }
 }
 
 /// See the module docs.
@@ -107,6 +176,35 @@ impl FakeHost {
         self.lock().dirs.insert(p.to_path_buf());
     }
 
+    /// Everything at or beneath `prefix` is on a filesystem of `kind`.
+    pub fn set_fs_kind(&self, prefix: &Path, kind: FsKind) {
+        self.lock().fs_kinds.insert(prefix.to_path_buf(), kind);
+    }
+
+    /// Turns the fake's project quota support on or off.
+    pub fn set_project_quotas(&self, supported: bool) {
+        self.lock().project_quotas = supported;
+    }
+
+    /// Marks a project id as taken by the operator (as if listed in `/etc/projid`).
+    pub fn reserve_project_id(&self, id: u32) {
+        self.lock().reserved_project_ids.insert(id);
+    }
+
+    pub fn is_subvolume(&self, p: &Path) -> bool {
+        self.lock().subvolumes.contains_key(p)
+    }
+
+    /// The limit of the subvolume at `p` (`None`: not a subvolume; `Some(None)`: no limit).
+    pub fn subvolume_limit(&self, p: &Path) -> Option<Option<u64>> {
+        self.lock().subvolumes.get(p).copied()
+    }
+
+    /// The project id and limit of the directory `p`, if it is in a project.
+    pub fn project_of(&self, p: &Path) -> Option<(u32, u64)> {
+        self.lock().projects.get(p).copied()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Model> {
         self.model.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -137,6 +235,14 @@ fn not_found(op: &'static str, path: &Path) -> HostError {
     HostError::io(op, path, std::io::Error::from_raw_os_error(libc::ENOENT))
 }
 
+fn invalid(path: &Path, message: &str) -> HostError {
+    HostError::io(
+        "fake",
+        path,
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, message.to_string()),
+    )
+}
+
 impl Host for FakeHost {
     fn make_dir(&self, dir: &Path, _ownership: &Ownership) -> Result<(), HostError> {
         let mut m = self.enter("make_dir", dir)?;
@@ -157,6 +263,11 @@ impl Host for FakeHost {
                 path: path.to_path_buf(),
             });
         }
+        // A subvolume has its own st_dev: the real walk does not enter one either.
+        if let Some(sub) = m.subvolumes.keys().find(|s| s.starts_with(path)) {
+            return Err(HostError::CrossesMount { path: sub.clone() });
+        }
+        m.projects.retain(|d, _| !d.starts_with(path));
         let mut stats = RemovalStats::default();
         m.dirs.retain(|d| {
             let gone = d.starts_with(path);
@@ -259,6 +370,7 @@ impl Host for FakeHost {
                 options: if *ro { "ro".into() } else { "rw".into() },
                 fs_type: "fake".into(),
                 source: source.display().to_string(),
+                super_options: "rw".into(),
             })
             .collect())
     }
@@ -344,15 +456,253 @@ impl Host for FakeHost {
 
     fn tree_usage(&self, path: &Path) -> Result<TreeUsage, HostError> {
         let m = self.enter("tree_usage", path)?;
-        let inodes = m.dirs.iter().filter(|d| d.starts_with(path)).count() as u64;
-        Ok(TreeUsage {
-            bytes: inodes * 4096,
-            inodes,
-        })
+        Ok(m.usage_beneath(path))
     }
 
     fn sync_path(&self, path: &Path) -> Result<(), HostError> {
         let _m = self.enter("sync_path", path)?;
         Ok(())
+    }
+
+    fn fs_kind(&self, path: &Path) -> Result<FsKind, HostError> {
+        let m = self.enter("fs_kind", path)?;
+        Ok(m.kind_of(path))
+    }
+
+    fn btrfs_create_subvolume(&self, path: &Path) -> Result<(), HostError> {
+        let mut m = self.enter("btrfs_create_subvolume", path)?;
+        m.require_btrfs(path)?;
+        if m.subvolumes.contains_key(path) {
+            return Ok(());
+        }
+        if m.dirs.contains(path) || m.files.contains(path) {
+            return Err(invalid(path, "exists and is not a btrfs subvolume"));
+        }
+        m.dirs.insert(path.to_path_buf());
+        m.subvolumes.insert(path.to_path_buf(), None);
+        Ok(())
+    }
+
+    fn btrfs_delete_subvolume(&self, path: &Path) -> Result<(), HostError> {
+        let mut m = self.enter("btrfs_delete_subvolume", path)?;
+        if !m.dirs.contains(path) && !m.files.contains(path) {
+            return Ok(());
+        }
+        m.require_subvolume(path)?;
+        if let Some((mp, _)) = m
+            .mounts
+            .iter()
+            .find(|(mp, (source, _))| mp.starts_with(path) || source.starts_with(path))
+        {
+            return Err(HostError::CrossesMount { path: mp.clone() });
+        }
+        if m.subvolumes
+            .keys()
+            .any(|s| s.starts_with(path) && s != path)
+        {
+            return Err(HostError::io(
+                "BTRFS_IOC_SNAP_DESTROY",
+                path,
+                std::io::Error::from_raw_os_error(libc::ENOTEMPTY),
+            ));
+        }
+        m.subvolumes.remove(path);
+        m.dirs.retain(|d| !d.starts_with(path));
+        m.files.retain(|f| !f.starts_with(path));
+        m.images.retain(|i, _| !i.starts_with(path));
+        m.projects.retain(|d, _| !d.starts_with(path));
+        Ok(())
+    }
+
+    fn btrfs_enable_quota(&self, fs_path: &Path) -> Result<(), HostError> {
+        let mut m = self.enter("btrfs_enable_quota", fs_path)?;
+        m.require_btrfs(fs_path)?;
+        m.btrfs_quota.insert(fs_path.to_path_buf());
+        Ok(())
+    }
+
+    fn btrfs_set_limit(&self, subvolume: &Path, bytes: u64) -> Result<(), HostError> {
+        let mut m = self.enter("btrfs_set_limit", subvolume)?;
+        m.require_subvolume(subvolume)?;
+        if !m.btrfs_quota.iter().any(|p| subvolume.starts_with(p)) {
+            return Err(HostError::Unsupported(format!(
+                "quotas are not enabled on the btrfs holding {}; enable them first",
+                subvolume.display()
+            )));
+        }
+        m.subvolumes
+            .insert(subvolume.to_path_buf(), (bytes != 0).then_some(bytes));
+        Ok(())
+    }
+
+    fn btrfs_usage(&self, subvolume: &Path) -> Result<TreeUsage, HostError> {
+        let m = self.enter("btrfs_usage", subvolume)?;
+        m.require_subvolume(subvolume)?;
+        Ok(m.usage_beneath(subvolume))
+    }
+
+    fn project_quota_support(&self, path: &Path) -> Result<(), HostError> {
+        let m = self.enter("project_quota_support", path)?;
+        m.require_project_quotas(path)
+    }
+
+    fn set_project_quota(
+        &self,
+        dir: &Path,
+        project_id: u32,
+        limit_bytes: u64,
+    ) -> Result<(), HostError> {
+        let mut m = self.enter("set_project_quota", dir)?;
+        if project_id == 0 {
+            return Err(invalid(dir, "project 0 is every file's default project"));
+        }
+        if !m.dirs.contains(dir) {
+            return Err(not_found("set_project_quota", dir));
+        }
+        m.require_project_quotas(dir)?;
+        m.projects
+            .insert(dir.to_path_buf(), (project_id, limit_bytes));
+        Ok(())
+    }
+
+    fn clear_project_quota(&self, dir: &Path, project_id: u32) -> Result<(), HostError> {
+        let mut m = self.enter("clear_project_quota", dir)?;
+        match m.projects.get(dir) {
+            Some((id, _)) if *id != project_id => Err(invalid(dir, "is in another project")),
+            _ => {
+                m.projects.remove(dir);
+                Ok(())
+            }
+        }
+    }
+
+    fn project_quota_usage(&self, path: &Path, project_id: u32) -> Result<TreeUsage, HostError> {
+        let m = self.enter("project_quota_usage", path)?;
+        m.require_project_quotas(path)?;
+        let mut usage = TreeUsage::default();
+        for (dir, _) in m.projects.iter().filter(|(_, (id, _))| *id == project_id) {
+            let u = m.usage_beneath(dir);
+            usage.bytes += u.bytes;
+            usage.inodes += u.inodes;
+        }
+        Ok(usage)
+    }
+
+    fn project_ids_in_use(&self, fs_path: &Path) -> Result<BTreeSet<u32>, HostError> {
+        let m = self.enter("project_ids_in_use", fs_path)?;
+        let mut ids = m.reserved_project_ids.clone();
+        ids.extend(
+            m.projects
+                .iter()
+                .filter(|(d, _)| d.as_path() == fs_path || d.parent() == Some(fs_path))
+                .map(|(_, (id, _))| *id),
+        );
+        ids.remove(&0);
+        Ok(ids)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn btrfs_model() {
+        let host = FakeHost::new(1 << 30);
+        let pool = Path::new("/pool");
+        let vol = Path::new("/pool/vol");
+        assert_eq!(host.fs_kind(pool).ok(), Some(FsKind::Ext4));
+        assert!(matches!(
+            host.btrfs_create_subvolume(vol),
+            Err(HostError::Unsupported(_))
+        ));
+        host.set_fs_kind(pool, FsKind::Btrfs);
+        assert_eq!(host.fs_kind(vol).ok(), Some(FsKind::Btrfs));
+        host.btrfs_create_subvolume(vol).expect("create");
+        host.btrfs_create_subvolume(vol).expect("again");
+        assert!(host.is_subvolume(vol) && host.is_dir(vol));
+        assert!(matches!(
+            host.btrfs_set_limit(vol, 1 << 20),
+            Err(HostError::Unsupported(_))
+        ));
+        host.btrfs_enable_quota(pool).expect("quota");
+        host.btrfs_set_limit(vol, 1 << 20).expect("limit");
+        assert_eq!(host.subvolume_limit(vol), Some(Some(1 << 20)));
+        host.btrfs_set_limit(vol, 0).expect("no limit");
+        assert_eq!(host.subvolume_limit(vol), Some(None));
+        assert_eq!(host.btrfs_usage(vol).map(|u| u.inodes).ok(), Some(1));
+        // A plain directory is not a subvolume; remove_tree does not take a subvolume.
+        host.add_dir(Path::new("/pool/plain"));
+        assert!(
+            host.btrfs_create_subvolume(Path::new("/pool/plain"))
+                .is_err()
+        );
+        assert!(
+            host.btrfs_delete_subvolume(Path::new("/pool/plain"))
+                .is_err()
+        );
+        assert!(matches!(
+            host.remove_tree(pool, vol),
+            Err(HostError::CrossesMount { .. })
+        ));
+        // Nested subvolumes and mounts from it are refused.
+        let inner = Path::new("/pool/vol/inner");
+        host.btrfs_create_subvolume(inner).expect("inner");
+        assert_eq!(
+            host.btrfs_delete_subvolume(vol)
+                .err()
+                .and_then(|e| e.errno()),
+            Some(libc::ENOTEMPTY)
+        );
+        host.btrfs_delete_subvolume(inner).expect("inner");
+        host.add_dir(Path::new("/target"));
+        host.bind_mount(vol, Path::new("/target"), false)
+            .expect("bind");
+        assert!(host.btrfs_delete_subvolume(vol).is_err());
+        host.unmount(Path::new("/target")).expect("unmount");
+        host.btrfs_delete_subvolume(vol).expect("delete");
+        host.btrfs_delete_subvolume(vol).expect("missing");
+        assert!(!host.is_dir(vol) && !host.is_subvolume(vol));
+        let ops: Vec<&str> = host.calls().iter().map(|c| c.op).collect();
+        assert!(ops.contains(&"btrfs_set_limit") && ops.contains(&"btrfs_delete_subvolume"));
+    }
+
+    #[test]
+    fn project_quota_model() {
+        let host = FakeHost::new(1 << 30);
+        let pool = Path::new("/pool");
+        let vol = Path::new("/pool/vol");
+        host.add_dir(pool);
+        host.add_dir(vol);
+        assert!(matches!(
+            host.project_quota_support(pool),
+            Err(HostError::Unsupported(_))
+        ));
+        assert!(host.set_project_quota(vol, 7, 1 << 20).is_err());
+        host.set_project_quotas(true);
+        host.project_quota_support(pool).expect("supported");
+        assert!(host.set_project_quota(vol, 0, 1 << 20).is_err());
+        host.set_project_quota(vol, 7, 1 << 20).expect("set");
+        assert_eq!(host.project_of(vol), Some((7, 1 << 20)));
+        host.reserve_project_id(9);
+        let ids: Vec<u32> = host
+            .project_ids_in_use(pool)
+            .expect("ids")
+            .into_iter()
+            .collect();
+        assert_eq!(ids, vec![7, 9]);
+        assert_eq!(
+            host.project_quota_usage(pool, 7).map(|u| u.inodes).ok(),
+            Some(1)
+        );
+        assert!(host.clear_project_quota(vol, 8).is_err());
+        host.clear_project_quota(vol, 7).expect("clear");
+        host.clear_project_quota(vol, 7).expect("again");
+        assert_eq!(host.project_of(vol), None);
+        host.fail_op("set_project_quota");
+        assert!(matches!(
+            host.set_project_quota(vol, 7, 1),
+            Err(HostError::Injected(_))
+        ));
     }
 }

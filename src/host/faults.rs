@@ -5,11 +5,12 @@
 //! attach, `fsync` or `rename` would. Tests use it to fail each step of each operation in
 //! turn and check that the store and the host stay consistent and a retry succeeds.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use super::{
-    FsStats, Host, HostError, LoopDevice, MountEntry, RemovalStats, TargetKind, TreeUsage,
+    FsKind, FsStats, Host, HostError, LoopDevice, MountEntry, RemovalStats, TargetKind, TreeUsage,
 };
 use crate::engine::types::{FsType, Ownership};
 
@@ -151,5 +152,54 @@ impl<H: Host> Host for Faulty<H> {
     fn sync_path(&self, path: &Path) -> Result<(), HostError> {
         self.check("sync_path", path)?;
         self.inner.sync_path(path)
+    }
+    fn fs_kind(&self, path: &Path) -> Result<FsKind, HostError> {
+        self.check("fs_kind", path)?;
+        self.inner.fs_kind(path)
+    }
+    fn btrfs_create_subvolume(&self, path: &Path) -> Result<(), HostError> {
+        self.check("btrfs_create_subvolume", path)?;
+        self.inner.btrfs_create_subvolume(path)
+    }
+    fn btrfs_delete_subvolume(&self, path: &Path) -> Result<(), HostError> {
+        self.check("btrfs_delete_subvolume", path)?;
+        self.inner.btrfs_delete_subvolume(path)
+    }
+    fn btrfs_enable_quota(&self, fs_path: &Path) -> Result<(), HostError> {
+        self.check("btrfs_enable_quota", fs_path)?;
+        self.inner.btrfs_enable_quota(fs_path)
+    }
+    fn btrfs_set_limit(&self, subvolume: &Path, bytes: u64) -> Result<(), HostError> {
+        self.check("btrfs_set_limit", subvolume)?;
+        self.inner.btrfs_set_limit(subvolume, bytes)
+    }
+    fn btrfs_usage(&self, subvolume: &Path) -> Result<TreeUsage, HostError> {
+        self.check("btrfs_usage", subvolume)?;
+        self.inner.btrfs_usage(subvolume)
+    }
+    fn project_quota_support(&self, path: &Path) -> Result<(), HostError> {
+        self.check("project_quota_support", path)?;
+        self.inner.project_quota_support(path)
+    }
+    fn set_project_quota(
+        &self,
+        dir: &Path,
+        project_id: u32,
+        limit_bytes: u64,
+    ) -> Result<(), HostError> {
+        self.check("set_project_quota", dir)?;
+        self.inner.set_project_quota(dir, project_id, limit_bytes)
+    }
+    fn clear_project_quota(&self, dir: &Path, project_id: u32) -> Result<(), HostError> {
+        self.check("clear_project_quota", dir)?;
+        self.inner.clear_project_quota(dir, project_id)
+    }
+    fn project_quota_usage(&self, path: &Path, project_id: u32) -> Result<TreeUsage, HostError> {
+        self.check("project_quota_usage", path)?;
+        self.inner.project_quota_usage(path, project_id)
+    }
+    fn project_ids_in_use(&self, fs_path: &Path) -> Result<BTreeSet<u32>, HostError> {
+        self.check("project_ids_in_use", fs_path)?;
+        self.inner.project_ids_in_use(fs_path)
     }
 }

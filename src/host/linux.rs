@@ -34,6 +34,23 @@
 //! - Filesystems are made and grown by `mkfs.ext4`/`mkfs.xfs`, `resize2fs` (online grow of a
 //!   mounted ext4 through its device) and `xfs_growfs` (online, through the mount point).
 //!   Recent xfsprogs refuse XFS filesystems smaller than 300 MiB.
+//! - **ext4 online grow needs `CAP_SYS_RESOURCE`** (`EXT4_IOC_RESIZE_FS` checks it; resize2fs
+//!   then says "Permission denied to resize filesystem"). Sandboxed roots may lack it, so
+//!   [`Host::grow_image`] checks it with `capget(2)` and, without it (or when resize2fs is
+//!   refused anyway), grows offline — but only a filesystem with no other mount than the one
+//!   it was given (no bind publications: another line in mountinfo with the same device
+//!   means a container may be using it). Offline: hold the (autoclear) loop device open so
+//!   it survives the unmount, `umount`, `e2fsck -f -p`, `resize2fs`, and mount the device
+//!   at the same place again with the same per-mount flags, also when the check or resize
+//!   failed. A busy mount point (open files, submounts) makes the unmount fail with `EBUSY`
+//!   before anything changed. Mounts in other mount namespaces are not in our mountinfo; if
+//!   the filesystem is still mounted in one, `e2fsck`'s exclusive open of the device fails
+//!   and the filesystem is mounted back unchanged. A mount of a subdirectory of the
+//!   filesystem (mountinfo root other than `/`) is not remounted: refused.
+//! - **Size enforcement** lives in two submodules: `btrfs` (subvolumes and qgroup limits
+//!   through `BTRFS_IOC_*` ioctls) and `quota` (xfs/ext4 project quotas through
+//!   `FS_IOC_FSSETXATTR` and `quotactl(2)`). Their module docs list the kernel behaviour they
+//!   rely on. `fs_kind` is `fstatfs(2)`'s `f_type`.
 //!
 //! Path resolution: the final component of every path berth acts on (a directory it makes, a
 //! target, an image, a tree's top) is never followed. Parent directories are resolved
@@ -46,7 +63,10 @@
 //! was closed is reopened through `..` of its child (checked by device and inode), so neither
 //! the native stack nor the fd table limits the depth of a tree.
 
-use std::collections::HashSet;
+mod btrfs;
+mod quota;
+
+use std::collections::{BTreeSet, HashSet};
 use std::ffi::{CStr, CString, OsStr};
 use std::fs::File;
 use std::io::{self, ErrorKind};
@@ -67,7 +87,7 @@ use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, UnlinkatFlags};
 
 use super::{
-    FsStats, Host, HostError, LoopDevice, MountEntry, RemovalStats, TargetKind, TreeUsage,
+    FsKind, FsStats, Host, HostError, LoopDevice, MountEntry, RemovalStats, TargetKind, TreeUsage,
     mountinfo,
 };
 use crate::engine::types::{FsType, Ownership};
@@ -131,6 +151,18 @@ fn oflags_path() -> OFlag {
 /// `/proc/self/fd/N`: the path through which the kernel resolves exactly what `fd` holds.
 fn fd_path(fd: BorrowedFd<'_>) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+/// `fstatfs(2)` `f_type` of what `fd` holds (works on `O_PATH` fds).
+fn fd_kind(fd: BorrowedFd<'_>, path: &Path) -> Result<FsKind, HostError> {
+    let st = nix::sys::statfs::fstatfs(fd).map_err(|e| nix_err("statfs", path, e))?;
+    Ok(FsKind::from_magic(magic_number(st.filesystem_type().0)))
+}
+
+/// `f_type` as the 32-bit magic it is (`__fsword_t` is signed and 32 bits wide on some
+/// targets, where magics above `i32::MAX` come out negative).
+fn magic_number(raw: impl Into<i64>) -> i64 {
+    raw.into() & 0xFFFF_FFFF
 }
 
 /// What `statx(2)` says about one file, not following a symlink.
@@ -1164,33 +1196,54 @@ fn tool(name: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(name))
 }
 
-fn run(name: &str, args: &[&OsStr]) -> Result<(), HostError> {
-    let program = tool(name);
-    let command_line = || {
-        let mut s = name.to_string();
-        for a in args {
-            s.push(' ');
-            s.push_str(&a.to_string_lossy());
+/// A finished tool run: its exit status, its complaint (stderr, or stdout when stderr is
+/// empty) and its command line, for messages.
+struct ToolRun {
+    status: std::process::ExitStatus,
+    text: String,
+    command: String,
+}
+
+impl ToolRun {
+    fn error(self) -> HostError {
+        HostError::Command {
+            command: self.command,
+            status: self.status.to_string(),
+            stderr: self.text,
         }
-        s
-    };
+    }
+}
+
+fn run_tool(name: &str, args: &[&OsStr]) -> Result<ToolRun, HostError> {
+    let program = tool(name);
+    let mut command = name.to_string();
+    for a in args {
+        command.push(' ');
+        command.push_str(&a.to_string_lossy());
+    }
     let output = Command::new(&program)
         .args(args)
         .stdin(Stdio::null())
         .output()
         .map_err(|e| HostError::io("exec", &program, e))?;
-    if output.status.success() {
-        return Ok(());
+    let mut text = String::from_utf8_lossy(&output.stderr).trim().to_string();
+    if text.is_empty() {
+        text = String::from_utf8_lossy(&output.stdout).trim().to_string();
     }
-    let mut stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
-    if stderr.is_empty() {
-        stderr = String::from_utf8_lossy(&output.stdout).trim().to_string();
-    }
-    Err(HostError::Command {
-        command: command_line(),
-        status: output.status.to_string(),
-        stderr,
+    Ok(ToolRun {
+        status: output.status,
+        text,
+        command,
     })
+}
+
+fn run(name: &str, args: &[&OsStr]) -> Result<(), HostError> {
+    let done = run_tool(name, args)?;
+    if done.status.success() {
+        Ok(())
+    } else {
+        Err(done.error())
+    }
 }
 
 fn mkfs(image: &Path, fs: FsType) -> Result<(), HostError> {
@@ -1628,8 +1681,205 @@ fn grow_image(image: &Path, size: u64, mounted: Option<(&Path, FsType)>) -> Resu
         ));
     };
     match fs {
-        FsType::Ext4 => run("resize2fs", &[device.device.as_os_str()]),
+        FsType::Ext4 => grow_ext4(mount_point, &entry, device),
         FsType::Xfs => run("xfs_growfs", &[OsStr::new("-d"), mount_point.as_os_str()]),
+    }
+}
+
+const CAP_SYS_RESOURCE: u32 = 24;
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// `struct __user_cap_header_struct` of `<linux/capability.h>`.
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+/// `struct __user_cap_data_struct`; version 3 uses two of them (capabilities 0-31, 32-63).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<CapHeader>() == 8);
+const _: () = assert!(std::mem::size_of::<CapData>() == 12);
+
+/// Whether the calling thread has capability `cap` in effect (`capget(2)`).
+fn has_capability(cap: u32) -> Result<bool, HostError> {
+    let mut header = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: with a version-3 header, capget reads `header` and writes two
+    // `__user_cap_data_struct`s (mirrored by `CapData`, sizes asserted) to `data`, a live
+    // local array of exactly two; both pointers are valid for the duration of the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_capget,
+            std::ptr::from_mut(&mut header),
+            data.as_mut_ptr(),
+        )
+    };
+    Errno::result(rc).map_err(|e| nix_err("capget", Path::new("/proc/thread-self"), e))?;
+    let word = usize::try_from(cap / 32).unwrap_or(usize::MAX);
+    Ok(data
+        .get(word)
+        .is_some_and(|d| d.effective & (1 << (cap % 32)) != 0))
+}
+
+fn is_permission_denied(error: &HostError) -> bool {
+    matches!(error, HostError::Command { stderr, .. }
+        if stderr.contains("Permission denied") || stderr.contains("Operation not permitted"))
+}
+
+/// Grows the ext4 mounted at `mount_point` (the mount `entry`, on `device`) to its device's
+/// size: online with `CAP_SYS_RESOURCE`, else offline if nothing else mounts it.
+fn grow_ext4(mount_point: &Path, entry: &MountEntry, device: &SysLoop) -> Result<(), HostError> {
+    if has_capability(CAP_SYS_RESOURCE)? {
+        match run("resize2fs", &[device.device.as_os_str()]) {
+            Ok(()) => return Ok(()),
+            // The capability is there but the resize was refused anyway (an LSM, a user
+            // namespace that does not own the filesystem): offline it is.
+            Err(e) if is_permission_denied(&e) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    grow_ext4_offline(mount_point, entry, device)
+}
+
+/// The `MS_*` flags that reproduce a mount's per-mount options (mountinfo field 6).
+fn mount_flags(options: &str) -> MsFlags {
+    let mut flags = MsFlags::empty();
+    for option in options.split(',') {
+        flags |= match option {
+            "ro" => MsFlags::MS_RDONLY,
+            "nosuid" => MsFlags::MS_NOSUID,
+            "nodev" => MsFlags::MS_NODEV,
+            "noexec" => MsFlags::MS_NOEXEC,
+            "noatime" => MsFlags::MS_NOATIME,
+            "nodiratime" => MsFlags::MS_NODIRATIME,
+            "relatime" => MsFlags::MS_RELATIME,
+            "strictatime" => MsFlags::MS_STRICTATIME,
+            _ => MsFlags::empty(),
+        };
+    }
+    flags
+}
+
+/// `e2fsck -f -p`: exit codes 0 (clean), 1 (errors fixed) and 2 (fixed, "reboot" — which
+/// only matters for a mounted root filesystem) are fine; `resize2fs` insists on a freshly
+/// checked filesystem.
+fn check_ext4(device: &Path) -> Result<(), HostError> {
+    let done = run_tool(
+        "e2fsck",
+        &[OsStr::new("-f"), OsStr::new("-p"), device.as_os_str()],
+    )?;
+    match done.status.code() {
+        Some(0..=2) => Ok(()),
+        _ => Err(done.error()),
+    }
+}
+
+fn mount_device(
+    device: &Path,
+    mount_point: &Path,
+    fs: &str,
+    flags: MsFlags,
+) -> Result<(), HostError> {
+    let (fd, meta) = open_nofollow(mount_point)?;
+    if !meta.is_dir() {
+        return Err(invalid("mount", mount_point, "not a directory"));
+    }
+    nix::mount::mount(
+        Some(device),
+        &fd_path(fd.as_fd()),
+        Some(fs),
+        flags,
+        None::<&str>,
+    )
+    .map_err(|e| nix_err("mount", mount_point, e))
+}
+
+/// Unmounts `mount_point`, retrying `EBUSY` briefly: a holder may be transient (a child
+/// process forked elsewhere in this process that has not reached `exec` and its
+/// close-on-exec yet, a udev probe). A mount still busy after that is reported.
+fn unmount_when_idle(mount_point: &Path) -> Result<(), HostError> {
+    let mut tries = 0;
+    loop {
+        match nix::mount::umount2(mount_point, MntFlags::UMOUNT_NOFOLLOW) {
+            Ok(()) => return Ok(()),
+            Err(Errno::EBUSY) if tries < 5 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => return Err(nix_err("umount", mount_point, e)),
+        }
+    }
+}
+
+/// Offline grow: see the module docs. Refused while the filesystem has another mount.
+fn grow_ext4_offline(
+    mount_point: &Path,
+    entry: &MountEntry,
+    device: &SysLoop,
+) -> Result<(), HostError> {
+    let others: Vec<String> = read_mountinfo()?
+        .into_iter()
+        .filter(|m| m.device == entry.device && m.id != entry.id)
+        .map(|m| m.mount_point.display().to_string())
+        .collect();
+    if entry.root != Path::new("/") {
+        // Mounting the device again would put the filesystem's root where a subdirectory
+        // of it was: not the same mount. (berth's own image mounts are of the root.)
+        return Err(HostError::Unsupported(format!(
+            "online ext4 resize needs CAP_SYS_RESOURCE, and {} is a mount of {} inside the \
+             filesystem, which berth does not remount",
+            mount_point.display(),
+            entry.root.display()
+        )));
+    }
+    if !others.is_empty() {
+        return Err(HostError::Unsupported(format!(
+            "online ext4 resize needs CAP_SYS_RESOURCE; unpublish the volume to grow it \
+             offline (also mounted at {})",
+            others.join(", ")
+        )));
+    }
+    // The device detaches itself on its last close (autoclear): hold it across the unmount.
+    let Some(hold) = open_device(&device.device)? else {
+        return Err(invalid(
+            "grow",
+            &device.device,
+            "loop device went away during the grow",
+        ));
+    };
+    let flags = mount_flags(&entry.options);
+    unmount_when_idle(mount_point)?;
+    let resized =
+        check_ext4(&device.device).and_then(|()| run("resize2fs", &[device.device.as_os_str()]));
+    let remounted = mount_device(&device.device, mount_point, "ext4", flags);
+    drop(hold);
+    match (resized, remounted) {
+        (resized, Ok(())) => resized,
+        (resized, Err(mount_error)) => {
+            let mut message = format!(
+                "{mount_error}; the filesystem on {} is left unmounted",
+                device.device.display()
+            );
+            if let Err(e) = resized {
+                message.push_str(&format!(" (the offline resize failed too: {e})"));
+            }
+            Err(HostError::io(
+                "mount after offline resize",
+                mount_point,
+                io::Error::other(message),
+            ))
+        }
     }
 }
 
@@ -2060,6 +2310,57 @@ impl Host for LinuxHost {
     fn sync_path(&self, path: &Path) -> Result<(), HostError> {
         sync_path(path)
     }
+
+    fn fs_kind(&self, path: &Path) -> Result<FsKind, HostError> {
+        let fd = nix::fcntl::open(path, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())
+            .map_err(|e| nix_err("open", path, e))?;
+        fd_kind(fd.as_fd(), path)
+    }
+
+    fn btrfs_create_subvolume(&self, path: &Path) -> Result<(), HostError> {
+        btrfs::create_subvolume(path)
+    }
+
+    fn btrfs_delete_subvolume(&self, path: &Path) -> Result<(), HostError> {
+        btrfs::delete_subvolume(path)
+    }
+
+    fn btrfs_enable_quota(&self, fs_path: &Path) -> Result<(), HostError> {
+        btrfs::enable_quota(fs_path)
+    }
+
+    fn btrfs_set_limit(&self, subvolume: &Path, bytes: u64) -> Result<(), HostError> {
+        btrfs::set_limit(subvolume, bytes)
+    }
+
+    fn btrfs_usage(&self, subvolume: &Path) -> Result<TreeUsage, HostError> {
+        btrfs::usage(subvolume)
+    }
+
+    fn project_quota_support(&self, path: &Path) -> Result<(), HostError> {
+        quota::support(path)
+    }
+
+    fn set_project_quota(
+        &self,
+        dir: &Path,
+        project_id: u32,
+        limit_bytes: u64,
+    ) -> Result<(), HostError> {
+        quota::set_project(dir, project_id, limit_bytes)
+    }
+
+    fn clear_project_quota(&self, dir: &Path, project_id: u32) -> Result<(), HostError> {
+        quota::clear_project(dir, project_id)
+    }
+
+    fn project_quota_usage(&self, path: &Path, project_id: u32) -> Result<TreeUsage, HostError> {
+        quota::usage(path, project_id)
+    }
+
+    fn project_ids_in_use(&self, fs_path: &Path) -> Result<BTreeSet<u32>, HostError> {
+        quota::ids_in_use(fs_path, &quota::PROJECT_FILES)
+    }
 }
 
 #[cfg(test)]
@@ -2075,6 +2376,22 @@ mod tests {
         assert_eq!(std::mem::offset_of!(LoopInfo64, lo_init), 216);
         assert_eq!(std::mem::offset_of!(LoopConfig, info), 8);
         assert_eq!(std::mem::offset_of!(LoopConfig, reserved), 240);
+    }
+
+    #[test]
+    fn mount_flags_from_options() {
+        assert_eq!(
+            mount_flags("ro,nosuid,nodev,relatime"),
+            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_RELATIME
+        );
+        assert_eq!(mount_flags("rw"), MsFlags::empty());
+    }
+
+    #[test]
+    fn capget_answers() {
+        // Whatever this process has, the call itself must work.
+        assert!(has_capability(CAP_SYS_RESOURCE).is_ok());
+        assert!(has_capability(63).is_ok());
     }
 
     #[test]

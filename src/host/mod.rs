@@ -13,12 +13,23 @@
 //!   `-> /` would mount over the root). Mounts are made onto an `O_PATH|O_NOFOLLOW` fd of the
 //!   target through `/proc/self/fd/N`, so the path cannot be swapped between check and mount.
 //! - Unmounts use `UMOUNT_NOFOLLOW`; "not mounted" is success, so every call is idempotent.
+//! - A btrfs subvolume has its own `st_dev` without being a mount, so [`Host::remove_tree`]
+//!   refuses a subvolume (`CrossesMount`) and never enters one nested in a tree: volumes that
+//!   are subvolumes are removed with [`Host::btrfs_delete_subvolume`], which deletes the whole
+//!   subvolume in the kernel (no walk, nothing followed) and refuses while anything is
+//!   mounted inside it or from it.
+//! - Per-volume paths (a subvolume, a project-quota directory) are opened with `O_NOFOLLOW`
+//!   on their final component, like every other volume path. Paths that only name a
+//!   filesystem (`fs_kind`, `btrfs_enable_quota`, `project_quota_support`, ...) are resolved
+//!   normally, as [`Host::fs_stats`] does: berth's state directory may sit behind a symlink.
 
 pub mod fake;
 pub mod faults;
 pub mod linux;
 pub mod mountinfo;
 
+use std::collections::BTreeSet;
+use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -109,6 +120,52 @@ pub struct RemovalStats {
     pub bytes: u64,
 }
 
+/// What kind of filesystem holds a path: `statfs(2)`'s `f_type` (the superblock magic).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FsKind {
+    Btrfs,
+    Xfs,
+    /// ext2, ext3 and ext4 share the magic `0xEF53`.
+    Ext4,
+    Tmpfs,
+    Overlay,
+    /// Any other filesystem, by its magic number.
+    Other(i64),
+}
+
+impl FsKind {
+    pub const BTRFS_MAGIC: i64 = 0x9123_683E;
+    pub const XFS_MAGIC: i64 = 0x5846_5342;
+    pub const EXT4_MAGIC: i64 = 0xEF53;
+    pub const TMPFS_MAGIC: i64 = 0x0102_1994;
+    pub const OVERLAY_MAGIC: i64 = 0x794C_7630;
+
+    /// The kind for a `statfs` `f_type`.
+    pub fn from_magic(magic: i64) -> Self {
+        match magic {
+            Self::BTRFS_MAGIC => Self::Btrfs,
+            Self::XFS_MAGIC => Self::Xfs,
+            Self::EXT4_MAGIC => Self::Ext4,
+            Self::TMPFS_MAGIC => Self::Tmpfs,
+            Self::OVERLAY_MAGIC => Self::Overlay,
+            other => Self::Other(other),
+        }
+    }
+}
+
+impl fmt::Display for FsKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Btrfs => f.write_str("btrfs"),
+            Self::Xfs => f.write_str("xfs"),
+            Self::Ext4 => f.write_str("ext4"),
+            Self::Tmpfs => f.write_str("tmpfs"),
+            Self::Overlay => f.write_str("overlay"),
+            Self::Other(magic) => write!(f, "a filesystem with magic {magic:#x}"),
+        }
+    }
+}
+
 /// An attached loop device and the file behind it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LoopDevice {
@@ -162,7 +219,11 @@ pub trait Host: Send + Sync {
     fn mount_image(&self, image: &Path, target: &Path, fs: FsType) -> Result<(), HostError>;
 
     /// Grows `image` to `size` bytes, tells its loop devices, and grows the filesystem mounted
-    /// at `mounted` (if any) online.
+    /// at `mounted` (if any) online. ext4's online grow (`EXT4_IOC_RESIZE_FS`) needs
+    /// `CAP_SYS_RESOURCE`; without it, a filesystem mounted only at `mounted` (no other mount
+    /// of it, i.e. not published) is grown offline: unmounted, checked, resized and mounted
+    /// again with the same mount flags. A published one is refused with
+    /// [`HostError::Unsupported`].
     fn grow_image(
         &self,
         image: &Path,
@@ -188,4 +249,81 @@ pub trait Host: Send + Sync {
 
     /// Makes `path`'s data and its directory entry durable (`fsync` of the file and its parent).
     fn sync_path(&self, path: &Path) -> Result<(), HostError>;
+
+    // --- Size enforcement: filesystem kind ---------------------------------------------
+
+    /// The kind of filesystem holding `path` (`statfs(2)` `f_type`), resolved like
+    /// [`Host::fs_stats`].
+    fn fs_kind(&self, path: &Path) -> Result<FsKind, HostError>;
+
+    // --- Size enforcement: btrfs subvolumes and qgroups --------------------------------
+
+    /// Creates a btrfs subvolume at `path` (`BTRFS_IOC_SUBVOL_CREATE` on the parent directory;
+    /// the parent must be on btrfs). An existing subvolume at `path` (a directory with inode
+    /// 256 that is not a mount point) is success; an existing plain directory, a file or a
+    /// symlink there is an error. A new subvolume is its own qgroup `0/<subvolume id>` when
+    /// quotas are enabled.
+    fn btrfs_create_subvolume(&self, path: &Path) -> Result<(), HostError>;
+
+    /// Deletes the btrfs subvolume at `path` with everything in it (`BTRFS_IOC_SNAP_DESTROY`
+    /// on the parent directory: the kernel unlinks the subvolume at once and frees its
+    /// extents in the background). A missing `path` is success; a symlink at `path` is
+    /// refused, never followed; a plain directory is refused (use [`Host::remove_tree`]).
+    /// Refused while anything is mounted inside the subvolume or from it (a bind
+    /// publication), and by the kernel (`ENOTEMPTY`) while it contains nested subvolumes.
+    fn btrfs_delete_subvolume(&self, path: &Path) -> Result<(), HostError>;
+
+    /// Enables btrfs quotas (qgroups) on the filesystem holding `fs_path`
+    /// (`BTRFS_IOC_QUOTA_CTL` `ENABLE`). Enabled already is success. On a filesystem with
+    /// data, the kernel starts a rescan; qgroup numbers of existing subvolumes are
+    /// approximate until it ends, those of subvolumes created afterwards are exact.
+    fn btrfs_enable_quota(&self, fs_path: &Path) -> Result<(), HostError>;
+
+    /// Limits the referenced bytes of the subvolume at `subvolume` (`BTRFS_IOC_QGROUP_LIMIT`
+    /// on its qgroup `0/<id>`, `BTRFS_QGROUP_LIMIT_MAX_RFER`). Writes beyond the limit fail
+    /// with `EDQUOT` (btrfs accounts at extent granularity and reserves ahead, so the limit
+    /// holds within some slack). `bytes == 0` removes the limit. Needs quotas enabled.
+    fn btrfs_set_limit(&self, subvolume: &Path, bytes: u64) -> Result<(), HostError>;
+
+    /// Bytes referenced by the subvolume at `subvolume`: its qgroup's `referenced` count as
+    /// of the last transaction commit (from `/sys/fs/btrfs/<fsid>/qgroups/0_<id>/`). `inodes`
+    /// is 0: btrfs does not count inodes per subvolume. When quotas are off, the qgroup
+    /// numbers are marked inconsistent, or the kernel has no such sysfs file, this falls back
+    /// to [`Host::tree_usage`] (a walk, with an inode count).
+    fn btrfs_usage(&self, subvolume: &Path) -> Result<TreeUsage, HostError>;
+
+    // --- Size enforcement: project quotas (xfs, ext4) -----------------------------------
+
+    /// Whether project quotas can be set on the filesystem holding `path`: it is xfs or ext4,
+    /// the kernel has quota support for it, project quota accounting is on and limits are
+    /// enforced (mounted with `prjquota`; ext4 also needs the `quota` and `project`
+    /// features). `Err(HostError::Unsupported)` says which of these is missing.
+    fn project_quota_support(&self, path: &Path) -> Result<(), HostError>;
+
+    /// Puts the directory `dir` in project `project_id` (`FS_IOC_FSSETXATTR`: `fsx_projid`
+    /// and `FS_XFLAG_PROJINHERIT`, so what is created inside inherits the project) and sets
+    /// the project's hard block limit to `limit_bytes`, rounded up to 512-byte blocks
+    /// (`quotactl(Q_XSETQLIM, PRJQUOTA)`); 0 means no limit. Only `dir` itself is tagged:
+    /// files that already exist inside keep their project, so call this on an empty
+    /// directory. Writes beyond the limit fail with `EDQUOT`; `statfs` inside `dir` then
+    /// reports the project's limit as the size. `project_id` 0 is refused.
+    fn set_project_quota(
+        &self,
+        dir: &Path,
+        project_id: u32,
+        limit_bytes: u64,
+    ) -> Result<(), HostError>;
+
+    /// Removes the limit of project `project_id` and takes `dir` out of it (project 0, no
+    /// inherit flag). A missing `dir` only clears the limit; a `dir` in another project is
+    /// refused. On a filesystem without active project quotas only the directory is reset.
+    fn clear_project_quota(&self, dir: &Path, project_id: u32) -> Result<(), HostError>;
+
+    /// Blocks (as bytes) and inodes charged to project `project_id` on the filesystem
+    /// holding `path` (`quotactl(Q_XGETQUOTA)`); a project without a quota record uses 0.
+    fn project_quota_usage(&self, path: &Path, project_id: u32) -> Result<TreeUsage, HostError>;
+
+    /// Project ids already taken: those named in `/etc/projid` and `/etc/projects`, and the
+    /// projects of `fs_path` and of its immediate subdirectories. 0 is never listed.
+    fn project_ids_in_use(&self, fs_path: &Path) -> Result<BTreeSet<u32>, HostError>;
 }

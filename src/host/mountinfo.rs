@@ -18,6 +18,9 @@ pub struct MountEntry {
     pub options: String,
     pub fs_type: String,
     pub source: String,
+    /// The filesystem's own options (`prjquota`, `subvolid=256`, ...), shared by all its
+    /// mounts; `options` are this mount's.
+    pub super_options: String,
 }
 
 impl MountEntry {
@@ -27,6 +30,13 @@ impl MountEntry {
 
     pub fn is_beneath(&self, dir: &Path) -> bool {
         self.mount_point.starts_with(dir)
+    }
+
+    /// Whether the filesystem's options include `name` (exactly, or as `name=value`).
+    pub fn has_super_option(&self, name: &str) -> bool {
+        self.super_options
+            .split(',')
+            .any(|o| o == name || o.split_once('=').is_some_and(|(k, _)| k == name))
     }
 }
 
@@ -47,6 +57,7 @@ fn parse_line(line: &str) -> Option<MountEntry> {
     let mut right = right.split(' ');
     let fs_type = right.next()?.to_string();
     let source = unescape(right.next().unwrap_or(""));
+    let super_options = right.next().unwrap_or("").to_string();
     Some(MountEntry {
         id,
         parent,
@@ -56,6 +67,7 @@ fn parse_line(line: &str) -> Option<MountEntry> {
         options,
         fs_type,
         source,
+        super_options,
     })
 }
 
@@ -100,7 +112,21 @@ garbage line
         assert!(!mounts[1].is_read_only());
         assert!(mounts[2].is_read_only());
         assert_eq!(mounts[2].source, "/dev/loop3");
+        assert_eq!(mounts[2].super_options, "rw");
+        assert!(mounts[2].has_super_option("rw"));
+        assert!(!mounts[2].has_super_option("r"));
         assert!(mounts[2].is_beneath(Path::new("/var/lib/berth")));
+    }
+
+    #[test]
+    fn super_options_with_values() {
+        let line = "43 27 0:39 /sv/data /mnt/t rw,relatime - btrfs /dev/loop1 \
+                    rw,discard=async,space_cache=v2,subvolid=256,subvol=/sv";
+        let m = parse_line(line).expect("parses");
+        assert_eq!(m.root, Path::new("/sv/data"));
+        assert!(m.has_super_option("subvolid"));
+        assert!(m.has_super_option("discard"));
+        assert!(!m.has_super_option("prjquota"));
     }
 
     #[test]
