@@ -4,9 +4,9 @@
 # Marathon (packaging/container) share it.
 #
 #   /usr/bin/berth                    the static release binary
-#   /usr/sbin/mkfs.ext4, resize2fs    e2fsprogs, with the shared libraries they load, so
-#   /usr/sbin/mkfs.xfs, xfs_growfs    loopfs volumes enforce sizes here too (xfsprogs only
-#                                     if the build host has it)
+#   /usr/sbin/mkfs.ext4, resize2fs,   e2fsprogs, with the shared libraries they load, so
+#     e2fsck                          loopfs volumes enforce sizes here too
+#   /usr/sbin/mkfs.xfs, xfs_growfs    the same from xfsprogs, if the build host has it
 #   /bin/busybox + applets            a shell for the Marathon command and for debugging
 #   /etc/mke2fs.conf, passwd, group
 #   /dev /proc /sys /run /tmp /var/lib/berth /etc/berth   empty, filled at run time
@@ -42,7 +42,7 @@ copy_with_libs() {
 }
 find_tool() { PATH=/usr/sbin:/sbin:/usr/bin:/bin command -v "$1" || true; }
 
-for tool in mkfs.ext4 resize2fs; do
+for tool in mkfs.ext4 resize2fs e2fsck; do
   path=$(find_tool "$tool")
   [ -n "$path" ] || { echo "rootfs.sh: $tool not found; apt-get install e2fsprogs" >&2; exit 1; }
   copy_with_libs "$path" "/usr/sbin/$tool"
