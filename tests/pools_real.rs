@@ -303,3 +303,65 @@ fn an_xfs_loopfs_volume_grows_online_while_published() {
     .unwrap();
     e.wipe(CALLER, &name("grow")).unwrap();
 }
+
+#[test]
+fn btrfs_pools_enforce_sizes_with_qgroups() {
+    let scene = Scene::new();
+    let image = scene.path("images").join("btrfs.img");
+    let fs_dir = scene.path("btrfs");
+    fs::File::create(&image)
+        .unwrap()
+        .set_len(256 * MIB)
+        .unwrap();
+    let mkfs = std::process::Command::new("mkfs.btrfs")
+        .args(["-q", "-f"])
+        .arg(&image)
+        .output()
+        .expect("mkfs.btrfs (btrfs-progs) is installed by scripts/test.sh");
+    assert!(
+        mkfs.status.success(),
+        "{}",
+        String::from_utf8_lossy(&mkfs.stderr)
+    );
+    let mount = std::process::Command::new("mount")
+        .args(["-o", "loop"])
+        .arg(&image)
+        .arg(&fs_dir)
+        .status()
+        .unwrap();
+    assert!(mount.success());
+    let volumes = fs_dir.join("volumes");
+    fs::create_dir_all(&volumes).unwrap();
+    let e = scene.open(vec![pool("b", PoolKind::Root, vec![volumes])]);
+    let v = create(&e, "q", spec(Some(16 * MIB))).unwrap();
+    assert_eq!(v.placement.backend, Backend::Btrfs);
+
+    let mut f = fs::File::create(v.placement.data.join("fill")).unwrap();
+    let chunk = vec![3u8; MIB as usize];
+    let mut written = 0u64;
+    let full = loop {
+        match f.write_all(&chunk).and_then(|_| f.sync_data()) {
+            Ok(()) => written += MIB,
+            Err(e) => break e,
+        }
+        assert!(
+            written <= 20 * MIB,
+            "wrote {written} bytes past a 16 MiB qgroup"
+        );
+    };
+    assert_eq!(full.raw_os_error(), Some(libc::EDQUOT), "{full}");
+    let usage = e.usage(&name("q")).unwrap();
+    assert!(usage.bytes_used >= 8 * MIB, "{usage:?}");
+    assert_eq!(usage.bytes_total, 16 * MIB);
+
+    e.expand(CALLER, &name("q"), 48 * MIB).unwrap();
+    for _ in 0..8 {
+        f.write_all(&chunk).unwrap();
+    }
+    f.sync_data().unwrap();
+    drop(f);
+    e.wipe(CALLER, &name("q")).unwrap();
+    assert!(!v.placement.dir.exists(), "the subvolume is gone");
+    drop(e);
+    let _ = nix::mount::umount2(&fs_dir, nix::mount::MntFlags::empty());
+}

@@ -25,7 +25,7 @@ pub mod metrics;
 pub mod pool;
 pub mod types;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -155,7 +155,13 @@ pub struct Engine<H: Host> {
     placement: Mutex<()>,
     metrics: Metrics,
     recovery: Mutex<RecoveryReport>,
+    /// Each pool's size-enforcing backend, resolved at start from its config and the
+    /// filesystem under it.
+    enforcing: HashMap<String, Backend>,
 }
+
+/// The first project id berth hands out; lower ids are left to the operator.
+pub const FIRST_PROJECT_ID: u32 = 100_000;
 
 /// Now, in the Unix milliseconds the store records times in.
 pub fn now_ms() -> u64 {
@@ -188,7 +194,12 @@ impl<H: Host> Engine<H> {
                 }
             }
         }
+        let mut enforcing = HashMap::new();
+        for pool in &config.pools {
+            enforcing.insert(pool.name.clone(), resolve_backend(&host, pool)?);
+        }
         let engine = Self {
+            enforcing,
             host,
             store,
             pools: config.pools,
@@ -243,6 +254,34 @@ impl<H: Host> Engine<H> {
 
     fn pool(&self, name: &str) -> Option<&PoolConfig> {
         self.pools.iter().find(|p| p.name == name)
+    }
+
+    fn enforcing_of(&self, pool: &PoolConfig) -> Backend {
+        self.enforcing
+            .get(&pool.name)
+            .copied()
+            .unwrap_or(Backend::Loopfs)
+    }
+
+    /// The lowest project id that no berth volume holds and the filesystem under `base`
+    /// does not already use (listed in `/etc/projid` or set on a directory there). Called
+    /// under the placement lock, so two creates never get the same id.
+    fn free_project_id(&self, base: &Path) -> Result<u32, EngineError> {
+        let mut taken: BTreeSet<u32> =
+            self.host
+                .project_ids_in_use(base)
+                .map_err(|source| EngineError::Host {
+                    volume: "-".into(),
+                    operation: "listing project ids in use",
+                    source,
+                })?;
+        taken.extend(self.cache().values().filter_map(|v| v.placement.project_id));
+        (FIRST_PROJECT_ID..u32::MAX)
+            .find(|id| !taken.contains(id))
+            .ok_or_else(|| EngineError::Unsupported {
+                volume: "-".into(),
+                reason: "no project id is free".into(),
+            })
     }
 
     /// Runs one operation: logs it once and counts it.
@@ -447,7 +486,14 @@ impl<H: Host> Engine<H> {
         let backend = if request.spec.access == AccessType::Block {
             Backend::Loopfs
         } else {
-            pool.backend_for(size)
+            pool.backend_for(self.enforcing_of(pool), size)
+        };
+        let project_id = match backend {
+            Backend::Prjquota => Some(
+                self.free_project_id(&base)
+                    .map_err(|e| e.for_volume(name.as_str()))?,
+            ),
+            _ => None,
         };
         let dir = match backend {
             Backend::Disk => base.clone(),
@@ -463,9 +509,10 @@ impl<H: Host> Engine<H> {
                 Some(base.join(IMAGES_DIR).join(format!("{name}.img"))),
                 Some(pool.fs),
             ),
-            (AccessType::Filesystem, Backend::None | Backend::Disk) => {
-                (dir.join("data"), None, None)
-            }
+            (
+                AccessType::Filesystem,
+                Backend::None | Backend::Disk | Backend::Btrfs | Backend::Prjquota,
+            ) => (dir.join("data"), None, None),
         };
         let volume = Volume {
             name: name.clone(),
@@ -480,6 +527,7 @@ impl<H: Host> Engine<H> {
                 data,
                 image,
                 fs,
+                project_id,
             },
             reclaim: request.spec.reclaim.unwrap_or(pool.reclaim),
             owner: request.owner.clone(),
@@ -692,9 +740,29 @@ impl<H: Host> Engine<H> {
                     .map_err(err("creating the data directory"))?;
             }
             _ => {
-                self.host
-                    .make_dir(&p.dir, &no_owner)
-                    .map_err(err("creating the volume directory"))?;
+                let size = v.size.unwrap_or(0);
+                match p.backend {
+                    Backend::Btrfs => {
+                        self.host
+                            .btrfs_create_subvolume(&p.dir)
+                            .map_err(err("creating the subvolume"))?;
+                        self.host
+                            .btrfs_set_limit(&p.dir, size)
+                            .map_err(err("setting the qgroup limit"))?;
+                    }
+                    Backend::Prjquota => {
+                        self.host
+                            .make_dir(&p.dir, &no_owner)
+                            .map_err(err("creating the volume directory"))?;
+                        self.host
+                            .set_project_quota(&p.dir, p.project_id.unwrap_or(0), size)
+                            .map_err(err("setting the project quota"))?;
+                    }
+                    _ => self
+                        .host
+                        .make_dir(&p.dir, &no_owner)
+                        .map_err(err("creating the volume directory"))?,
+                }
                 self.host
                     .make_dir(&p.data, &v.spec.ownership)
                     .map_err(err("creating the data directory"))?;
@@ -734,6 +802,23 @@ impl<H: Host> Engine<H> {
                 .host
                 .remove_tree(&p.base, &p.data)
                 .map_err(err("wiping the disk"));
+        }
+        if let Some(id) = p.project_id {
+            self.host
+                .clear_project_quota(&p.dir, id)
+                .map_err(err("releasing the project quota"))?;
+        }
+        if p.backend == Backend::Btrfs {
+            if retain {
+                self.host
+                    .rename(&p.dir, &self.retained_path(v, ""))
+                    .map_err(err("retaining the data"))?;
+            } else {
+                self.host
+                    .btrfs_delete_subvolume(&p.dir)
+                    .map_err(err("deleting the subvolume"))?;
+            }
+            return Ok(stats);
         }
         if let Some(image) = &p.image {
             if p.fs.is_some() {
@@ -1134,12 +1219,17 @@ impl<H: Host> Engine<H> {
                 ),
             });
         }
-        if let Some(image) = &v.placement.image {
-            let mounted = v.placement.fs.map(|fs| (v.placement.dir.as_path(), fs));
-            self.host
-                .grow_image(image, size, mounted)
-                .map_err(Self::host_err(name, "growing the volume"))?;
-        }
+        let p = &v.placement;
+        let grown = match (p.backend, &p.image, p.project_id) {
+            (_, Some(image), _) => {
+                let mounted = p.fs.map(|fs| (p.dir.as_path(), fs));
+                self.host.grow_image(image, size, mounted)
+            }
+            (Backend::Btrfs, None, _) => self.host.btrfs_set_limit(&p.dir, size),
+            (Backend::Prjquota, None, Some(id)) => self.host.set_project_quota(&p.dir, id, size),
+            _ => Ok(()),
+        };
+        grown.map_err(Self::host_err(name, "growing the volume"))?;
         v.size = Some(size);
         self.save(&v, "expand")?;
         Ok(v)
@@ -1178,10 +1268,13 @@ impl<H: Host> Engine<H> {
                 })
             }
             (AccessType::Filesystem, None) => {
-                let used = self
-                    .host
-                    .tree_usage(&p.dir)
-                    .map_err(err("measuring usage"))?;
+                // Enforcing backends know their usage; a plain directory is walked.
+                let used = match (p.backend, p.project_id) {
+                    (Backend::Btrfs, _) => self.host.btrfs_usage(&p.dir),
+                    (Backend::Prjquota, Some(id)) => self.host.project_quota_usage(&p.dir, id),
+                    _ => self.host.tree_usage(&p.dir),
+                }
+                .map_err(err("measuring usage"))?;
                 let fs = self
                     .host
                     .fs_stats(&p.base)
@@ -1252,7 +1345,7 @@ impl<H: Host> Engine<H> {
                 PoolCapacity {
                     pool: pool.name.clone(),
                     kind: pool.kind,
-                    backend: pool.backend_for(Some(1)),
+                    backend: pool.backend_for(self.enforcing_of(pool), Some(1)),
                     profiles: pool.profiles.clone(),
                     capacity_bytes: capacity,
                     reserved_bytes: reserved,
@@ -1428,6 +1521,79 @@ impl<H: Host> Engine<H> {
             }
         }
         Ok(())
+    }
+}
+
+/// Decides a pool's size-enforcing backend from its config and the filesystem under its
+/// paths. An explicitly chosen backend that cannot work is refused at start, naming the
+/// pool and why; `auto` falls back to `loopfs` and says why in the log.
+fn resolve_backend<H: Host>(host: &H, pool: &PoolConfig) -> Result<Backend, EngineError> {
+    use crate::host::FsKind;
+    use pool::BackendChoice;
+    let refuse = |reason: String| EngineError::Unsupported {
+        volume: format!("pool {}", pool.name),
+        reason,
+    };
+    if pool.kind == PoolKind::Mount {
+        return Ok(Backend::Disk);
+    }
+    let all_btrfs = || -> Result<bool, EngineError> {
+        for base in &pool.paths {
+            let kind = host
+                .fs_kind(base)
+                .map_err(|e| refuse(format!("cannot inspect {}: {e}", base.display())))?;
+            if kind != FsKind::Btrfs {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    };
+    let enable_btrfs = || -> Result<(), EngineError> {
+        for base in &pool.paths {
+            host.btrfs_enable_quota(base)
+                .map_err(|e| refuse(format!("enabling btrfs quotas on {}: {e}", base.display())))?;
+        }
+        Ok(())
+    };
+    let prjquota = || -> Result<(), String> {
+        for base in &pool.paths {
+            host.project_quota_support(base)
+                .map_err(|e| format!("{}: {e}", base.display()))?;
+        }
+        Ok(())
+    };
+    match pool.backend {
+        BackendChoice::None => Ok(Backend::None),
+        BackendChoice::Loopfs => Ok(Backend::Loopfs),
+        BackendChoice::Btrfs => {
+            if !all_btrfs()? {
+                return Err(refuse(format!(
+                    "backend btrfs needs every path on btrfs: {:?}",
+                    pool.paths
+                )));
+            }
+            enable_btrfs()?;
+            Ok(Backend::Btrfs)
+        }
+        BackendChoice::Prjquota => {
+            prjquota().map_err(|why| refuse(format!("backend prjquota cannot work: {why}")))?;
+            Ok(Backend::Prjquota)
+        }
+        BackendChoice::Auto => {
+            if all_btrfs()? {
+                match enable_btrfs() {
+                    Ok(()) => return Ok(Backend::Btrfs),
+                    Err(e) => {
+                        tracing::warn!(pool = %pool.name, error = %e, "btrfs quotas unavailable; using loopfs")
+                    }
+                }
+            } else if let Err(why) = prjquota() {
+                tracing::info!(pool = %pool.name, reason = %why, "no project quotas; sizes are enforced with loopfs");
+            } else {
+                return Ok(Backend::Prjquota);
+            }
+            Ok(Backend::Loopfs)
+        }
     }
 }
 

@@ -12,7 +12,9 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use super::types::{Backend, FsType, PoolKind, ReclaimPolicy, VolumeSpec, parse_size};
 
-/// How a pool enforces sizes. `auto` picks the best the filesystem under it supports.
+/// How a pool enforces sizes. `auto` picks the best the filesystem under it supports:
+/// btrfs qgroups on btrfs, project quotas where the kernel and mount have them, otherwise
+/// `loopfs`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendChoice {
@@ -20,6 +22,8 @@ pub enum BackendChoice {
     Auto,
     None,
     Loopfs,
+    Btrfs,
+    Prjquota,
 }
 
 /// A pool as declared in the config.
@@ -137,16 +141,15 @@ impl PoolConfig {
         Ok(())
     }
 
-    /// The backend a volume of this spec gets in this pool: `auto` enforces sizes with
-    /// `loopfs`; a volume without any size is a plain directory.
-    pub fn backend_for(&self, size: Option<u64>) -> Backend {
+    /// The backend a volume gets in this pool, given the pool's resolved enforcing backend:
+    /// a volume without any size is a plain directory, and `mount` pools give whole disks.
+    pub fn backend_for(&self, enforcing: Backend, size: Option<u64>) -> Backend {
         if self.kind == PoolKind::Mount {
             return Backend::Disk;
         }
-        match (self.backend, size) {
-            (_, None) => Backend::None,
-            (BackendChoice::None, _) => Backend::None,
-            (BackendChoice::Auto | BackendChoice::Loopfs, Some(_)) => Backend::Loopfs,
+        match size {
+            None => Backend::None,
+            Some(_) => enforcing,
         }
     }
 

@@ -566,3 +566,75 @@ fn a_tombstoned_delete_that_fails_again_at_start_does_not_keep_the_engine_down()
     ));
     assert!(!e.host().is_dir(Path::new("/pool/volumes/stuck")));
 }
+
+fn prjquota_fixture(backend: BackendChoice) -> Fixture {
+    let mut f = Fixture::new();
+    f.pools[0].backend = backend;
+    f
+}
+
+#[test]
+fn project_quota_pools_get_unique_ids_that_skip_the_operators_and_are_released() {
+    let f = prjquota_fixture(BackendChoice::Auto);
+    let h = host();
+    h.set_fs_kind(Path::new("/pool"), crate::host::FsKind::Xfs);
+    h.set_project_quotas(true);
+    h.reserve_project_id(FIRST_PROJECT_ID);
+    let e = f.open(h);
+    let a = e.create(CSI, request("a", Some(GIB))).unwrap();
+    let b = e.create(CSI, request("b", Some(GIB))).unwrap();
+    assert_eq!(a.placement.backend, Backend::Prjquota);
+    let (ida, idb) = (
+        a.placement.project_id.unwrap(),
+        b.placement.project_id.unwrap(),
+    );
+    assert_eq!(ida, FIRST_PROJECT_ID + 1, "the operator's id is skipped");
+    assert_ne!(ida, idb);
+    assert_eq!(e.host().project_of(&a.placement.dir), Some((ida, GIB)));
+    e.expand(CSI, &name("a"), 2 * GIB).unwrap();
+    assert_eq!(e.host().project_of(&a.placement.dir), Some((ida, 2 * GIB)));
+    e.delete(CSI, &name("a")).unwrap();
+    assert_eq!(e.host().project_of(&a.placement.dir), None, "released");
+    // The released id is handed out again.
+    let c = e.create(CSI, request("c", Some(GIB))).unwrap();
+    assert_eq!(c.placement.project_id, Some(ida));
+    // Without a size: a plain directory, no quota.
+    let d = e.create(CSI, request("d", None)).unwrap();
+    assert_eq!(d.placement.backend, Backend::None);
+    assert_eq!(d.placement.project_id, None);
+}
+
+#[test]
+fn an_explicit_backend_the_filesystem_cannot_serve_is_refused_at_start() {
+    let f = prjquota_fixture(BackendChoice::Prjquota);
+    let err = Engine::open(f.config(), host()).err().unwrap().to_string();
+    assert!(err.contains("pool default"), "{err}");
+    assert!(err.contains("prjquota cannot work"), "{err}");
+    let f = prjquota_fixture(BackendChoice::Btrfs);
+    let err = Engine::open(f.config(), host()).err().unwrap().to_string();
+    assert!(err.contains("needs every path on btrfs"), "{err}");
+    // Auto on a filesystem without quotas falls back to loopfs.
+    let f = prjquota_fixture(BackendChoice::Auto);
+    let e = f.open(host());
+    let v = e.create(CSI, request("v", Some(GIB))).unwrap();
+    assert_eq!(v.placement.backend, Backend::Loopfs);
+}
+
+#[test]
+fn btrfs_pools_make_subvolumes_with_qgroup_limits() {
+    let f = prjquota_fixture(BackendChoice::Auto);
+    let h = host();
+    h.set_fs_kind(Path::new("/pool"), crate::host::FsKind::Btrfs);
+    let e = f.open(h);
+    let v = e.create(CSI, request("v", Some(GIB))).unwrap();
+    assert_eq!(v.placement.backend, Backend::Btrfs);
+    assert_eq!(e.host().subvolume_limit(&v.placement.dir), Some(Some(GIB)));
+    e.expand(CSI, &name("v"), 3 * GIB).unwrap();
+    assert_eq!(
+        e.host().subvolume_limit(&v.placement.dir),
+        Some(Some(3 * GIB))
+    );
+    e.usage(&name("v")).unwrap();
+    e.wipe(CSI, &name("v")).unwrap();
+    assert!(!e.host().is_subvolume(&v.placement.dir));
+}

@@ -216,6 +216,10 @@ pub enum Backend {
     Loopfs,
     /// A whole disk of a `mount` pool: the disk's own size is the limit.
     Disk,
+    /// A btrfs subvolume with a qgroup limit.
+    Btrfs,
+    /// A directory with an XFS or ext4 project quota.
+    Prjquota,
 }
 
 impl Backend {
@@ -224,6 +228,8 @@ impl Backend {
             Self::None => "none",
             Self::Loopfs => "loopfs",
             Self::Disk => "disk",
+            Self::Btrfs => "btrfs",
+            Self::Prjquota => "prjquota",
         }
     }
 }
@@ -504,6 +510,9 @@ pub struct Placement {
     pub image: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fs: Option<FsType>,
+    /// The project id of a `prjquota` volume, unique on its filesystem.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project_id: Option<u32>,
 }
 
 /// A volume as stored: its spec, where it lives, its owner and its publications.
