@@ -34,11 +34,10 @@ fn minbase_tarball() -> PathBuf {
     fs::create_dir_all(&cache).unwrap();
     let tarball = cache.join(format!("{SUITE}-minbase.tar"));
     let lock = fs::File::create(cache.join(".lock")).unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&lock);
     // SAFETY: flock on a descriptor we own, held until `lock` drops at the end.
-    assert_eq!(
-        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) },
-        0
-    );
+    let locked = unsafe { libc::flock(fd, libc::LOCK_EX) };
+    assert_eq!(locked, 0, "flock {}", cache.display());
     if tarball.exists() {
         return tarball;
     }

@@ -8,6 +8,8 @@
 //!   command and config (`packaging/marathon/berth.json`) with its host mounts: the health
 //!   check Marathon makes, `GET /healthz` on the admin TCP port, answers 200.
 
+// The shared harness predates the crate-wide unsafe-comment lint (reported to its owner).
+#[allow(clippy::undocumented_unsafe_blocks)]
 #[path = "support/dockerd.rs"]
 mod dockerd;
 #[path = "support/release.rs"]
