@@ -18,6 +18,8 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/berth";
 pub const DEFAULT_RUN_DIR: &str = "/run/berth";
 pub const DEFAULT_DOCKER_SOCKET: &str = "/run/docker/plugins/berth.sock";
 pub const DEFAULT_DRIVER_NAME: &str = "berth.csi.io";
+/// The Mesos agent's default `--work_dir`; task sandboxes live beneath it.
+pub const DEFAULT_MESOS_WORK_DIR: &str = "/var/lib/mesos";
 /// The topology key local volumes carry; its value is the node id.
 pub const DEFAULT_TOPOLOGY_KEY: &str = "topology.berth.io/node";
 /// As Marathon's `task_reservation_timeout` default.
@@ -66,6 +68,8 @@ pub struct Config {
     pub csi: CsiConfig,
     #[serde(default)]
     pub admin: AdminConfig,
+    #[serde(default)]
+    pub mesos: MesosConfig,
     /// Pools; default: one `root` pool under `state_dir/volumes`.
     #[serde(default)]
     pub pools: Vec<PoolConfig>,
@@ -106,6 +110,28 @@ pub struct AdminConfig {
     /// A file holding the token (read at start), instead of `token`.
     #[serde(default)]
     pub token_file: Option<PathBuf>,
+}
+
+/// The Mesos hook (`berth mesos prepare` / `cleanup`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MesosConfig {
+    /// The agent's `--work_dir`. The hook mounts volumes only into sandboxes and container
+    /// root filesystems beneath it, so a caller cannot point it at `/etc`.
+    #[serde(default = "default_mesos_work_dir")]
+    pub work_dir: PathBuf,
+}
+
+fn default_mesos_work_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_MESOS_WORK_DIR)
+}
+
+impl Default for MesosConfig {
+    fn default() -> Self {
+        Self {
+            work_dir: default_mesos_work_dir(),
+        }
+    }
 }
 
 fn default_state_dir() -> PathBuf {
@@ -165,6 +191,7 @@ impl Default for Config {
             listen: Listen::default(),
             csi: CsiConfig::default(),
             admin: AdminConfig::default(),
+            mesos: MesosConfig::default(),
             pools: Vec::new(),
         }
     }
@@ -228,6 +255,18 @@ impl Config {
                 "listen.admin_tcp: the admin API on TCP needs admin.token or admin.token_file"
                     .into(),
             );
+        }
+        let work_dir = &self.mesos.work_dir;
+        if !work_dir.is_absolute()
+            || work_dir.parent().is_none()
+            || work_dir
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(format!(
+                "mesos.work_dir: {} must be an absolute path below / without ..",
+                work_dir.display()
+            ));
         }
         if !(1..=86_400).contains(&self.reservation_timeout_secs) {
             return Err(format!(
@@ -301,6 +340,7 @@ mod tests {
         assert_eq!(pools.len(), 1);
         assert_eq!(pools[0].paths[0], Path::new("/var/lib/berth/volumes"));
         assert_eq!(c.listen.csi, "/run/berth/csi.sock");
+        assert_eq!(c.mesos.work_dir, Path::new("/var/lib/mesos"));
     }
 
     #[test]
@@ -316,6 +356,10 @@ mod tests {
             ("state_dir = 'relative'", "state_dir"),
             ("[listen]\nsocket_mode = 4095", "socket_mode"),
             ("[listen]\nadmin_tcp = '127.0.0.1:1'", "admin_tcp"),
+            ("[mesos]\nwork_dir = 'mesos'", "mesos.work_dir"),
+            ("[mesos]\nwork_dir = '/'", "mesos.work_dir"),
+            ("[mesos]\nwork_dir = '/var/../etc'", "mesos.work_dir"),
+            ("[mesos]\nsandbox = '/x'", "sandbox"),
             ("reservation_timeout_secs = 0", "reservation_timeout_secs"),
             (
                 "[[pools]]\nname='a'\nkind='root'\npaths=['/x','/y']",

@@ -37,6 +37,9 @@ enum Command {
         #[arg(long)]
         check: Option<PathBuf>,
     },
+    /// Marathon apps and pods: validate a definition; prepare and clean up a task's volumes.
+    #[command(subcommand)]
+    Mesos(berth::mesos::cli::MesosCommand),
 }
 
 fn berth_version() -> &'static str {
@@ -98,5 +101,6 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Mesos(command) => Ok(berth::mesos::cli::run(command)?),
     }
 }

@@ -130,6 +130,17 @@ pub trait VolumeService: Send + Sync {
     /// another operation is left for the next call.
     fn expire_pending_reservations(&self, now_ms: u64) -> Vec<VolumeName>;
     fn expand(&self, caller: Caller, name: &VolumeName, size: u64) -> Result<Volume, EngineError>;
+    /// Hands a volume that nothing is attached to over to `owner`, if its owner is still
+    /// `expected` (compare-and-set: of two callers racing for the same volume one wins, the
+    /// other gets `Busy`). An attached volume is `InUse`. The Mesos hook uses it to give a
+    /// scaled-down instance's detached volume to a new instance of the same app.
+    fn adopt(
+        &self,
+        caller: Caller,
+        name: &VolumeName,
+        expected: &Owner,
+        owner: Owner,
+    ) -> Result<Volume, EngineError>;
     fn get(&self, name: &VolumeName) -> Result<Volume, EngineError>;
     fn list(&self, filter: &VolumeFilter) -> Vec<Volume>;
     fn usage(&self, name: &VolumeName) -> Result<Usage, EngineError>;
@@ -267,14 +278,17 @@ impl<H: Host> Engine<H> {
     /// does not already use (listed in `/etc/projid` or set on a directory there). Called
     /// under the placement lock, so two creates never get the same id.
     fn free_project_id(&self, base: &Path) -> Result<u32, EngineError> {
-        let mut taken: BTreeSet<u32> =
+        let in_use = |dir: &Path| {
             self.host
-                .project_ids_in_use(base)
+                .project_ids_in_use(dir)
                 .map_err(|source| EngineError::Host {
                     volume: "-".into(),
                     operation: "listing project ids in use",
                     source,
-                })?;
+                })
+        };
+        let mut taken: BTreeSet<u32> = in_use(base)?;
+        taken.extend(in_use(&base.join(RETAINED_DIR))?);
         taken.extend(self.cache().values().filter_map(|v| v.placement.project_id));
         (FIRST_PROJECT_ID..u32::MAX)
             .find(|id| !taken.contains(id))
@@ -803,7 +817,11 @@ impl<H: Host> Engine<H> {
                 .remove_tree(&p.base, &p.data)
                 .map_err(err("wiping the disk"));
         }
-        if let Some(id) = p.project_id {
+        // Retained data keeps its project id (its files carry it), so the id stays taken:
+        // `free_project_id` also looks under the retained directory.
+        if let Some(id) = p.project_id
+            && !retain
+        {
             self.host
                 .clear_project_quota(&p.dir, id)
                 .map_err(err("releasing the project quota"))?;
@@ -1115,17 +1133,8 @@ impl<H: Host> Engine<H> {
 
     /// Tombstones and destroys a volume whose lock the caller holds.
     fn delete_locked(&self, mut v: Volume, wipe: bool) -> Result<RemovalStats, EngineError> {
-        let name = &v.name;
         if !v.publications.is_empty() {
-            return Err(EngineError::InUse {
-                volume: name.to_string(),
-                targets: v
-                    .publications
-                    .iter()
-                    .map(|p| p.target.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            });
+            return Err(in_use(&v));
         }
         let wipe = match v.phase {
             // An interrupted delete keeps the stronger of the two requests.
@@ -1232,6 +1241,34 @@ impl<H: Host> Engine<H> {
         grown.map_err(Self::host_err(name, "growing the volume"))?;
         v.size = Some(size);
         self.save(&v, "expand")?;
+        Ok(v)
+    }
+
+    // ----- adopt --------------------------------------------------------------------------
+
+    fn do_adopt(
+        &self,
+        caller: Caller,
+        name: &VolumeName,
+        expected: &Owner,
+        owner: Owner,
+    ) -> Result<Volume, EngineError> {
+        let _guard = self.locks.acquire(name, caller.wait_if_busy)?;
+        let mut v = self.ready_volume(name)?;
+        if v.owner == owner {
+            return Ok(v);
+        }
+        if !v.publications.is_empty() {
+            return Err(in_use(&v));
+        }
+        if v.owner != *expected {
+            // Another caller adopted it first.
+            return Err(EngineError::Busy {
+                volume: name.to_string(),
+            });
+        }
+        v.owner = owner;
+        self.save(&v, "adopt")?;
         Ok(v)
     }
 
@@ -1597,6 +1634,19 @@ fn resolve_backend<H: Host>(host: &H, pool: &PoolConfig) -> Result<Backend, Engi
     }
 }
 
+/// `InUse` for a volume that still has publications, naming them.
+fn in_use(v: &Volume) -> EngineError {
+    EngineError::InUse {
+        volume: v.name.to_string(),
+        targets: v
+            .publications
+            .iter()
+            .map(|p| p.target.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
 /// Names the fields in which two specs differ, for `AlreadyExists` messages.
 fn spec_difference(old: &VolumeSpec, new: &VolumeSpec) -> String {
     let mut fields = Vec::new();
@@ -1685,6 +1735,18 @@ impl<H: Host> VolumeService for Engine<H> {
     fn expand(&self, caller: Caller, name: &VolumeName, size: u64) -> Result<Volume, EngineError> {
         self.observe(caller, "expand", name.as_str(), || {
             self.do_expand(caller, name, size)
+        })
+    }
+
+    fn adopt(
+        &self,
+        caller: Caller,
+        name: &VolumeName,
+        expected: &Owner,
+        owner: Owner,
+    ) -> Result<Volume, EngineError> {
+        self.observe(caller, "adopt", name.as_str(), || {
+            self.do_adopt(caller, name, expected, owner)
         })
     }
 

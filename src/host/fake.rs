@@ -302,6 +302,10 @@ impl Host for FakeHost {
             m.dirs.remove(&d);
             let rel = d.strip_prefix(from).unwrap_or(Path::new(""));
             m.dirs.insert(to.join(rel));
+            // Project ids travel with the directories that carry them.
+            if let Some(project) = m.projects.remove(&d) {
+                m.projects.insert(to.join(rel), project);
+            }
         }
         Ok(())
     }
