@@ -532,7 +532,7 @@ fn marathon_app_runs_berth_on_every_agent_with_a_health_check() {
             .copied()
             .unwrap_or_else(|| panic!("{} is not bound from the host", path.display()))
     };
-    let mut propagated = vec![config.state_dir.clone(), PathBuf::from("/var/lib/mesos")];
+    let mut propagated = vec![config.state_dir.clone(), config.mesos.work_dir.clone()];
     for pool in config.effective_pools() {
         propagated.extend(pool.paths.iter().cloned());
     }
