@@ -34,6 +34,47 @@ macro_rules! needs_root {
     };
 }
 
+/// Retries a call that failed on a transient host condition, as a CO retries: an unmount
+/// refused with EBUSY, or a device another process briefly holds (`e2fsck` cannot open it
+/// exclusively). With other tests' daemons attaching and mounting at the same time these
+/// show up now and then; anything else is returned at once.
+macro_rules! retry_transient {
+    ($call:expr) => {{
+        let mut attempt = 0;
+        loop {
+            match $call.await {
+                Err(status) if attempt < 20 && is_transient(&status) => {
+                    attempt += 1;
+                    eprintln!("retrying after a transient failure: {}", status.message());
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => break other,
+            }
+        }
+    }};
+}
+
+fn is_transient(status: &tonic::Status) -> bool {
+    status.code() == Code::Internal
+        && ["busy", "Cannot continue"]
+            .iter()
+            .any(|m| status.message().contains(m))
+}
+
+/// Loop devices are detached by the kernel once their filesystem's last user lets go,
+/// which can lag the unmount a little.
+async fn assert_no_loops_under(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !loops_under(path).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "loop devices left: {:?}",
+            loops_under(path)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn cap(mode: Mode, access: CsiAccess) -> VolumeCapability {
     VolumeCapability {
         access_mode: Some(AccessMode { mode: mode as i32 }),
@@ -269,32 +310,20 @@ async fn mount_volumes_live_through_the_whole_lifecycle() {
             std::fs::remove_file(a.join("big")).unwrap();
         }
         for _ in 0..2 {
-            c.node
-                .node_unpublish_volume(unpublish_request(id, &a))
-                .await
-                .unwrap();
-            c.node
-                .node_unpublish_volume(unpublish_request(id, &b))
-                .await
-                .unwrap();
+            retry_transient!(c.node.node_unpublish_volume(unpublish_request(id, &a))).unwrap();
+            retry_transient!(c.node.node_unpublish_volume(unpublish_request(id, &b))).unwrap();
         }
         assert!(
             !a.exists() && !b.exists(),
             "berth removes the targets it made"
         );
         for _ in 0..2 {
-            c.node
-                .node_unstage_volume(unstage_request(id, &staging))
-                .await
-                .unwrap();
+            retry_transient!(c.node.node_unstage_volume(unstage_request(id, &staging))).unwrap();
         }
         assert!(!is_mount_point(&staging));
         assert!(staging.is_dir(), "kubelet's staging directory is kubelet's");
         for _ in 0..2 {
-            c.controller
-                .delete_volume(delete_request(id))
-                .await
-                .unwrap();
+            retry_transient!(c.controller.delete_volume(delete_request(id))).unwrap();
         }
         assert!(!list_ids(&mut c).await.contains(&id.to_string()));
     }
@@ -302,7 +331,7 @@ async fn mount_volumes_live_through_the_whole_lifecycle() {
         mounts_under(daemon.path()),
         Vec::<std::path::PathBuf>::new()
     );
-    assert!(loops_under(daemon.path()).is_empty());
+    assert_no_loops_under(daemon.path()).await;
     let leftovers: Vec<_> = std::fs::read_dir(daemon.path().join("pool"))
         .unwrap()
         .flatten()
@@ -393,28 +422,16 @@ async fn block_volumes_are_loop_devices_at_the_target() {
     assert_eq!(stats.usage.len(), 1);
     assert_eq!(stats.usage[0].total, 32 * MIB);
     for _ in 0..2 {
-        c.node
-            .node_unpublish_volume(unpublish_request(id, &target))
-            .await
-            .unwrap();
+        retry_transient!(c.node.node_unpublish_volume(unpublish_request(id, &target))).unwrap();
     }
     assert!(!target.exists());
     for _ in 0..2 {
-        c.node
-            .node_unstage_volume(unstage_request(id, &staging))
-            .await
-            .unwrap();
+        retry_transient!(c.node.node_unstage_volume(unstage_request(id, &staging))).unwrap();
     }
     assert!(!staged.exists());
-    assert!(
-        loops_under(daemon.path()).is_empty(),
-        "the loop device is detached"
-    );
+    assert_no_loops_under(daemon.path()).await;
     for _ in 0..2 {
-        c.controller
-            .delete_volume(delete_request(id))
-            .await
-            .unwrap();
+        retry_transient!(c.controller.delete_volume(delete_request(id))).unwrap();
     }
     assert!(!daemon.path().join("pool/.images/raw.img").exists());
 }
@@ -452,10 +469,7 @@ async fn an_inline_ephemeral_volume_lives_as_long_as_its_pod() {
         "sized by the pod's attribute"
     );
     assert_eq!(list_ids(&mut c).await, [id]);
-    c.node
-        .node_unpublish_volume(unpublish_request(id, &target))
-        .await
-        .unwrap();
+    retry_transient!(c.node.node_unpublish_volume(unpublish_request(id, &target))).unwrap();
     assert!(!target.exists());
     assert!(list_ids(&mut c).await.is_empty(), "removed with its pod");
     assert!(mounts_under(daemon.path()).is_empty());
@@ -503,18 +517,9 @@ async fn volume_mount_group_gives_the_pod_group_the_volume() {
         std::fs::metadata(target.join("made-by-pod")).unwrap().gid(),
         4242
     );
-    c.node
-        .node_unpublish_volume(unpublish_request(id, &target))
-        .await
-        .unwrap();
-    c.node
-        .node_unstage_volume(unstage_request(id, &staging))
-        .await
-        .unwrap();
-    c.controller
-        .delete_volume(delete_request(id))
-        .await
-        .unwrap();
+    retry_transient!(c.node.node_unpublish_volume(unpublish_request(id, &target))).unwrap();
+    retry_transient!(c.node.node_unstage_volume(unstage_request(id, &staging))).unwrap();
+    retry_transient!(c.controller.delete_volume(delete_request(id))).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -552,14 +557,8 @@ async fn stats_say_abnormal_when_the_volume_filesystem_is_gone() {
     let condition = stats.volume_condition.unwrap();
     assert!(condition.abnormal);
     assert!(condition.message.contains(id), "{}", condition.message);
-    c.node
-        .node_unstage_volume(unstage_request(id, &staging))
-        .await
-        .unwrap();
-    c.controller
-        .delete_volume(delete_request(id))
-        .await
-        .unwrap();
+    retry_transient!(c.node.node_unstage_volume(unstage_request(id, &staging))).unwrap();
+    retry_transient!(c.controller.delete_volume(delete_request(id))).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -640,22 +639,13 @@ async fn a_published_volume_grows_online() {
         ..Default::default()
     };
     assert_code(
-        c.controller.controller_expand_volume(smaller).await,
+        retry_transient!(c.controller.controller_expand_volume(smaller.clone())),
         Code::OutOfRange,
         &["volume grown", "limit_bytes"],
     );
-    c.node
-        .node_unpublish_volume(unpublish_request(id, &target))
-        .await
-        .unwrap();
-    c.node
-        .node_unstage_volume(unstage_request(id, &staging))
-        .await
-        .unwrap();
-    c.controller
-        .delete_volume(delete_request(id))
-        .await
-        .unwrap();
+    retry_transient!(c.node.node_unpublish_volume(unpublish_request(id, &target))).unwrap();
+    retry_transient!(c.node.node_unstage_volume(unstage_request(id, &staging))).unwrap();
+    retry_transient!(c.controller.delete_volume(delete_request(id))).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -754,7 +744,7 @@ async fn each_error_code_names_the_volume_and_the_field() {
         .await
         .unwrap();
     assert_code(
-        c.controller.delete_volume(delete_request("e3")).await,
+        retry_transient!(c.controller.delete_volume(delete_request("e3"))),
         Code::FailedPrecondition,
         &["volume e3", "unpublish"],
     );
@@ -801,10 +791,7 @@ async fn each_error_code_names_the_volume_and_the_field() {
         }
         let second = c.controller.create_volume(slow).await;
         running.await.unwrap().unwrap();
-        c.controller
-            .delete_volume(delete_request(&id))
-            .await
-            .unwrap();
+        retry_transient!(c.controller.delete_volume(delete_request(&id))).unwrap();
         if let Err(status) = second {
             aborted = Some(status);
             break;
@@ -813,10 +800,7 @@ async fn each_error_code_names_the_volume_and_the_field() {
     let status = aborted.expect("a create racing another create of the same volume is ABORTED");
     assert_eq!(status.code(), Code::Aborted, "{}", status.message());
     assert!(status.message().contains("busy"), "{}", status.message());
-    c.node
-        .node_unstage_volume(unstage_request("e3", &staging))
-        .await
-        .unwrap();
+    retry_transient!(c.node.node_unstage_volume(unstage_request("e3", &staging))).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -929,19 +913,18 @@ async fn volumes_and_their_mounts_survive_a_restart() {
     assert_eq!(list_ids(&mut c).await, ["kept"]);
     assert_eq!(std::fs::read(target.join("f")).unwrap(), b"1");
     // The publications are still known: unpublish and unstage undo them.
-    c.node
-        .node_unpublish_volume(unpublish_request("kept", &target))
-        .await
-        .unwrap();
+    retry_transient!(
+        c.node
+            .node_unpublish_volume(unpublish_request("kept", &target))
+    )
+    .unwrap();
     assert!(!target.exists());
-    c.node
-        .node_unstage_volume(unstage_request("kept", &staging))
-        .await
-        .unwrap();
-    c.controller
-        .delete_volume(delete_request("kept"))
-        .await
-        .unwrap();
+    retry_transient!(
+        c.node
+            .node_unstage_volume(unstage_request("kept", &staging))
+    )
+    .unwrap();
+    retry_transient!(c.controller.delete_volume(delete_request("kept"))).unwrap();
     assert!(mounts_under(daemon.path()).is_empty());
 }
 
@@ -1039,18 +1022,16 @@ async fn the_csi_sanity_flows_pass() {
         .unwrap()
         .into_inner();
     assert_eq!(expanded.capacity_bytes, 11 * GIB);
-    c.node
-        .node_expand_volume(NodeExpandVolumeRequest {
-            volume_id: id.into(),
-            volume_path: target.display().to_string(),
-            capacity_range: Some(CapacityRange {
-                required_bytes: 11 * GIB,
-                limit_bytes: 0,
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    retry_transient!(c.node.node_expand_volume(NodeExpandVolumeRequest {
+        volume_id: id.into(),
+        volume_path: target.display().to_string(),
+        capacity_range: Some(CapacityRange {
+            required_bytes: 11 * GIB,
+            limit_bytes: 0,
+        }),
+        ..Default::default()
+    }))
+    .unwrap();
     assert!(
         fs_total(&target) > 10 << 30,
         "grown to {}",
@@ -1058,39 +1039,29 @@ async fn the_csi_sanity_flows_pass() {
     );
     // Cleanup: unpublish must remove the target path it created.
     assert!(target.exists());
-    c.node
-        .node_unpublish_volume(unpublish_request(id, &target))
-        .await
-        .unwrap();
+    retry_transient!(c.node.node_unpublish_volume(unpublish_request(id, &target))).unwrap();
     assert!(
         !target.exists(),
         "NodeUnpublishVolume removes the target path"
     );
-    c.node
-        .node_unstage_volume(unstage_request(id, &stagingdir))
-        .await
-        .unwrap();
-    c.controller
-        .delete_volume(delete_request(id))
-        .await
-        .unwrap();
+    retry_transient!(c.node.node_unstage_volume(unstage_request(id, &stagingdir))).unwrap();
+    retry_transient!(c.controller.delete_volume(delete_request(id))).unwrap();
     // csi-sanity's cleanup unpublishes and unstages volumes it never published.
     c.controller
         .create_volume(sanity_request("sanity-unused", 10 * GIB, mount()))
         .await
         .unwrap();
-    c.node
-        .node_unpublish_volume(unpublish_request("sanity-unused", &target))
-        .await
-        .unwrap();
-    c.node
-        .node_unstage_volume(unstage_request("sanity-unused", &stagingdir))
-        .await
-        .unwrap();
-    c.controller
-        .delete_volume(delete_request("sanity-unused"))
-        .await
-        .unwrap();
+    retry_transient!(
+        c.node
+            .node_unpublish_volume(unpublish_request("sanity-unused", &target))
+    )
+    .unwrap();
+    retry_transient!(
+        c.node
+            .node_unstage_volume(unstage_request("sanity-unused", &stagingdir))
+    )
+    .unwrap();
+    retry_transient!(c.controller.delete_volume(delete_request("sanity-unused"))).unwrap();
 
     // "check the presence of new volumes and absence of deleted ones in the volume list":
     // a volume without capacity_range.
@@ -1099,10 +1070,7 @@ async fn the_csi_sanity_flows_pass() {
     plain.capacity_range = None;
     c.controller.create_volume(plain).await.unwrap();
     assert_eq!(list_ids(&mut c).await.len(), before + 1);
-    c.controller
-        .delete_volume(delete_request("sanity"))
-        .await
-        .unwrap();
+    retry_transient!(c.controller.delete_volume(delete_request("sanity"))).unwrap();
     assert_eq!(list_ids(&mut c).await.len(), before);
 
     // Cloning, and the maximum-length name.
@@ -1137,15 +1105,9 @@ async fn the_csi_sanity_flows_pass() {
         .into_inner();
     assert_eq!(capacity.available_capacity, 64 * GIB - 30 * GIB);
     for id in ["sanity-clone", "sanity-source", long.as_str()] {
-        c.controller
-            .delete_volume(delete_request(id))
-            .await
-            .unwrap();
+        retry_transient!(c.controller.delete_volume(delete_request(id))).unwrap();
     }
-    c.controller
-        .delete_volume(delete_request("fake-volume-id"))
-        .await
-        .unwrap();
+    retry_transient!(c.controller.delete_volume(delete_request("fake-volume-id"))).unwrap();
     assert!(list_ids(&mut c).await.is_empty());
 }
 
@@ -1187,12 +1149,6 @@ async fn an_unpublished_ext4_volume_grows() {
         .await
         .unwrap();
     assert!(fs_total(&staging) > 10 << 30, "{}", fs_total(&staging));
-    c.node
-        .node_unstage_volume(unstage_request("ext", &staging))
-        .await
-        .unwrap();
-    c.controller
-        .delete_volume(delete_request("ext"))
-        .await
-        .unwrap();
+    retry_transient!(c.node.node_unstage_volume(unstage_request("ext", &staging))).unwrap();
+    retry_transient!(c.controller.delete_volume(delete_request("ext"))).unwrap();
 }

@@ -158,7 +158,7 @@ fn status_of(e: &EngineError) -> Status {
         EngineError::WrongPhase { .. } => Code::Aborted,
         EngineError::NoCapacity { .. } => Code::ResourceExhausted,
         EngineError::Unsupported { .. } => Code::InvalidArgument,
-        // The pool exists but cannot be used as configured: nothing the caller can change.
+        // The node's pool is misconfigured for what it was asked; an operator must act.
         EngineError::PoolUnusable { .. } => Code::FailedPrecondition,
         // CSI: published but incompatible with the request.
         EngineError::TargetConflict { .. } => Code::AlreadyExists,

@@ -1370,6 +1370,13 @@ fn every_engine_error_has_its_csi_code() {
             Code::InvalidArgument,
         ),
         (
+            EngineError::PoolUnusable {
+                pool: "p".into(),
+                reason: "r".into(),
+            },
+            Code::FailedPrecondition,
+        ),
+        (
             EngineError::TargetConflict {
                 volume: v(),
                 target: "/t".into(),
