@@ -29,6 +29,15 @@ use torture::csi::Csi;
 use torture::model::{self, Action, Layout, Op, Outcome, Pending, Vol};
 use torture::rng::{Rng, SEED_ENV, seed_from_env};
 
+/// Prints a figure of the run where `cargo test` shows it, passing or not: straight to
+/// stderr, past the test harness's capture of `println!`.
+macro_rules! figure {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 const KILLS_ENV: &str = "BERTH_TORTURE_KILLS";
 const SOAK_ENV: &str = "BERTH_TORTURE_SOAK";
 /// How long a restart may take before the test gives up on it.
@@ -194,7 +203,7 @@ fn kill_9_torture() {
         .map(|v| v.parse().expect("BERTH_TORTURE_KILLS is a number"))
         .unwrap_or(if soak { 2000 } else { 200 });
     let (workers_n, per_worker) = if soak { (6, 4) } else { (4, 3) };
-    println!(
+    figure!(
         "torture: seed {seed} (replay with {SEED_ENV}={seed}), {kills} kills, {workers_n} clients x {per_worker} volumes{}",
         if soak { ", soak" } else { "" }
     );
@@ -387,14 +396,14 @@ fn kill_9_torture() {
     let seen = |needle: &str| daemon_log.matches(needle).count();
     let elapsed = began.elapsed();
     let answered = Counters::get(&counters.answered);
-    println!(
+    figure!(
         "torture: {kills} kills in {:.1} s; {interrupting_kills} kills ({:.0}%) landed with an \
          operation in flight, {interrupted} operations interrupted, {retries} retried (all \
          answered as the first attempt would have been)",
         elapsed.as_secs_f64(),
         100.0 * interrupting_kills as f64 / kills.max(1) as f64,
     );
-    println!(
+    figure!(
         "torture: {answered} operations answered ({:.0}/s): {} creates, {} publishes, {} \
          unpublishes, {} expands, {} deletes/wipes, {} expected refusals",
         answered as f64 / elapsed.as_secs_f64(),
@@ -406,25 +415,25 @@ fn kill_9_torture() {
         Counters::get(&counters.refusals),
     );
     if held_restarts > 0 {
-        println!(
+        figure!(
             "torture: {held_restarts} restarts found a killed daemon's e2fsck or resize2fs still \
              holding a volume's device, exited, and were started again once it finished"
         );
     }
     let busy = Counters::get(&counters.busy_elsewhere);
     if busy > 0 {
-        println!(
+        figure!(
             "torture: {busy} expands were refused because another mount namespace on this \
              machine held the filesystem (mounted back unchanged, as checked)"
         );
     }
-    println!(
+    figure!(
         "torture: {rounds} invariant checks ({facts} facts verified); restarts took {:.1} ms on \
          average, {:.1} ms at most",
         restart_total.as_secs_f64() * 1000.0 / berth.starts.max(1) as f64,
         restart_max.as_secs_f64() * 1000.0,
     );
-    println!(
+    figure!(
         "torture: berth's recovery rolled back {} creates, finished {} deletes and dropped {} \
          publications interrupted by kills",
         seen("rolled back a create interrupted by a crash"),
@@ -473,7 +482,7 @@ fn concurrent_clients_on_overlapping_volumes() {
     let run_for = crowd_duration();
     // Every call is bounded; all 32 clients must be done this long after the run ends.
     let grace = Duration::from_secs(40);
-    println!(
+    figure!(
         "concurrency: seed {seed}, {CLIENTS} clients on {} shared volumes for {run_for:?}",
         SHARED.len()
     );
@@ -637,16 +646,18 @@ fn concurrent_clients_on_overlapping_volumes() {
         berth.log_tail(40)
     );
     let ops: u64 = tally.values().sum();
-    println!(
+    figure!(
         "concurrency: {ops} calls by {CLIENTS} clients in {:.1} s ({:.0}/s), slowest {:.0} ms; \
          {facts} facts verified at the end",
         elapsed.as_secs_f64(),
         ops as f64 / elapsed.as_secs_f64(),
         slowest.as_secs_f64() * 1000.0
     );
-    for (what, n) in &tally {
-        println!("concurrency:   {n:6} {what}");
-    }
+    let answers: Vec<String> = tally
+        .iter()
+        .map(|(what, n)| format!("{n} {what}"))
+        .collect();
+    figure!("concurrency: answers: {}", answers.join(", "));
 }
 
 /// A socket's mode bits, and what tells it from another socket made at the same path later
