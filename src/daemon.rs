@@ -1,14 +1,19 @@
 //! `berth serve`: open the engine, bind every configured front-end's socket, tell systemd
 //! we are ready, and shut down cleanly on SIGTERM/SIGINT.
 //!
+//! One daemon per state directory: `serve` first takes an `flock` on `STATE_DIR/berth.lock`
+//! and holds it until it exits, so a second daemon on the same state stops before it touches
+//! anything, saying which lock is held.
+//!
 //! Sockets: a socket path is guarded by an `flock`ed lock file beside it (`PATH.lock`), so
 //! a second daemon cannot take a socket that a live one serves; a socket left by a crashed
-//! daemon (its lock is free) is replaced. Sockets are removed on shutdown, so `docker volume
-//! ls` never waits on a dead plugin socket.
+//! daemon (its lock is free) is replaced, but nothing else is: a file that is not a socket
+//! at that path is refused, never deleted. Sockets are removed on shutdown, so `docker
+//! volume ls` never waits on a dead plugin socket.
 
 use std::future::Future;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -33,6 +38,14 @@ pub enum DaemonError {
         "{path} is served by another running berth (its lock {lock} is held); stop it or configure another path"
     )]
     SocketInUse { path: PathBuf, lock: PathBuf },
+    #[error(
+        "{path} exists and is not a socket; berth replaces only a stale socket there: move it away or configure another path"
+    )]
+    NotASocket { path: PathBuf },
+    #[error(
+        "state directory {state_dir} is used by another running berth (its lock {lock} is held); stop that one or give this one another state_dir"
+    )]
+    StateInUse { state_dir: PathBuf, lock: PathBuf },
     #[error(transparent)]
     Engine(#[from] EngineError),
     #[error("{0}")]
@@ -73,19 +86,17 @@ pub fn bind_socket(endpoint: &str, mode: u32) -> Result<BoundSocket, DaemonError
         std::fs::create_dir_all(parent).map_err(io_err("creating the directory of", &path))?;
     }
     let lock_path = PathBuf::from(format!("{}.lock", path.display()));
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(io_err("opening the lock file", &lock_path))?;
-    // SAFETY: flock on a file descriptor we own and keep open for the socket's lifetime.
-    let locked = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if locked != 0 {
+    let Some(lock) = try_lock(&lock_path)? else {
         return Err(DaemonError::SocketInUse {
             path,
             lock: lock_path,
         });
+    };
+    match std::fs::symlink_metadata(&path) {
+        Ok(meta) if !meta.file_type().is_socket() => {
+            return Err(DaemonError::NotASocket { path });
+        }
+        _ => {}
     }
     match std::fs::remove_file(&path) {
         Ok(()) => tracing::info!(socket = %path.display(), "replaced a stale socket"),
@@ -99,6 +110,32 @@ pub fn bind_socket(endpoint: &str, mode: u32) -> Result<BoundSocket, DaemonError
         listener,
         path,
         _lock: lock,
+    })
+}
+
+/// Opens (creating) the lock file and takes an exclusive `flock` on it without waiting;
+/// `None` if another process holds it. The lock lasts as long as the returned file is open.
+fn try_lock(path: &Path) -> Result<Option<std::fs::File>, DaemonError> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(io_err("opening the lock file", path))?;
+    // SAFETY: flock on a file descriptor we own; the caller keeps the file open for as long
+    // as it needs the lock.
+    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    Ok((locked == 0).then_some(file))
+}
+
+/// Takes the state directory's lock (see the module docs), creating the directory.
+fn lock_state_dir(state_dir: &Path) -> Result<std::fs::File, DaemonError> {
+    std::fs::create_dir_all(state_dir)
+        .map_err(io_err("creating the state directory", state_dir))?;
+    let lock = state_dir.join("berth.lock");
+    try_lock(&lock)?.ok_or_else(|| DaemonError::StateInUse {
+        state_dir: state_dir.to_path_buf(),
+        lock,
     })
 }
 
@@ -169,6 +206,7 @@ pub async fn serve(
     stop: impl Future<Output = ()> + Send,
 ) -> Result<(), DaemonError> {
     let started = std::time::Instant::now();
+    let _state_lock = lock_state_dir(&config.state_dir)?;
     let engine = tokio::task::spawn_blocking({
         let config = config.clone();
         move || open_engine(&config)

@@ -892,8 +892,10 @@ fn ext4_grow_offline_fallback() {
             }
             other => panic!("expected Unsupported, got {other}"),
         }
-        // Nothing happened to the mounts; the image and device did grow (harmless).
+        // Refused before anything changed: the mounts, the image and its device.
         assert_eq!(host.fs_stats(&mnt).unwrap().bytes_total, before.bytes_total);
+        assert_eq!(fs::metadata(&image).unwrap().len(), 32 * MIB);
+        assert_eq!(device_size(&device[0]), 32 * MIB);
         // (stat, not read: an fd open here could make the unmount below EBUSY should a
         // concurrent test fork meanwhile)
         assert_eq!(
@@ -952,6 +954,61 @@ fn ext4_grow_offline_fallback() {
     host.grow_image(&image, 64 * MIB, Some((&mnt, FsType::Ext4)))
         .unwrap();
 
+    host.unmount(&mnt).unwrap();
+    wait_no_loops(&host, &image);
+}
+
+/// A filesystem still mounted in another mount namespace (a container, a service with a
+/// private namespace, made while the volume was mounted) cannot be checked offline: the
+/// grow is refused, the filesystem mounted back, and the image left as it was.
+#[test]
+fn ext4_offline_grow_of_a_filesystem_mounted_in_another_namespace_changes_nothing() {
+    if !is_root() || has_capability(CAP_SYS_RESOURCE) {
+        return;
+    }
+    let s = Scratch::new();
+    let host = LinuxHost::new();
+    let image = s.join("vol.img");
+    let mnt = s.join("mnt");
+    host.prepare_target(&mnt, TargetKind::Directory).unwrap();
+    host.create_image(&image, 32 * MIB, Some(FsType::Ext4))
+        .unwrap();
+    host.mount_image(&image, &mnt, FsType::Ext4).unwrap();
+    fs::write(mnt.join("precious"), b"kept").unwrap();
+    let device = backed_loops(&host, &image);
+    // A process in a mount namespace of its own, with a private copy of the mount.
+    let mut elsewhere = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sleep", "30"])
+        .spawn()
+        .expect("unshare (util-linux)");
+    let ours = fs::read_link("/proc/self/ns/mnt").unwrap();
+    let ns_has_copy = || {
+        let pid = elsewhere.id();
+        fs::read_link(format!("/proc/{pid}/ns/mnt")).is_ok_and(|ns| ns != ours)
+            && fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+                .is_ok_and(|m| m.contains(&*mnt.to_string_lossy()))
+    };
+    let started = Instant::now();
+    while !ns_has_copy() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no namespace copy"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let err = host
+        .grow_image(&image, 64 * MIB, Some((&mnt, FsType::Ext4)))
+        .unwrap_err();
+    let _ = elsewhere.kill();
+    let _ = elsewhere.wait();
+    assert!(err.to_string().contains("is in use"), "{err}");
+    assert_eq!(fs::metadata(&image).unwrap().len(), 32 * MIB);
+    assert_eq!(device_size(&device[0]), 32 * MIB);
+    assert_eq!(fs::read(mnt.join("precious")).unwrap(), b"kept");
+    // With the other namespace gone, the same grow works.
+    host.grow_image(&image, 64 * MIB, Some((&mnt, FsType::Ext4)))
+        .unwrap();
+    assert_eq!(fs::metadata(&image).unwrap().len(), 64 * MIB);
     host.unmount(&mnt).unwrap();
     wait_no_loops(&host, &image);
 }

@@ -962,6 +962,12 @@ impl<H: Host> Engine<H> {
             published_at: now_ms(),
         };
         if let PublishTarget::Bind { path, read_only } = &target {
+            // The intent says whether berth is about to create the target, so that a crash
+            // before the publish is recorded still has the target removed at start.
+            publication.created_target = !self
+                .host
+                .target_exists(path)
+                .map_err(Self::host_err(name, "inspecting the target"))?;
             v.publications.push(publication.clone());
             self.save(&v, "publish")?;
             match self.bind(&v, path, *read_only) {
@@ -1533,6 +1539,8 @@ impl<H: Host> Engine<H> {
                 self.save(&v, "recovery")?;
             }
         }
+        // Read again: the rollbacks and deletes above unmounted their volumes.
+        let mounts = self.host.mounts().map_err(host_err)?;
         self.find_strays(&mounts, &mut report)?;
         for name in &report.rolled_back_creates {
             tracing::warn!(volume = %name, "rolled back a create interrupted by a crash");

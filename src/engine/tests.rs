@@ -80,7 +80,12 @@ fn host() -> FakeHost {
 fn mutations(h: &FakeHost) -> usize {
     h.calls()
         .iter()
-        .filter(|c| !matches!(c.op, "mounts" | "loop_devices" | "fs_stats" | "tree_usage"))
+        .filter(|c| {
+            !matches!(
+                c.op,
+                "mounts" | "loop_devices" | "fs_stats" | "tree_usage" | "target_exists"
+            )
+        })
         .count()
 }
 
@@ -278,6 +283,8 @@ fn restart_rolls_back_half_creates_and_finishes_tombstoned_deletes() {
     let report = e.recovery_report();
     assert_eq!(report.rolled_back_creates, vec!["half".to_string()]);
     assert_eq!(report.finished_deletes, vec!["dying".to_string()]);
+    // Their mounts went with them: nothing is reported as a stray.
+    assert_eq!(report.stray_mounts, Vec::<PathBuf>::new());
     let names: Vec<String> = e
         .list(&VolumeFilter::default())
         .iter()
@@ -328,6 +335,56 @@ fn after_a_reboot_filesystems_are_remounted_and_vanished_publications_dropped() 
     let v = e.get(&name("v")).unwrap();
     assert_eq!(v.publications.len(), 1, "the reference is kept");
     assert!(e.host().mounted_at(Path::new("/pool/volumes/v")).is_some());
+}
+
+#[test]
+fn a_target_made_by_a_publish_that_crashed_before_the_mount_is_removed_at_start() {
+    let f = Fixture::new();
+    let e = f.open(host());
+    e.create(CSI, request("v", Some(GIB))).unwrap();
+    // Killed after making the target, before mounting onto it.
+    e.host().crash_at("bind_mount");
+    let crashed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        e.publish(CSI, &name("v"), bind("/t/a", false))
+    }));
+    assert!(crashed.is_err());
+    let intent = e.get(&name("v")).unwrap().publications;
+    assert_eq!(intent.len(), 1);
+    assert_eq!(intent[0].state, PublicationState::Publishing);
+    assert!(
+        intent[0].created_target,
+        "the intent records that berth makes the target"
+    );
+    assert!(e.host().is_dir(Path::new("/t/a")));
+    drop(e);
+    // What the crash left on the host: the volume's filesystem and the new, empty target.
+    let h = host();
+    h.make_dir(Path::new("/pool/volumes/v"), &Ownership::default())
+        .unwrap();
+    let image = Path::new("/pool/volumes/.images/v.img");
+    h.create_image(image, GIB, Some(FsType::Ext4)).unwrap();
+    h.mount_image(image, Path::new("/pool/volumes/v"), FsType::Ext4)
+        .unwrap();
+    h.add_dir(Path::new("/t"));
+    h.add_dir(Path::new("/t/a"));
+    let e = f.open(h);
+    assert_eq!(
+        e.recovery_report().dropped_publications,
+        vec![("v".to_string(), "/t/a".to_string())]
+    );
+    assert!(
+        !e.host().is_dir(Path::new("/t/a")),
+        "the target berth made is removed"
+    );
+    assert!(e.get(&name("v")).unwrap().publications.is_empty());
+    // A target that existed before the publish (made by the orchestrator) is not berth's.
+    e.host().add_dir(Path::new("/t/b"));
+    e.host().crash_at("bind_mount");
+    let crashed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        e.publish(CSI, &name("v"), bind("/t/b", false))
+    }));
+    assert!(crashed.is_err());
+    assert!(!e.get(&name("v")).unwrap().publications[0].created_target);
 }
 
 #[test]

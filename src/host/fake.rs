@@ -1,7 +1,7 @@
 //! A recording, in-memory [`Host`] for the engine's unit tests. It keeps a model of
 //! directories, mounts, images and loop devices so idempotency and crash recovery can be
 //! checked without root, records every call, and fails on demand: at the N-th call, or at
-//! every call of a given operation.
+//! every call of a given operation, or "crashes" (panics) at a given operation.
 //!
 //! Size enforcement is modelled simply: [`Host::fs_kind`] answers what
 //! [`FakeHost::set_fs_kind`] set for the longest matching path prefix (ext4 otherwise).
@@ -43,6 +43,7 @@ struct Model {
     calls: Vec<Call>,
     fail_at_call: Option<usize>,
     fail_ops: BTreeSet<&'static str>,
+    crash_ops: BTreeSet<&'static str>,
     /// path prefix -> filesystem kind (longest prefix wins; ext4 elsewhere)
     fs_kinds: BTreeMap<PathBuf, FsKind>,
     /// btrfs subvolume -> referenced-bytes limit
@@ -132,10 +133,17 @@ impl FakeHost {
         self.lock().fail_ops.insert(op);
     }
 
+    /// Every call of `op` panics, as if berth were killed right there: nothing after it
+    /// runs, nothing is undone. Catch the panic, then reopen the store to recover.
+    pub fn crash_at(&self, op: &'static str) {
+        self.lock().crash_ops.insert(op);
+    }
+
     pub fn heal(&self) {
         let mut m = self.lock();
         m.fail_at_call = None;
         m.fail_ops.clear();
+        m.crash_ops.clear();
     }
 
     pub fn calls(&self) -> Vec<Call> {
@@ -228,6 +236,10 @@ impl FakeHost {
             op,
             path: path.to_path_buf(),
         });
+        if m.crash_ops.contains(op) {
+            drop(m);
+            panic!("injected crash at {op} {}", path.display());
+        }
         if m.fail_at_call == Some(index) || m.fail_ops.contains(op) {
             if m.fail_at_call == Some(index) {
                 m.fail_at_call = None;
@@ -338,6 +350,11 @@ impl Host for FakeHost {
             TargetKind::File => &mut m.files,
         };
         Ok(set.insert(target.to_path_buf()))
+    }
+
+    fn target_exists(&self, target: &Path) -> Result<bool, HostError> {
+        let m = self.enter("target_exists", target)?;
+        Ok(m.dirs.contains(target) || m.files.contains(target))
     }
 
     fn remove_target(&self, target: &Path, kind: TargetKind) -> Result<(), HostError> {

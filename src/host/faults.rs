@@ -96,6 +96,10 @@ impl<H: Host> Host for Faulty<H> {
         self.check("prepare_target", target)?;
         self.inner.prepare_target(target, kind)
     }
+    fn target_exists(&self, target: &Path) -> Result<bool, HostError> {
+        self.check("target_exists", target)?;
+        self.inner.target_exists(target)
+    }
     fn remove_target(&self, target: &Path, kind: TargetKind) -> Result<(), HostError> {
         self.check("remove_target", target)?;
         self.inner.remove_target(target, kind)

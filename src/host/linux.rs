@@ -40,13 +40,15 @@
 //!   refused anyway), grows offline — but only a filesystem with no other mount than the one
 //!   it was given (no bind publications: another line in mountinfo with the same device
 //!   means a container may be using it). Offline: hold the (autoclear) loop device open so
-//!   it survives the unmount, `umount`, `e2fsck -f -p`, `resize2fs`, and mount the device
-//!   at the same place again with the same per-mount flags, also when the check or resize
-//!   failed. A busy mount point (open files, submounts) makes the unmount fail with `EBUSY`
-//!   before anything changed. Mounts in other mount namespaces are not in our mountinfo; if
-//!   the filesystem is still mounted in one, `e2fsck`'s exclusive open of the device fails
-//!   and the filesystem is mounted back unchanged. A mount of a subdirectory of the
-//!   filesystem (mountinfo root other than `/`) is not remounted: refused.
+//!   it survives the unmount, `umount`, `e2fsck -f -p`, extend the image, `resize2fs`, and
+//!   mount the device at the same place again with the same per-mount flags, also when the
+//!   check or resize failed. A busy mount point (open files, submounts) makes the unmount
+//!   fail with `EBUSY` before anything changed; a grow that cannot go offline is refused
+//!   before the image is extended. Mounts in other mount namespaces are not in our
+//!   mountinfo; if the filesystem is still mounted in one, `e2fsck`'s exclusive open of the
+//!   device fails ("is in use") and the filesystem is mounted back unchanged, its image
+//!   not extended yet. A mount of a subdirectory of the filesystem (mountinfo root other
+//!   than `/`) is not remounted: refused.
 //! - **Size enforcement** lives in two submodules: `btrfs` (subvolumes and qgroup limits
 //!   through `BTRFS_IOC_*` ioctls) and `quota` (xfs/ext4 project quotas through
 //!   `FS_IOC_FSSETXATTR` and `quotactl(2)`). Their module docs list the kernel behaviour they
@@ -1196,8 +1198,8 @@ fn tool(name: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(name))
 }
 
-/// A finished tool run: its exit status, its complaint (stderr, or stdout when stderr is
-/// empty) and its command line, for messages.
+/// A finished tool run: its exit status, its complaint (stderr and stdout) and its command
+/// line, for messages.
 struct ToolRun {
     status: std::process::ExitStatus,
     text: String,
@@ -1226,10 +1228,13 @@ fn run_tool(name: &str, args: &[&OsStr]) -> Result<ToolRun, HostError> {
         .stdin(Stdio::null())
         .output()
         .map_err(|e| HostError::io("exec", &program, e))?;
-    let mut text = String::from_utf8_lossy(&output.stderr).trim().to_string();
-    if text.is_empty() {
-        text = String::from_utf8_lossy(&output.stdout).trim().to_string();
-    }
+    // Both: e2fsck, say, says why on stdout ("... is in use.") and that it gave up on stderr.
+    let text = [&output.stderr, &output.stdout]
+        .iter()
+        .map(|b| String::from_utf8_lossy(b).trim().to_string())
+        .filter(|t| !t.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
     Ok(ToolRun {
         status: output.status,
         text,
@@ -1643,22 +1648,54 @@ fn grow_image(image: &Path, size: u64, mounted: Option<(&Path, FsType)>) -> Resu
             ),
         ));
     }
-    if size > meta.size {
-        let len = i64::try_from(size).map_err(|_| invalid("grow", image, "size too large"))?;
-        nix::unistd::ftruncate(&fd, len).map_err(|e| nix_err("ftruncate", image, e))?;
-        fsync_fd(fd.as_fd(), image)?;
-    }
     let ours = loops_of(image)?;
-    for l in &ours {
-        if let Some(dev) = open_device(&l.device)? {
-            // SAFETY: LOOP_SET_CAPACITY takes no argument; `dev` is an open loop device fd.
-            unsafe { ioctl::loop_set_capacity(dev.as_raw_fd()) }
-                .map_err(|e| nix_err("LOOP_SET_CAPACITY", &l.device, e))?;
+    // Where the filesystem is mounted, and whether it can grow there, is settled before
+    // anything changes: a refused grow leaves the image and its device as they were.
+    let target = match mounted {
+        None => None,
+        Some((mount_point, fs)) => {
+            let (entry, device) = mounted_from(image, mount_point, &ours)?;
+            if fs == FsType::Ext4 && !has_capability(CAP_SYS_RESOURCE)? {
+                offline_grow_refusal(mount_point, &entry)?;
+            }
+            Some((mount_point, fs, entry, device))
+        }
+    };
+    // Extends the image and tells its loop devices; doing it again changes nothing.
+    let extend = || -> Result<(), HostError> {
+        if size > meta.size {
+            let len = i64::try_from(size).map_err(|_| invalid("grow", image, "size too large"))?;
+            nix::unistd::ftruncate(&fd, len).map_err(|e| nix_err("ftruncate", image, e))?;
+            fsync_fd(fd.as_fd(), image)?;
+        }
+        for l in &ours {
+            if let Some(dev) = open_device(&l.device)? {
+                // SAFETY: LOOP_SET_CAPACITY takes no argument; `dev` is an open loop device fd.
+                unsafe { ioctl::loop_set_capacity(dev.as_raw_fd()) }
+                    .map_err(|e| nix_err("LOOP_SET_CAPACITY", &l.device, e))?;
+            }
+        }
+        Ok(())
+    };
+    let Some((mount_point, fs, entry, device)) = target else {
+        return extend();
+    };
+    match fs {
+        FsType::Ext4 => grow_ext4(mount_point, &entry, &device, &extend),
+        FsType::Xfs => {
+            extend()?;
+            run("xfs_growfs", &[OsStr::new("-d"), mount_point.as_os_str()])
         }
     }
-    let Some((mount_point, fs)) = mounted else {
-        return Ok(());
-    };
+}
+
+/// The mount at `mount_point` (its root) and the one of `ours`, the loop devices of
+/// `image`, that it is made from.
+fn mounted_from(
+    image: &Path,
+    mount_point: &Path,
+    ours: &[SysLoop],
+) -> Result<(MountEntry, SysLoop), HostError> {
     let (mp_fd, mp_meta) = open_nofollow(mount_point)?;
     let entry = if mp_meta.mount_root {
         mount_by_id(mp_meta.mnt_id)?
@@ -1680,10 +1717,7 @@ fn grow_image(image: &Path, size: u64, mounted: Option<(&Path, FsType)>) -> Resu
             ),
         ));
     };
-    match fs {
-        FsType::Ext4 => grow_ext4(mount_point, &entry, device),
-        FsType::Xfs => run("xfs_growfs", &[OsStr::new("-d"), mount_point.as_os_str()]),
-    }
+    Ok((entry, device.clone()))
 }
 
 const CAP_SYS_RESOURCE: u32 = 24;
@@ -1739,8 +1773,16 @@ fn is_permission_denied(error: &HostError) -> bool {
 
 /// Grows the ext4 mounted at `mount_point` (the mount `entry`, on `device`) to its device's
 /// size: online with `CAP_SYS_RESOURCE`, else offline if nothing else mounts it.
-fn grow_ext4(mount_point: &Path, entry: &MountEntry, device: &SysLoop) -> Result<(), HostError> {
+/// `extend` makes the image and its device larger; offline, it runs only once the
+/// filesystem is checked, so a filesystem that turns out to be busy is left as it was.
+fn grow_ext4(
+    mount_point: &Path,
+    entry: &MountEntry,
+    device: &SysLoop,
+    extend: &dyn Fn() -> Result<(), HostError>,
+) -> Result<(), HostError> {
     if has_capability(CAP_SYS_RESOURCE)? {
+        extend()?;
         match run("resize2fs", &[device.device.as_os_str()]) {
             Ok(()) => return Ok(()),
             // The capability is there but the resize was refused anyway (an LSM, a user
@@ -1749,7 +1791,7 @@ fn grow_ext4(mount_point: &Path, entry: &MountEntry, device: &SysLoop) -> Result
             Err(e) => return Err(e),
         }
     }
-    grow_ext4_offline(mount_point, entry, device)
+    grow_ext4_offline(mount_point, entry, device, extend)
 }
 
 /// The `MS_*` flags that reproduce a mount's per-mount options (mountinfo field 6).
@@ -1822,12 +1864,10 @@ fn unmount_when_idle(mount_point: &Path) -> Result<(), HostError> {
     }
 }
 
-/// Offline grow: see the module docs. Refused while the filesystem has another mount.
-fn grow_ext4_offline(
-    mount_point: &Path,
-    entry: &MountEntry,
-    device: &SysLoop,
-) -> Result<(), HostError> {
+/// Why the ext4 mounted at `mount_point` (the mount `entry`) cannot be grown offline, if it
+/// cannot: another mount of it (a container may be using it), or a mount of a directory
+/// inside it rather than its root.
+fn offline_grow_refusal(mount_point: &Path, entry: &MountEntry) -> Result<(), HostError> {
     let others: Vec<String> = read_mountinfo()?
         .into_iter()
         .filter(|m| m.device == entry.device && m.id != entry.id)
@@ -1850,6 +1890,17 @@ fn grow_ext4_offline(
             others.join(", ")
         )));
     }
+    Ok(())
+}
+
+/// Offline grow: see the module docs. Refused while the filesystem has another mount.
+fn grow_ext4_offline(
+    mount_point: &Path,
+    entry: &MountEntry,
+    device: &SysLoop,
+    extend: &dyn Fn() -> Result<(), HostError>,
+) -> Result<(), HostError> {
+    offline_grow_refusal(mount_point, entry)?;
     // The device detaches itself on its last close (autoclear): hold it across the unmount.
     let Some(hold) = open_device(&device.device)? else {
         return Err(invalid(
@@ -1860,8 +1911,9 @@ fn grow_ext4_offline(
     };
     let flags = mount_flags(&entry.options);
     unmount_when_idle(mount_point)?;
-    let resized =
-        check_ext4(&device.device).and_then(|()| run("resize2fs", &[device.device.as_os_str()]));
+    let resized = check_ext4(&device.device)
+        .and_then(|()| extend())
+        .and_then(|()| run("resize2fs", &[device.device.as_os_str()]));
     let remounted = mount_device(&device.device, mount_point, "ext4", flags);
     drop(hold);
     match (resized, remounted) {
@@ -2242,6 +2294,14 @@ impl Host for LinuxHost {
 
     fn prepare_target(&self, target: &Path, kind: TargetKind) -> Result<bool, HostError> {
         prepare_target(target, kind)
+    }
+
+    fn target_exists(&self, target: &Path) -> Result<bool, HostError> {
+        match std::fs::symlink_metadata(target) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(HostError::io("stat", target, e)),
+        }
     }
 
     fn remove_target(&self, target: &Path, kind: TargetKind) -> Result<(), HostError> {

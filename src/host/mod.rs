@@ -197,6 +197,10 @@ pub trait Host: Send + Sync {
     /// `target` is refused.
     fn prepare_target(&self, target: &Path, kind: TargetKind) -> Result<bool, HostError>;
 
+    /// Whether anything (directory, file, symlink: not followed) is at `target`, so the
+    /// engine can record before `prepare_target` whether berth is about to create it.
+    fn target_exists(&self, target: &Path) -> Result<bool, HostError>;
+
     /// Removes a target berth created (`rmdir` or `unlink` of an empty file). Missing is success;
     /// a non-empty directory is left in place and reported.
     fn remove_target(&self, target: &Path, kind: TargetKind) -> Result<(), HostError>;
