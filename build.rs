@@ -31,16 +31,32 @@ fn compile_csi_proto() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn record_git_commit() {
-    let commit = std::process::Command::new("git")
-        .args(["rev-parse", "--short=12", "HEAD"])
+    let commit = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=BERTH_GIT_COMMIT={commit}");
+    // Rebuild when HEAD moves. In a linked worktree `.git` is a file, so ask git where
+    // HEAD, the branch's ref and packed-refs live; a path that does not exist would make
+    // cargo rerun this script (and rebuild berth) on every build, so only existing ones.
+    let mut watched = vec!["HEAD".to_string(), "packed-refs".to_string()];
+    if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
+        watched.push(branch);
+    }
+    for name in watched {
+        if let Some(path) = git(&["rev-parse", "--git-path", &name])
+            && std::path::Path::new(&path).exists()
+        {
+            println!("cargo:rerun-if-changed={path}");
+        }
+    }
+}
+
+/// `git ARGS` in the crate's directory: trimmed stdout, or None if git fails.
+fn git(args: &[&str]) -> Option<String> {
+    std::process::Command::new("git")
+        .args(args)
         .output()
         .ok()
         .filter(|o| o.status.success())
         .and_then(|o| String::from_utf8(o.stdout).ok())
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "unknown".into());
-    println!("cargo:rustc-env=BERTH_GIT_COMMIT={commit}");
-    println!("cargo:rerun-if-changed=.git/HEAD");
-    println!("cargo:rerun-if-changed=.git/refs/heads");
 }

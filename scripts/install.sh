@@ -17,8 +17,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq "${missing[@]}"
 fi
 
-cargo build --release --locked
-install -m 0755 target/release/berth /usr/local/bin/berth
+# The same static, stripped binary the packages ship.
+bin=$(packaging/build-release.sh)
+install -m 0755 "$bin" /usr/local/bin/berth
 install -d -m 0755 /etc/berth
 install -m 0644 packaging/config.example.toml /etc/berth/config.toml.example
 

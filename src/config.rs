@@ -18,6 +18,8 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/berth";
 pub const DEFAULT_RUN_DIR: &str = "/run/berth";
 pub const DEFAULT_DOCKER_SOCKET: &str = "/run/docker/plugins/berth.sock";
 pub const DEFAULT_DRIVER_NAME: &str = "berth.csi.io";
+/// The Mesos agent's default `--work_dir`; task sandboxes live beneath it.
+pub const DEFAULT_MESOS_WORK_DIR: &str = "/var/lib/mesos";
 /// The topology key local volumes carry; its value is the node id.
 pub const DEFAULT_TOPOLOGY_KEY: &str = "topology.berth.io/node";
 /// As Marathon's `task_reservation_timeout` default.
@@ -66,6 +68,8 @@ pub struct Config {
     pub csi: CsiConfig,
     #[serde(default)]
     pub admin: AdminConfig,
+    #[serde(default)]
+    pub mesos: MesosConfig,
     /// Pools; default: one `root` pool under `state_dir/volumes`.
     #[serde(default)]
     pub pools: Vec<PoolConfig>,
@@ -106,6 +110,28 @@ pub struct AdminConfig {
     /// A file holding the token (read at start), instead of `token`.
     #[serde(default)]
     pub token_file: Option<PathBuf>,
+}
+
+/// The Mesos hook (`berth mesos prepare` / `cleanup`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MesosConfig {
+    /// The agent's `--work_dir`. The hook mounts volumes only into sandboxes and container
+    /// root filesystems beneath it, so a caller cannot point it at `/etc`.
+    #[serde(default = "default_mesos_work_dir")]
+    pub work_dir: PathBuf,
+}
+
+fn default_mesos_work_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_MESOS_WORK_DIR)
+}
+
+impl Default for MesosConfig {
+    fn default() -> Self {
+        Self {
+            work_dir: default_mesos_work_dir(),
+        }
+    }
 }
 
 fn default_state_dir() -> PathBuf {
@@ -165,6 +191,7 @@ impl Default for Config {
             listen: Listen::default(),
             csi: CsiConfig::default(),
             admin: AdminConfig::default(),
+            mesos: MesosConfig::default(),
             pools: Vec::new(),
         }
     }
@@ -229,6 +256,18 @@ impl Config {
                     .into(),
             );
         }
+        let work_dir = &self.mesos.work_dir;
+        if !work_dir.is_absolute()
+            || work_dir.parent().is_none()
+            || work_dir
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(format!(
+                "mesos.work_dir: {} must be an absolute path below / without ..",
+                work_dir.display()
+            ));
+        }
         if !(1..=86_400).contains(&self.reservation_timeout_secs) {
             return Err(format!(
                 "reservation_timeout_secs: {} is outside 1 to 86400 seconds",
@@ -237,6 +276,18 @@ impl Config {
         }
         if self.max_volumes == Some(0) {
             return Err("max_volumes: must be at least 1".into());
+        }
+        if !is_driver_name(&self.csi.driver_name) {
+            return Err(format!(
+                "csi.driver_name: {:?} is not a CSI driver name; use at most 63 letters, digits, - and . in domain style, starting and ending with a letter or digit, e.g. berth.csi.io",
+                self.csi.driver_name
+            ));
+        }
+        if self.topology_key.is_empty() || self.topology_key.chars().any(char::is_whitespace) {
+            return Err(format!(
+                "topology_key: {:?} is not a topology key; use e.g. topology.berth.io/node",
+                self.topology_key
+            ));
         }
         let mut names = std::collections::HashSet::new();
         for pool in &self.pools {
@@ -278,6 +329,18 @@ impl Config {
     }
 }
 
+/// CSI's rule for plugin names: domain-name notation, at most 63 characters, beginning and
+/// ending with an alphanumeric, with dashes, dots and alphanumerics between.
+fn is_driver_name(name: &str) -> bool {
+    let edge_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    name.len() <= 63
+        && edge_ok(name.chars().next())
+        && edge_ok(name.chars().last())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
@@ -301,6 +364,7 @@ mod tests {
         assert_eq!(pools.len(), 1);
         assert_eq!(pools[0].paths[0], Path::new("/var/lib/berth/volumes"));
         assert_eq!(c.listen.csi, "/run/berth/csi.sock");
+        assert_eq!(c.mesos.work_dir, Path::new("/var/lib/mesos"));
     }
 
     #[test]
@@ -316,6 +380,10 @@ mod tests {
             ("state_dir = 'relative'", "state_dir"),
             ("[listen]\nsocket_mode = 4095", "socket_mode"),
             ("[listen]\nadmin_tcp = '127.0.0.1:1'", "admin_tcp"),
+            ("[mesos]\nwork_dir = 'mesos'", "mesos.work_dir"),
+            ("[mesos]\nwork_dir = '/'", "mesos.work_dir"),
+            ("[mesos]\nwork_dir = '/var/../etc'", "mesos.work_dir"),
+            ("[mesos]\nsandbox = '/x'", "sandbox"),
             ("reservation_timeout_secs = 0", "reservation_timeout_secs"),
             (
                 "[[pools]]\nname='a'\nkind='root'\npaths=['/x','/y']",
@@ -337,6 +405,9 @@ mod tests {
                 "[[pools]]\nname='a'\nkind='root'\npaths=['/x']\n[[pools]]\nname='a'\nkind='root'\npaths=['/y']",
                 "used twice",
             ),
+            ("[csi]\ndriver_name = 'berth_csi'", "csi.driver_name"),
+            ("[csi]\ndriver_name = '.berth'", "csi.driver_name"),
+            ("topology_key = ''", "topology_key"),
         ];
         for (text, needle) in cases {
             let e = Config::parse(text, Path::new("t.toml"))

@@ -25,6 +25,9 @@ enum Command {
         /// Config file (TOML); without one berth runs on its embedded default.
         #[arg(long, short, env = "BERTH_CONFIG")]
         config: Option<PathBuf>,
+        /// This node's id, over the config's `node_id` (on Kubernetes: the node name).
+        #[arg(long, env = "BERTH_NODE_ID")]
+        node_id: Option<String>,
     },
     /// List, inspect, remove and wipe volumes through the admin API.
     Volume(berth::admin::cli::VolumeArgs),
@@ -34,6 +37,9 @@ enum Command {
         #[arg(long)]
         check: Option<PathBuf>,
     },
+    /// Marathon apps and pods: validate a definition; prepare and clean up a task's volumes.
+    #[command(subcommand)]
+    Mesos(berth::mesos::cli::MesosCommand),
 }
 
 fn berth_version() -> &'static str {
@@ -69,8 +75,14 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_json);
     match cli.command {
-        Command::Serve { config } => {
-            let config = load_config(config.as_ref())?;
+        Command::Serve { config, node_id } => {
+            let mut config = load_config(config.as_ref())?;
+            if let Some(id) = node_id {
+                config.node_id = Some(id);
+                config
+                    .validate()
+                    .map_err(|e| anyhow::anyhow!("--node-id / BERTH_NODE_ID: {e}"))?;
+            }
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -89,5 +101,6 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Mesos(command) => Ok(berth::mesos::cli::run(command)?),
     }
 }

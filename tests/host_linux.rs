@@ -25,9 +25,9 @@ use support::*;
 /// CPU time (user + system) this thread has used: what a walk costs, whatever else the
 /// machine is busy with.
 fn thread_cpu() -> Duration {
-    // SAFETY (test): all-zero bytes are a valid `rusage` (integers only).
+    // SAFETY: (test) all-zero bytes are a valid `rusage` (integers only).
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY (test): `usage` is a valid, writable `rusage` for the duration of the call.
+    // SAFETY: (test) `usage` is a valid, writable `rusage` for the duration of the call.
     let rc = unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) };
     assert_eq!(rc, 0);
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
@@ -608,15 +608,15 @@ fn block_volume_attach_bind_detach() {
         block[..5].copy_from_slice(b"berth");
         // O_DIRECT needs an aligned buffer: copy into an aligned allocation.
         let layout = std::alloc::Layout::from_size_align(4096, 4096).unwrap();
-        // SAFETY (test): layout is non-zero-sized; the buffer is freed below.
+        // SAFETY: (test) layout is non-zero-sized; the buffer is freed below.
         let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
         assert!(!ptr.is_null());
-        // SAFETY (test): ptr is valid for 4096 bytes and exclusively ours.
+        // SAFETY: (test) ptr is valid for 4096 bytes and exclusively ours.
         let aligned = unsafe { std::slice::from_raw_parts_mut(ptr, 4096) };
         aligned.copy_from_slice(&block);
         dev.seek(SeekFrom::Start(4096)).unwrap();
         let result = dev.write_all(aligned);
-        // SAFETY (test): allocated above with the same layout.
+        // SAFETY: (test) allocated above with the same layout.
         unsafe { std::alloc::dealloc(ptr, layout) };
         result.unwrap();
         dev.sync_all().unwrap();

@@ -9,6 +9,8 @@
 //!   destroyed with `wipe=true`. Refused while attached.
 //! - `GET /v2/apps/{appId}/tasks` and `DELETE /v2/apps/{appId}/tasks/{taskId}[?wipe=true]`:
 //!   the same, Marathon-shaped, for the volumes a task owns (`appId` may contain slashes).
+//! - `POST /v1/mesos/prepare` and `POST /v1/mesos/cleanup`: the Mesos hook, answered by
+//!   [`crate::mesos::hook`] (`berth mesos prepare|cleanup` call them).
 //! - `GET /healthz` (no token needed, so a Marathon health check or a Kubernetes liveness
 //!   probe can call it; it says only "ok" or "unhealthy" to a caller without the token) and
 //!   `GET /metrics` (Prometheus text).
@@ -147,6 +149,8 @@ pub struct Admin {
     token: Option<Token>,
     used_bytes: tokio::sync::Mutex<Option<(Instant, BTreeMap<String, u64>)>>,
     refusals: Refusals,
+    /// For the Mesos hook, which answers `/v1/mesos/...` ([`crate::mesos::hook`]).
+    mesos: crate::config::MesosConfig,
 }
 
 /// Logs refused (unauthenticated) requests at most once per [`Refusals::EVERY`], with how
@@ -179,11 +183,20 @@ impl Refusals {
 
 impl Admin {
     pub fn new(engine: Arc<dyn VolumeService>, token: Option<Token>) -> Arc<Self> {
+        Self::with_mesos(engine, token, crate::config::MesosConfig::default())
+    }
+
+    pub fn with_mesos(
+        engine: Arc<dyn VolumeService>,
+        token: Option<Token>,
+        mesos: crate::config::MesosConfig,
+    ) -> Arc<Self> {
         Arc::new(Self {
             engine,
             token,
             used_bytes: tokio::sync::Mutex::new(None),
             refusals: Refusals::default(),
+            mesos,
         })
     }
 
@@ -208,6 +221,9 @@ impl Admin {
                 "this API needs the admin token: send `Authorization: Bearer <token>` (berth volume: --token-file, BERTH_TOKEN)",
             )
             .with_header("www-authenticate", "Bearer realm=\"berth\"");
+        }
+        if let Some(reply) = crate::mesos::hook::handle(&self.engine, &self.mesos, &req).await {
+            return reply;
         }
         if !req.body.is_empty() {
             return error_reply(400, "invalid_input", "admin requests take no body");
@@ -475,6 +491,7 @@ pub fn status_of(e: &EngineError) -> u16 {
         EngineError::NoCapacity { .. } => 507,
         EngineError::TooManyVolumes { .. } => 507,
         EngineError::Unsupported { .. } => 422,
+        EngineError::PoolUnusable { .. } => 500,
         EngineError::Host { .. } => 500,
         EngineError::Store { .. } => 500,
     }
@@ -603,7 +620,7 @@ pub fn start(
     servers: &mut Servers,
 ) -> Result<(), DaemonError> {
     let token = configured_token(config)?;
-    let admin = Admin::new(Arc::clone(engine), token.clone());
+    let admin = Admin::with_mesos(Arc::clone(engine), token.clone(), config.mesos.clone());
     if !config.listen.admin.is_empty() {
         // Without a token the socket's mode is the only guard: keep it root's alone.
         let mode = if token.is_some() { mode } else { 0o600 };

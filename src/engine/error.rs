@@ -48,6 +48,9 @@ pub enum EngineError {
     #[error("volume {volume}: {reason}")]
     Unsupported { volume: String, reason: String },
 
+    #[error("pool {pool} cannot be used: {reason}")]
+    PoolUnusable { pool: String, reason: String },
+
     #[error("volume {volume}: target {target} is already published {how}; unpublish it first")]
     TargetConflict {
         volume: String,
@@ -113,6 +116,7 @@ impl EngineError {
             Self::WrongPhase { .. } => "wrong_phase",
             Self::NoCapacity { .. } => "no_capacity",
             Self::Unsupported { .. } => "unsupported",
+            Self::PoolUnusable { .. } => "pool_unusable",
             Self::TargetConflict { .. } => "target_conflict",
             Self::TooManyVolumes { .. } => "too_many_volumes",
             Self::Host { .. } => "host",

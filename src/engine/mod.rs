@@ -130,8 +130,32 @@ pub trait VolumeService: Send + Sync {
     /// another operation is left for the next call.
     fn expire_pending_reservations(&self, now_ms: u64) -> Vec<VolumeName>;
     fn expand(&self, caller: Caller, name: &VolumeName, size: u64) -> Result<Volume, EngineError>;
+    /// Gives group `gid` read-write access to a filesystem volume's data root: the root's
+    /// group becomes `gid`, with group read/write/search and set-group-id so that files made
+    /// inside inherit the group (CSI's `volume_mount_group`, Kubernetes' `fsGroup`). Existing
+    /// files inside are not changed. Idempotent.
+    fn grant_group(
+        &self,
+        caller: Caller,
+        name: &VolumeName,
+        gid: u32,
+    ) -> Result<Volume, EngineError>;
+    /// Hands a volume that nothing is attached to over to `owner`, if its owner is still
+    /// `expected` (compare-and-set: of two callers racing for the same volume one wins, the
+    /// other gets `Busy`). An attached volume is `InUse`. The Mesos hook uses it to give a
+    /// scaled-down instance's detached volume to a new instance of the same app.
+    fn adopt(
+        &self,
+        caller: Caller,
+        name: &VolumeName,
+        expected: &Owner,
+        owner: Owner,
+    ) -> Result<Volume, EngineError>;
     fn get(&self, name: &VolumeName) -> Result<Volume, EngineError>;
     fn list(&self, filter: &VolumeFilter) -> Vec<Volume>;
+    /// At most `limit` volumes, in name order, whose names sort after `after` (all names
+    /// when `None`): one page of a listing, in time proportional to the page, not the store.
+    fn list_after(&self, after: Option<&VolumeName>, limit: usize) -> Vec<Volume>;
     fn usage(&self, name: &VolumeName) -> Result<Usage, EngineError>;
     fn capacity(&self, selector: &PoolSelector) -> Vec<PoolCapacity>;
     fn node(&self) -> &NodeInfo;
@@ -267,14 +291,17 @@ impl<H: Host> Engine<H> {
     /// does not already use (listed in `/etc/projid` or set on a directory there). Called
     /// under the placement lock, so two creates never get the same id.
     fn free_project_id(&self, base: &Path) -> Result<u32, EngineError> {
-        let mut taken: BTreeSet<u32> =
+        let in_use = |dir: &Path| {
             self.host
-                .project_ids_in_use(base)
+                .project_ids_in_use(dir)
                 .map_err(|source| EngineError::Host {
                     volume: "-".into(),
                     operation: "listing project ids in use",
                     source,
-                })?;
+                })
+        };
+        let mut taken: BTreeSet<u32> = in_use(base)?;
+        taken.extend(in_use(&base.join(RETAINED_DIR))?);
         taken.extend(self.cache().values().filter_map(|v| v.placement.project_id));
         (FIRST_PROJECT_ID..u32::MAX)
             .find(|id| !taken.contains(id))
@@ -803,7 +830,11 @@ impl<H: Host> Engine<H> {
                 .remove_tree(&p.base, &p.data)
                 .map_err(err("wiping the disk"));
         }
-        if let Some(id) = p.project_id {
+        // Retained data keeps its project id (its files carry it), so the id stays taken:
+        // `free_project_id` also looks under the retained directory.
+        if let Some(id) = p.project_id
+            && !retain
+        {
             self.host
                 .clear_project_quota(&p.dir, id)
                 .map_err(err("releasing the project quota"))?;
@@ -1115,17 +1146,8 @@ impl<H: Host> Engine<H> {
 
     /// Tombstones and destroys a volume whose lock the caller holds.
     fn delete_locked(&self, mut v: Volume, wipe: bool) -> Result<RemovalStats, EngineError> {
-        let name = &v.name;
         if !v.publications.is_empty() {
-            return Err(EngineError::InUse {
-                volume: name.to_string(),
-                targets: v
-                    .publications
-                    .iter()
-                    .map(|p| p.target.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            });
+            return Err(in_use(&v));
         }
         let wipe = match v.phase {
             // An interrupted delete keeps the stronger of the two requests.
@@ -1235,6 +1257,63 @@ impl<H: Host> Engine<H> {
         Ok(v)
     }
 
+    // ----- group access -------------------------------------------------------------------
+
+    fn do_grant_group(
+        &self,
+        caller: Caller,
+        name: &VolumeName,
+        gid: u32,
+    ) -> Result<Volume, EngineError> {
+        let _guard = self.locks.acquire(name, caller.wait_if_busy)?;
+        let v = self.ready_volume(name)?;
+        if v.spec.access != AccessType::Filesystem {
+            return Err(EngineError::Unsupported {
+                volume: name.to_string(),
+                reason: "group access applies to filesystem volumes, not block volumes".into(),
+            });
+        }
+        // Keep the owner's and others' bits; add group rwx and set-group-id.
+        let base = v.spec.ownership.mode.unwrap_or(0o755) & 0o7777;
+        let ownership = Ownership {
+            uid: None,
+            gid: Some(gid),
+            mode: Some(base | 0o2070),
+        };
+        self.host
+            .make_dir(&v.placement.data, &ownership)
+            .map_err(Self::host_err(name, "granting group access"))?;
+        Ok(v)
+    }
+
+    // ----- adopt --------------------------------------------------------------------------
+
+    fn do_adopt(
+        &self,
+        caller: Caller,
+        name: &VolumeName,
+        expected: &Owner,
+        owner: Owner,
+    ) -> Result<Volume, EngineError> {
+        let _guard = self.locks.acquire(name, caller.wait_if_busy)?;
+        let mut v = self.ready_volume(name)?;
+        if v.owner == owner {
+            return Ok(v);
+        }
+        if !v.publications.is_empty() {
+            return Err(in_use(&v));
+        }
+        if v.owner != *expected {
+            // Another caller adopted it first.
+            return Err(EngineError::Busy {
+                volume: name.to_string(),
+            });
+        }
+        v.owner = owner;
+        self.save(&v, "adopt")?;
+        Ok(v)
+    }
+
     // ----- usage and capacity -------------------------------------------------------------
 
     fn do_usage(&self, name: &VolumeName) -> Result<Usage, EngineError> {
@@ -1243,7 +1322,12 @@ impl<H: Host> Engine<H> {
         let err = |op| Self::host_err(name, op);
         match (v.spec.access, p.fs) {
             (AccessType::Filesystem, Some(_)) => {
-                let s = self.host.fs_stats(&p.dir).map_err(err("measuring usage"))?;
+                // The data directory lives inside the volume's own filesystem: if that is not
+                // mounted (or the data is gone) this fails instead of measuring the pool.
+                let s = self
+                    .host
+                    .fs_stats(&p.data)
+                    .map_err(err("measuring usage"))?;
                 Ok(Usage {
                     bytes_used: s.bytes_total.saturating_sub(s.bytes_free),
                     bytes_total: s.bytes_total,
@@ -1530,8 +1614,8 @@ impl<H: Host> Engine<H> {
 fn resolve_backend<H: Host>(host: &H, pool: &PoolConfig) -> Result<Backend, EngineError> {
     use crate::host::FsKind;
     use pool::BackendChoice;
-    let refuse = |reason: String| EngineError::Unsupported {
-        volume: format!("pool {}", pool.name),
+    let refuse = |reason: String| EngineError::PoolUnusable {
+        pool: pool.name.clone(),
         reason,
     };
     if pool.kind == PoolKind::Mount {
@@ -1594,6 +1678,19 @@ fn resolve_backend<H: Host>(host: &H, pool: &PoolConfig) -> Result<Backend, Engi
             }
             Ok(Backend::Loopfs)
         }
+    }
+}
+
+/// `InUse` for a volume that still has publications, naming them.
+fn in_use(v: &Volume) -> EngineError {
+    EngineError::InUse {
+        volume: v.name.to_string(),
+        targets: v
+            .publications
+            .iter()
+            .map(|p| p.target.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
     }
 }
 
@@ -1688,6 +1785,29 @@ impl<H: Host> VolumeService for Engine<H> {
         })
     }
 
+    fn grant_group(
+        &self,
+        caller: Caller,
+        name: &VolumeName,
+        gid: u32,
+    ) -> Result<Volume, EngineError> {
+        self.observe(caller, "grant_group", name.as_str(), || {
+            self.do_grant_group(caller, name, gid)
+        })
+    }
+
+    fn adopt(
+        &self,
+        caller: Caller,
+        name: &VolumeName,
+        expected: &Owner,
+        owner: Owner,
+    ) -> Result<Volume, EngineError> {
+        self.observe(caller, "adopt", name.as_str(), || {
+            self.do_adopt(caller, name, expected, owner)
+        })
+    }
+
     fn get(&self, name: &VolumeName) -> Result<Volume, EngineError> {
         self.cached(name).ok_or_else(|| EngineError::NotFound {
             volume: name.to_string(),
@@ -1699,6 +1819,19 @@ impl<H: Host> VolumeService for Engine<H> {
             .values()
             .filter(|v| filter.matches(v))
             .cloned()
+            .collect()
+    }
+
+    fn list_after(&self, after: Option<&VolumeName>, limit: usize) -> Vec<Volume> {
+        use std::ops::Bound;
+        let start = match after {
+            Some(name) => Bound::Excluded(name),
+            None => Bound::Unbounded,
+        };
+        self.cache()
+            .range::<VolumeName, _>((start, Bound::Unbounded))
+            .take(limit)
+            .map(|(_, v)| v.clone())
             .collect()
     }
 

@@ -433,6 +433,143 @@ fn one_target_carries_one_volume() {
     let err = e.publish(CSI, &name("b"), bind("/t/x", false)).unwrap_err();
     assert!(err.to_string().contains("for volume a"), "{err}");
 }
+
+#[test]
+fn grant_group_makes_the_data_root_group_writable_and_inheriting() {
+    let f = Fixture::new();
+    let e = f.open(host());
+    let v = e.create(CSI, request("shared", None)).unwrap();
+    for _ in 0..2 {
+        e.grant_group(CSI, &name("shared"), 2000).unwrap();
+        assert_eq!(
+            e.host().ownership_of(&v.placement.data),
+            Some(Ownership {
+                uid: None,
+                gid: Some(2000),
+                mode: Some(0o2775),
+            })
+        );
+    }
+    // The creator's mode is kept; only group bits are added.
+    let mut private = request("private", None);
+    private.spec.ownership.mode = Some(0o700);
+    let v = e.create(CSI, private).unwrap();
+    e.grant_group(CSI, &name("private"), 7).unwrap();
+    let granted = e.host().ownership_of(&v.placement.data).unwrap();
+    assert_eq!(granted.mode, Some(0o2770));
+
+    let mut raw = request("raw", Some(GIB));
+    raw.spec.access = AccessType::Block;
+    e.create(CSI, raw).unwrap();
+    let err = e.grant_group(CSI, &name("raw"), 7).unwrap_err();
+    assert!(matches!(err, EngineError::Unsupported { .. }), "{err}");
+    let err = e.grant_group(CSI, &name("missing"), 7).unwrap_err();
+    assert!(matches!(err, EngineError::NotFound { .. }), "{err}");
+    let guard = e.locks.acquire(&name("shared"), false).unwrap();
+    let err = e.grant_group(CSI, &name("shared"), 7).unwrap_err();
+    assert!(matches!(err, EngineError::Busy { .. }), "{err}");
+    drop(guard);
+}
+
+#[test]
+fn list_after_pages_in_name_order_and_survives_a_deleted_cursor() {
+    let f = Fixture::new();
+    let e = f.open(host());
+    for n in ["c", "a", "e", "b", "d"] {
+        e.create(CSI, request(n, None)).unwrap();
+    }
+    let names = |vs: Vec<Volume>| {
+        vs.into_iter()
+            .map(|v| v.name.to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names(e.list_after(None, 2)), ["a", "b"]);
+    assert_eq!(names(e.list_after(Some(&name("b")), 2)), ["c", "d"]);
+    assert_eq!(names(e.list_after(Some(&name("d")), 2)), ["e"]);
+    assert!(e.list_after(Some(&name("e")), 2).is_empty());
+    assert!(e.list_after(None, 0).is_empty());
+    // The cursor need not exist any more: paging goes on after where it was.
+    e.delete(CSI, &name("b")).unwrap();
+    assert_eq!(names(e.list_after(Some(&name("b")), 10)), ["c", "d", "e"]);
+    assert_eq!(names(e.list_after(None, usize::MAX)), ["a", "c", "d", "e"]);
+}
+
+#[test]
+fn usage_of_a_loopfs_volume_is_measured_inside_its_own_filesystem() {
+    let f = Fixture::new();
+    let e = f.open(host());
+    let v = e.create(CSI, request("db", Some(GIB))).unwrap();
+    e.usage(&name("db")).unwrap();
+    let measured: Vec<PathBuf> = e
+        .host()
+        .calls()
+        .into_iter()
+        .filter(|c| c.op == "fs_stats")
+        .map(|c| c.path)
+        .collect();
+    assert_eq!(measured.last(), Some(&v.placement.data), "{measured:?}");
+    // When the volume's filesystem cannot be measured, usage says so instead of guessing.
+    e.host().fail_op("fs_stats");
+    let err = e.usage(&name("db")).unwrap_err();
+    assert!(matches!(err, EngineError::Host { .. }), "{err}");
+}
+
+#[test]
+fn adopt_hands_a_detached_volume_to_one_new_owner_only() {
+    let f = Fixture::new();
+    let owner = |task: &str| Owner {
+        app_id: Some("/db".into()),
+        task_id: Some(task.into()),
+        ..Owner::default()
+    };
+    {
+        let e = f.open(host());
+        // A plain directory, so that a fresh fake host can reopen the store below.
+        let mut req = request("v", None);
+        req.owner = owner("t1");
+        e.create(CSI, req).unwrap();
+        e.publish(CSI, &name("v"), bind("/t/a", false)).unwrap();
+
+        // Attached: refused, nothing changes.
+        let before = mutations(e.host());
+        let err = e
+            .adopt(CSI, &name("v"), &owner("t1"), owner("t2"))
+            .unwrap_err();
+        assert!(matches!(err, EngineError::InUse { .. }), "{err}");
+        assert!(err.to_string().contains("/t/a"), "{err}");
+        assert_eq!(e.get(&name("v")).unwrap().owner, owner("t1"));
+
+        assert_eq!(
+            mutations(e.host()),
+            before,
+            "a refused adopt touches nothing"
+        );
+        e.unpublish(CSI, &name("v"), &bind("/t/a", false)).unwrap();
+        let before = mutations(e.host());
+        let v = e.adopt(CSI, &name("v"), &owner("t1"), owner("t2")).unwrap();
+        assert_eq!(v.owner, owner("t2"));
+        assert_eq!(
+            v.state(),
+            VolumeState::Detached,
+            "adopting attaches nothing"
+        );
+        // A retry by the winner is a no-op; a loser who still expects t1 is told Busy.
+        e.adopt(CSI, &name("v"), &owner("t1"), owner("t2")).unwrap();
+        let err = e
+            .adopt(CSI, &name("v"), &owner("t1"), owner("t3"))
+            .unwrap_err();
+        assert!(matches!(err, EngineError::Busy { .. }), "{err}");
+        assert!(matches!(
+            e.adopt(CSI, &name("nope"), &owner("t1"), owner("t2")),
+            Err(EngineError::NotFound { .. })
+        ));
+        assert_eq!(mutations(e.host()), before, "adopting is bookkeeping only");
+    }
+    // The new owner is durable.
+    let e = f.open(host());
+    assert_eq!(e.get(&name("v")).unwrap().owner, owner("t2"));
+}
+
 #[test]
 fn a_pending_reservation_never_attached_is_rolled_back_at_its_deadline_and_can_be_retried() {
     let f = Fixture::new();
@@ -637,4 +774,26 @@ fn btrfs_pools_make_subvolumes_with_qgroup_limits() {
     e.usage(&name("v")).unwrap();
     e.wipe(CSI, &name("v")).unwrap();
     assert!(!e.host().is_subvolume(&v.placement.dir));
+}
+
+#[test]
+fn retained_project_quota_data_keeps_its_id_taken() {
+    let mut f = prjquota_fixture(BackendChoice::Prjquota);
+    f.pools[0].reclaim = ReclaimPolicy::Retain;
+    let h = host();
+    h.set_fs_kind(Path::new("/pool"), crate::host::FsKind::Xfs);
+    h.set_project_quotas(true);
+    h.add_dir(Path::new("/pool/volumes/.retained"));
+    let e = f.open(h);
+    let a = e.create(CSI, request("a", Some(GIB))).unwrap();
+    let id = a.placement.project_id.unwrap();
+    e.delete(CSI, &name("a")).unwrap();
+    let kept = Path::new("/pool/volumes/.retained").join(format!("a-{}", a.created_at));
+    assert_eq!(e.host().project_of(&kept).map(|(i, _)| i), Some(id));
+    let b = e.create(CSI, request("b", Some(GIB))).unwrap();
+    assert_ne!(
+        b.placement.project_id,
+        Some(id),
+        "the retained data's id is not reused"
+    );
 }

@@ -249,6 +249,15 @@ impl FsType {
             Self::Xfs => "xfs",
         }
     }
+
+    /// The smallest image this filesystem is made in: below it `mkfs` refuses (xfs wants more
+    /// than 300 MB) or leaves next to no room beside its own metadata (ext4).
+    pub fn min_size(self) -> u64 {
+        match self {
+            Self::Ext4 => 16 << 20,
+            Self::Xfs => 300 << 20,
+        }
+    }
 }
 
 /// Whether the volume is a filesystem tree or a raw block device.

@@ -30,6 +30,8 @@ pub struct Call {
 #[derive(Default)]
 struct Model {
     dirs: BTreeSet<PathBuf>,
+    /// The ownership last applied to each directory by `make_dir`.
+    ownership: BTreeMap<PathBuf, Ownership>,
     files: BTreeSet<PathBuf>,
     /// mount point -> (source, read-only)
     mounts: BTreeMap<PathBuf, (PathBuf, bool)>,
@@ -144,6 +146,11 @@ impl FakeHost {
         self.lock().calls.len()
     }
 
+    /// The ownership `make_dir` last applied to `p`, if it applied any.
+    pub fn ownership_of(&self, p: &Path) -> Option<Ownership> {
+        self.lock().ownership.get(p).cloned()
+    }
+
     pub fn is_dir(&self, p: &Path) -> bool {
         self.lock().dirs.contains(p)
     }
@@ -244,9 +251,12 @@ fn invalid(path: &Path, message: &str) -> HostError {
 }
 
 impl Host for FakeHost {
-    fn make_dir(&self, dir: &Path, _ownership: &Ownership) -> Result<(), HostError> {
+    fn make_dir(&self, dir: &Path, ownership: &Ownership) -> Result<(), HostError> {
         let mut m = self.enter("make_dir", dir)?;
         m.dirs.insert(dir.to_path_buf());
+        if *ownership != Ownership::default() {
+            m.ownership.insert(dir.to_path_buf(), ownership.clone());
+        }
         Ok(())
     }
 
@@ -302,6 +312,10 @@ impl Host for FakeHost {
             m.dirs.remove(&d);
             let rel = d.strip_prefix(from).unwrap_or(Path::new(""));
             m.dirs.insert(to.join(rel));
+            // Project ids travel with the directories that carry them.
+            if let Some(project) = m.projects.remove(&d) {
+                m.projects.insert(to.join(rel), project);
+            }
         }
         Ok(())
     }

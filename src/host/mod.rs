@@ -305,7 +305,9 @@ pub trait Host: Send + Sync {
     /// the project's hard block limit to `limit_bytes`, rounded up to 512-byte blocks
     /// (`quotactl(Q_XSETQLIM, PRJQUOTA)`); 0 means no limit. Only `dir` itself is tagged:
     /// files that already exist inside keep their project, so call this on an empty
-    /// directory. Writes beyond the limit fail with `EDQUOT`; `statfs` inside `dir` then
+    /// directory. Writes beyond the limit fail with `ENOSPC` on XFS (for every writer, root
+    /// included) and `EDQUOT` on ext4 (only for writers without `CAP_SYS_RESOURCE`, which
+    /// ext4's generic quota code lets through); `statfs` inside `dir` then
     /// reports the project's limit as the size. `project_id` 0 is refused.
     fn set_project_quota(
         &self,

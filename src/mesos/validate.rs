@@ -326,7 +326,7 @@ impl fmt::Display for UnmanagedVolume {
 }
 
 /// One rule a definition breaks.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Violation {
     /// JSON path of the offending value, e.g. `container.volumes[1].containerPath` or
     /// `containers[0].volumeMounts[1].name`; empty when the document as a whole is at fault.

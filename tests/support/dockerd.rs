@@ -113,6 +113,7 @@ impl Dockerd {
     /// message including the tail of dockerd's log; turn them into a test failure with
     /// `Dockerd::start().unwrap_or_else(|e| panic!("{e}"))`.
     pub fn start() -> Result<Dockerd, String> {
+        // SAFETY: geteuid has no preconditions and cannot fail.
         if unsafe { libc::geteuid() } != 0 {
             return Err("Dockerd::start: must run as root (dockerd needs it)".into());
         }
@@ -444,6 +445,7 @@ impl Dockerd {
                         .ok()
                         .and_then(|s| s.trim().parse::<i32>().ok());
                 let pid = child.id() as i32;
+                // SAFETY: kill(2) on the pid of our dockerd child, not yet reaped.
                 unsafe { libc::kill(pid, libc::SIGTERM) };
                 let t0 = Instant::now();
                 loop {
@@ -455,6 +457,7 @@ impl Dockerd {
                             "dockerd did not exit {STOP_DEADLINE:?} after SIGTERM; killed. log tail:\n{}",
                             self.log_tail(20)
                         ));
+                        // SAFETY: kill(2) on the pid of our dockerd child, not yet reaped.
                         unsafe { libc::kill(pid, libc::SIGKILL) };
                         let _ = child.wait();
                         break;
@@ -467,6 +470,7 @@ impl Dockerd {
                     {
                         sleep(Duration::from_millis(100));
                         if matches!(child.try_wait(), Ok(None)) {
+                            // SAFETY: kill(2) on the pid of our dockerd child, not yet reaped.
                             unsafe { libc::kill(pid, libc::SIGKILL) };
                             let _ = child.wait();
                         }
@@ -813,6 +817,7 @@ fn cleanup_dir(base: &Path, name: &str, problems: &mut Vec<String>) {
         // A SIGKILLed shim leaves its socket in the host-wide /run/containerd/s/.
         let shim_sockets = containerd_sockets_of(&pids);
         for &p in &pids {
+            // SAFETY: kill(2) with a pid found under this instance's directory or cgroup.
             unsafe { libc::kill(p, libc::SIGKILL) };
         }
         let t0 = Instant::now();
@@ -839,6 +844,7 @@ fn cleanup_dir(base: &Path, name: &str, problems: &mut Vec<String>) {
         mps.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
         for mp in mps {
             if let Ok(c) = CString::new(mp.as_os_str().as_bytes()) {
+                // SAFETY: umount2 with a valid NUL-terminated path.
                 unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
             }
         }

@@ -1,0 +1,110 @@
+//! Docker volume round trip, berth against Docker's built-in `local` driver, on a private
+//! dockerd: one round is `docker volume create` + `docker run --rm -v VOL:/data IMAGE true`
+//! + `docker volume rm`, timed as a whole from the CLI.
+//!
+//! Prints the median round for `local`, for berth without a size (a plain directory) and
+//! for berth with `--opt size=16MiB` (its own loop-mounted ext4), and each berth figure as a
+//! ratio of `local`. Variants are interleaved round by round so drift hits all alike.
+//! `BERTH_BENCH_ROUNDS` sets the rounds (default 20). Needs root, docker.io and
+//! busybox-static, like the end-to-end tests.
+
+#[path = "../tests/support/docker_plugin.rs"]
+mod docker_plugin;
+#[path = "../tests/support/dockerd.rs"]
+mod dockerd;
+
+use std::time::{Duration, Instant};
+
+use docker_plugin::Berth;
+use dockerd::{Dockerd, IMAGE};
+
+struct Variant {
+    label: &'static str,
+    driver: String,
+    opts: &'static [&'static str],
+    samples: Vec<Duration>,
+}
+
+fn round(docker: &Dockerd, variant: &Variant, volume: &str) -> Duration {
+    let started = Instant::now();
+    let mut create = vec!["volume", "create", "--driver", &variant.driver];
+    for opt in variant.opts {
+        create.extend(["--opt", opt]);
+    }
+    create.push(volume);
+    docker.docker_ok(&create);
+    let mount = format!("{volume}:/data");
+    docker.docker_ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-v",
+        &mount,
+        IMAGE,
+        "true",
+    ]);
+    docker.docker_ok(&["volume", "rm", volume]);
+    started.elapsed()
+}
+
+fn median(samples: &[Duration]) -> Duration {
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    sorted[sorted.len() / 2]
+}
+
+fn main() {
+    let rounds: usize = std::env::var("BERTH_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(20);
+    // Declared first so it is dropped last: dockerd's teardown may still call the plugin.
+    let berth = Berth::start();
+    let docker = Dockerd::start().unwrap_or_else(|e| panic!("{e}"));
+    let mut variants = [
+        Variant {
+            label: "local",
+            driver: "local".into(),
+            opts: &[],
+            samples: Vec::new(),
+        },
+        Variant {
+            label: "berth (directory)",
+            driver: berth.driver().into(),
+            opts: &[],
+            samples: Vec::new(),
+        },
+        Variant {
+            label: "berth (size=16MiB)",
+            driver: berth.driver().into(),
+            opts: &["size=16MiB"],
+            samples: Vec::new(),
+        },
+    ];
+    for (i, variant) in variants.iter().enumerate() {
+        round(&docker, variant, &format!("warmup-{i}"));
+    }
+    for r in 0..rounds {
+        for (i, variant) in variants.iter_mut().enumerate() {
+            let took = round(&docker, variant, &format!("bench-{r}-{i}"));
+            variant.samples.push(took);
+        }
+    }
+    println!("docker volume create + docker run --rm -v VOL:/data true + docker volume rm");
+    println!(
+        "median of {rounds} rounds (dockerd {}):",
+        docker.storage_driver()
+    );
+    let local = median(&variants[0].samples);
+    for variant in &variants {
+        let m = median(&variant.samples);
+        println!(
+            "  {:<20} {:>8.1} ms   {:.2}x local",
+            variant.label,
+            m.as_secs_f64() * 1e3,
+            m.as_secs_f64() / local.as_secs_f64()
+        );
+    }
+}

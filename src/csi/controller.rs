@@ -1,0 +1,604 @@
+//! The Controller service: create, delete, validate, list, capacity and expansion. berth
+//! volumes need no attach step, so ControllerPublish/Unpublish are not offered, nor are
+//! snapshots; everything advertised in [`CAPABILITIES`] is implemented here.
+
+use tonic::{Code, Request, Response, Status};
+
+use super::params::{
+    ParamSource, SizeRange, check_fits, check_requirements, choose_size, minimum_size,
+    minimum_size_bound, node_in, parse_capability, parse_parameters, parse_range, topology_of,
+};
+use super::proto::controller_server::Controller;
+use super::proto::controller_service_capability::{self, Rpc, rpc};
+use super::proto::list_volumes_response::Entry;
+use super::proto::validate_volume_capabilities_response::Confirmed;
+use super::proto::volume_content_source::{self, VolumeSource};
+use super::proto::*;
+use super::{CALLER, CsiService, Failure, about, reply, required, volume_id};
+use crate::engine::types::{
+    AccessType, Backend, CreateRequest, Owner, Volume as EngineVolume, VolumeName, VolumeSpec,
+};
+use crate::engine::{EngineError, NodeInfo, PoolSelector, VolumeService};
+
+/// What the controller does, and nothing more.
+const CAPABILITIES: [rpc::Type; 5] = [
+    rpc::Type::CreateDeleteVolume,
+    rpc::Type::ListVolumes,
+    rpc::Type::GetCapacity,
+    rpc::Type::CloneVolume,
+    rpc::Type::ExpandVolume,
+];
+
+/// ListVolumes tokens are `after/<last volume name of the previous page>`: a `/` never
+/// appears in a name, and paging goes on correctly when that volume is deleted meanwhile.
+const TOKEN_PREFIX: &str = "after/";
+
+/// A byte count as CSI carries it.
+pub(super) fn bytes(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// An engine volume as CSI describes it: id, size (0 for an unlimited directory, which CSI
+/// reads as unknown), the clone source and this node's topology.
+pub(super) fn csi_volume(v: &EngineVolume, node: &NodeInfo) -> Volume {
+    Volume {
+        capacity_bytes: bytes(v.size.unwrap_or(0)),
+        volume_id: v.name.to_string(),
+        volume_context: Default::default(),
+        content_source: v.spec.source.as_ref().map(|source| VolumeContentSource {
+            r#type: Some(volume_content_source::Type::Volume(VolumeSource {
+                volume_id: source.to_string(),
+            })),
+        }),
+        accessible_topology: vec![topology_of(&node.topology)],
+    }
+}
+
+/// [`choose_size`] with the filesystem minimum of the pools that could take `spec`. The
+/// exact minimum needs each pool's resolved backend (a walk over the volumes), so it is
+/// looked up only for sizes below what any candidate pool could need.
+pub(super) fn size_for(
+    engine: &dyn VolumeService,
+    spec: &VolumeSpec,
+    range: SizeRange,
+    at_least: Option<u64>,
+) -> Result<Option<u64>, Status> {
+    match choose_size(range, at_least, 0)? {
+        Some(size) if size < minimum_size_bound(engine.pools(), spec) => {
+            let candidates = engine.capacity(&PoolSelector {
+                pool: spec.pool.clone(),
+                kind: spec.kind,
+                profile: spec.profile.clone(),
+            });
+            choose_size(
+                range,
+                at_least,
+                minimum_size(&candidates, engine.pools(), spec),
+            )
+        }
+        other => Ok(other),
+    }
+}
+
+/// Refuses a `fs_type` that a pool able to take `spec` would not give it, since the engine
+/// places a volume on whichever of them has most room: a loopfs pool makes its own `fs`;
+/// any other backend (a quota on a directory) lives on the pool's filesystem, whatever it is,
+/// and takes any `fs_type`.
+fn check_fs_type(engine: &dyn VolumeService, spec: &VolumeSpec, fs: &str) -> Result<(), Status> {
+    let candidates = engine.capacity(&PoolSelector {
+        pool: spec.pool.clone(),
+        kind: spec.kind,
+        profile: spec.profile.clone(),
+    });
+    let fs_of = |pool: &str| {
+        engine
+            .pools()
+            .iter()
+            .find(|p| p.name == pool)
+            .map(|p| p.fs.as_str())
+    };
+    let other: Vec<String> = candidates
+        .iter()
+        .filter(|c| c.backend == Backend::Loopfs && fs_of(&c.pool) != Some(fs))
+        .map(|c| format!("pool {} makes {}", c.pool, fs_of(&c.pool).unwrap_or("?")))
+        .collect();
+    if other.is_empty() {
+        return Ok(());
+    }
+    Err(Status::invalid_argument(format!(
+        "volume_capabilities fs_type {fs:?}: {}; name a pool whose fs is {fs} in parameters.pool, or leave fs_type empty",
+        other.join(", ")
+    )))
+}
+
+/// Grows a volume to what `range` asks (never shrinks it) and returns its size: shared by
+/// ControllerExpandVolume and NodeExpandVolume. The engine grows a loopfs filesystem while
+/// it is mounted, so nothing is left for the node to do.
+pub(super) fn grow(
+    engine: &dyn VolumeService,
+    v: &EngineVolume,
+    range: SizeRange,
+) -> Result<Option<u64>, Failure> {
+    if range.required == 0 || v.size.is_some_and(|current| current >= range.required) {
+        return within_limit(v, range);
+    }
+    let want = choose_size(range, None, 0)
+        .map_err(|s| about(v.name.as_str(), s))?
+        .unwrap_or(range.required);
+    let grown = engine.expand(CALLER, &v.name, want)?;
+    Ok(grown.size)
+}
+
+fn within_limit(v: &EngineVolume, range: SizeRange) -> Result<Option<u64>, Failure> {
+    match (v.size, range.limit) {
+        (Some(size), Some(limit)) if size > limit => Err(about(
+            v.name.as_str(),
+            Status::out_of_range(format!(
+                "it is already {size} bytes, above capacity_range.limit_bytes {limit}; berth does not shrink volumes"
+            )),
+        )),
+        (size, _) => Ok(size),
+    }
+}
+
+impl CsiService {
+    async fn create(&self, req: CreateVolumeRequest) -> Result<CreateVolumeResponse, Failure> {
+        let raw = required(&req.name, "name")?;
+        let name =
+            VolumeName::parse(raw).map_err(|e| Status::invalid_argument(format!("name: {e}")))?;
+        let volume = name.to_string();
+        if req.volume_capabilities.is_empty() {
+            return Err(about(
+                &volume,
+                Status::invalid_argument("volume_capabilities is required: give at least one"),
+            ));
+        }
+        let mut access = None;
+        let mut fs_type: Option<String> = None;
+        for (i, c) in req.volume_capabilities.iter().enumerate() {
+            let cap = parse_capability(c, &format!("volume_capabilities[{i}]"))
+                .map_err(|e| about(&volume, e.status(Code::InvalidArgument)))?;
+            if access.is_some_and(|a| a != cap.access) {
+                return Err(about(
+                    &volume,
+                    Status::invalid_argument(
+                        "volume_capabilities mix block and mount access; a volume is one or the other",
+                    ),
+                ));
+            }
+            if let (Some(a), Some(b)) = (&fs_type, &cap.fs_type)
+                && a != b
+            {
+                return Err(about(
+                    &volume,
+                    Status::invalid_argument(format!(
+                        "volume_capabilities ask for fs_type {a:?} and {b:?}; a volume has one"
+                    )),
+                ));
+            }
+            access = Some(cap.access);
+            fs_type = fs_type.or(cap.fs_type);
+        }
+        let params = parse_parameters(&req.parameters, ParamSource::Parameters)
+            .map_err(|s| about(&volume, s))?;
+        check_requirements(
+            &self.engine.node().topology,
+            req.accessibility_requirements.as_ref(),
+        )
+        .map_err(|s| about(&volume, s))?;
+        let range = parse_range(req.capacity_range.as_ref()).map_err(|s| about(&volume, s))?;
+        let source = match req.volume_content_source.and_then(|s| s.r#type) {
+            None => None,
+            Some(volume_content_source::Type::Snapshot(_)) => {
+                return Err(about(
+                    &volume,
+                    Status::invalid_argument(
+                        "volume_content_source: berth does not take snapshots; clone a volume instead",
+                    ),
+                ));
+            }
+            Some(volume_content_source::Type::Volume(src)) => Some(volume_id(
+                &src.volume_id,
+                "volume_content_source.volume.volume_id",
+            )?),
+        };
+        let mut spec = params.spec();
+        spec.access = access.unwrap_or(AccessType::Filesystem);
+        let created = self
+            .engine(move |e| -> Result<EngineVolume, Failure> {
+                let source_size = match source {
+                    Some(source) => {
+                        let s = e.get(&source)?;
+                        spec.source = Some(source);
+                        s.size
+                    }
+                    None => None,
+                };
+                // A volume of this name that already has a size in the range is the one
+                // asked for: keep its spec's size so the engine compares only the rest.
+                let fits = |v: &EngineVolume| match v.size {
+                    Some(size) => range.contains(size),
+                    None => range == SizeRange::default(),
+                };
+                spec.size = match e.get(&name) {
+                    Ok(existing) if fits(&existing) => {
+                        if let (Some(asked), Some(has)) = (&fs_type, existing.placement.fs)
+                            && asked != has.as_str()
+                        {
+                            return Err(about(
+                                name.as_str(),
+                                Status::already_exists(format!(
+                                    "it exists with an {} filesystem; fs_type {asked:?} asked",
+                                    has.as_str()
+                                )),
+                            ));
+                        }
+                        existing.spec.size
+                    }
+                    _ => {
+                        let size = size_for(e, &spec, range, source_size)
+                            .map_err(|s| about(name.as_str(), s))?;
+                        if let (Some(_), Some(fs)) = (size, &fs_type) {
+                            check_fs_type(e, &spec, fs).map_err(|s| about(name.as_str(), s))?;
+                        }
+                        size
+                    }
+                };
+                let request = CreateRequest {
+                    name,
+                    spec,
+                    owner: Owner::default(),
+                };
+                Ok(e.create(CALLER, request)?)
+            })
+            .await??;
+        Ok(CreateVolumeResponse {
+            volume: Some(csi_volume(&created, self.engine.node())),
+        })
+    }
+
+    async fn delete(&self, req: DeleteVolumeRequest) -> Result<DeleteVolumeResponse, Failure> {
+        let raw = required(&req.volume_id, "volume_id")?;
+        // An id that cannot be a volume name names no volume: it is deleted already.
+        let Ok(name) = VolumeName::parse(raw) else {
+            tracing::debug!(
+                volume_id = raw,
+                "DeleteVolume of an id that names no volume"
+            );
+            return Ok(DeleteVolumeResponse {});
+        };
+        self.engine(move |e| match e.get(&name) {
+            Err(_) => Ok(()),
+            Ok(_) => match e.delete(CALLER, &name) {
+                Ok(()) | Err(EngineError::NotFound { .. }) => Ok(()),
+                Err(other) => Err(other),
+            },
+        })
+        .await??;
+        Ok(DeleteVolumeResponse {})
+    }
+
+    async fn validate(
+        &self,
+        req: ValidateVolumeCapabilitiesRequest,
+    ) -> Result<ValidateVolumeCapabilitiesResponse, Failure> {
+        let name = volume_id(&req.volume_id, "volume_id")?;
+        let volume = name.to_string();
+        if req.volume_capabilities.is_empty() {
+            return Err(about(
+                &volume,
+                Status::invalid_argument("volume_capabilities is required: give at least one"),
+            ));
+        }
+        let params = parse_parameters(&req.parameters, ParamSource::Parameters)
+            .map_err(|s| about(&volume, s))?;
+        let v = self.engine(move |e| e.get(&name)).await??;
+        let mut problems = Vec::new();
+        for (i, c) in req.volume_capabilities.iter().enumerate() {
+            let field = format!("volume_capabilities[{i}]");
+            let checked = parse_capability(c, &field).and_then(|cap| check_fits(&cap, &v, &field));
+            match checked {
+                Ok(()) => {}
+                Err(e @ super::params::CapabilityError::Invalid(_)) => {
+                    return Err(about(&volume, e.status(Code::InvalidArgument)));
+                }
+                Err(super::params::CapabilityError::Unsupported(m)) => problems.push(m),
+            }
+        }
+        let differs = |what: &str, asked: &str, has: &str| {
+            format!("parameters.{what} is {asked:?}, volume {volume} has {has:?}")
+        };
+        if let Some(kind) = params.kind
+            && kind != v.placement.kind
+        {
+            problems.push(differs("type", kind.as_str(), v.placement.kind.as_str()));
+        }
+        if let Some(pool) = &params.pool
+            && pool != &v.placement.pool
+        {
+            problems.push(differs("pool", pool, &v.placement.pool));
+        }
+        if let Some(profile) = &params.profile
+            && Some(profile) != v.spec.profile.as_ref()
+        {
+            problems.push(differs(
+                "profile",
+                profile,
+                v.spec.profile.as_deref().unwrap_or(""),
+            ));
+        }
+        if problems.is_empty() {
+            Ok(ValidateVolumeCapabilitiesResponse {
+                confirmed: Some(Confirmed {
+                    volume_context: req.volume_context,
+                    volume_capabilities: req.volume_capabilities,
+                    parameters: req.parameters,
+                    mutable_parameters: Default::default(),
+                }),
+                message: String::new(),
+            })
+        } else {
+            Ok(ValidateVolumeCapabilitiesResponse {
+                confirmed: None,
+                message: problems.join("; "),
+            })
+        }
+    }
+
+    async fn list(&self, req: ListVolumesRequest) -> Result<ListVolumesResponse, Failure> {
+        let limit = usize::try_from(req.max_entries).map_err(|_| {
+            Status::invalid_argument(format!(
+                "max_entries: {} is negative; use 0 for no limit",
+                req.max_entries
+            ))
+        })?;
+        let limit = if limit == 0 { usize::MAX } else { limit };
+        let after = match req.starting_token.as_str() {
+            "" => None,
+            token => Some(
+                token
+                    .strip_prefix(TOKEN_PREFIX)
+                    .and_then(|n| VolumeName::parse(n).ok())
+                    .ok_or_else(|| {
+                        Status::aborted(format!(
+                            "starting_token {token:?} is not a token berth gave; list again without one"
+                        ))
+                    })?,
+            ),
+        };
+        let mut page = self
+            .engine(move |e| e.list_after(after.as_ref(), limit.saturating_add(1)))
+            .await?;
+        let next_token = if page.len() > limit {
+            page.truncate(limit);
+            page.last()
+                .map(|v| format!("{TOKEN_PREFIX}{}", v.name))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let node = self.engine.node();
+        Ok(ListVolumesResponse {
+            entries: page
+                .iter()
+                .map(|v| Entry {
+                    volume: Some(csi_volume(v, node)),
+                    status: None,
+                })
+                .collect(),
+            next_token,
+        })
+    }
+
+    async fn capacity(&self, req: GetCapacityRequest) -> Result<GetCapacityResponse, Failure> {
+        let params = parse_parameters(&req.parameters, ParamSource::Parameters)?;
+        let mut access = AccessType::Filesystem;
+        for (i, c) in req.volume_capabilities.iter().enumerate() {
+            match parse_capability(c, &format!("volume_capabilities[{i}]")) {
+                Ok(cap) => access = cap.access,
+                Err(e @ super::params::CapabilityError::Invalid(_)) => {
+                    return Err(e.status(Code::InvalidArgument).into());
+                }
+                // No volume can be made with it, so there is no room for one.
+                Err(super::params::CapabilityError::Unsupported(_)) => {
+                    return Ok(GetCapacityResponse::default());
+                }
+            }
+        }
+        if let Some(topology) = &req.accessible_topology
+            && !node_in(&self.engine.node().topology, topology)
+        {
+            return Ok(GetCapacityResponse::default());
+        }
+        let mut spec = params.spec();
+        spec.access = access;
+        let selector = PoolSelector {
+            pool: params.pool,
+            kind: params.kind,
+            profile: params.profile,
+        };
+        self.engine(move |e| {
+            let pools = e.capacity(&selector);
+            let available: u64 = pools.iter().map(|p| p.available_bytes).sum();
+            // A volume lies on one pool path: the largest room is exact only for pools of
+            // one path, so it is given only when every matching pool has one.
+            let single_path = pools.iter().all(|c| {
+                e.pools()
+                    .iter()
+                    .any(|p| p.name == c.pool && p.paths.len() == 1)
+            });
+            let largest = pools.iter().map(|p| p.available_bytes).max();
+            let minimum = minimum_size(&pools, e.pools(), &spec);
+            GetCapacityResponse {
+                available_capacity: bytes(available),
+                maximum_volume_size: largest.filter(|_| single_path).map(bytes),
+                minimum_volume_size: (minimum > 0).then_some(bytes(minimum)),
+            }
+        })
+        .await
+    }
+
+    async fn expand(
+        &self,
+        req: ControllerExpandVolumeRequest,
+    ) -> Result<ControllerExpandVolumeResponse, Failure> {
+        let name = volume_id(&req.volume_id, "volume_id")?;
+        let volume = name.to_string();
+        let Some(range) = req.capacity_range.as_ref() else {
+            return Err(about(
+                &volume,
+                Status::invalid_argument("capacity_range is required"),
+            ));
+        };
+        let range = parse_range(Some(range)).map_err(|s| about(&volume, s))?;
+        let cap = req
+            .volume_capability
+            .as_ref()
+            .map(|c| parse_capability(c, "volume_capability"))
+            .transpose()
+            .map_err(|e| about(&volume, e.status(Code::InvalidArgument)))?;
+        let size = self
+            .engine(move |e| -> Result<Option<u64>, Failure> {
+                let v = e.get(&name)?;
+                if let Some(cap) = &cap {
+                    check_fits(cap, &v, "volume_capability")
+                        .map_err(|e| about(v.name.as_str(), e.status(Code::InvalidArgument)))?;
+                }
+                grow(e, &v, range)
+            })
+            .await??;
+        Ok(ControllerExpandVolumeResponse {
+            capacity_bytes: bytes(size.unwrap_or(0)),
+            node_expansion_required: false,
+        })
+    }
+}
+
+fn unimplemented<T>(what: &str) -> Result<Response<T>, Status> {
+    Err(Status::unimplemented(format!(
+        "berth does not offer {what} (see ControllerGetCapabilities)"
+    )))
+}
+
+#[tonic::async_trait]
+impl Controller for CsiService {
+    async fn create_volume(
+        &self,
+        request: Request<CreateVolumeRequest>,
+    ) -> Result<Response<CreateVolumeResponse>, Status> {
+        reply("CreateVolume", self.create(request.into_inner()).await)
+    }
+
+    async fn delete_volume(
+        &self,
+        request: Request<DeleteVolumeRequest>,
+    ) -> Result<Response<DeleteVolumeResponse>, Status> {
+        reply("DeleteVolume", self.delete(request.into_inner()).await)
+    }
+
+    async fn controller_publish_volume(
+        &self,
+        _request: Request<ControllerPublishVolumeRequest>,
+    ) -> Result<Response<ControllerPublishVolumeResponse>, Status> {
+        unimplemented("ControllerPublishVolume: volumes need no attach step")
+    }
+
+    async fn controller_unpublish_volume(
+        &self,
+        _request: Request<ControllerUnpublishVolumeRequest>,
+    ) -> Result<Response<ControllerUnpublishVolumeResponse>, Status> {
+        unimplemented("ControllerUnpublishVolume: volumes need no attach step")
+    }
+
+    async fn validate_volume_capabilities(
+        &self,
+        request: Request<ValidateVolumeCapabilitiesRequest>,
+    ) -> Result<Response<ValidateVolumeCapabilitiesResponse>, Status> {
+        reply(
+            "ValidateVolumeCapabilities",
+            self.validate(request.into_inner()).await,
+        )
+    }
+
+    async fn list_volumes(
+        &self,
+        request: Request<ListVolumesRequest>,
+    ) -> Result<Response<ListVolumesResponse>, Status> {
+        reply("ListVolumes", self.list(request.into_inner()).await)
+    }
+
+    async fn get_capacity(
+        &self,
+        request: Request<GetCapacityRequest>,
+    ) -> Result<Response<GetCapacityResponse>, Status> {
+        reply("GetCapacity", self.capacity(request.into_inner()).await)
+    }
+
+    async fn controller_get_capabilities(
+        &self,
+        _request: Request<ControllerGetCapabilitiesRequest>,
+    ) -> Result<Response<ControllerGetCapabilitiesResponse>, Status> {
+        Ok(Response::new(ControllerGetCapabilitiesResponse {
+            capabilities: CAPABILITIES
+                .iter()
+                .map(|&kind| ControllerServiceCapability {
+                    r#type: Some(controller_service_capability::Type::Rpc(Rpc {
+                        r#type: kind as i32,
+                    })),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn create_snapshot(
+        &self,
+        _request: Request<CreateSnapshotRequest>,
+    ) -> Result<Response<CreateSnapshotResponse>, Status> {
+        unimplemented("snapshots")
+    }
+
+    async fn delete_snapshot(
+        &self,
+        _request: Request<DeleteSnapshotRequest>,
+    ) -> Result<Response<DeleteSnapshotResponse>, Status> {
+        unimplemented("snapshots")
+    }
+
+    async fn list_snapshots(
+        &self,
+        _request: Request<ListSnapshotsRequest>,
+    ) -> Result<Response<ListSnapshotsResponse>, Status> {
+        unimplemented("snapshots")
+    }
+
+    async fn get_snapshot(
+        &self,
+        _request: Request<GetSnapshotRequest>,
+    ) -> Result<Response<GetSnapshotResponse>, Status> {
+        unimplemented("snapshots")
+    }
+
+    async fn controller_expand_volume(
+        &self,
+        request: Request<ControllerExpandVolumeRequest>,
+    ) -> Result<Response<ControllerExpandVolumeResponse>, Status> {
+        reply(
+            "ControllerExpandVolume",
+            self.expand(request.into_inner()).await,
+        )
+    }
+
+    async fn controller_get_volume(
+        &self,
+        _request: Request<ControllerGetVolumeRequest>,
+    ) -> Result<Response<ControllerGetVolumeResponse>, Status> {
+        unimplemented("ControllerGetVolume")
+    }
+
+    async fn controller_modify_volume(
+        &self,
+        _request: Request<ControllerModifyVolumeRequest>,
+    ) -> Result<Response<ControllerModifyVolumeResponse>, Status> {
+        unimplemented("ControllerModifyVolume")
+    }
+}

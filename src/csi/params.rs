@@ -1,0 +1,867 @@
+//! CSI request fields parsed into engine types: StorageClass `parameters` (and an inline
+//! ephemeral volume's `volume_context`), volume capabilities, capacity ranges and topology.
+//!
+//! Everything here is pure, so every refusal can be tested without a server. A refusal is a
+//! [`Status`] whose message names the field and says what to do; the RPC handlers add the
+//! volume's name.
+
+use std::collections::{BTreeMap, HashMap};
+
+use tonic::Status;
+
+use super::proto::volume_capability::{AccessType as CsiAccess, access_mode::Mode};
+use super::proto::{CapacityRange, Topology, TopologyRequirement, VolumeCapability};
+use crate::engine::pool::PoolConfig;
+use crate::engine::types::{
+    AccessType, Backend, Ownership, PoolCapacity, PoolKind, ReclaimPolicy, VolumeSpec, parse_size,
+};
+
+/// Keys Kubernetes itself puts into `parameters` and `volume_context`.
+const K8S_PREFIX: &str = "csi.storage.k8s.io/";
+/// `volume_context` key that marks an inline ephemeral volume (value `"true"`).
+pub const EPHEMERAL_KEY: &str = "csi.storage.k8s.io/ephemeral";
+/// Kubernetes metadata berth records as labels, so operators can find a claim's volume.
+const RECORDED_KEYS: [&str; 4] = [
+    "csi.storage.k8s.io/pvc/name",
+    "csi.storage.k8s.io/pvc/namespace",
+    "csi.storage.k8s.io/pod.name",
+    "csi.storage.k8s.io/pod.namespace",
+];
+/// The prefix of user labels in `parameters` (`label/team = db`).
+const LABEL_PREFIX: &str = "label/";
+/// Sized volumes are made in whole pages: loop devices use direct I/O.
+pub const SIZE_GRANULARITY: u64 = 4096;
+
+/// Where a parameter map came from: they accept the same keys, and an ephemeral volume's
+/// context may also carry its `size`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParamSource {
+    /// `CreateVolumeRequest.parameters` (a StorageClass's `parameters`).
+    Parameters,
+    /// `NodePublishVolumeRequest.volume_context` of an inline ephemeral volume.
+    EphemeralContext,
+}
+
+impl ParamSource {
+    fn field(self) -> &'static str {
+        match self {
+            Self::Parameters => "parameters",
+            Self::EphemeralContext => "volume_context",
+        }
+    }
+}
+
+/// What a parameter map asks of the volume.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VolumeParameters {
+    pub kind: Option<PoolKind>,
+    pub pool: Option<String>,
+    pub profile: Option<String>,
+    pub reclaim: Option<ReclaimPolicy>,
+    pub labels: BTreeMap<String, String>,
+    pub ownership: Ownership,
+    /// Only from an ephemeral volume's context.
+    pub size: Option<u64>,
+}
+
+impl VolumeParameters {
+    /// The spec these parameters describe; size, access and source are set by the caller.
+    pub fn spec(&self) -> VolumeSpec {
+        VolumeSpec {
+            pool: self.pool.clone(),
+            kind: self.kind,
+            profile: self.profile.clone(),
+            labels: self.labels.clone(),
+            ownership: self.ownership.clone(),
+            reclaim: self.reclaim,
+            ..VolumeSpec::default()
+        }
+    }
+}
+
+fn accepted_keys(source: ParamSource) -> &'static str {
+    match source {
+        ParamSource::Parameters => "type, pool, profile, reclaim, uid, gid, mode and label/<key>",
+        ParamSource::EphemeralContext => {
+            "size, type, pool, profile, reclaim, uid, gid, mode and label/<key>"
+        }
+    }
+}
+
+/// Parses StorageClass parameters or an ephemeral volume's context. Unknown keys are refused
+/// (a typo must not silently give another kind of volume); Kubernetes' own
+/// `csi.storage.k8s.io/*` keys are accepted, and the claim's or pod's name and namespace are
+/// recorded as labels.
+pub fn parse_parameters(
+    map: &HashMap<String, String>,
+    source: ParamSource,
+) -> Result<VolumeParameters, Status> {
+    let field = source.field();
+    let invalid =
+        |key: &str, reason: String| Status::invalid_argument(format!("{field}.{key}: {reason}"));
+    let mut out = VolumeParameters::default();
+    // Sorted, so the first bad key reported is the same on every retry.
+    let mut entries: Vec<(&String, &String)> = map.iter().collect();
+    entries.sort();
+    for (key, value) in entries {
+        match key.as_str() {
+            "type" => {
+                out.kind = Some(
+                    value
+                        .parse::<PoolKind>()
+                        .map_err(|e| invalid(key, reason_of(e.to_string())))?,
+                );
+            }
+            "pool" | "profile" => {
+                if value.is_empty() {
+                    return Err(invalid(
+                        key,
+                        "must not be empty; leave it out instead".into(),
+                    ));
+                }
+                if key == "pool" {
+                    out.pool = Some(value.clone());
+                } else {
+                    out.profile = Some(value.clone());
+                }
+            }
+            "reclaim" => {
+                out.reclaim = Some(
+                    value
+                        .parse::<ReclaimPolicy>()
+                        .map_err(|e| invalid(key, reason_of(e.to_string())))?,
+                );
+            }
+            "uid" | "gid" => {
+                let id: u32 = value.parse().map_err(|_| {
+                    invalid(
+                        key,
+                        format!("{value:?} is not a numeric id (0 to 4294967295)"),
+                    )
+                })?;
+                if key == "uid" {
+                    out.ownership.uid = Some(id);
+                } else {
+                    out.ownership.gid = Some(id);
+                }
+            }
+            "mode" => out.ownership.mode = Some(parse_mode(value).map_err(|r| invalid(key, r))?),
+            "size" if source == ParamSource::EphemeralContext => {
+                out.size = Some(parse_size(value).map_err(|e| invalid(key, e.to_string()))?);
+            }
+            k if RECORDED_KEYS.contains(&k) => {
+                out.labels.insert(k.to_string(), value.clone());
+            }
+            k if k.starts_with(K8S_PREFIX) => {}
+            k => {
+                let Some(label) = k.strip_prefix(LABEL_PREFIX) else {
+                    return Err(Status::invalid_argument(format!(
+                        "{field}: unknown key {k:?}; berth accepts {}",
+                        accepted_keys(source)
+                    )));
+                };
+                if label.is_empty() {
+                    return Err(invalid(k, "a label needs a key after \"label/\"".into()));
+                }
+                if label.starts_with(K8S_PREFIX) {
+                    return Err(invalid(
+                        k,
+                        format!("labels under {K8S_PREFIX} are Kubernetes' own; use another key"),
+                    ));
+                }
+                out.labels.insert(label.to_string(), value.clone());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The part of an engine input error after "invalid <field>: ", which the caller re-prefixes.
+fn reason_of(message: String) -> String {
+    message
+        .split_once(": ")
+        .map(|(_, reason)| reason.to_string())
+        .unwrap_or(message)
+}
+
+/// An octal permission mode: `0750`, `750` or `0o750`.
+fn parse_mode(raw: &str) -> Result<u32, String> {
+    let digits = raw.strip_prefix("0o").unwrap_or(raw);
+    match u32::from_str_radix(digits, 8) {
+        Ok(mode) if mode <= 0o7777 && !digits.is_empty() => Ok(mode),
+        _ => Err(format!(
+            "{raw:?} is not a permission mode; use octal such as 0750"
+        )),
+    }
+}
+
+/// How a capability asks to use the volume.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Capability {
+    pub access: AccessType,
+    /// A reader-only access mode, or the `ro` mount flag.
+    pub read_only: bool,
+    /// `MountVolume.fs_type`, if set.
+    pub fs_type: Option<String>,
+    /// `MountVolume.volume_mount_group`, if set.
+    pub mount_group: Option<u32>,
+}
+
+/// Why a capability cannot be used: malformed (always `INVALID_ARGUMENT`), or well-formed
+/// but beyond what berth volumes can do (the code depends on the RPC).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CapabilityError {
+    Invalid(String),
+    Unsupported(String),
+}
+
+impl CapabilityError {
+    #[cfg(test)]
+    pub fn message(&self) -> &str {
+        match self {
+            Self::Invalid(m) | Self::Unsupported(m) => m,
+        }
+    }
+
+    /// The status for an RPC where an unsupported capability gets `unsupported_code`.
+    pub fn status(&self, unsupported_code: tonic::Code) -> Status {
+        match self {
+            Self::Invalid(m) => Status::invalid_argument(m.clone()),
+            Self::Unsupported(m) => Status::new(unsupported_code, m.clone()),
+        }
+    }
+}
+
+/// Parses one capability; `field` names it in messages (`volume_capabilities[0]`).
+pub fn parse_capability(
+    cap: &VolumeCapability,
+    field: &str,
+) -> Result<Capability, CapabilityError> {
+    let Some(mode) = &cap.access_mode else {
+        return Err(CapabilityError::Invalid(format!(
+            "{field}.access_mode is required"
+        )));
+    };
+    let read_only = match Mode::try_from(mode.mode) {
+        Ok(Mode::SingleNodeWriter) => false,
+        Ok(Mode::SingleNodeReaderOnly) => true,
+        Ok(Mode::Unknown) | Err(_) => {
+            return Err(CapabilityError::Invalid(format!(
+                "{field}.access_mode: {} is not an access mode; use SINGLE_NODE_WRITER or SINGLE_NODE_READER_ONLY",
+                mode.mode
+            )));
+        }
+        Ok(other) => {
+            return Err(CapabilityError::Unsupported(format!(
+                "{field}.access_mode {} is not supported: berth volumes live on one node; use SINGLE_NODE_WRITER or SINGLE_NODE_READER_ONLY",
+                other.as_str_name()
+            )));
+        }
+    };
+    match &cap.access_type {
+        None => Err(CapabilityError::Invalid(format!(
+            "{field}.access_type is required: block or mount"
+        ))),
+        Some(CsiAccess::Block(_)) if read_only => {
+            Err(CapabilityError::Unsupported(read_only_block(&format!(
+                "{field}.access_mode {}",
+                Mode::SingleNodeReaderOnly.as_str_name()
+            ))))
+        }
+        Some(CsiAccess::Block(_)) => Ok(Capability {
+            access: AccessType::Block,
+            read_only,
+            fs_type: None,
+            mount_group: None,
+        }),
+        Some(CsiAccess::Mount(mount)) => {
+            let mut read_only = read_only;
+            for flag in &mount.mount_flags {
+                match flag.as_str() {
+                    "ro" => read_only = true,
+                    "rw" | "defaults" => {}
+                    other => {
+                        return Err(CapabilityError::Invalid(format!(
+                            "{field}.mount.mount_flags: {other:?} is not supported; berth bind-mounts volumes and accepts only \"ro\" and \"rw\""
+                        )));
+                    }
+                }
+            }
+            let mount_group = match mount.volume_mount_group.as_str() {
+                "" => None,
+                raw => Some(raw.parse::<u32>().map_err(|_| {
+                    CapabilityError::Invalid(format!(
+                        "{field}.mount.volume_mount_group: {raw:?} is not a numeric group id"
+                    ))
+                })?),
+            };
+            Ok(Capability {
+                access: AccessType::Filesystem,
+                read_only,
+                fs_type: Some(mount.fs_type.clone()).filter(|f| !f.is_empty()),
+                mount_group,
+            })
+        }
+    }
+}
+
+/// Why a block volume cannot be given read-only: a read-only bind mount of a device node
+/// does not stop writes through it, and berth shares one loop device per volume.
+pub fn read_only_block(what: &str) -> String {
+    format!(
+        "{what}: berth cannot make block access read-only (a read-only bind of a device node still allows writes); publish it read-write or use a filesystem volume"
+    )
+}
+
+/// Checks a capability against an existing volume: the access type must match, and a
+/// requested filesystem type must be the one the volume has (its loopfs filesystem).
+/// Plain directory volumes live on the pool's filesystem, whatever it is, so any `fs_type`
+/// is accepted for them.
+pub fn check_fits(
+    cap: &Capability,
+    volume: &crate::engine::types::Volume,
+    field: &str,
+) -> Result<(), CapabilityError> {
+    if cap.access != volume.spec.access {
+        let (asked, is) = match volume.spec.access {
+            AccessType::Block => ("mount", "a block volume"),
+            AccessType::Filesystem => ("block", "a filesystem volume"),
+        };
+        return Err(CapabilityError::Unsupported(format!(
+            "{field} asks for {asked} access, but volume {} is {is}",
+            volume.name
+        )));
+    }
+    if let (Some(asked), Some(fs)) = (&cap.fs_type, volume.placement.fs)
+        && asked != fs.as_str()
+    {
+        return Err(CapabilityError::Unsupported(format!(
+            "{field}.mount.fs_type {asked:?}: volume {} has an {} filesystem (set by its pool)",
+            volume.name,
+            fs.as_str()
+        )));
+    }
+    Ok(())
+}
+
+/// `capacity_range` checked: `required` is 0 when unspecified, `limit` `None`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SizeRange {
+    pub required: u64,
+    pub limit: Option<u64>,
+}
+
+impl SizeRange {
+    pub fn contains(&self, size: u64) -> bool {
+        size >= self.required && self.limit.is_none_or(|l| size <= l)
+    }
+}
+
+pub fn parse_range(range: Option<&CapacityRange>) -> Result<SizeRange, Status> {
+    let Some(range) = range else {
+        return Ok(SizeRange::default());
+    };
+    let non_negative = |value: i64, name: &str| {
+        u64::try_from(value).map_err(|_| {
+            Status::invalid_argument(format!(
+                "capacity_range.{name}: {value} is negative; sizes are bytes, 0 for unspecified"
+            ))
+        })
+    };
+    let required = non_negative(range.required_bytes, "required_bytes")?;
+    let limit = non_negative(range.limit_bytes, "limit_bytes")?;
+    let limit = (limit > 0).then_some(limit);
+    if let Some(limit) = limit
+        && limit < required
+    {
+        return Err(Status::out_of_range(format!(
+            "capacity_range: limit_bytes {limit} is below required_bytes {required}"
+        )));
+    }
+    Ok(SizeRange { required, limit })
+}
+
+/// The size to make a volume for `range`: `None` (no size: the pool's default or an
+/// unlimited directory) when nothing asks for one, otherwise at least `required` (or the
+/// `limit` when only that is given), at least `at_least` (a clone's source size), at least
+/// `minimum` (the smallest filesystem berth makes), in whole pages, and never above `limit`.
+pub fn choose_size(
+    range: SizeRange,
+    at_least: Option<u64>,
+    minimum: u64,
+) -> Result<Option<u64>, Status> {
+    let asked = if range.required > 0 {
+        Some(range.required)
+    } else {
+        range.limit
+    };
+    let Some(want) = asked.max(at_least) else {
+        return Ok(None);
+    };
+    let need = want.max(minimum);
+    let size = need
+        .div_ceil(SIZE_GRANULARITY)
+        .saturating_mul(SIZE_GRANULARITY);
+    match range.limit {
+        Some(limit) if size > limit => {
+            let aligned_limit = limit / SIZE_GRANULARITY * SIZE_GRANULARITY;
+            if aligned_limit >= need {
+                Ok(Some(aligned_limit))
+            } else if limit >= need {
+                Ok(Some(need))
+            } else {
+                Err(Status::out_of_range(format!(
+                    "capacity_range.limit_bytes {limit} is below the {need} bytes this volume needs{}",
+                    why_bigger(range.required, at_least, minimum)
+                )))
+            }
+        }
+        _ => Ok(Some(size)),
+    }
+}
+
+fn why_bigger(required: u64, at_least: Option<u64>, minimum: u64) -> String {
+    if at_least.is_some_and(|s| s > required && s >= minimum) {
+        " (the size of its source volume)".into()
+    } else if minimum > required {
+        format!(" (the smallest filesystem berth makes here is {minimum} bytes)")
+    } else {
+        String::new()
+    }
+}
+
+/// The smallest size a volume of `spec` can have: the largest filesystem minimum among the
+/// `candidates` (the pools that could take it, with the size-enforcing backend each resolved
+/// at start, as `VolumeService::capacity` reports them) that would make it a loopfs
+/// filesystem. Sizes below are raised (within `limit_bytes`) rather than refused.
+pub fn minimum_size(candidates: &[PoolCapacity], configs: &[PoolConfig], spec: &VolumeSpec) -> u64 {
+    if spec.access == AccessType::Block {
+        return 0;
+    }
+    candidates
+        .iter()
+        .filter(|c| c.backend == Backend::Loopfs)
+        .filter_map(|c| configs.iter().find(|p| p.name == c.pool))
+        .map(|p| p.fs.min_size())
+        .max()
+        .unwrap_or(0)
+}
+
+/// An upper bound of [`minimum_size`] from the pools' configs alone: sizes at or above it
+/// need no look-up of the pools' backends.
+pub fn minimum_size_bound(configs: &[PoolConfig], spec: &VolumeSpec) -> u64 {
+    if spec.access == AccessType::Block {
+        return 0;
+    }
+    configs
+        .iter()
+        .filter(|p| p.mismatch(spec).is_none())
+        .map(|p| p.fs.min_size())
+        .max()
+        .unwrap_or(0)
+}
+
+/// This node's topology as CSI carries it.
+pub fn topology_of(node: &BTreeMap<String, String>) -> Topology {
+    Topology {
+        segments: node.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+    }
+}
+
+/// Whether this node lies in `topology`: every segment it names has this node's value.
+pub fn node_in(node: &BTreeMap<String, String>, topology: &Topology) -> bool {
+    topology
+        .segments
+        .iter()
+        .all(|(k, v)| node.get(k) == Some(v))
+}
+
+/// Checks that accessibility requirements admit this node: one of the `requisite`
+/// topologies must hold it, or, when there are none, one of the `preferred`. A volume
+/// berth makes is reachable only here, so a request that excludes this node cannot be met.
+pub fn check_requirements(
+    node: &BTreeMap<String, String>,
+    requirements: Option<&TopologyRequirement>,
+) -> Result<(), Status> {
+    let Some(req) = requirements else {
+        return Ok(());
+    };
+    let (list, which) = if !req.requisite.is_empty() {
+        (&req.requisite, "requisite")
+    } else if !req.preferred.is_empty() {
+        (&req.preferred, "preferred")
+    } else {
+        return Ok(());
+    };
+    if list.iter().any(|t| node_in(node, t)) {
+        return Ok(());
+    }
+    Err(Status::resource_exhausted(format!(
+        "accessibility_requirements.{which} does not include this node ({}); berth volumes live on the node that serves the request",
+        describe(node)
+    )))
+}
+
+fn describe(node: &BTreeMap<String, String>) -> String {
+    node.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::csi::proto::volume_capability::{AccessMode, BlockVolume, MountVolume};
+    use crate::engine::types::FsType;
+    use std::path::Path;
+    use tonic::Code;
+
+    fn map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn parameters_map_to_the_spec() {
+        let p = parse_parameters(
+            &map(&[
+                ("type", "path"),
+                ("pool", "ssd"),
+                ("profile", "fast"),
+                ("reclaim", "retain"),
+                ("uid", "1000"),
+                ("gid", "2000"),
+                ("mode", "0750"),
+                ("label/team", "db"),
+                ("csi.storage.k8s.io/pvc/name", "data"),
+                ("csi.storage.k8s.io/pvc/namespace", "prod"),
+                ("csi.storage.k8s.io/pv/name", "pvc-1"),
+            ]),
+            ParamSource::Parameters,
+        )
+        .unwrap();
+        assert_eq!(p.kind, Some(PoolKind::Path));
+        assert_eq!(p.pool.as_deref(), Some("ssd"));
+        assert_eq!(p.profile.as_deref(), Some("fast"));
+        assert_eq!(p.reclaim, Some(ReclaimPolicy::Retain));
+        assert_eq!(
+            p.ownership,
+            Ownership {
+                uid: Some(1000),
+                gid: Some(2000),
+                mode: Some(0o750)
+            }
+        );
+        assert_eq!(p.labels.get("team").map(String::as_str), Some("db"));
+        assert_eq!(
+            p.labels
+                .get("csi.storage.k8s.io/pvc/namespace")
+                .map(String::as_str),
+            Some("prod")
+        );
+        assert!(!p.labels.contains_key("csi.storage.k8s.io/pv/name"));
+        let spec = p.spec();
+        assert_eq!(spec.pool.as_deref(), Some("ssd"));
+        assert_eq!(spec.size, None);
+    }
+
+    #[test]
+    fn bad_parameters_name_the_key() {
+        let cases = [
+            (vec![("colour", "red")], "unknown key \"colour\""),
+            (vec![("type", "disk")], "parameters.type"),
+            (vec![("reclaim", "keep")], "parameters.reclaim"),
+            (vec![("uid", "-1")], "parameters.uid"),
+            (vec![("gid", "lots")], "parameters.gid"),
+            (vec![("mode", "0999")], "parameters.mode"),
+            (vec![("mode", "")], "parameters.mode"),
+            (vec![("pool", "")], "parameters.pool"),
+            (vec![("label/", "x")], "parameters.label/"),
+            (
+                vec![("label/csi.storage.k8s.io/ephemeral", "true")],
+                "Kubernetes' own",
+            ),
+            (vec![("size", "1Gi")], "unknown key \"size\""),
+        ];
+        for (pairs, needle) in cases {
+            let err = parse_parameters(&map(&pairs), ParamSource::Parameters).unwrap_err();
+            assert_eq!(err.code(), Code::InvalidArgument, "{pairs:?}");
+            assert!(
+                err.message().contains(needle),
+                "{pairs:?}: {}",
+                err.message()
+            );
+        }
+    }
+
+    #[test]
+    fn an_ephemeral_context_may_carry_a_size_and_pod_metadata() {
+        let p = parse_parameters(
+            &map(&[
+                ("size", "64Mi"),
+                (EPHEMERAL_KEY, "true"),
+                ("csi.storage.k8s.io/pod.name", "web-0"),
+                ("csi.storage.k8s.io/pod.namespace", "prod"),
+                ("csi.storage.k8s.io/pod.uid", "1234"),
+                ("csi.storage.k8s.io/serviceAccount.name", "default"),
+            ]),
+            ParamSource::EphemeralContext,
+        )
+        .unwrap();
+        assert_eq!(p.size, Some(64 << 20));
+        assert_eq!(p.labels.len(), 2, "{:?}", p.labels);
+        let err =
+            parse_parameters(&map(&[("size", "-1")]), ParamSource::EphemeralContext).unwrap_err();
+        assert!(err.message().contains("volume_context.size"), "{err}");
+    }
+
+    fn cap(mode: Mode, access: CsiAccess) -> VolumeCapability {
+        VolumeCapability {
+            access_mode: Some(AccessMode { mode: mode as i32 }),
+            access_type: Some(access),
+        }
+    }
+
+    fn mount(fs: &str, flags: &[&str], group: &str) -> CsiAccess {
+        CsiAccess::Mount(MountVolume {
+            fs_type: fs.into(),
+            mount_flags: flags.iter().map(|f| f.to_string()).collect(),
+            volume_mount_group: group.into(),
+        })
+    }
+
+    #[test]
+    fn capabilities_parse_access_read_only_and_group() {
+        let c = parse_capability(&cap(Mode::SingleNodeWriter, mount("", &[], "")), "c").unwrap();
+        assert_eq!(c.access, AccessType::Filesystem);
+        assert!(!c.read_only);
+        let c = parse_capability(
+            &cap(Mode::SingleNodeWriter, mount("ext4", &["ro"], "2000")),
+            "c",
+        )
+        .unwrap();
+        assert!(c.read_only);
+        assert_eq!(c.fs_type.as_deref(), Some("ext4"));
+        assert_eq!(c.mount_group, Some(2000));
+        let c = parse_capability(
+            &cap(Mode::SingleNodeWriter, CsiAccess::Block(BlockVolume {})),
+            "c",
+        )
+        .unwrap();
+        assert_eq!(c.access, AccessType::Block);
+        assert!(!c.read_only);
+    }
+
+    #[test]
+    fn capabilities_berth_cannot_honour_are_refused() {
+        let err = parse_capability(
+            &cap(Mode::SingleNodeReaderOnly, CsiAccess::Block(BlockVolume {})),
+            "c",
+        )
+        .unwrap_err();
+        assert!(matches!(err, CapabilityError::Unsupported(_)), "{err:?}");
+        assert!(err.message().contains("read-only"), "{err:?}");
+        let unsupported = [Mode::MultiNodeReaderOnly, Mode::MultiNodeMultiWriter];
+        for mode in unsupported {
+            let err = parse_capability(&cap(mode, mount("", &[], "")), "c").unwrap_err();
+            assert!(matches!(err, CapabilityError::Unsupported(_)), "{err:?}");
+            assert!(err.message().contains(mode.as_str_name()), "{err:?}");
+        }
+        let invalid = [
+            VolumeCapability::default(),
+            VolumeCapability {
+                access_mode: Some(AccessMode { mode: 0 }),
+                access_type: Some(mount("", &[], "")),
+            },
+            VolumeCapability {
+                access_mode: Some(AccessMode { mode: 99 }),
+                access_type: Some(mount("", &[], "")),
+            },
+            VolumeCapability {
+                access_mode: Some(AccessMode { mode: 1 }),
+                access_type: None,
+            },
+            cap(Mode::SingleNodeWriter, mount("", &["noexec"], "")),
+            cap(Mode::SingleNodeWriter, mount("", &[], "wheel")),
+        ];
+        for c in invalid {
+            let err = parse_capability(&c, "volume_capability").unwrap_err();
+            assert!(matches!(err, CapabilityError::Invalid(_)), "{c:?}: {err:?}");
+            assert!(err.message().starts_with("volume_capability"), "{err:?}");
+            assert_eq!(
+                err.status(Code::FailedPrecondition).code(),
+                Code::InvalidArgument
+            );
+        }
+    }
+
+    #[test]
+    fn ranges_refuse_negative_and_contradictory_bounds() {
+        let r = |required, limit| CapacityRange {
+            required_bytes: required,
+            limit_bytes: limit,
+        };
+        assert_eq!(parse_range(None).unwrap(), SizeRange::default());
+        assert_eq!(
+            parse_range(Some(&r(5, 0))).unwrap(),
+            SizeRange {
+                required: 5,
+                limit: None
+            }
+        );
+        let err = parse_range(Some(&r(-1, 0))).unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(err.message().contains("required_bytes"), "{err}");
+        let err = parse_range(Some(&r(0, -5))).unwrap_err();
+        assert!(err.message().contains("limit_bytes"), "{err}");
+        let err = parse_range(Some(&r(10, 5))).unwrap_err();
+        assert_eq!(err.code(), Code::OutOfRange);
+    }
+
+    #[test]
+    fn sizes_honour_required_limit_minimum_and_source() {
+        const MIB: u64 = 1 << 20;
+        let range = |required, limit| SizeRange { required, limit };
+        // Nothing asked: no size.
+        assert_eq!(choose_size(range(0, None), None, 16 * MIB).unwrap(), None);
+        // Exact pages stay exact; others round up to a page.
+        assert_eq!(
+            choose_size(range(64 * MIB, None), None, 0).unwrap(),
+            Some(64 * MIB)
+        );
+        assert_eq!(choose_size(range(5000, None), None, 0).unwrap(), Some(8192));
+        // Below the filesystem minimum: raised, within the limit.
+        assert_eq!(
+            choose_size(range(MIB, Some(32 * MIB)), None, 16 * MIB).unwrap(),
+            Some(16 * MIB)
+        );
+        let err = choose_size(range(MIB, Some(8 * MIB)), None, 16 * MIB).unwrap_err();
+        assert_eq!(err.code(), Code::OutOfRange);
+        assert!(err.message().contains("smallest filesystem"), "{err}");
+        // Only a limit: that size.
+        assert_eq!(
+            choose_size(range(0, Some(32 * MIB)), None, 0).unwrap(),
+            Some(32 * MIB)
+        );
+        // A limit that is not a whole page: the largest page-aligned size below it.
+        assert_eq!(
+            choose_size(range(5000, Some(10_000)), None, 0).unwrap(),
+            Some(8192)
+        );
+        assert_eq!(
+            choose_size(range(5000, Some(5000)), None, 0).unwrap(),
+            Some(5000)
+        );
+        // A clone is at least its source.
+        assert_eq!(
+            choose_size(range(0, None), Some(64 * MIB), 0).unwrap(),
+            Some(64 * MIB)
+        );
+        assert_eq!(
+            choose_size(range(MIB, None), Some(64 * MIB), 0).unwrap(),
+            Some(64 * MIB)
+        );
+        let err = choose_size(range(MIB, Some(2 * MIB)), Some(64 * MIB), 0).unwrap_err();
+        assert!(err.message().contains("source volume"), "{err}");
+    }
+
+    #[test]
+    fn the_minimum_follows_the_pools_that_could_take_the_volume() {
+        let mut ext4 = PoolConfig::default_root(Path::new("/a"));
+        ext4.name = "ext4".into();
+        let mut xfs = PoolConfig::default_root(Path::new("/b"));
+        xfs.name = "xfs".into();
+        xfs.fs = FsType::Xfs;
+        let mut quota = PoolConfig::default_root(Path::new("/c"));
+        quota.name = "quota".into();
+        quota.fs = FsType::Xfs;
+        let configs = [ext4, xfs, quota];
+        let candidate = |pool: &str, backend| PoolCapacity {
+            pool: pool.into(),
+            kind: PoolKind::Root,
+            backend,
+            profiles: Vec::new(),
+            capacity_bytes: 0,
+            reserved_bytes: 0,
+            available_bytes: 0,
+            volumes: 0,
+        };
+        let all = [
+            candidate("ext4", Backend::Loopfs),
+            candidate("xfs", Backend::Loopfs),
+            candidate("quota", Backend::Prjquota),
+        ];
+        let spec = |pool: Option<&str>, access| VolumeSpec {
+            pool: pool.map(str::to_string),
+            access,
+            ..VolumeSpec::default()
+        };
+        let fs = AccessType::Filesystem;
+        assert_eq!(
+            minimum_size(&all[..1], &configs, &spec(Some("ext4"), fs)),
+            16 << 20
+        );
+        assert_eq!(minimum_size(&all, &configs, &spec(None, fs)), 300 << 20);
+        // A project quota on a directory has no minimum, whatever the filesystem.
+        assert_eq!(
+            minimum_size(&all[2..], &configs, &spec(Some("quota"), fs)),
+            0
+        );
+        assert_eq!(
+            minimum_size(&all, &configs, &spec(None, AccessType::Block)),
+            0
+        );
+        assert_eq!(
+            minimum_size_bound(&configs, &spec(Some("ext4"), fs)),
+            16 << 20
+        );
+        assert_eq!(
+            minimum_size_bound(&configs, &spec(Some("quota"), fs)),
+            300 << 20
+        );
+        assert_eq!(
+            minimum_size_bound(&configs, &spec(None, AccessType::Block)),
+            0
+        );
+    }
+
+    #[test]
+    fn topology_requirements_must_admit_this_node() {
+        let node: BTreeMap<String, String> = [
+            ("topology.berth.io/node".to_string(), "n1".to_string()),
+            ("zone".to_string(), "a".to_string()),
+        ]
+        .into();
+        let t = |pairs: &[(&str, &str)]| Topology {
+            segments: map(pairs),
+        };
+        assert!(node_in(&node, &t(&[("topology.berth.io/node", "n1")])));
+        assert!(node_in(&node, &topology_of(&node)));
+        assert!(!node_in(&node, &t(&[("topology.berth.io/node", "n2")])));
+        assert!(!node_in(&node, &t(&[("rack", "r1")])));
+        let req = |requisite: Vec<Topology>, preferred: Vec<Topology>| TopologyRequirement {
+            requisite,
+            preferred,
+        };
+        let here = t(&[("topology.berth.io/node", "n1")]);
+        let there = t(&[("topology.berth.io/node", "n2")]);
+        assert!(check_requirements(&node, None).is_ok());
+        assert!(check_requirements(&node, Some(&req(vec![], vec![]))).is_ok());
+        assert!(
+            check_requirements(&node, Some(&req(vec![there.clone(), here.clone()], vec![])))
+                .is_ok()
+        );
+        assert!(check_requirements(&node, Some(&req(vec![], vec![here.clone()]))).is_ok());
+        for r in [
+            req(vec![there.clone()], vec![here.clone()]),
+            req(vec![], vec![there.clone()]),
+        ] {
+            let err = check_requirements(&node, Some(&r)).unwrap_err();
+            assert_eq!(err.code(), Code::ResourceExhausted);
+            assert!(err.message().contains("topology.berth.io/node=n1"), "{err}");
+        }
+    }
+}

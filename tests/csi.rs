@@ -1,0 +1,1154 @@
+//! The CSI services of the real `berth` binary on its unix socket, with the generated
+//! tonic client, as root on the real kernel: the full lifecycle of mount (loopfs and plain
+//! directory), block and inline ephemeral volumes, idempotency of every RPC, each error code,
+//! the socket's life cycle, restarts, and the flows csi-sanity runs for every capability berth
+//! advertises. Each test runs its own daemon in its own directory.
+
+#[path = "support/csi_daemon.rs"]
+mod csi_daemon;
+
+use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use berth::csi::proto::volume_capability::access_mode::Mode;
+use berth::csi::proto::volume_capability::{
+    AccessMode, AccessType as CsiAccess, BlockVolume, MountVolume,
+};
+use berth::csi::proto::*;
+use csi_daemon::{Clients, Daemon, is_root, loops_under, mounts_under};
+use tonic::Code;
+
+const MIB: i64 = 1 << 20;
+const GIB: i64 = 1 << 30;
+const NODE_KEY: &str = "topology.berth.io/node";
+
+macro_rules! needs_root {
+    () => {
+        if !is_root() {
+            eprintln!("skipped: this test mounts filesystems and needs root");
+            return;
+        }
+    };
+}
+
+/// Retries a call that failed on a transient host condition, as a CO retries: an unmount
+/// refused with EBUSY, or a device another process briefly holds (`e2fsck` cannot open it
+/// exclusively). With other tests' daemons attaching and mounting at the same time these
+/// show up now and then; anything else is returned at once.
+macro_rules! retry_transient {
+    ($call:expr) => {{
+        let mut attempt = 0;
+        loop {
+            match $call.await {
+                Err(status) if attempt < 20 && is_transient(&status) => {
+                    attempt += 1;
+                    eprintln!("retrying after a transient failure: {}", status.message());
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => break other,
+            }
+        }
+    }};
+}
+
+fn is_transient(status: &tonic::Status) -> bool {
+    status.code() == Code::Internal
+        && ["busy", "Cannot continue"]
+            .iter()
+            .any(|m| status.message().contains(m))
+}
+
+/// Loop devices are detached by the kernel once their filesystem's last user lets go,
+/// which can lag the unmount a little.
+async fn assert_no_loops_under(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !loops_under(path).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "loop devices left: {:?}",
+            loops_under(path)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn cap(mode: Mode, access: CsiAccess) -> VolumeCapability {
+    VolumeCapability {
+        access_mode: Some(AccessMode { mode: mode as i32 }),
+        access_type: Some(access),
+    }
+}
+
+fn mount() -> VolumeCapability {
+    cap(
+        Mode::SingleNodeWriter,
+        CsiAccess::Mount(MountVolume::default()),
+    )
+}
+
+fn mount_group(gid: u32) -> VolumeCapability {
+    cap(
+        Mode::SingleNodeWriter,
+        CsiAccess::Mount(MountVolume {
+            volume_mount_group: gid.to_string(),
+            ..MountVolume::default()
+        }),
+    )
+}
+
+fn block() -> VolumeCapability {
+    cap(Mode::SingleNodeWriter, CsiAccess::Block(BlockVolume {}))
+}
+
+fn params(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn create_request(name: &str, required: i64, caps: VolumeCapability) -> CreateVolumeRequest {
+    CreateVolumeRequest {
+        name: name.into(),
+        capacity_range: Some(CapacityRange {
+            required_bytes: required,
+            limit_bytes: 0,
+        }),
+        volume_capabilities: vec![caps],
+        ..Default::default()
+    }
+}
+
+fn stage_request(id: &str, staging: &Path, caps: VolumeCapability) -> NodeStageVolumeRequest {
+    NodeStageVolumeRequest {
+        volume_id: id.into(),
+        staging_target_path: staging.display().to_string(),
+        volume_capability: Some(caps),
+        ..Default::default()
+    }
+}
+
+fn publish_request(
+    id: &str,
+    staging: &Path,
+    target: &Path,
+    caps: VolumeCapability,
+    readonly: bool,
+) -> NodePublishVolumeRequest {
+    NodePublishVolumeRequest {
+        volume_id: id.into(),
+        staging_target_path: staging.display().to_string(),
+        target_path: target.display().to_string(),
+        volume_capability: Some(caps),
+        readonly,
+        ..Default::default()
+    }
+}
+
+fn unpublish_request(id: &str, target: &Path) -> NodeUnpublishVolumeRequest {
+    NodeUnpublishVolumeRequest {
+        volume_id: id.into(),
+        target_path: target.display().to_string(),
+    }
+}
+
+fn unstage_request(id: &str, staging: &Path) -> NodeUnstageVolumeRequest {
+    NodeUnstageVolumeRequest {
+        volume_id: id.into(),
+        staging_target_path: staging.display().to_string(),
+    }
+}
+
+fn delete_request(id: &str) -> DeleteVolumeRequest {
+    DeleteVolumeRequest {
+        volume_id: id.into(),
+        ..Default::default()
+    }
+}
+
+fn stats_request(id: &str, path: &Path) -> NodeGetVolumeStatsRequest {
+    NodeGetVolumeStatsRequest {
+        volume_id: id.into(),
+        volume_path: path.display().to_string(),
+        staging_target_path: String::new(),
+    }
+}
+
+#[track_caller]
+fn assert_code<T: std::fmt::Debug>(result: Result<T, tonic::Status>, code: Code, needles: &[&str]) {
+    let status = result.expect_err("the call should have failed");
+    assert_eq!(status.code(), code, "{}", status.message());
+    for needle in needles {
+        assert!(
+            status.message().contains(needle),
+            "{:?} does not mention {needle:?}",
+            status.message()
+        );
+    }
+}
+
+fn is_mount_point(path: &Path) -> bool {
+    mounts_under(path).iter().any(|m| m == path)
+}
+
+/// Total bytes of the filesystem at `path` (`statvfs`).
+fn fs_total(path: &Path) -> u64 {
+    let s = nix::sys::statvfs::statvfs(path).expect("statvfs");
+    s.blocks() * s.fragment_size()
+}
+
+async fn list_ids(c: &mut Clients) -> Vec<String> {
+    c.controller
+        .list_volumes(ListVolumesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .entries
+        .into_iter()
+        .map(|e| e.volume.unwrap().volume_id)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mount_volumes_live_through_the_whole_lifecycle() {
+    needs_root!();
+    let daemon = Daemon::start("");
+    let mut c = daemon.clients().await;
+    for (id, required, pool) in [("sized", 64 * MIB, "default"), ("dir", 0, "plain")] {
+        let mut create = create_request(id, required, mount());
+        create.parameters = params(&[("pool", pool)]);
+        let created = c
+            .controller
+            .create_volume(create.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        let again = c
+            .controller
+            .create_volume(create)
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(created, again, "{id}: CreateVolume is idempotent");
+        assert_eq!(created.volume.as_ref().unwrap().capacity_bytes, required);
+
+        // kubelet makes the staging directory and the targets' parents.
+        let staging = daemon.k8s(&format!("{id}/globalmount"));
+        let (a, b) = (
+            daemon.k8s(&format!("{id}/pod-a/mount")),
+            daemon.k8s(&format!("{id}/pod-b/mount")),
+        );
+        for dir in [
+            &staging,
+            &a.parent().unwrap().to_path_buf(),
+            &b.parent().unwrap().to_path_buf(),
+        ] {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        for _ in 0..2 {
+            c.node
+                .node_stage_volume(stage_request(id, &staging, mount()))
+                .await
+                .unwrap();
+        }
+        assert!(is_mount_point(&staging), "{id} staged");
+        for _ in 0..2 {
+            c.node
+                .node_publish_volume(publish_request(id, &staging, &a, mount(), false))
+                .await
+                .unwrap();
+            c.node
+                .node_publish_volume(publish_request(id, &staging, &b, mount(), true))
+                .await
+                .unwrap();
+        }
+        // Written through one publication, read through another; the read-only one refuses writes.
+        std::fs::write(a.join("hello"), b"world").unwrap();
+        assert_eq!(std::fs::read(b.join("hello")).unwrap(), b"world");
+        assert_eq!(std::fs::read(staging.join("hello")).unwrap(), b"world");
+        let refused = std::fs::write(b.join("nope"), b"x").unwrap_err();
+        assert_eq!(refused.raw_os_error(), Some(libc::EROFS), "{refused}");
+
+        let stats = c
+            .node
+            .node_get_volume_stats(stats_request(id, &a))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!stats.volume_condition.unwrap().abnormal);
+        let bytes = stats
+            .usage
+            .iter()
+            .find(|u| u.unit == volume_usage::Unit::Bytes as i32)
+            .unwrap();
+        let inodes = stats
+            .usage
+            .iter()
+            .find(|u| u.unit == volume_usage::Unit::Inodes as i32)
+            .unwrap();
+        assert!(
+            bytes.used > 0 && bytes.total > 0 && bytes.available > 0,
+            "{bytes:?}"
+        );
+        assert!(inodes.used > 0 && inodes.total >= inodes.used, "{inodes:?}");
+        if id == "sized" {
+            assert!(
+                bytes.total <= 64 * MIB && bytes.total > 48 * MIB,
+                "{bytes:?}"
+            );
+            // The size is enforced by the volume's own filesystem.
+            let mut file = std::fs::File::create(a.join("big")).unwrap();
+            let full = file
+                .write_all(&vec![7u8; 80 << 20])
+                .and_then(|_| file.sync_all())
+                .unwrap_err();
+            assert_eq!(full.raw_os_error(), Some(libc::ENOSPC), "{full}");
+            drop(file);
+            std::fs::remove_file(a.join("big")).unwrap();
+        }
+        for _ in 0..2 {
+            retry_transient!(c.node.node_unpublish_volume(unpublish_request(id, &a))).unwrap();
+            retry_transient!(c.node.node_unpublish_volume(unpublish_request(id, &b))).unwrap();
+        }
+        assert!(
+            !a.exists() && !b.exists(),
+            "berth removes the targets it made"
+        );
+        for _ in 0..2 {
+            retry_transient!(c.node.node_unstage_volume(unstage_request(id, &staging))).unwrap();
+        }
+        assert!(!is_mount_point(&staging));
+        assert!(staging.is_dir(), "kubelet's staging directory is kubelet's");
+        for _ in 0..2 {
+            retry_transient!(c.controller.delete_volume(delete_request(id))).unwrap();
+        }
+        assert!(!list_ids(&mut c).await.contains(&id.to_string()));
+    }
+    assert_eq!(
+        mounts_under(daemon.path()),
+        Vec::<std::path::PathBuf>::new()
+    );
+    assert_no_loops_under(daemon.path()).await;
+    let leftovers: Vec<_> = std::fs::read_dir(daemon.path().join("pool"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn block_volumes_are_loop_devices_at_the_target() {
+    needs_root!();
+    let daemon = Daemon::start("");
+    let mut c = daemon.clients().await;
+    let id = "raw";
+    let create = create_request(id, 32 * MIB, block());
+    for _ in 0..2 {
+        let v = c
+            .controller
+            .create_volume(create.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(v.volume.unwrap().capacity_bytes, 32 * MIB);
+    }
+    let staging = daemon.k8s("raw/staging");
+    let target = daemon.k8s("raw/pod/dev");
+    std::fs::create_dir_all(&staging).unwrap();
+    std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+    for _ in 0..2 {
+        c.node
+            .node_stage_volume(stage_request(id, &staging, block()))
+            .await
+            .unwrap();
+        c.node
+            .node_publish_volume(publish_request(id, &staging, &target, block(), false))
+            .await
+            .unwrap();
+    }
+    // A read-only bind of a device node would not stop writes: refused, not pretended.
+    let readonly = daemon.k8s("raw/pod/ro-dev");
+    assert_code(
+        c.node
+            .node_publish_volume(publish_request(id, &staging, &readonly, block(), true))
+            .await,
+        Code::FailedPrecondition,
+        &["volume raw", "read-only"],
+    );
+    assert!(!readonly.exists());
+    let staged = staging.join(id);
+    for node in [&staged, &target] {
+        let meta = std::fs::metadata(node).unwrap();
+        assert!(
+            meta.file_type().is_block_device(),
+            "{} is a device node",
+            node.display()
+        );
+    }
+    assert_eq!(
+        loops_under(daemon.path()).len(),
+        1,
+        "one loop device for the volume"
+    );
+    // Written through the published device, read through the staged one.
+    let pattern: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
+    {
+        let mut dev = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&target)
+            .unwrap();
+        dev.seek(SeekFrom::Start(1 << 20)).unwrap();
+        dev.write_all(&pattern).unwrap();
+        dev.sync_all().unwrap();
+        assert_eq!(dev.seek(SeekFrom::End(0)).unwrap(), 32 << 20, "device size");
+    }
+    let mut back = vec![0u8; 4096];
+    let mut dev = std::fs::File::open(&staged).unwrap();
+    dev.seek(SeekFrom::Start(1 << 20)).unwrap();
+    dev.read_exact(&mut back).unwrap();
+    assert_eq!(back, pattern);
+    drop(dev);
+    let stats = c
+        .node
+        .node_get_volume_stats(stats_request(id, &target))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stats.usage.len(), 1);
+    assert_eq!(stats.usage[0].total, 32 * MIB);
+    for _ in 0..2 {
+        retry_transient!(c.node.node_unpublish_volume(unpublish_request(id, &target))).unwrap();
+    }
+    assert!(!target.exists());
+    for _ in 0..2 {
+        retry_transient!(c.node.node_unstage_volume(unstage_request(id, &staging))).unwrap();
+    }
+    assert!(!staged.exists());
+    assert_no_loops_under(daemon.path()).await;
+    for _ in 0..2 {
+        retry_transient!(c.controller.delete_volume(delete_request(id))).unwrap();
+    }
+    assert!(!daemon.path().join("pool/.images/raw.img").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inline_ephemeral_volume_lives_as_long_as_its_pod() {
+    needs_root!();
+    let daemon = Daemon::start("");
+    let mut c = daemon.clients().await;
+    let id = "csi-4c1c0d9f3b2a";
+    let target = daemon.k8s("pods/p1/volumes/scratch");
+    std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+    let publish = NodePublishVolumeRequest {
+        volume_id: id.into(),
+        target_path: target.display().to_string(),
+        volume_capability: Some(mount()),
+        volume_context: params(&[
+            ("csi.storage.k8s.io/ephemeral", "true"),
+            ("csi.storage.k8s.io/pod.name", "p1"),
+            ("csi.storage.k8s.io/pod.namespace", "default"),
+            ("csi.storage.k8s.io/pod.uid", "0a1b"),
+            ("csi.storage.k8s.io/serviceAccount.name", "default"),
+            ("size", "32Mi"),
+            ("pool", "default"),
+        ]),
+        ..Default::default()
+    };
+    for _ in 0..2 {
+        c.node.node_publish_volume(publish.clone()).await.unwrap();
+    }
+    assert!(is_mount_point(&target));
+    std::fs::write(target.join("tmp"), b"scratch").unwrap();
+    assert!(
+        fs_total(&target) <= 32 << 20,
+        "sized by the pod's attribute"
+    );
+    assert_eq!(list_ids(&mut c).await, [id]);
+    retry_transient!(c.node.node_unpublish_volume(unpublish_request(id, &target))).unwrap();
+    assert!(!target.exists());
+    assert!(list_ids(&mut c).await.is_empty(), "removed with its pod");
+    assert!(mounts_under(daemon.path()).is_empty());
+    assert!(!daemon.path().join(format!("pool/{id}")).exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volume_mount_group_gives_the_pod_group_the_volume() {
+    needs_root!();
+    let daemon = Daemon::start("");
+    let mut c = daemon.clients().await;
+    let id = "shared";
+    c.controller
+        .create_volume(create_request(id, 32 * MIB, mount()))
+        .await
+        .unwrap();
+    let staging = daemon.k8s("shared/globalmount");
+    let target = daemon.k8s("shared/pod/mount");
+    std::fs::create_dir_all(&staging).unwrap();
+    std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+    c.node
+        .node_stage_volume(stage_request(id, &staging, mount_group(4242)))
+        .await
+        .unwrap();
+    c.node
+        .node_publish_volume(publish_request(
+            id,
+            &staging,
+            &target,
+            mount_group(4242),
+            false,
+        ))
+        .await
+        .unwrap();
+    let meta = std::fs::metadata(&target).unwrap();
+    assert_eq!(meta.gid(), 4242);
+    assert_eq!(
+        meta.mode() & 0o2070,
+        0o2070,
+        "group rwx and set-group-id: {:o}",
+        meta.mode()
+    );
+    std::fs::create_dir(target.join("made-by-pod")).unwrap();
+    assert_eq!(
+        std::fs::metadata(target.join("made-by-pod")).unwrap().gid(),
+        4242
+    );
+    retry_transient!(c.node.node_unpublish_volume(unpublish_request(id, &target))).unwrap();
+    retry_transient!(c.node.node_unstage_volume(unstage_request(id, &staging))).unwrap();
+    retry_transient!(c.controller.delete_volume(delete_request(id))).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_say_abnormal_when_the_volume_filesystem_is_gone() {
+    needs_root!();
+    let daemon = Daemon::start("");
+    let mut c = daemon.clients().await;
+    let id = "fragile";
+    c.controller
+        .create_volume(create_request(id, 32 * MIB, mount()))
+        .await
+        .unwrap();
+    let staging = daemon.k8s("fragile/globalmount");
+    std::fs::create_dir_all(&staging).unwrap();
+    c.node
+        .node_stage_volume(stage_request(id, &staging, mount()))
+        .await
+        .unwrap();
+    // Someone unmounts the volume's own filesystem behind berth's back.
+    let own = daemon.path().join("pool").join(id);
+    assert!(
+        std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&own)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let stats = c
+        .node
+        .node_get_volume_stats(stats_request(id, &staging))
+        .await
+        .unwrap()
+        .into_inner();
+    let condition = stats.volume_condition.unwrap();
+    assert!(condition.abnormal);
+    assert!(condition.message.contains(id), "{}", condition.message);
+    retry_transient!(c.node.node_unstage_volume(unstage_request(id, &staging))).unwrap();
+    retry_transient!(c.controller.delete_volume(delete_request(id))).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_published_volume_grows_online() {
+    needs_root!();
+    let daemon = Daemon::start("");
+    let mut c = daemon.clients().await;
+    let id = "grown";
+    let mut create = create_request(id, 320 * MIB, mount());
+    create.parameters = params(&[("pool", "xfs")]);
+    c.controller.create_volume(create).await.unwrap();
+    let staging = daemon.k8s("grown/globalmount");
+    let target = daemon.k8s("grown/pod/mount");
+    std::fs::create_dir_all(&staging).unwrap();
+    std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+    c.node
+        .node_stage_volume(stage_request(id, &staging, mount()))
+        .await
+        .unwrap();
+    c.node
+        .node_publish_volume(publish_request(id, &staging, &target, mount(), false))
+        .await
+        .unwrap();
+    std::fs::write(target.join("kept"), b"across the growth").unwrap();
+    let before = fs_total(&target);
+    let range = Some(CapacityRange {
+        required_bytes: 640 * MIB,
+        limit_bytes: 0,
+    });
+    for _ in 0..2 {
+        let r = c
+            .controller
+            .controller_expand_volume(ControllerExpandVolumeRequest {
+                volume_id: id.into(),
+                capacity_range: range,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.capacity_bytes, 640 * MIB);
+        assert!(!r.node_expansion_required);
+    }
+    let after = fs_total(&target);
+    assert!(after > before + (256 << 20), "{before} -> {after}");
+    let stats = c
+        .node
+        .node_get_volume_stats(stats_request(id, &target))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(stats.usage[0].total > 512 * MIB, "{:?}", stats.usage);
+    for _ in 0..2 {
+        let r = c
+            .node
+            .node_expand_volume(NodeExpandVolumeRequest {
+                volume_id: id.into(),
+                volume_path: target.display().to_string(),
+                capacity_range: range,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.capacity_bytes, 640 * MIB);
+    }
+    assert_eq!(
+        std::fs::read(target.join("kept")).unwrap(),
+        b"across the growth"
+    );
+    // Asking for less changes nothing; a limit below the size is refused.
+    let smaller = ControllerExpandVolumeRequest {
+        volume_id: id.into(),
+        capacity_range: Some(CapacityRange {
+            required_bytes: 400 * MIB,
+            limit_bytes: 500 * MIB,
+        }),
+        ..Default::default()
+    };
+    assert_code(
+        retry_transient!(c.controller.controller_expand_volume(smaller.clone())),
+        Code::OutOfRange,
+        &["volume grown", "limit_bytes"],
+    );
+    retry_transient!(c.node.node_unpublish_volume(unpublish_request(id, &target))).unwrap();
+    retry_transient!(c.node.node_unstage_volume(unstage_request(id, &staging))).unwrap();
+    retry_transient!(c.controller.delete_volume(delete_request(id))).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_error_code_names_the_volume_and_the_field() {
+    needs_root!();
+    let daemon = Daemon::start("");
+    let mut c = daemon.clients().await;
+    let staging = daemon.k8s("e/globalmount");
+    std::fs::create_dir_all(&staging).unwrap();
+    // INVALID_ARGUMENT
+    assert_code(
+        c.controller
+            .create_volume(create_request("", GIB, mount()))
+            .await,
+        Code::InvalidArgument,
+        &["name is required"],
+    );
+    let mut bad = create_request("e1", GIB, mount());
+    bad.parameters = params(&[("sise", "1Gi")]);
+    assert_code(
+        c.controller.create_volume(bad).await,
+        Code::InvalidArgument,
+        &["volume e1", "\"sise\""],
+    );
+    assert_code(
+        c.controller
+            .create_volume(create_request("../etc", GIB, mount()))
+            .await,
+        Code::InvalidArgument,
+        &["name", "../etc"],
+    );
+    // NOT_FOUND
+    assert_code(
+        c.node
+            .node_stage_volume(stage_request("ghost", &staging, mount()))
+            .await,
+        Code::NotFound,
+        &["volume ghost"],
+    );
+    let mut clone = create_request("e2", GIB, mount());
+    clone.volume_content_source = Some(VolumeContentSource {
+        r#type: Some(volume_content_source::Type::Volume(
+            volume_content_source::VolumeSource {
+                volume_id: "ghost".into(),
+            },
+        )),
+    });
+    assert_code(
+        c.controller.create_volume(clone).await,
+        Code::NotFound,
+        &["ghost"],
+    );
+    // ALREADY_EXISTS
+    c.controller
+        .create_volume(create_request("e3", GIB, mount()))
+        .await
+        .unwrap();
+    assert_code(
+        c.controller
+            .create_volume(create_request("e3", 2 * GIB, mount()))
+            .await,
+        Code::AlreadyExists,
+        &["volume e3", "size"],
+    );
+    // OUT_OF_RANGE
+    let mut tiny = create_request("e4", MIB, mount());
+    tiny.capacity_range.as_mut().unwrap().limit_bytes = 2 * MIB;
+    assert_code(
+        c.controller.create_volume(tiny).await,
+        Code::OutOfRange,
+        &["volume e4", "limit_bytes"],
+    );
+    // RESOURCE_EXHAUSTED: the pool cannot hold it, or the topology excludes this node.
+    assert_code(
+        c.controller
+            .create_volume(create_request("e5", 100 * GIB, mount()))
+            .await,
+        Code::ResourceExhausted,
+        &["volume e5"],
+    );
+    let mut elsewhere = create_request("e6", GIB, mount());
+    elsewhere.accessibility_requirements = Some(TopologyRequirement {
+        requisite: vec![Topology {
+            segments: params(&[(NODE_KEY, "some-other-node")]),
+        }],
+        preferred: vec![],
+    });
+    assert_code(
+        c.controller.create_volume(elsewhere).await,
+        Code::ResourceExhausted,
+        &["volume e6", "accessibility_requirements.requisite"],
+    );
+    // FAILED_PRECONDITION: deleting a staged volume; publishing an unstaged one.
+    c.node
+        .node_stage_volume(stage_request("e3", &staging, mount()))
+        .await
+        .unwrap();
+    assert_code(
+        retry_transient!(c.controller.delete_volume(delete_request("e3"))),
+        Code::FailedPrecondition,
+        &["volume e3", "unpublish"],
+    );
+    c.controller
+        .create_volume(create_request("e7", GIB, mount()))
+        .await
+        .unwrap();
+    assert_code(
+        c.node
+            .node_publish_volume(publish_request(
+                "e7",
+                &daemon.k8s("e7s"),
+                &daemon.k8s("e7t"),
+                mount(),
+                false,
+            ))
+            .await,
+        Code::FailedPrecondition,
+        &["volume e7", "NodeStageVolume"],
+    );
+    // ABORTED: a bad page token, and a second operation on a volume that is busy.
+    assert_code(
+        c.controller
+            .list_volumes(ListVolumesRequest {
+                max_entries: 0,
+                starting_token: "invalid-token".into(),
+            })
+            .await,
+        Code::Aborted,
+        &["starting_token"],
+    );
+    let mut aborted = None;
+    for attempt in 0..10 {
+        let id = format!("busy-{attempt}");
+        let slow = create_request(&id, 8 * GIB, mount());
+        let mut first = c.clone();
+        let request = slow.clone();
+        let running = tokio::spawn(async move { first.controller.create_volume(request).await });
+        // The create is recorded before its filesystem is made: once it is listed, the
+        // volume is busy until mkfs and mount are done.
+        let listed = Instant::now();
+        while !list_ids(&mut c).await.contains(&id) && listed.elapsed() < Duration::from_secs(5) {
+            tokio::task::yield_now().await;
+        }
+        let second = c.controller.create_volume(slow).await;
+        running.await.unwrap().unwrap();
+        retry_transient!(c.controller.delete_volume(delete_request(&id))).unwrap();
+        if let Err(status) = second {
+            aborted = Some(status);
+            break;
+        }
+    }
+    let status = aborted.expect("a create racing another create of the same volume is ABORTED");
+    assert_eq!(status.code(), Code::Aborted, "{}", status.message());
+    assert!(status.message().contains("busy"), "{}", status.message());
+    retry_transient!(c.node.node_unstage_volume(unstage_request("e3", &staging))).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_socket_is_private_replaced_when_stale_and_never_shared() {
+    needs_root!();
+    let mut first = Daemon::start("");
+    first.clients().await;
+    let mode = std::fs::metadata(first.socket())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    // A second daemon cannot serve the same socket while the first lives.
+    let second_config = first.path().join("second.toml");
+    let original = std::fs::read_to_string(first.config_path()).unwrap();
+    let second_state = first.path().join("second-state");
+    std::fs::write(
+        &second_config,
+        original.replace(
+            &format!("state_dir = \"{}/state\"", first.path().display()),
+            &format!("state_dir = \"{}\"", second_state.display()),
+        ),
+    )
+    .unwrap();
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["serve", "--config"])
+        .arg(&second_config)
+        .env_remove("CSI_ENDPOINT")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("served by another running berth"),
+        "{stderr}"
+    );
+    first.clients().await;
+    // A crashed daemon leaves its socket behind; the next one replaces it.
+    first.kill();
+    assert!(first.socket().exists(), "the stale socket is still there");
+    first.spawn();
+    first.clients().await;
+    // Shut down cleanly, the socket goes away.
+    assert!(first.stop().unwrap().success());
+    assert!(!first.socket().exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_socket_mode_and_csi_endpoint_are_honoured() {
+    needs_root!();
+    let daemon = Daemon::start("");
+    drop(daemon.clients().await);
+    let other = daemon.path().join("other.sock");
+    let mut config = std::fs::read_to_string(daemon.config_path()).unwrap();
+    config = config.replace("admin = \"\"", "admin = \"\"\nsocket_mode = 0o660");
+    let path = daemon.path().join("mode.toml");
+    std::fs::write(&path, config.replace("state\"", "state2\"")).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env("CSI_ENDPOINT", format!("unix://{}", other.display()))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut ready = false;
+    while Instant::now() < deadline {
+        if let Ok(channel) = berth::csi::connect(&other.display().to_string()).await {
+            let mut identity = identity_client::IdentityClient::new(channel);
+            if identity.probe(ProbeRequest {}).await.is_ok() {
+                ready = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mode = std::fs::metadata(&other).map(|m| m.permissions().mode() & 0o777);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(ready, "berth serves on CSI_ENDPOINT");
+    assert_eq!(mode.unwrap(), 0o660);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volumes_and_their_mounts_survive_a_restart() {
+    needs_root!();
+    let mut daemon = Daemon::start("");
+    let mut c = daemon.clients().await;
+    c.controller
+        .create_volume(create_request("kept", 32 * MIB, mount()))
+        .await
+        .unwrap();
+    let staging = daemon.k8s("kept/globalmount");
+    let target = daemon.k8s("kept/pod/mount");
+    std::fs::create_dir_all(&staging).unwrap();
+    std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+    c.node
+        .node_stage_volume(stage_request("kept", &staging, mount()))
+        .await
+        .unwrap();
+    c.node
+        .node_publish_volume(publish_request("kept", &staging, &target, mount(), false))
+        .await
+        .unwrap();
+    std::fs::write(target.join("f"), b"1").unwrap();
+    drop(c);
+    assert!(daemon.stop().unwrap().success());
+    daemon.spawn();
+    let mut c = daemon.clients().await;
+    assert_eq!(list_ids(&mut c).await, ["kept"]);
+    assert_eq!(std::fs::read(target.join("f")).unwrap(), b"1");
+    // The publications are still known: unpublish and unstage undo them.
+    retry_transient!(
+        c.node
+            .node_unpublish_volume(unpublish_request("kept", &target))
+    )
+    .unwrap();
+    assert!(!target.exists());
+    retry_transient!(
+        c.node
+            .node_unstage_volume(unstage_request("kept", &staging))
+    )
+    .unwrap();
+    retry_transient!(c.controller.delete_volume(delete_request("kept"))).unwrap();
+    assert!(mounts_under(daemon.path()).is_empty());
+}
+
+/// The parameters csi-sanity is given (`--csi.testvolumeparameters`): the xfs pool, since
+/// growing a mounted ext4 needs CAP_SYS_RESOURCE, which some sandboxes do not grant root.
+fn sanity_request(name: &str, required: i64, caps: VolumeCapability) -> CreateVolumeRequest {
+    let mut request = create_request(name, required, caps);
+    request.parameters = params(&[("pool", "xfs")]);
+    request
+}
+
+/// The flows csi-sanity runs for the capabilities berth advertises, with its default sizes
+/// (10 GiB volumes, expanded by 1 GiB) and its path layout (a target path the driver must
+/// create and remove).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_csi_sanity_flows_pass() {
+    needs_root!();
+    let daemon = Daemon::start("");
+    let mut c = daemon.clients().await;
+    let mountdir = daemon.k8s("sanity/mount");
+    let stagingdir = daemon.k8s("sanity/staging");
+    std::fs::create_dir_all(&mountdir).unwrap();
+    std::fs::create_dir_all(&stagingdir).unwrap();
+    let target = mountdir.join("target");
+    let info = c
+        .node
+        .node_get_info(NodeGetInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.node_id, daemon.node_id);
+    let topology = info
+        .accessible_topology
+        .clone()
+        .expect("accessible_topology");
+    assert_eq!(topology.segments.get(NODE_KEY), Some(&daemon.node_id));
+
+    // "should work" and "should be idempotent": create with the node's topology, stage and
+    // publish (twice), stats, then the cleanup csi-sanity does.
+    let mut create = sanity_request("sanity-node-full", 10 * GIB, mount());
+    create.accessibility_requirements = Some(TopologyRequirement {
+        requisite: vec![topology.clone()],
+        preferred: vec![],
+    });
+    let volume = c
+        .controller
+        .create_volume(create)
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    assert!(volume.capacity_bytes >= 10 * GIB);
+    assert_eq!(volume.accessible_topology, vec![topology]);
+    let id = volume.volume_id.as_str();
+    for _ in 0..2 {
+        c.node
+            .node_stage_volume(stage_request(id, &stagingdir, mount()))
+            .await
+            .unwrap();
+    }
+    for _ in 0..2 {
+        c.node
+            .node_publish_volume(publish_request(id, &stagingdir, &target, mount(), false))
+            .await
+            .unwrap();
+    }
+    let stats = c
+        .node
+        .node_get_volume_stats(stats_request(id, &target))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!stats.usage.is_empty());
+    assert_code(
+        c.node
+            .node_get_volume_stats(stats_request(id, Path::new("some/path")))
+            .await,
+        Code::NotFound,
+        &[id],
+    );
+    // NodeExpandVolume after NodePublishVolume, controller expansion first.
+    let expanded = c
+        .controller
+        .controller_expand_volume(ControllerExpandVolumeRequest {
+            volume_id: id.into(),
+            capacity_range: Some(CapacityRange {
+                required_bytes: 11 * GIB,
+                limit_bytes: 0,
+            }),
+            volume_capability: Some(mount()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(expanded.capacity_bytes, 11 * GIB);
+    retry_transient!(c.node.node_expand_volume(NodeExpandVolumeRequest {
+        volume_id: id.into(),
+        volume_path: target.display().to_string(),
+        capacity_range: Some(CapacityRange {
+            required_bytes: 11 * GIB,
+            limit_bytes: 0,
+        }),
+        ..Default::default()
+    }))
+    .unwrap();
+    assert!(
+        fs_total(&target) > 10 << 30,
+        "grown to {}",
+        fs_total(&target)
+    );
+    // Cleanup: unpublish must remove the target path it created.
+    assert!(target.exists());
+    retry_transient!(c.node.node_unpublish_volume(unpublish_request(id, &target))).unwrap();
+    assert!(
+        !target.exists(),
+        "NodeUnpublishVolume removes the target path"
+    );
+    retry_transient!(c.node.node_unstage_volume(unstage_request(id, &stagingdir))).unwrap();
+    retry_transient!(c.controller.delete_volume(delete_request(id))).unwrap();
+    // csi-sanity's cleanup unpublishes and unstages volumes it never published.
+    c.controller
+        .create_volume(sanity_request("sanity-unused", 10 * GIB, mount()))
+        .await
+        .unwrap();
+    retry_transient!(
+        c.node
+            .node_unpublish_volume(unpublish_request("sanity-unused", &target))
+    )
+    .unwrap();
+    retry_transient!(
+        c.node
+            .node_unstage_volume(unstage_request("sanity-unused", &stagingdir))
+    )
+    .unwrap();
+    retry_transient!(c.controller.delete_volume(delete_request("sanity-unused"))).unwrap();
+
+    // "check the presence of new volumes and absence of deleted ones in the volume list":
+    // a volume without capacity_range.
+    let before = list_ids(&mut c).await.len();
+    let mut plain = sanity_request("sanity", 0, mount());
+    plain.capacity_range = None;
+    c.controller.create_volume(plain).await.unwrap();
+    assert_eq!(list_ids(&mut c).await.len(), before + 1);
+    retry_transient!(c.controller.delete_volume(delete_request("sanity"))).unwrap();
+    assert_eq!(list_ids(&mut c).await.len(), before);
+
+    // Cloning, and the maximum-length name.
+    let mut source = sanity_request("sanity-source", 10 * GIB, mount());
+    source.capacity_range.as_mut().unwrap().limit_bytes = 10 * GIB;
+    c.controller.create_volume(source.clone()).await.unwrap();
+    let mut clone = source.clone();
+    clone.name = "sanity-clone".into();
+    clone.volume_content_source = Some(VolumeContentSource {
+        r#type: Some(volume_content_source::Type::Volume(
+            volume_content_source::VolumeSource {
+                volume_id: "sanity-source".into(),
+            },
+        )),
+    });
+    c.controller.create_volume(clone).await.unwrap();
+    let long = format!("sanity-maxlen-{}", "x".repeat(128 - 14));
+    assert_eq!(long.len(), 128);
+    c.controller
+        .create_volume(sanity_request(&long, 10 * GIB, mount()))
+        .await
+        .unwrap();
+    // GetCapacity counts what these hold.
+    let capacity = c
+        .controller
+        .get_capacity(GetCapacityRequest {
+            parameters: params(&[("pool", "xfs")]),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(capacity.available_capacity, 64 * GIB - 30 * GIB);
+    for id in ["sanity-clone", "sanity-source", long.as_str()] {
+        retry_transient!(c.controller.delete_volume(delete_request(id))).unwrap();
+    }
+    retry_transient!(c.controller.delete_volume(delete_request("fake-volume-id"))).unwrap();
+    assert!(list_ids(&mut c).await.is_empty());
+}
+
+/// csi-sanity's "ExpandVolume should work" on the default (ext4) pool: a volume that is
+/// not published grows (offline), and the grown filesystem is what a later stage sees.
+/// (Growing a *mounted* ext4 needs CAP_SYS_RESOURCE, which some sandboxes withhold from
+/// root, so the online case is tested on xfs above.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unpublished_ext4_volume_grows() {
+    needs_root!();
+    let daemon = Daemon::start("");
+    let mut c = daemon.clients().await;
+    c.controller
+        .create_volume(create_request("ext", 10 * GIB, mount()))
+        .await
+        .unwrap();
+    let expand = ControllerExpandVolumeRequest {
+        volume_id: "ext".into(),
+        capacity_range: Some(CapacityRange {
+            required_bytes: 11 * GIB,
+            limit_bytes: 0,
+        }),
+        volume_capability: Some(mount()),
+        ..Default::default()
+    };
+    for _ in 0..2 {
+        let r = c
+            .controller
+            .controller_expand_volume(expand.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.capacity_bytes, 11 * GIB);
+    }
+    let staging = daemon.k8s("ext/globalmount");
+    std::fs::create_dir_all(&staging).unwrap();
+    c.node
+        .node_stage_volume(stage_request("ext", &staging, mount()))
+        .await
+        .unwrap();
+    assert!(fs_total(&staging) > 10 << 30, "{}", fs_total(&staging));
+    retry_transient!(c.node.node_unstage_volume(unstage_request("ext", &staging))).unwrap();
+    retry_transient!(c.controller.delete_volume(delete_request("ext"))).unwrap();
+}
