@@ -21,3 +21,6 @@ modprobe loop 2>/dev/null || true
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked --no-fail-fast
+
+# Bounded fuzzing of every parser from the seed corpus in fuzz/corpus (fails on any crash).
+./fuzz/run.sh 15

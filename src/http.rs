@@ -1,8 +1,9 @@
 //! The small HTTP/1.1 server the Docker plugin API and the admin API share.
 //!
 //! Each connection runs in its own task, so a slow or broken client stalls only itself:
-//! headers must arrive within [`HttpLimits::header_timeout`], a body larger than
-//! [`HttpLimits::max_body`] is refused with 413 before it is read, a request that takes
+//! headers must arrive within [`HttpLimits::header_timeout`] and the body within the same time
+//! again (else 408), a body larger than [`HttpLimits::max_body`] is refused with 413 (before
+//! any of it is read when its declared length is over the limit), a request that takes
 //! longer than [`HttpLimits::request_timeout`] gets 503, and at most
 //! [`HttpLimits::max_connections`] connections are served at once (the rest wait in the
 //! listen backlog). Handlers see the whole body as bytes and return a [`Reply`].
@@ -13,7 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
-use hyper::body::Incoming;
+use hyper::body::{Body, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -173,15 +174,36 @@ where
     HF: Future<Output = Reply>,
 {
     let (parts, body) = req.into_parts();
-    let body = match Limited::new(body, limits.max_body).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+    let too_large = || {
+        on_error(
+            413,
+            &format!("the request body is larger than {} bytes", limits.max_body),
+        )
+    };
+    // A declared Content-Length over the limit is refused before any of the body is read.
+    if body.size_hint().lower() > limits.max_body as u64 {
+        return too_large();
+    }
+    // The body gets as long as the headers did: a client that stops sending mid-body would
+    // otherwise hold its connection slot for ever.
+    let collected = tokio::time::timeout(
+        limits.header_timeout,
+        Limited::new(body, limits.max_body).collect(),
+    )
+    .await;
+    let body = match collected {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => return too_large(),
+        Ok(Err(e)) => return on_error(400, &format!("reading the request body: {e}")),
+        Err(_) => {
             return on_error(
-                413,
-                &format!("the request body is larger than {} bytes", limits.max_body),
+                408,
+                &format!(
+                    "the request body did not arrive within {} s",
+                    limits.header_timeout.as_secs()
+                ),
             );
         }
-        Err(e) => return on_error(400, &format!("reading the request body: {e}")),
     };
     let request = Request {
         method: parts.method,

@@ -227,7 +227,7 @@ impl Drop for InFlight {
 
 /// The endpoints of the plugin protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Endpoint {
+pub enum Endpoint {
     Activate,
     Create,
     Remove,
@@ -266,7 +266,7 @@ impl Endpoint {
         }
     }
 
-    fn from_path(path: &str) -> Option<Self> {
+    pub fn from_path(path: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|e| e.path() == path)
     }
 
@@ -392,7 +392,7 @@ struct Status {
 // ----- requests --------------------------------------------------------------------------
 
 /// A parsed request.
-enum Call {
+pub enum Call {
     Activate,
     Capabilities,
     Create(Box<CreateRequest>),
@@ -421,7 +421,7 @@ impl Call {
 }
 
 /// Why a request failed before or in the engine.
-enum Failure {
+pub enum Failure {
     /// The request itself is unusable (wrong method, endpoint or body).
     Protocol {
         status: u16,
@@ -596,7 +596,8 @@ impl Plugin {
 }
 
 /// Parses a request body into a call; names and options are checked here, at the edge.
-fn parse_call(endpoint: Endpoint, body: &[u8]) -> Result<Call, Failure> {
+/// Public (with [`Endpoint`], [`Call`] and [`Failure`]) for the `docker_request` fuzz target.
+pub fn parse_call(endpoint: Endpoint, body: &[u8]) -> Result<Call, Failure> {
     let malformed = |e: serde_json::Error| {
         let what = endpoint.path().trim_start_matches('/');
         tracing::debug!(endpoint = what, error = %e, "malformed plugin request");

@@ -501,9 +501,6 @@ impl VolumeService for Slow {
     ) -> Result<Volume, EngineError> {
         self.inner.adopt(c, n, expected, owner)
     }
-    fn grant_group(&self, c: Caller, n: &VolumeName, gid: u32) -> Result<Volume, EngineError> {
-        self.inner.grant_group(c, n, gid)
-    }
     fn get(&self, n: &VolumeName) -> Result<Volume, EngineError> {
         self.inner.get(n)
     }

@@ -329,7 +329,7 @@ pub struct PathConstraint {
 
 impl PathConstraint {
     pub fn new(like: bool, pattern: &str) -> Result<Self, InputError> {
-        regex::Regex::new(&format!("^(?:{pattern})$")).map_err(|e| InputError::Invalid {
+        whole_path_regex(pattern).map_err(|e| InputError::Invalid {
             field: "constraints".into(),
             reason: format!("{pattern:?} is not a valid regular expression: {e}"),
         })?;
@@ -340,11 +340,19 @@ impl PathConstraint {
     }
 
     pub fn matches(&self, path: &str) -> bool {
-        let matched = regex::Regex::new(&format!("^(?:{})$", self.pattern))
+        let matched = whole_path_regex(&self.pattern)
             .map(|re| re.is_match(path))
             .unwrap_or(false);
         matched == self.like
     }
+}
+
+/// `pattern` anchored to match a whole path. The bare pattern must compile by itself first:
+/// wrapped in `^(?:...)$`, an unbalanced one such as `a)|(?:b` compiles to a different,
+/// unanchored expression (found by the `path_constraint` fuzz target).
+fn whole_path_regex(pattern: &str) -> Result<regex::Regex, regex::Error> {
+    regex::Regex::new(pattern)?;
+    regex::Regex::new(&format!("^(?:{pattern})$"))
 }
 
 impl fmt::Display for PathConstraint {

@@ -55,10 +55,13 @@
 //!   rely on. `fs_kind` is `fstatfs(2)`'s `f_type`.
 //!
 //! Path resolution: the final component of every path berth acts on (a directory it makes, a
-//! target, an image, a tree's top) is never followed. Parent directories are resolved
-//! normally, because berth's own state directory may legitimately sit behind a symlink
-//! (`/var/lib/berth -> /data/berth`); they are berth's or the orchestrator's, never a
-//! container's. Below a tree's top every component is opened fd-relative with `O_NOFOLLOW`.
+//! target, an image, a tree's top) is never followed, and neither is the directory it acts
+//! in (a pool root, a target's parent): a pool path that is a symlink is refused at start,
+//! and a pool root swapped for a symlink while berth runs is refused, not followed. The
+//! ancestors above that are resolved normally, because berth's own state directory may
+//! legitimately sit behind a symlink (`/var/lib/berth -> /data/berth`); they are berth's or
+//! the orchestrator's, never a container's. Below a tree's top every component is opened
+//! fd-relative with `O_NOFOLLOW`.
 //!
 //! Tree walks ([`Host::remove_tree`], [`Host::copy_tree`], [`Host::tree_usage`]) use an
 //! explicit stack and keep at most [`MAX_OPEN_DIRS`] directory fds open; a directory whose fd
@@ -266,17 +269,14 @@ fn split(path: &Path) -> Result<(&Path, &OsStr), HostError> {
     Ok((parent, name))
 }
 
-/// Opens the parent directory of `path` (resolved normally: berth's own directories may sit
-/// behind a symlink such as `/var/lib/berth -> /data/berth`) and returns it with the final
-/// name, which callers then handle relative to that fd without following it.
+/// Opens the parent directory of `path` and returns it with the final name, which callers
+/// then handle relative to that fd without following it. The parent's ancestors are resolved
+/// normally (berth's own directories may sit behind a symlink such as
+/// `/var/lib/berth -> /data/berth`), but the parent itself must not be a symlink: a pool root
+/// swapped for a link to elsewhere is refused rather than followed.
 fn open_parent(path: &Path) -> Result<(OwnedFd, &OsStr), HostError> {
     let (parent, name) = split(path)?;
-    let fd = nix::fcntl::open(
-        parent,
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| nix_err("open", parent, e))?;
+    let fd = open_dir_nofollow(parent)?;
     Ok((fd, name))
 }
 
@@ -657,15 +657,12 @@ fn beneath<'a>(root: &Path, path: &'a Path) -> Result<Vec<&'a OsStr>, HostError>
 fn remove_tree(root: &Path, path: &Path) -> Result<RemovalStats, HostError> {
     let names = beneath(root, path)?;
     let mut stats = RemovalStats::default();
-    // `root` is berth's configuration and is resolved normally; everything below it is not.
-    let mut dir = match nix::fcntl::open(
-        root,
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    ) {
+    // `root` is berth's configuration: its ancestors are resolved normally, `root` itself
+    // (a pool root) must not be a symlink, and nothing below it is followed.
+    let mut dir = match open_dir_nofollow(root) {
         Ok(fd) => fd,
-        Err(Errno::ENOENT) => return Ok(stats),
-        Err(e) => return Err(nix_err("open", root, e)),
+        Err(e) if e.errno() == Some(libc::ENOENT) => return Ok(stats),
+        Err(e) => return Err(e),
     };
     let mut walked = root.to_path_buf();
     let (last, middle) = names
@@ -792,6 +789,8 @@ fn unlink_counted(
 // copy_tree
 // ---------------------------------------------------------------------------------------
 
+/// Opens the directory `path`, resolving its ancestors normally but refusing a symlink at
+/// `path` itself ([`HostError::Symlink`]).
 fn open_dir_nofollow(path: &Path) -> Result<OwnedFd, HostError> {
     match nix::fcntl::open(path, oflags_dir(), Mode::empty()) {
         Ok(fd) => Ok(fd),
