@@ -492,6 +492,9 @@ impl VolumeService for Slow {
     fn expand(&self, c: Caller, n: &VolumeName, size: u64) -> Result<Volume, EngineError> {
         self.inner.expand(c, n, size)
     }
+    fn grant_group(&self, c: Caller, n: &VolumeName, gid: u32) -> Result<Volume, EngineError> {
+        self.inner.grant_group(c, n, gid)
+    }
     fn adopt(
         &self,
         c: Caller,
