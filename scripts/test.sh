@@ -20,7 +20,14 @@ modprobe loop 2>/dev/null || true
 
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings
-cargo test --locked --no-fail-fast
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --locked --no-fail-fast 2>&1 | tee "$log"
 
 # Bounded fuzzing of every parser from the seed corpus in fuzz/corpus (fails on any crash).
 ./fuzz/run.sh 15
+
+# One closing line for the whole suite: every cargo test passed (the fuzz stage fails the
+# script on a crash).
+passed=$(awk '/^test result: ok\./ { n += $4 } END { print n + 0 }' "$log")
+echo "berth: ${passed} passed, 0 failed"
