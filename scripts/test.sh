@@ -1,22 +1,14 @@
 #!/usr/bin/env bash
-# Runs berth's whole test suite as root: installs what the tests need (a real dockerd,
-# mkfs tools, busybox for container images), checks formatting and lints, then runs every
-# unit and root integration test. .ci/run calls this.
+# Runs berth's whole test suite as root: installs what the tests need (scripts/test-deps.sh:
+# a real dockerd, mkfs tools, QEMU, busybox, grpcio), checks formatting and lints, then runs
+# every unit and root integration test. .ci/run calls this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 [ "$(id -u)" = 0 ] || { echo "test.sh: the integration tests mount things; run as root" >&2; exit 1; }
 
-export DEBIAN_FRONTEND=noninteractive
-need=(docker.io xfsprogs btrfs-progs e2fsprogs util-linux busybox-static postgresql debootstrap systemd man-db binutils)
-missing=()
-for p in "${need[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "test.sh: installing ${missing[*]}"
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
-modprobe loop 2>/dev/null || true
+# Everything the tests need is installed by this one script (and only there).
+./scripts/test-deps.sh
 
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings

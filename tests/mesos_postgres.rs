@@ -251,7 +251,7 @@ impl Postgres {
     fn find() -> Self {
         let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
             .expect(
-                "PostgreSQL is not installed: apt-get install postgresql (scripts/test.sh does)",
+                "PostgreSQL is not installed: run scripts/test-deps.sh as root (scripts/test.sh does)",
             )
             .flatten()
             .filter_map(|e| {

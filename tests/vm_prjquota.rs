@@ -85,7 +85,7 @@ fn prjquota_xfs_and_ext4_in_a_vm() {
     let dir = work.path();
 
     step("packages", || {
-        harness::ensure_packages(&["qemu-system-x86", "xfsprogs", "e2fsprogs", "busybox-static"])
+        harness::require_packages(&["qemu-system-x86", "xfsprogs", "e2fsprogs", "busybox-static"])
     });
     let (kernel, _) = step("kernel", || harness::kernel(&cache, MODULES));
     eprintln!(

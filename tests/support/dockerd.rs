@@ -119,8 +119,8 @@ impl Dockerd {
         }
         let dockerd_bin = find_bin("dockerd").ok_or_else(|| {
             "Dockerd::start: `dockerd` not found in PATH, /usr/sbin or /usr/bin. This is a setup \
-             bug, not a skip: install it with `apt-get install -y docker.io busybox-static` \
-             (the README's test command does)."
+             bug, not a skip: run `scripts/test-deps.sh` as root (the README's test command does), \
+             which installs docker.io and busybox-static."
                 .to_string()
         })?;
         // docker.io's own CLI matches the daemon's API; any other `docker` on PATH also works
@@ -601,8 +601,8 @@ fn find_static_busybox() -> Result<PathBuf, String> {
         }
     }
     Err(format!(
-        "Dockerd::start: no static busybox for the test image ({}). Install it with \
-         `apt-get install -y busybox-static`.",
+        "Dockerd::start: no static busybox for the test image ({}). Run \
+         `scripts/test-deps.sh` as root, which installs busybox-static.",
         if seen.is_empty() {
             "not found".to_string()
         } else {

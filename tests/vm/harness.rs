@@ -3,8 +3,8 @@
 //! Include it from an integration test with `#[path = "vm/harness.rs"] mod harness;`.
 //!
 //! What it does, each step a function so a test can report its time:
-//! - [`ensure_packages`]: `qemu-system-x86`, `xfsprogs`, `e2fsprogs`, `busybox-static`
-//!   through `apt-get` when missing.
+//! - [`require_packages`]: `qemu-system-x86`, `xfsprogs`, `e2fsprogs`, `busybox-static` must
+//!   be installed (`scripts/test-deps.sh` installs them; a test never does).
 //! - [`kernel`]: resolves the package `linux-image-amd64` depends on (`apt-cache depends`),
 //!   `apt-get download`s it, unpacks it with `dpkg -x` (never installs it) and keeps only
 //!   `vmlinuz` and the modules the guest needs, in dependency order (read from each module's
@@ -78,19 +78,19 @@ fn installed(package: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// Installs whichever of `packages` is missing (`apt-get update` first only if needed).
-pub fn ensure_packages(packages: &[&str]) -> Result<()> {
+/// Checks that every one of `packages` is installed; the suite installs them in
+/// `scripts/test-deps.sh` (never here), so a missing one is an error that says so.
+pub fn require_packages(packages: &[&str]) -> Result<()> {
     let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
     if missing.is_empty() {
         return Ok(());
     }
-    let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
-    args.extend(&missing);
-    if apt_get(&args).is_err() {
-        apt_get(&["update", "-qq"])?;
-        apt_get(&args)?;
-    }
-    Ok(())
+    Err(format!(
+        "missing Debian packages: {}. Run scripts/test-deps.sh as root (scripts/test.sh does): \
+         it installs them, QEMU from the backports suite when the image's qemu-utils comes \
+         from there",
+        missing.join(" ")
+    ))
 }
 
 /// A stock kernel and its modules, unpacked in the cache.
