@@ -16,11 +16,15 @@
 //! - An inline ephemeral volume is created by its NodePublishVolume and wiped by its
 //!   NodeUnpublishVolume.
 //!
+//! Each accepted connection goes through [`authority::AuthorityRewriting`], so that clients
+//! sending the socket's path as `:authority` (grpc-core, kubelets before 1.26) are answered.
+//!
 //! The engine is blocking, so each call runs on tokio's blocking pool. It logs every
 //! operation; this module logs only requests it refuses before reaching the engine.
 //! Operations are never queued behind each other: a second operation on a busy volume is
 //! answered `ABORTED`, as CSI asks.
 
+mod authority;
 mod controller;
 mod identity;
 mod node;
@@ -45,6 +49,7 @@ use crate::daemon::{BoundSocket, DaemonError, Servers};
 use crate::engine::types::{Caller, Frontend, VolumeName};
 use crate::engine::{EngineError, VolumeService};
 
+use authority::AuthorityRewriting;
 use proto::controller_server::ControllerServer;
 use proto::identity_server::IdentityServer;
 use proto::node_server::NodeServer;
@@ -259,7 +264,8 @@ pub async fn connect(endpoint: &str) -> Result<Channel, tonic::transport::Error>
         .await
 }
 
-/// The socket's connections as a stream, borrowing the listener so the bound socket (and
+/// The socket's connections as a stream (each with its `:authority` made acceptable to the
+/// server), borrowing the listener so the bound socket (and
 /// its lock) stays owned by the serving task. A failed accept (out of file descriptors,
 /// say) is logged and retried after a pause rather than spun on.
 struct Incoming<'a> {
@@ -280,7 +286,7 @@ impl<'a> Incoming<'a> {
 const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl tokio_stream::Stream for Incoming<'_> {
-    type Item = std::io::Result<UnixStream>;
+    type Item = std::io::Result<AuthorityRewriting<UnixStream>>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         loop {
@@ -291,7 +297,9 @@ impl tokio_stream::Stream for Incoming<'_> {
                 self.backoff = None;
             }
             match self.listener.poll_accept(cx) {
-                Poll::Ready(Ok((stream, _))) => return Poll::Ready(Some(Ok(stream))),
+                Poll::Ready(Ok((stream, _))) => {
+                    return Poll::Ready(Some(Ok(AuthorityRewriting::new(stream))));
+                }
                 Poll::Ready(Err(e)) => {
                     tracing::warn!(error = %e, "accepting a CSI connection failed; retrying");
                     self.backoff = Some(Box::pin(tokio::time::sleep(ACCEPT_BACKOFF)));
