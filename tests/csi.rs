@@ -148,6 +148,18 @@ fn publish_request(
     }
 }
 
+fn controller_expand_request(id: &str, required: i64) -> ControllerExpandVolumeRequest {
+    ControllerExpandVolumeRequest {
+        volume_id: id.into(),
+        capacity_range: Some(CapacityRange {
+            required_bytes: required,
+            limit_bytes: 0,
+        }),
+        volume_capability: Some(mount()),
+        ..Default::default()
+    }
+}
+
 fn unpublish_request(id: &str, target: &Path) -> NodeUnpublishVolumeRequest {
     NodeUnpublishVolumeRequest {
         volume_id: id.into(),
@@ -1009,15 +1021,7 @@ async fn the_csi_sanity_flows_pass() {
     // NodeExpandVolume after NodePublishVolume, controller expansion first.
     let expanded = c
         .controller
-        .controller_expand_volume(ControllerExpandVolumeRequest {
-            volume_id: id.into(),
-            capacity_range: Some(CapacityRange {
-                required_bytes: 11 * GIB,
-                limit_bytes: 0,
-            }),
-            volume_capability: Some(mount()),
-            ..Default::default()
-        })
+        .controller_expand_volume(controller_expand_request(id, 11 * GIB))
         .await
         .unwrap()
         .into_inner();
@@ -1151,4 +1155,126 @@ async fn an_unpublished_ext4_volume_grows() {
     assert!(fs_total(&staging) > 10 << 30, "{}", fs_total(&staging));
     retry_transient!(c.node.node_unstage_volume(unstage_request("ext", &staging))).unwrap();
     retry_transient!(c.controller.delete_volume(delete_request("ext"))).unwrap();
+}
+
+/// The cluster's one external-resizer asks the berth beside it, which may not hold the
+/// volume: that berth records nothing and leaves the growth to the node, and the owning
+/// node's NodeExpandVolume grows the volume with its pool's checks. The volume is xfs, which
+/// grows online here (online ext4 growth needs CAP_SYS_RESOURCE).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expansion_asked_of_another_node_is_completed_by_the_owning_nodes_node_expand() {
+    needs_root!();
+    let owner = Daemon::start("");
+    let other = Daemon::start("");
+    let mut a = owner.clients().await;
+    let mut b = other.clients().await;
+    let id = "grown-elsewhere";
+    let staging = owner.k8s("grow/staging");
+    let target = owner.k8s("grow/target");
+    std::fs::create_dir_all(&staging).unwrap();
+    retry_transient!(
+        a.controller
+            .create_volume(sanity_request(id, 64 * MIB, mount()))
+    )
+    .unwrap();
+    retry_transient!(
+        a.node
+            .node_stage_volume(stage_request(id, &staging, mount()))
+    )
+    .unwrap();
+    retry_transient!(a.node.node_publish_volume(publish_request(
+        id,
+        &staging,
+        &target,
+        mount(),
+        false
+    )))
+    .unwrap();
+    let total = |stats: NodeGetVolumeStatsResponse| {
+        stats
+            .usage
+            .iter()
+            .find(|u| u.unit == volume_usage::Unit::Bytes as i32)
+            .unwrap()
+            .total
+    };
+    let before = total(
+        a.node
+            .node_get_volume_stats(stats_request(id, &target))
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+
+    let asked = b
+        .controller
+        .controller_expand_volume(controller_expand_request(id, 512 * MIB))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(asked.node_expansion_required);
+    assert_eq!(asked.capacity_bytes, 512 * MIB);
+    // The other berth recorded nothing; the owner's volume is unchanged so far.
+    let listed = b
+        .controller
+        .list_volumes(ListVolumesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.entries.is_empty(), "{listed:?}");
+    let unchanged = a
+        .node
+        .node_get_volume_stats(stats_request(id, &target))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(total(unchanged), before);
+
+    let expand = |required: i64, limit: i64| NodeExpandVolumeRequest {
+        volume_id: id.into(),
+        volume_path: target.display().to_string(),
+        capacity_range: Some(CapacityRange {
+            required_bytes: required,
+            limit_bytes: limit,
+        }),
+        volume_capability: Some(mount()),
+        ..Default::default()
+    };
+    let grown = retry_transient!(a.node.node_expand_volume(expand(512 * MIB, 0)))
+        .unwrap()
+        .into_inner();
+    assert_eq!(grown.capacity_bytes, 512 * MIB);
+    let after = total(
+        a.node
+            .node_get_volume_stats(stats_request(id, &target))
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    assert!(
+        after > before + 150 * MIB,
+        "the filesystem grew from {before} to {after} bytes"
+    );
+
+    // The owning node's pool (64 GiB) decides what fits, and nothing shrinks.
+    let too_big = a
+        .node
+        .node_expand_volume(expand(128 * GIB, 0))
+        .await
+        .unwrap_err();
+    assert_eq!(too_big.code(), Code::ResourceExhausted, "{too_big:?}");
+    let below = a
+        .node
+        .node_expand_volume(expand(64 * MIB, 128 * MIB))
+        .await
+        .unwrap_err();
+    assert_eq!(below.code(), Code::OutOfRange, "{below:?}");
+
+    retry_transient!(a.node.node_unpublish_volume(unpublish_request(id, &target))).unwrap();
+    retry_transient!(a.node.node_unstage_volume(unstage_request(id, &staging))).unwrap();
+    retry_transient!(a.controller.delete_volume(DeleteVolumeRequest {
+        volume_id: id.into(),
+        ..Default::default()
+    }))
+    .unwrap();
 }

@@ -226,10 +226,15 @@ fn csidriver_and_storage_classes_name_berths_driver() {
             "WaitForFirstConsumer",
             "{name}"
         );
-        assert_eq!(sc["allowVolumeExpansion"], Value::Bool(true), "{name}");
         let params = sc["parameters"].as_object().unwrap();
         assert_eq!(params.len(), 1, "{name}: {params:?}");
         let kind = str_at(sc, "/parameters/type");
+        // Expansion only where berth can grow the volume: a mount volume is a whole disk.
+        assert_eq!(
+            sc["allowVolumeExpansion"],
+            Value::Bool(kind != "mount"),
+            "{name}"
+        );
         // The same words berth's config and CSI parameters use for pool kinds.
         let parsed: berth::engine::types::PoolKind = kind.parse().unwrap();
         assert_eq!(parsed.as_str(), kind);

@@ -458,18 +458,33 @@ impl CsiService {
             .transpose()
             .map_err(|e| about(&volume, e.status(Code::InvalidArgument)))?;
         let size = self
-            .engine(move |e| -> Result<Option<u64>, Failure> {
-                let v = e.get(&name)?;
+            .engine(move |e| -> Result<Option<Option<u64>>, Failure> {
+                let v = match e.get(&name) {
+                    Ok(v) => v,
+                    Err(EngineError::NotFound { .. }) => return Ok(None),
+                    Err(other) => return Err(other.into()),
+                };
                 if let Some(cap) = &cap {
                     check_fits(cap, &v, "volume_capability")
                         .map_err(|e| about(v.name.as_str(), e.status(Code::InvalidArgument)))?;
                 }
-                grow(e, &v, range)
+                grow(e, &v, range).map(Some)
             })
             .await??;
-        Ok(ControllerExpandVolumeResponse {
-            capacity_bytes: bytes(size.unwrap_or(0)),
-            node_expansion_required: false,
+        Ok(match size {
+            Some(size) => ControllerExpandVolumeResponse {
+                capacity_bytes: bytes(size.unwrap_or(0)),
+                node_expansion_required: false,
+            },
+            // Another node's berth holds the volume (the one resizer of the cluster asks the
+            // berth beside it): that node's NodeExpandVolume grows it, checking its pool.
+            None => {
+                tracing::debug!(volume, "expansion left to the node holding the volume");
+                ControllerExpandVolumeResponse {
+                    capacity_bytes: bytes(range.required),
+                    node_expansion_required: true,
+                }
+            }
         })
     }
 }

@@ -1129,13 +1129,18 @@ async fn expansion_grows_never_shrinks_and_checks_the_path() {
         Code::InvalidArgument,
         "block access",
     );
-    let mut missing = expand(3 * GIB, 0);
-    missing.volume_id = "nope".into();
-    assert_code(
-        h.controller.controller_expand_volume(missing).await,
-        Code::NotFound,
-        "nope",
-    );
+    // A volume this berth does not hold is another node's: its NodeExpandVolume grows it.
+    let mut elsewhere = expand(3 * GIB, 0);
+    elsewhere.volume_id = "nope".into();
+    let answer = h
+        .controller
+        .controller_expand_volume(elsewhere)
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(answer.node_expansion_required);
+    assert_eq!(answer.capacity_bytes, 3 * GIB);
+    assert!(h.engine.get(&VolumeName::parse("nope").unwrap()).is_err());
 
     h.stage("g", "/k/s", mount()).await.unwrap();
     let node_expand = |path: &str, required: i64| NodeExpandVolumeRequest {
