@@ -5,11 +5,14 @@
 //! and holds it until it exits, so a second daemon on the same state stops before it touches
 //! anything, saying which lock is held.
 //!
-//! Sockets: a socket path is guarded by an `flock`ed lock file beside it (`PATH.lock`), so
-//! a second daemon cannot take a socket that a live one serves; a socket left by a crashed
-//! daemon (its lock is free) is replaced, but nothing else is: a file that is not a socket
-//! at that path is refused, never deleted. Sockets are removed on shutdown, so `docker
-//! volume ls` never waits on a dead plugin socket.
+//! Sockets: nothing but the socket is put in its directory (kubelet's plugin directory and
+//! /run/docker/plugins are read by others, and a CSI socket directory should hold only the
+//! socket). While binding, berth holds an `flock` on the socket's directory itself, and
+//! an existing socket there is replaced only if nothing accepts connections on it (a socket
+//! left by a crashed daemon refuses them); one that answers belongs to a live server and is
+//! refused. Under the directory lock two daemons starting at once cannot both take the
+//! path. A file that is not a socket at that path is refused, never deleted. Sockets are
+//! removed on shutdown, so `docker volume ls` never waits on a dead plugin socket.
 
 use std::future::Future;
 use std::os::fd::AsRawFd;
@@ -35,9 +38,9 @@ pub enum DaemonError {
         source: std::io::Error,
     },
     #[error(
-        "{path} is served by another running berth (its lock {lock} is held); stop it or configure another path"
+        "{path} is served by another running process (it accepts connections); stop it or configure another path"
     )]
-    SocketInUse { path: PathBuf, lock: PathBuf },
+    SocketInUse { path: PathBuf },
     #[error(
         "{path} exists and is not a socket; berth replaces only a stale socket there: move it away or configure another path"
     )]
@@ -57,11 +60,10 @@ fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Dae
     move |source| DaemonError::Io { what, path, source }
 }
 
-/// A listening unix socket and the lock that makes it ours; dropping it removes the socket.
+/// A listening unix socket; dropping it removes the socket.
 pub struct BoundSocket {
     pub listener: UnixListener,
     path: PathBuf,
-    _lock: std::fs::File,
 }
 
 impl Drop for BoundSocket {
@@ -85,32 +87,44 @@ pub fn bind_socket(endpoint: &str, mode: u32) -> Result<BoundSocket, DaemonError
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(io_err("creating the directory of", &path))?;
     }
-    let lock_path = PathBuf::from(format!("{}.lock", path.display()));
-    let Some(lock) = try_lock(&lock_path)? else {
-        return Err(DaemonError::SocketInUse {
-            path,
-            lock: lock_path,
-        });
-    };
+    let directory = path.parent().unwrap_or(Path::new("/"));
+    // Released when this returns: the bound socket itself tells later binders it is taken.
+    let _binding = lock_directory(directory)?;
     match std::fs::symlink_metadata(&path) {
         Ok(meta) if !meta.file_type().is_socket() => {
             return Err(DaemonError::NotASocket { path });
         }
-        _ => {}
-    }
-    match std::fs::remove_file(&path) {
-        Ok(()) => tracing::info!(socket = %path.display(), "replaced a stale socket"),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_err("removing the stale socket", &path)(e)),
+        Ok(_) => {
+            if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+                return Err(DaemonError::SocketInUse { path });
+            }
+            match std::fs::remove_file(&path) {
+                Ok(()) => tracing::info!(socket = %path.display(), "replaced a stale socket"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("removing the stale socket", &path)(e)),
+            }
+        }
+        Err(_) => {}
     }
     let listener = UnixListener::bind(&path).map_err(io_err("binding", &path))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
         .map_err(io_err("setting the mode of", &path))?;
-    Ok(BoundSocket {
-        listener,
-        path,
-        _lock: lock,
-    })
+    Ok(BoundSocket { listener, path })
+}
+
+/// Takes an exclusive `flock` on a directory, waiting for it; held while the returned
+/// handle is open. No file is made.
+fn lock_directory(directory: &Path) -> Result<std::fs::File, DaemonError> {
+    let handle = std::fs::File::open(directory)
+        .map_err(io_err("opening the socket directory", directory))?;
+    // SAFETY: flock on a file descriptor we own, kept open by the caller while it needs
+    // the lock.
+    if unsafe { libc::flock(handle.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(io_err("locking the socket directory", directory)(
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(handle)
 }
 
 /// Opens (creating) the lock file and takes an exclusive `flock` on it without waiting;

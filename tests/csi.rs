@@ -846,10 +846,17 @@ async fn the_socket_is_private_replaced_when_stale_and_never_shared() {
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(
-        stderr.contains("served by another running berth"),
+        stderr.contains("served by another running process"),
         "{stderr}"
     );
     first.clients().await;
+    // Nothing but the socket is put beside it.
+    let beside: Vec<_> = std::fs::read_dir(first.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("csi.sock"))
+        .collect();
+    assert_eq!(beside, ["csi.sock"]);
     // A crashed daemon leaves its socket behind; the next one replaces it.
     first.kill();
     assert!(first.socket().exists(), "the stale socket is still there");
