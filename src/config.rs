@@ -91,6 +91,10 @@ pub struct Listen {
     /// Permission bits of the unix sockets.
     #[serde(default = "default_socket_mode")]
     pub socket_mode: u32,
+    /// A group (name or gid) given each socket, with read and write for it (`0660` from
+    /// the default mode).
+    #[serde(default)]
+    pub group: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -167,6 +171,7 @@ impl Default for Listen {
             admin: default_admin_socket(),
             admin_tcp: None,
             socket_mode: default_socket_mode(),
+            group: None,
         }
     }
 }
@@ -246,6 +251,9 @@ impl Config {
                 "listen.socket_mode: {:o} is not a permission mode",
                 self.listen.socket_mode
             ));
+        }
+        if self.listen.group.as_deref() == Some("") {
+            return Err("listen.group: a group name or gid, or leave it out".into());
         }
         if self.listen.admin_tcp.is_some()
             && self.admin.token.is_none()

@@ -229,10 +229,14 @@ pub async fn serve(
     .map_err(|e| DaemonError::Config(format!("opening the engine panicked: {e}")))??;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut servers = tokio::task::JoinSet::new();
-    let mode = config.listen.socket_mode;
+    let group = socket_group(&config)?;
+    let mode = config.listen.socket_mode | if group.is_some() { 0o060 } else { 0 };
     crate::csi::start(&config, &engine, mode, &stop_rx, &mut servers)?;
     crate::docker::start(&config, &engine, mode, &stop_rx, &mut servers)?;
     crate::admin::start(&config, &engine, mode, &stop_rx, &mut servers)?;
+    if let Some(gid) = group {
+        give_sockets_to_group(&config, gid)?;
+    }
     servers.spawn(sweep_pending_reservations(
         Arc::clone(&engine),
         stop_rx.clone(),
@@ -253,6 +257,31 @@ pub async fn serve(
     }
     let _ = stop_tx.send(true);
     while servers.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// The gid of `listen.group`, if set.
+fn socket_group(config: &Config) -> Result<Option<u32>, DaemonError> {
+    let Some(group) = &config.listen.group else {
+        return Ok(None);
+    };
+    crate::host::linux::group_id(group)
+        .map(Some)
+        .map_err(|e| DaemonError::Config(format!("listen.group {group:?}: {e}")))
+}
+
+/// Gives every socket berth serves to the group `gid`.
+fn give_sockets_to_group(config: &Config, gid: u32) -> Result<(), DaemonError> {
+    let endpoints = [
+        crate::csi::endpoint(config),
+        config.listen.docker.clone(),
+        config.listen.admin.clone(),
+    ];
+    for endpoint in endpoints.iter().filter(|e| !e.is_empty()) {
+        let path = socket_path(endpoint);
+        crate::host::linux::set_group(&path, gid)
+            .map_err(io_err("giving listen.group the socket", &path))?;
+    }
     Ok(())
 }
 

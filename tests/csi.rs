@@ -1285,3 +1285,51 @@ async fn expansion_asked_of_another_node_is_completed_by_the_owning_nodes_node_e
     }))
     .unwrap();
 }
+
+/// `listen.group`: the socket belongs to that group, which may read and write it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_group_gets_the_socket() {
+    needs_root!();
+    let group_line = std::fs::read_to_string("/etc/group")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("nogroup:"))
+        .expect("the group nogroup (Debian's base system has it)")
+        .to_string();
+    let gid: u32 = group_line.split(':').nth(2).unwrap().parse().unwrap();
+    let mut daemon = Daemon::start("");
+    daemon.clients().await;
+    let plain = std::fs::metadata(daemon.socket()).unwrap();
+    assert_eq!((plain.mode() & 0o777, plain.gid()), (0o600, 0));
+    assert!(daemon.stop().unwrap().success());
+    let config = std::fs::read_to_string(daemon.config_path()).unwrap();
+    std::fs::write(
+        daemon.config_path(),
+        config.replace("admin = \"\"", "admin = \"\"\ngroup = \"nogroup\""),
+    )
+    .unwrap();
+    daemon.spawn();
+    daemon.clients().await;
+    let shared = std::fs::metadata(daemon.socket()).unwrap();
+    assert_eq!((shared.mode() & 0o777, shared.gid()), (0o660, gid));
+
+    // A group that does not exist stops berth before it serves, naming the group.
+    assert!(daemon.stop().unwrap().success());
+    std::fs::write(
+        daemon.config_path(),
+        config.replace(
+            "admin = \"\"",
+            "admin = \"\"\ngroup = \"no-such-group-berth\"",
+        ),
+    )
+    .unwrap();
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["serve", "--config"])
+        .arg(daemon.config_path())
+        .env_remove("CSI_ENDPOINT")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("no-such-group-berth"), "{stderr}");
+}

@@ -72,6 +72,7 @@ mod btrfs;
 mod copy;
 mod dirs;
 mod fd;
+mod group;
 mod grow;
 mod image;
 mod loopdev;
@@ -95,6 +96,7 @@ use crate::host::{
 use copy::copy_tree;
 use dirs::{fs_stats, make_dir, prepare_target, remove_target, rename, sync_path};
 use fd::{fd_kind, nix_err, read_mountinfo};
+pub use group::{group_id, set_group};
 use grow::grow_image;
 use image::{create_image, mount_image};
 use loopdev::{attach_loop, detach_loop, sys_loops};
