@@ -1179,24 +1179,13 @@ async fn expansion_asked_of_another_node_is_completed_by_the_owning_nodes_node_e
     let staging = owner.k8s("grow/staging");
     let target = owner.k8s("grow/target");
     std::fs::create_dir_all(&staging).unwrap();
-    retry_transient!(
-        a.controller
-            .create_volume(sanity_request(id, 64 * MIB, mount()))
-    )
-    .unwrap();
-    retry_transient!(
-        a.node
-            .node_stage_volume(stage_request(id, &staging, mount()))
-    )
-    .unwrap();
-    retry_transient!(a.node.node_publish_volume(publish_request(
-        id,
+    create_stage_publish(
+        &mut a,
+        sanity_request(id, 64 * MIB, mount()),
         &staging,
         &target,
-        mount(),
-        false
-    )))
-    .unwrap();
+    )
+    .await;
     let total = |stats: NodeGetVolumeStatsResponse| {
         stats
             .usage
@@ -1332,4 +1321,92 @@ async fn a_configured_group_gets_the_socket() {
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("no-such-group-berth"), "{stderr}");
+}
+
+/// Creates a mount volume, stages it at `staging` and publishes it read-write at `target`.
+async fn create_stage_publish(
+    c: &mut Clients,
+    create: CreateVolumeRequest,
+    staging: &Path,
+    target: &Path,
+) {
+    let id = create.name.clone();
+    retry_transient!(c.controller.create_volume(create.clone())).unwrap();
+    retry_transient!(
+        c.node
+            .node_stage_volume(stage_request(&id, staging, mount()))
+    )
+    .unwrap();
+    retry_transient!(c.node.node_publish_volume(publish_request(
+        &id,
+        staging,
+        target,
+        mount(),
+        false
+    )))
+    .unwrap();
+}
+
+/// The filesystem type mounted at `path`, from mountinfo (the last mount there).
+fn fs_type_at(path: &Path) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.lines().rev().find_map(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let dash = fields.iter().position(|f| *f == "-")?;
+        (Path::new(fields[4]) == path).then(|| fields[dash + 1].to_string())
+    })
+}
+
+/// Unpublish removes exactly the mount berth made: a target that is itself a mount point
+/// keeps its own filesystem.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unpublish_leaves_a_mount_beneath_the_target() {
+    needs_root!();
+    let daemon = Daemon::start("");
+    let mut c = daemon.clients().await;
+    let id = "over-tmpfs";
+    let staging = daemon.k8s("tmpfs/staging");
+    let target = daemon.k8s("tmpfs/target");
+    std::fs::create_dir_all(&staging).unwrap();
+    std::fs::create_dir_all(&target).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "berth-test-tmpfs"])
+        .arg(&target)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mount -t tmpfs");
+    assert_eq!(fs_type_at(&target).as_deref(), Some("tmpfs"));
+
+    create_stage_publish(
+        &mut c,
+        create_request(id, 64 * MIB, mount()),
+        &staging,
+        &target,
+    )
+    .await;
+    assert_ne!(
+        fs_type_at(&target).as_deref(),
+        Some("tmpfs"),
+        "published over it"
+    );
+    // Twice: a repeated unpublish must not take the tmpfs either.
+    for _ in 0..2 {
+        retry_transient!(c.node.node_unpublish_volume(unpublish_request(id, &target))).unwrap();
+        assert_eq!(
+            fs_type_at(&target).as_deref(),
+            Some("tmpfs"),
+            "the tmpfs beneath the target survives"
+        );
+    }
+    retry_transient!(c.node.node_unstage_volume(unstage_request(id, &staging))).unwrap();
+    retry_transient!(c.controller.delete_volume(DeleteVolumeRequest {
+        volume_id: id.into(),
+        ..Default::default()
+    }))
+    .unwrap();
+    let unmounted = std::process::Command::new("umount")
+        .arg(&target)
+        .status()
+        .unwrap();
+    assert!(unmounted.success());
 }

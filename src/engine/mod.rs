@@ -1077,10 +1077,15 @@ impl<H: Host> Engine<H> {
             return Ok(v);
         };
         if let PublishTarget::Bind { path, .. } = &publication.target {
-            self.host
-                .unmount(path)
-                .map_err(Self::host_err(name, "unmounting the target"))?;
-            if let Err(e) = self.unbind(&v, &publication, path) {
+            // Exactly one unmount, of berth's own bind mount. A publication left
+            // Unpublishing has lost it already: unmounting again would take whatever is
+            // mounted beneath (a target that is itself a mount point).
+            if publication.state != PublicationState::Unpublishing {
+                self.host
+                    .unmount(path)
+                    .map_err(Self::host_err(name, "unmounting the target"))?;
+            }
+            if let Err(e) = self.clean_up_unpublished(&v, &publication, path) {
                 // The mount is gone; record that only the clean-up is left, for a retry or
                 // the next start to finish.
                 for p in v.publications.iter_mut() {
@@ -1100,16 +1105,15 @@ impl<H: Host> Engine<H> {
         Ok(v)
     }
 
-    fn unbind(
+    /// What is left once berth's bind mount at `path` is gone: the target berth made, and
+    /// the loop device of the last block publication.
+    fn clean_up_unpublished(
         &self,
         v: &Volume,
         publication: &Publication,
         path: &Path,
     ) -> Result<(), EngineError> {
         let err = |op| Self::host_err(&v.name, op);
-        self.host
-            .unmount(path)
-            .map_err(err("unmounting the target"))?;
         let kind = if publication.device.is_some() {
             TargetKind::File
         } else {
