@@ -10,6 +10,7 @@
 //! - [`csi`], [`docker`], [`admin`], [`mesos`]: front-ends. They parse their protocol, call
 //!   the engine and map its errors; no volume logic of their own.
 //! - [`http`]: the small HTTP/1.1 server the Docker and admin APIs share.
+//! - [`logging`]: the log line format for a terminal, a file, journald or JSON.
 //! - [`daemon`]: wiring for `berth serve`: sockets, lock file, signals.
 
 pub mod admin;
@@ -20,5 +21,6 @@ pub mod docker;
 pub mod engine;
 pub mod host;
 pub mod http;
+pub mod logging;
 pub mod mesos;
 pub mod store;

@@ -100,9 +100,13 @@ pub enum VolumeCommand {
         quiet: bool,
     },
     /// Show one volume as JSON.
-    Inspect { id: String },
+    Inspect {
+        /// The volume id, as `berth volume ls` shows it.
+        id: String,
+    },
     /// Destroy a volume's data and release its reservation (asks first unless --yes).
     Wipe {
+        /// The volume id, as `berth volume ls` shows it.
         id: String,
         /// Do not ask for confirmation.
         #[arg(long, short = 'y')]
@@ -110,7 +114,10 @@ pub enum VolumeCommand {
     },
     /// Release a detached volume; its data is destroyed or retained as its pool's reclaim
     /// policy says.
-    Rm { id: String },
+    Rm {
+        /// The volume id, as `berth volume ls` shows it.
+        id: String,
+    },
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
