@@ -60,6 +60,8 @@ enum Command {
         #[arg(long)]
         check: Option<PathBuf>,
     },
+    /// Check this node as berth needs it; a table of checks and what to do about failures.
+    Doctor(berth::admin::doctor::DoctorArgs),
     /// Marathon apps and pods: validate a definition; prepare and clean up a task's volumes.
     #[command(subcommand)]
     Mesos(berth::mesos::cli::MesosCommand),
@@ -110,6 +112,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Mesos(command) => Ok(berth::mesos::cli::run(command)?),
+        Command::Doctor(args) => Ok(args.run()?),
     }
 }
 

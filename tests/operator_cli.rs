@@ -163,6 +163,7 @@ fn every_argument_has_help_text() {
         &["mesos", "validate"],
         &["mesos", "prepare"],
         &["mesos", "cleanup"],
+        &["doctor"],
     ];
     for command in commands {
         let mut args = command.to_vec();

@@ -27,6 +27,7 @@
 //! (in `spawn_blocking`) and maps [`EngineError`] in one place, [`status_of`].
 
 pub mod cli;
+pub mod doctor;
 mod marathon;
 pub mod prometheus;
 pub mod views;

@@ -27,6 +27,7 @@ pub mod fake;
 pub mod faults;
 pub mod linux;
 pub mod mountinfo;
+pub mod probe;
 pub mod signals;
 
 use std::collections::BTreeSet;
