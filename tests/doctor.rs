@@ -210,7 +210,16 @@ fn a_stopped_daemon_fails_with_what_to_do() {
             .contains("systemctl start berth")
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
+    // The line the README's troubleshooting section quotes.
     assert!(stderr.starts_with("berth: 1 of "), "{stderr}");
+    assert!(
+        stderr
+            .trim_end()
+            .ends_with("checks failed (each says what to do)"),
+        "{stderr}"
+    );
+    let readme = include_str!("../README.md");
+    assert!(readme.contains("checks failed (each says what to do)"));
 }
 
 #[test]

@@ -147,6 +147,25 @@ fn help_documents_the_exit_codes() {
     }
 }
 
+/// The README quotes the exit codes and the error format as the binary prints them.
+#[test]
+fn the_readme_quotes_the_binarys_words() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let help = text(&output(&["--help"]).stdout);
+    let codes = &help[help.find("Exit codes:").expect("exit codes in --help")..];
+    assert!(
+        readme.contains(&format!("```text\n{}\n```", codes.trim_end())),
+        "README's exit codes differ from --help:\n{codes}"
+    );
+    let missing = output(&["mesos", "validate", "app.json"]);
+    let line = text(&missing.stderr);
+    assert!(
+        readme.contains(line.trim_end()),
+        "README does not quote {line:?}"
+    );
+}
+
 /// Every argument and option of every subcommand has a help text.
 #[test]
 fn every_argument_has_help_text() {
