@@ -166,6 +166,43 @@ fn the_readme_quotes_the_binarys_words() {
     );
 }
 
+/// The README's two complete Marathon apps, one per containerizer, are valid.
+#[test]
+fn the_readme_marathon_examples_validate() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    for (tag, summary, alias) in [
+        ("marathon-docker", "valid app /postgres", false),
+        ("marathon-mesos", "valid app /mysql", true),
+    ] {
+        let fence = format!("```json {tag}\n");
+        let start = readme
+            .find(&fence)
+            .unwrap_or_else(|| panic!("no {fence:?} block"))
+            + fence.len();
+        let json = &readme[start..start + readme[start..].find("```").unwrap()];
+        let value: serde_json::Value = serde_json::from_str(json).expect(tag);
+        let containerizer = if alias { "MESOS" } else { "DOCKER" };
+        assert_eq!(value["container"]["type"], containerizer, "{tag}");
+        let mut child = berth(&["mesos", "validate", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), json.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let stdout = text(&out.stdout);
+        assert!(out.status.success(), "{tag}: {stdout}{}", text(&out.stderr));
+        assert!(stdout.contains(summary), "{tag}: {stdout}");
+        assert_eq!(
+            stdout.contains("also mounted at /var/lib/mysql"),
+            alias,
+            "{tag}: {stdout}"
+        );
+    }
+}
+
 /// Every argument and option of every subcommand has a help text.
 #[test]
 fn every_argument_has_help_text() {
