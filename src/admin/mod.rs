@@ -1,7 +1,8 @@
 //! The admin API: what operators and their scripts use to see and reclaim volumes.
 //!
 //! HTTP/1.1 on a unix socket (default `/run/berth/admin.sock`) and, when
-//! `listen.admin_tcp` is set, on TCP too. Routes:
+//! `listen.admin_tcp` is set, on TCP too; `listen.metrics_tcp` is a separate TCP listener
+//! with only `/metrics` and `/healthz`, for Prometheus. Routes:
 //! - `GET /v1/volumes` (filters `state`, `pool`, `app`, `task`, `label=KEY=VALUE`) and
 //!   `GET /v1/volumes/{id}`: size, usage, kind, pool, owner, state, publications, times.
 //! - `DELETE /v1/volumes/{id}[?wipe=true]`: release the reservation; the data is destroyed
