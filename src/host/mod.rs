@@ -29,6 +29,7 @@ pub mod linux;
 pub mod mountinfo;
 pub mod probe;
 pub mod signals;
+pub mod types;
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -37,7 +38,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-use crate::engine::types::{FsType, Ownership};
+use types::{FsType, Ownership};
 
 pub use mountinfo::MountEntry;
 
