@@ -112,9 +112,8 @@ where
             return error_reply(400, "invalid_input", format!("malformed request body: {e}"));
         }
     };
-    let engine = Arc::clone(engine);
     let config = config.clone();
-    match tokio::task::spawn_blocking(move || operation(engine.as_ref(), &config, request)).await {
+    match crate::server::call_engine(engine, move |e| operation(e, &config, request)).await {
         Ok(Ok(answer)) => Reply::json(200, &answer),
         Ok(Err(e)) => e.into_reply(),
         Err(e) => error_reply(500, "internal", format!("the Mesos hook failed: {e}")),
