@@ -164,6 +164,15 @@ pub trait VolumeService: Send + Sync {
     fn recovery_report(&self) -> RecoveryReport;
     /// Ready when the store answers and the mount table can be read.
     fn probe(&self) -> Result<(), EngineError>;
+    /// Counts a request a front-end refused before calling the engine (malformed, bad
+    /// options), as a failed `op` of error `kind`, so every refusal shows in the metrics.
+    fn record_refused(
+        &self,
+        frontend: Frontend,
+        op: &'static str,
+        elapsed: std::time::Duration,
+        kind: &'static str,
+    );
 }
 
 /// See the module docs.
@@ -1861,6 +1870,21 @@ impl<H: Host> VolumeService for Engine<H> {
 
     fn metrics(&self) -> MetricsSnapshot {
         self.metrics.snapshot()
+    }
+    fn record_refused(
+        &self,
+        frontend: Frontend,
+        op: &'static str,
+        elapsed: std::time::Duration,
+        kind: &'static str,
+    ) {
+        tracing::warn!(
+            op,
+            frontend = frontend.as_str(),
+            error = kind,
+            "refused at the front-end"
+        );
+        self.metrics.record(frontend, op, elapsed, Some(kind));
     }
 
     fn recovery_report(&self) -> RecoveryReport {

@@ -31,6 +31,8 @@ pub mod fake;
 pub mod faults;
 pub mod linux;
 pub mod mountinfo;
+pub mod probe;
+pub mod signals;
 pub mod types;
 
 use std::collections::BTreeSet;
