@@ -27,6 +27,7 @@ pub mod fake;
 pub mod faults;
 pub mod linux;
 pub mod mountinfo;
+pub mod users;
 
 use std::collections::BTreeSet;
 use std::fmt;
