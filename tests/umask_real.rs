@@ -71,7 +71,12 @@ fn assert_root_0755(dir: &Path) {
 #[track_caller]
 fn assert_writer_owns(dir: &Path) {
     let meta = std::fs::metadata(dir).unwrap();
-    assert_eq!((meta.uid(), meta.gid()), (WRITER, WRITER), "{}", dir.display());
+    assert_eq!(
+        (meta.uid(), meta.gid()),
+        (WRITER, WRITER),
+        "{}",
+        dir.display()
+    );
     let out = run_as_writer(dir, "echo written > by-writer");
     assert!(
         out.status.success(),
@@ -79,7 +84,10 @@ fn assert_writer_owns(dir: &Path) {
         dir.display(),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(std::fs::metadata(dir.join("by-writer")).unwrap().uid(), WRITER);
+    assert_eq!(
+        std::fs::metadata(dir.join("by-writer")).unwrap().uid(),
+        WRITER
+    );
 }
 
 fn mount_capability() -> VolumeCapability {
@@ -176,7 +184,17 @@ async fn under_umask_0077_roots_are_as_asked_and_a_non_root_writer_can_write() {
     for volume in ["owned", "plain-owned"] {
         let mount = format!("{volume}:/data");
         let out = docker.docker_ok(&[
-            "run", "--rm", "--network", "none", "--user", &user, "-v", &mount, IMAGE, "sh", "-c",
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--user",
+            &user,
+            "-v",
+            &mount,
+            IMAGE,
+            "sh",
+            "-c",
             "echo hello > /data/f && cat /data/f",
         ]);
         assert_eq!(out.trim(), "hello", "{volume}");
@@ -194,7 +212,11 @@ async fn under_umask_0077_roots_are_as_asked_and_a_non_root_writer_can_write() {
         "%u:%g %a",
         "/data",
     ]);
-    assert_eq!(out.trim(), "0:0 755", "the default root, seen in a container");
+    assert_eq!(
+        out.trim(),
+        "0:0 755",
+        "the default root, seen in a container"
+    );
     let inspected: Value =
         serde_json::from_str(&docker.docker_ok(&["volume", "inspect", "default"])).unwrap();
     let mountpoint = inspected[0]["Mountpoint"].as_str().unwrap().to_string();
@@ -233,5 +255,9 @@ async fn under_umask_0077_roots_are_as_asked_and_a_non_root_writer_can_write() {
     );
     let group = csi_publish(&daemon, &mut clients, "mode", &[("mode", "0770")]).await;
     let meta = std::fs::metadata(&group).unwrap();
-    assert_eq!(meta.mode() & 0o7777, 0o770, "an asked mode, whatever the umask");
+    assert_eq!(
+        meta.mode() & 0o7777,
+        0o770,
+        "an asked mode, whatever the umask"
+    );
 }
