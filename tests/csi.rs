@@ -464,9 +464,10 @@ async fn an_inline_ephemeral_volume_lives_as_long_as_its_pod() {
     }
     assert!(is_mount_point(&target));
     std::fs::write(target.join("tmp"), b"scratch").unwrap();
+    let total = fs_total(&target);
     assert!(
-        fs_total(&target) <= 32 << 20,
-        "sized by the pod's attribute"
+        (32 << 20..=40 << 20).contains(&total),
+        "sized by the pod's attribute: df shows {total}"
     );
     assert_eq!(list_ids(&mut c).await, [id]);
     retry_transient!(c.node.node_unpublish_volume(unpublish_request(id, &target))).unwrap();

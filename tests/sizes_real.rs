@@ -8,13 +8,20 @@ use std::sync::Arc;
 use berth::admin::views::VolumeView;
 use berth::config::Config;
 use berth::daemon::open_engine;
-use berth::engine::VolumeService;
-use berth::engine::pool::{EMBEDDED_DEFAULT_SIZE, SizeRule};
+use std::os::unix::fs::MetadataExt;
+
+use berth::engine::pool::{BackendChoice, EMBEDDED_DEFAULT_SIZE, PoolConfig, SizeRule};
 use berth::engine::types::*;
+use berth::engine::{Engine, EngineConfig, EngineError, NodeInfo, VolumeService};
+use berth::host::linux::LinuxHost;
 
 #[path = "support/host.rs"]
 mod support;
-use support::Scratch;
+use support::{MIB, Scratch, fill, make_fs, mount_loop, sync_fs};
+
+const GIB: u64 = 1 << 30;
+/// The sizes the issue names.
+const SIZES: [u64; 3] = [16 * MIB, 64 * MIB, GIB];
 
 const CALLER: Caller = Caller {
     frontend: Frontend::Internal,
@@ -78,4 +85,150 @@ fn an_unsized_request_on_the_embedded_default_gets_the_documented_bounded_size()
     }
     engine.delete(CALLER, &name("implicit")).unwrap();
     engine.delete(CALLER, &name("sized")).unwrap();
+}
+
+fn engine(scratch: &Scratch, base: &Path, backend: BackendChoice, fs: FsType) -> Engine<LinuxHost> {
+    std::fs::create_dir_all(base).unwrap();
+    let mut pool = PoolConfig::default_root(base);
+    pool.paths = vec![base.to_path_buf()];
+    pool.backend = backend;
+    pool.fs = fs;
+    Engine::open(
+        EngineConfig {
+            store_path: scratch.join("berth.redb"),
+            pools: vec![pool],
+            node: NodeInfo::default(),
+        },
+        LinuxHost::new(),
+    )
+    .unwrap()
+}
+
+/// `df` shows at least the size, and no more than the size plus 2% or 8 MiB.
+#[track_caller]
+fn assert_df_rule(total: u64, size: u64) {
+    let slack = (size / 50).max(8 * MIB);
+    assert!(
+        total >= size && total <= size + slack,
+        "df shows {total} bytes for {size} asked (allowed up to {})",
+        size + slack
+    );
+}
+
+/// Writing past the size stops with ENOSPC or EDQUOT.
+#[track_caller]
+fn assert_write_past_fails(data: &Path, size: u64) {
+    let (written, error) = fill(&data.join("fill"), size + 64 * MIB);
+    let error = error.unwrap_or_else(|| panic!("{written} bytes written into {size}"));
+    assert!(
+        matches!(error.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)),
+        "{error}"
+    );
+    assert!(written <= size, "{written} bytes written into {size}");
+    std::fs::remove_file(data.join("fill")).unwrap();
+}
+
+/// Every block of the image is allocated: nothing else filling the host disk can take it.
+#[track_caller]
+fn assert_allocated(image: &Path) {
+    let meta = std::fs::metadata(image).unwrap();
+    assert!(
+        meta.blocks() * 512 >= meta.size(),
+        "{}: {} of {} bytes allocated",
+        image.display(),
+        meta.blocks() * 512,
+        meta.size()
+    );
+}
+
+fn loopfs_volumes_show_their_size(fs: FsType, sizes: &[u64]) {
+    let scratch = Scratch::new();
+    let e = engine(&scratch, &scratch.join("pool"), BackendChoice::Loopfs, fs);
+    for (i, &size) in sizes.iter().enumerate() {
+        let n = format!("v{i}");
+        let v = e.create(CALLER, request(&n, Some(size))).unwrap();
+        let total = df_total(&v.placement.data);
+        assert_df_rule(total, size);
+        eprintln!("{} {size} bytes asked: df shows {total}", fs.as_str());
+        assert_eq!(
+            e.usage(&name(&n)).unwrap().bytes_total,
+            total,
+            "reported total"
+        );
+        assert_allocated(v.placement.image.as_deref().unwrap());
+        assert_write_past_fails(&v.placement.data, size);
+        let grown = e.expand(CALLER, &name(&n), size + 64 * MIB).unwrap();
+        let total = df_total(&grown.placement.data);
+        assert_df_rule(total, size + 64 * MIB);
+        assert_allocated(v.placement.image.as_deref().unwrap());
+        e.delete(CALLER, &name(&n)).unwrap();
+    }
+}
+
+#[test]
+fn loopfs_ext4_volumes_show_at_least_their_size_and_stop_there() {
+    loopfs_volumes_show_their_size(FsType::Ext4, &SIZES);
+}
+
+#[test]
+fn loopfs_xfs_volumes_show_at_least_their_size_and_small_ones_are_refused_clearly() {
+    loopfs_volumes_show_their_size(FsType::Xfs, &[300 * MIB, GIB]);
+    let scratch = Scratch::new();
+    let e = engine(
+        &scratch,
+        &scratch.join("pool"),
+        BackendChoice::Loopfs,
+        FsType::Xfs,
+    );
+    for size in [16 * MIB, 64 * MIB] {
+        let err = e.create(CALLER, request("small", Some(size))).unwrap_err();
+        assert!(matches!(err, EngineError::Input(_)), "{err}");
+        assert!(err.to_string().contains("xfs starts at 300MiB"), "{err}");
+        assert!(e.list(&VolumeFilter::default()).is_empty());
+    }
+}
+
+/// btrfs: the qgroup limit stops writes with EDQUOT, but `df` in the subvolume shows the
+/// whole btrfs filesystem (statfs knows nothing of qgroups); berth reports the limit.
+#[test]
+fn btrfs_volumes_report_their_limit_and_stop_there() {
+    let scratch = Scratch::new();
+    let image = scratch.join("btrfs.img");
+    make_fs(&image, 3 * GIB, "mkfs.btrfs", &["-q", "-f"]);
+    let mnt = scratch.join("btrfs");
+    mount_loop(&image, &mnt, "");
+    let e = engine(&scratch, &mnt, BackendChoice::Btrfs, FsType::Ext4);
+    for (i, &size) in SIZES.iter().enumerate() {
+        let n = format!("b{i}");
+        let v = e.create(CALLER, request(&n, Some(size))).unwrap();
+        assert_eq!(v.placement.backend, Backend::Btrfs);
+        assert_eq!(e.usage(&name(&n)).unwrap().bytes_total, size);
+        assert_eq!(
+            df_total(&v.placement.data),
+            df_total(&mnt),
+            "df: the filesystem"
+        );
+        let (written, error) = fill(&v.placement.data.join("fill"), size + 64 * MIB);
+        sync_fs(&v.placement.data);
+        let error = error.unwrap_or_else(|| panic!("{written} bytes written into {size}"));
+        assert_eq!(error.raw_os_error(), Some(libc::EDQUOT), "{error}");
+        e.delete(CALLER, &name(&n)).unwrap();
+    }
+}
+
+/// none: the size is a reservation only; `df` shows the pool's filesystem and berth reports
+/// the reservation.
+#[test]
+fn plain_directories_report_their_reservation_and_df_shows_the_pool() {
+    let scratch = Scratch::new();
+    let pool = scratch.join("pool");
+    let e = engine(&scratch, &pool, BackendChoice::None, FsType::Ext4);
+    for (i, &size) in SIZES.iter().enumerate() {
+        let n = format!("n{i}");
+        let v = e.create(CALLER, request(&n, Some(size))).unwrap();
+        assert_eq!(v.placement.backend, Backend::None);
+        assert_eq!(e.usage(&name(&n)).unwrap().bytes_total, size);
+        assert_eq!(df_total(&v.placement.data), df_total(&pool));
+        e.delete(CALLER, &name(&n)).unwrap();
+    }
 }

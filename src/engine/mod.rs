@@ -541,6 +541,19 @@ impl<H: Host> Engine<H> {
                 Backend::None | Backend::Disk | Backend::Btrfs | Backend::Prjquota,
             ) => (dir.join("data"), None, None),
         };
+        if fs == Some(FsType::Xfs)
+            && let Some(size) = size
+            && size < FsType::Xfs.min_size()
+        {
+            return Err(EngineError::Input(InputError::Invalid {
+                field: "size".into(),
+                reason: format!(
+                    "pool {} makes xfs volumes, and xfs starts at {} (mkfs.xfs makes no smaller filesystem); ask for at least that, or use an ext4 pool",
+                    pool.name,
+                    format_size(FsType::Xfs.min_size())
+                ),
+            }));
+        }
         let volume = Volume {
             name: name.clone(),
             spec: request.spec.clone(),

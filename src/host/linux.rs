@@ -69,6 +69,7 @@
 //! the native stack nor the fd table limits the depth of a tree.
 
 mod btrfs;
+mod fs_size;
 mod quota;
 
 use std::collections::{BTreeSet, HashSet};
@@ -1291,10 +1292,19 @@ fn create_image(image: &Path, size: u64, fs: Option<FsType>) -> Result<(), HostE
         return Err(invalid("create", image, "exists and is not a regular file"));
     }
     let file = File::from(fd);
+    let set_len = |len: u64| {
+        let len = i64::try_from(len).map_err(|_| invalid("truncate", image, "size too large"))?;
+        nix::unistd::ftruncate(&file, len).map_err(|e| nix_err("ftruncate", image, e))
+    };
+    // A filesystem image is bigger than `size` by its filesystem's own metadata; a retried
+    // create finds it so, already made.
+    let fits = match fs {
+        None => meta.size == size,
+        Some(_) => meta.size >= size,
+    };
     if meta.size == 0 && size > 0 {
-        let len = i64::try_from(size).map_err(|_| invalid("truncate", image, "size too large"))?;
-        nix::unistd::ftruncate(&file, len).map_err(|e| nix_err("ftruncate", image, e))?;
-    } else if meta.size != size {
+        set_len(size)?;
+    } else if !fits {
         return Err(invalid(
             "create",
             image,
@@ -1311,11 +1321,46 @@ fn create_image(image: &Path, size: u64, fs: Option<FsType>) -> Result<(), HostE
                     format!("already holds {}, not {}", found.as_str(), fs.as_str()),
                 ));
             }
-            None => mkfs(image, fs)?,
+            None => {
+                // Made, measured, and made again larger until the filesystem shows `size`.
+                let mut image_size = size;
+                for _ in 0..8 {
+                    set_len(image_size)?;
+                    mkfs(image, fs)?;
+                    let usable = fs_size::usable_bytes(image, fs)?;
+                    if usable >= size {
+                        break;
+                    }
+                    image_size = fs_size::next_image_size(image_size, usable, size);
+                }
+            }
         }
     }
+    // A reservation is a guarantee: every block of the image is allocated now, so writes
+    // inside the volume never meet a full host disk.
+    let len = statx_fd(file.as_fd())
+        .map_err(|e| nix_err("stat", image, e))?
+        .size;
+    allocate(&file, image, 0, len)?;
     fsync_fd(file.as_fd(), image)?;
     fsync_fd(parent.as_fd(), image)
+}
+
+/// `fallocate(2)` of `len` bytes from `offset`: real blocks, not a hole (the data reads as
+/// zeros). Refused with `ENOSPC` when the host filesystem cannot hold them.
+fn allocate(fd: &impl AsFd, image: &Path, offset: u64, len: u64) -> Result<(), HostError> {
+    if len == 0 {
+        return Ok(());
+    }
+    let to_off =
+        |n: u64| i64::try_from(n).map_err(|_| invalid("allocate", image, "size too large"));
+    nix::fcntl::fallocate(
+        fd.as_fd(),
+        nix::fcntl::FallocateFlags::empty(),
+        to_off(offset)?,
+        to_off(len)?,
+    )
+    .map_err(|e| nix_err("fallocate", image, e))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1621,7 +1666,24 @@ fn mount_image(image: &Path, target: &Path, fs: FsType) -> Result<(), HostError>
     }
 }
 
+/// Grows the image (and its filesystem) until the filesystem shows `size`: the metadata the
+/// new space brings is only known once it is made, so a short grow is done again.
 fn grow_image(image: &Path, size: u64, mounted: Option<(&Path, FsType)>) -> Result<(), HostError> {
+    for _ in 0..4 {
+        match grow_image_once(image, size, mounted)? {
+            Some(shown) if shown < size => continue,
+            _ => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
+/// One grow step; returns what the filesystem shows afterwards (`None`: a block image).
+fn grow_image_once(
+    image: &Path,
+    size: u64,
+    mounted: Option<(&Path, FsType)>,
+) -> Result<Option<u64>, HostError> {
     let fd = nix::fcntl::open(
         image,
         OFlag::O_RDWR | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
@@ -1637,16 +1699,26 @@ fn grow_image(image: &Path, size: u64, mounted: Option<(&Path, FsType)>) -> Resu
     if !meta.is_file() {
         return Err(invalid("grow", image, "not a regular file"));
     }
-    if size < meta.size {
+    // A filesystem image carries its metadata beside the size its filesystem shows.
+    // Unmounted, only the image grows (its filesystem is grown where it is mounted).
+    let filesystem = match mounted {
+        Some((mount_point, fs)) => Some((fs, fs_stats(mount_point)?.bytes_total)),
+        None => None,
+    };
+    let (shown, target) = match filesystem {
+        // Already showing the size (a retried grow): nothing to do.
+        Some((_, usable)) if usable >= size => return Ok(Some(usable)),
+        Some((_, usable)) => (usable, fs_size::grown_image_size(meta.size, usable, size)),
+        None => (meta.size, size),
+    };
+    if size < shown {
         return Err(invalid(
             "grow",
             image,
-            format!(
-                "is {} bytes; shrinking to {size} is not supported",
-                meta.size
-            ),
+            format!("is {shown} bytes; shrinking to {size} is not supported"),
         ));
     }
+    let size = target.max(meta.size);
     let ours = loops_of(image)?;
     // Where the filesystem is mounted, and whether it can grow there, is settled before
     // anything changes: a refused grow leaves the image and its device as they were.
@@ -1663,8 +1735,8 @@ fn grow_image(image: &Path, size: u64, mounted: Option<(&Path, FsType)>) -> Resu
     // Extends the image and tells its loop devices; doing it again changes nothing.
     let extend = || -> Result<(), HostError> {
         if size > meta.size {
-            let len = i64::try_from(size).map_err(|_| invalid("grow", image, "size too large"))?;
-            nix::unistd::ftruncate(&fd, len).map_err(|e| nix_err("ftruncate", image, e))?;
+            // The growth is allocated like the image was: still a guarantee.
+            allocate(&fd, image, meta.size, size - meta.size)?;
             fsync_fd(fd.as_fd(), image)?;
         }
         for l in &ours {
@@ -1677,15 +1749,16 @@ fn grow_image(image: &Path, size: u64, mounted: Option<(&Path, FsType)>) -> Resu
         Ok(())
     };
     let Some((mount_point, fs, entry, device)) = target else {
-        return extend();
+        return extend().map(|()| None);
     };
     match fs {
-        FsType::Ext4 => grow_ext4(mount_point, &entry, &device, &extend),
+        FsType::Ext4 => grow_ext4(mount_point, &entry, &device, &extend)?,
         FsType::Xfs => {
             extend()?;
-            run("xfs_growfs", &[OsStr::new("-d"), mount_point.as_os_str()])
+            run("xfs_growfs", &[OsStr::new("-d"), mount_point.as_os_str()])?
         }
     }
+    Ok(Some(fs_stats(mount_point)?.bytes_total))
 }
 
 /// The mount at `mount_point` (its root) and the one of `ours`, the loop devices of
