@@ -12,7 +12,7 @@ use std::os::unix::fs::MetadataExt;
 
 use berth::engine::pool::{BackendChoice, EMBEDDED_DEFAULT_SIZE, PoolConfig, SizeRule};
 use berth::engine::types::*;
-use berth::engine::{Engine, EngineConfig, EngineError, NodeInfo, VolumeService};
+use berth::engine::{Engine, EngineConfig, EngineError, NodeInfo, PoolSelector, VolumeService};
 use berth::host::linux::LinuxHost;
 
 #[path = "support/host.rs"]
@@ -159,6 +159,8 @@ fn loopfs_volumes_show_their_size(fs: FsType, sizes: &[u64]) {
             total,
             "reported total"
         );
+        // (after ext4's lazy inode-table init would have started: it must not punch holes)
+        std::thread::sleep(std::time::Duration::from_secs(2));
         assert_allocated(v.placement.image.as_deref().unwrap());
         assert_write_past_fails(&v.placement.data, size);
         let grown = e.expand(CALLER, &name(&n), size + 64 * MIB).unwrap();
@@ -235,4 +237,47 @@ fn plain_directories_report_their_reservation_and_df_shows_the_pool() {
         assert_eq!(df_total(&v.placement.data), df_total(&pool));
         e.delete(CALLER, &name(&n)).unwrap();
     }
+}
+
+/// The pool's filesystem filled by something else: the available figure follows the real
+/// free space, a create between the two figures is refused naming both, and a loopfs volume
+/// made before the fill can still be written to its full size (its image was allocated).
+#[test]
+fn capacity_follows_the_free_space_and_a_loopfs_reservation_holds_when_the_disk_fills() {
+    let scratch = Scratch::new();
+    let image = scratch.join("poolfs.img");
+    make_fs(&image, 512 * MIB, "mkfs.ext4", &["-q", "-F", "-m", "0"]);
+    let poolfs = scratch.join("poolfs");
+    mount_loop(&image, &poolfs, "");
+    let e = engine(&scratch, &poolfs, BackendChoice::Loopfs, FsType::Ext4);
+    let early = e.create(CALLER, request("early", Some(64 * MIB))).unwrap();
+    let available = |e: &Engine<LinuxHost>| e.capacity(&PoolSelector::default())[0].available_bytes;
+    let before = available(&e);
+
+    let free = nix::sys::statvfs::statvfs(&poolfs).unwrap();
+    let free = free.blocks_available() * free.fragment_size();
+    let (_, error) = fill(&poolfs.join("not-berth"), free - 100 * MIB);
+    assert!(error.is_none(), "{error:?}");
+    let after = available(&e);
+    let stats = nix::sys::statvfs::statvfs(&poolfs).unwrap();
+    let really_free = stats.blocks_available() * stats.fragment_size();
+    eprintln!("available: {before} before the fill, {after} after; {really_free} free");
+    assert_eq!(after, really_free, "loopfs images are already allocated");
+    assert!(after < before - 300 * MIB, "{before} -> {after}");
+
+    let err = e
+        .create(CALLER, request("between", Some(200 * MIB)))
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, EngineError::NoCapacity { .. }), "{text}");
+    assert!(text.contains("left to reserve of its capacity"), "{text}");
+    assert!(text.contains("its filesystem can still hold"), "{text}");
+    assert_eq!(e.list(&VolumeFilter::default()).len(), 1, "nothing made");
+
+    let (written, error) = fill(&early.placement.data.join("mine"), 64 * MIB);
+    assert!(
+        error.is_none(),
+        "the early volume took {written} bytes, then {error:?}"
+    );
+    e.delete(CALLER, &name("early")).unwrap();
 }

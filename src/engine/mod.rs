@@ -23,6 +23,7 @@ pub mod error;
 pub mod locks;
 pub mod metrics;
 pub mod pool;
+mod room;
 pub mod types;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -624,12 +625,14 @@ impl<H: Host> Engine<H> {
                     continue;
                 }
                 let size = spec.size.or(pool.default_size);
-                let room = self.available_on(pool, &base)?;
+                let limits = self.room_on(pool, &base)?;
+                let room = limits.available();
                 if size.unwrap_or(0) > room {
                     reasons.push(format!(
-                        "{base_text} in pool {} has {} free of its capacity, {} asked",
+                        "{base_text} in pool {} has {} free ({}), {} asked",
                         pool.name,
                         format_size(room),
+                        limits.describe(),
                         format_size(size.unwrap_or(0))
                     ));
                     continue;
@@ -722,10 +725,9 @@ impl<H: Host> Engine<H> {
         }))
     }
 
-    /// Bytes a base path can still reserve: its capacity less what its volumes hold.
+    /// Bytes a base path can still take (see [`room`]).
     fn available_on(&self, pool: &PoolConfig, base: &Path) -> Result<u64, EngineError> {
-        let capacity = self.capacity_of(pool, base)?;
-        Ok(capacity.saturating_sub(self.reserved_on(base)))
+        self.room_on(pool, base).map(|r| r.available())
     }
 
     fn capacity_of(&self, pool: &PoolConfig, base: &Path) -> Result<u64, EngineError> {
@@ -1437,7 +1439,7 @@ impl<H: Host> Engine<H> {
                             .is_some();
                         available += if free { cap } else { 0 };
                     } else {
-                        available += cap.saturating_sub(res);
+                        available += self.room_on(pool, base).map(|r| r.available()).unwrap_or(0);
                     }
                 }
                 let volumes = self

@@ -2,7 +2,7 @@
 //! loopfs volume shows the filesystem's blocks less its own metadata (ext4's journal, inode
 //! tables and group descriptors; xfs's internal log), so that overhead is added to the image
 //! rather than taken from the user's size. The figures are read from the superblock with
-//! `dumpe2fs -h` and `xfs_db -r`, the same numbers the kernel's `statfs` reports.
+//! `dumpe2fs -h` and `xfs_db -r`, the numbers the kernel's `statfs` reports.
 
 use std::ffi::OsStr;
 use std::path::Path;
@@ -13,7 +13,8 @@ use crate::host::HostError;
 
 const MIB: u64 = 1 << 20;
 
-/// What `statfs` of the unmounted filesystem in `image` would report as its size.
+/// What the filesystem in `image` holds for its user, from its superblock: for xfs what
+/// `df` shows as its size, for ext4 that less the kernel's reserve (see [`ext4_usable`]).
 pub(super) fn usable_bytes(image: &Path, fs: FsType) -> Result<u64, HostError> {
     let done = match fs {
         FsType::Ext4 => run_tool("dumpe2fs", &[OsStr::new("-h"), image.as_os_str()])?,
@@ -53,13 +54,19 @@ fn field(text: &str, key: &str, separator: char) -> Option<u64> {
         .and_then(|(_, v)| v.trim().parse().ok())
 }
 
-/// `(Block count - Overhead clusters) * Block size` (berth never makes bigalloc ext4, so a
-/// cluster is a block).
+/// `(Block count - Overhead clusters - reserved) * Block size`: what `df` shows less the
+/// clusters the kernel keeps back from every writer (2% or 4096, whichever is fewer, for
+/// delayed allocation), so that the asked size can really be written. berth never makes
+/// bigalloc ext4, so a cluster is a block.
 fn ext4_usable(header: &str) -> Option<u64> {
     let blocks = field(header, "Block count", ':')?;
     let overhead = field(header, "Overhead clusters", ':').unwrap_or(0);
     let block_size = field(header, "Block size", ':')?;
-    blocks.checked_sub(overhead)?.checked_mul(block_size)
+    let kept_back = (blocks / 50).min(4096);
+    blocks
+        .checked_sub(overhead)?
+        .checked_sub(kept_back)?
+        .checked_mul(block_size)
 }
 
 /// `(dblocks - logblocks) * blocksize` for an internal log (`logstart` not 0).
@@ -99,7 +106,7 @@ mod tests {
         let ext4 = "dumpe2fs 1.47.0 (5-Feb-2023); Filesystem volume name:   <none>\n\
                     Block count:              16384\nReserved block count:     0\n\
                     Overhead clusters:        2311\nBlock size:               1024\n";
-        assert_eq!(ext4_usable(ext4), Some(14073 * 1024));
+        assert_eq!(ext4_usable(ext4), Some((14073 - 327) * 1024));
         let xfs = "dblocks = 76800\nlogblocks = 16384\nlogstart = 65542\nblocksize = 4096\n";
         assert_eq!(xfs_usable(xfs), Some(60416 * 4096));
         let external = "dblocks = 76800\nlogblocks = 16384\nlogstart = 0\nblocksize = 4096\n";
