@@ -27,6 +27,7 @@ pub mod fake;
 pub mod faults;
 pub mod linux;
 pub mod mountinfo;
+pub mod types;
 pub mod users;
 
 use std::collections::BTreeSet;
@@ -36,7 +37,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-use crate::engine::types::{FsType, Ownership};
+use types::{FsType, Ownership};
 
 pub use mountinfo::MountEntry;
 

@@ -7,9 +7,10 @@
 use std::ffi::OsStr;
 use std::path::Path;
 
-use super::{invalid, run_tool};
-use crate::engine::types::FsType;
+use super::fd::invalid;
+use super::image::run_tool;
 use crate::host::HostError;
+use crate::host::types::FsType;
 
 const MIB: u64 = 1 << 20;
 
