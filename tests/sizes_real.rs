@@ -281,3 +281,41 @@ fn capacity_follows_the_free_space_and_a_loopfs_reservation_holds_when_the_disk_
     );
     e.delete(CALLER, &name("early")).unwrap();
 }
+
+/// A wipe reports the user's data, measured inside the loopfs filesystem before it goes,
+/// and the image's reclaimed size apart.
+#[test]
+fn a_loopfs_wipe_reports_the_data_and_the_image_apart() {
+    let scratch = Scratch::new();
+    let e = engine(
+        &scratch,
+        &scratch.join("pool"),
+        BackendChoice::Loopfs,
+        FsType::Ext4,
+    );
+    let v = e.create(CALLER, request("w", Some(64 * MIB))).unwrap();
+    let data = &v.placement.data;
+    for d in 0..3 {
+        let dir = data.join(format!("d{d}"));
+        std::fs::create_dir(&dir).unwrap();
+        for f in 0..3 {
+            std::fs::write(dir.join(format!("f{f}")), vec![1u8; 4096]).unwrap();
+        }
+    }
+    std::fs::write(data.join("top"), vec![2u8; 1 << 20]).unwrap();
+    let image_size = std::fs::metadata(v.placement.image.as_deref().unwrap())
+        .unwrap()
+        .len();
+    let stats = e.wipe(CALLER, &name("w")).unwrap();
+    assert_eq!(stats.files, 10, "{stats:?}");
+    assert_eq!(stats.dirs, 3 + 1, "the three and the data root: {stats:?}");
+    assert!(
+        stats.bytes >= 9 * 4096 + (1 << 20) && stats.bytes < 2 << 20,
+        "{stats:?}"
+    );
+    // Allocated: its blocks (and their extent tree) at least its length, not much more.
+    assert!(
+        stats.image_bytes >= image_size && stats.image_bytes < image_size + MIB,
+        "{stats:?}, image of {image_size} bytes"
+    );
+}

@@ -89,7 +89,11 @@ pub struct RemovedView {
     pub files: u64,
     pub dirs: u64,
     pub symlinks: u64,
+    /// The user's data: for loopfs volumes measured inside their filesystem.
     pub bytes: u64,
+    /// A loopfs volume's image file, reclaimed apart from `bytes`.
+    #[serde(default)]
+    pub image_bytes: u64,
 }
 
 impl From<RemovalStats> for RemovedView {
@@ -99,6 +103,7 @@ impl From<RemovalStats> for RemovedView {
             dirs: s.dirs,
             symlinks: s.symlinks,
             bytes: s.bytes,
+            image_bytes: s.image_bytes,
         }
     }
 }

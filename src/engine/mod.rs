@@ -868,6 +868,17 @@ impl<H: Host> Engine<H> {
         }
         if let Some(image) = &p.image {
             if p.fs.is_some() {
+                if !retain {
+                    // What the user had, measured inside the filesystem as it goes.
+                    let data = self
+                        .host
+                        .remove_tree(&p.dir, &p.data)
+                        .map_err(err("removing the volume data"))?;
+                    stats.files += data.files;
+                    stats.dirs += data.dirs;
+                    stats.symlinks += data.symlinks;
+                    stats.bytes += data.bytes;
+                }
                 self.host
                     .unmount(&p.dir)
                     .map_err(err("unmounting the volume filesystem"))?;
@@ -886,8 +897,7 @@ impl<H: Host> Engine<H> {
                     .host
                     .remove_tree(&p.base.join(IMAGES_DIR), image)
                     .map_err(err("removing the image"))?;
-                stats.bytes += removed.bytes;
-                stats.files += removed.files;
+                stats.image_bytes += removed.bytes;
             }
         } else if retain {
             let kept = self.retained_path(v, "");
@@ -899,6 +909,10 @@ impl<H: Host> Engine<H> {
             .host
             .remove_tree(&p.base, &p.dir)
             .map_err(err("removing the volume directory"))?;
+        if p.image.is_some() && p.fs.is_some() {
+            // Only berth's empty mount point was left: the data was counted inside.
+            return Ok(stats);
+        }
         stats.files += removed.files;
         stats.dirs += removed.dirs;
         stats.symlinks += removed.symlinks;

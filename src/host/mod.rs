@@ -120,6 +120,8 @@ pub struct RemovalStats {
     pub dirs: u64,
     pub symlinks: u64,
     pub bytes: u64,
+    /// A loopfs volume's image file, reclaimed apart from the data counted above.
+    pub image_bytes: u64,
 }
 
 /// What kind of filesystem holds a path: `statfs(2)`'s `f_type` (the superblock magic).
