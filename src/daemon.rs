@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::engine::{Engine, VolumeService};
 use crate::host::linux::LinuxHost;
 use crate::server::socket::try_lock;
-use crate::server::{DaemonError, io_err, shutdown_future};
+use crate::server::{DaemonError, io_err, sweep_pending_reservations};
 
 /// Takes the state directory's lock (see the module docs), creating the directory.
 fn lock_state_dir(state_dir: &Path) -> Result<std::fs::File, DaemonError> {
@@ -120,33 +120,4 @@ pub async fn serve(
     let _ = stop_tx.send(true);
     while servers.join_next().await.is_some() {}
     Ok(())
-}
-
-/// How often pending reservations are checked against their deadlines.
-const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Rolls back pending reservations whose task never attached in time (see
-/// [`VolumeService::expire_pending_reservations`]); the engine logs each one.
-pub async fn sweep_pending_reservations(
-    engine: Arc<dyn VolumeService>,
-    stop: watch::Receiver<bool>,
-) -> Result<(), DaemonError> {
-    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let stop = shutdown_future(stop);
-    tokio::pin!(stop);
-    loop {
-        tokio::select! {
-            _ = &mut stop => return Ok(()),
-            _ = tick.tick() => {}
-        }
-        let engine = Arc::clone(&engine);
-        let swept = tokio::task::spawn_blocking(move || {
-            engine.expire_pending_reservations(crate::engine::now_ms())
-        })
-        .await;
-        if let Err(e) = swept {
-            tracing::error!(error = %e, "the pending-reservation sweep panicked");
-        }
-    }
 }

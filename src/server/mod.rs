@@ -1,16 +1,18 @@
 //! Plumbing every front-end shares, below the front-ends and above the engine: unix sockets
-//! ([`socket`]), the small HTTP/1.1 server ([`http`]), the shutdown signal and the set of
-//! serving tasks the daemon waits on. Front-ends import this, never `crate::daemon`.
+//! ([`socket`]), the small HTTP/1.1 server ([`http`]), the shutdown signal and the serving
+//! tasks the daemon waits on (among them the pending-reservation sweep). Front-ends import
+//! this, never `crate::daemon`.
 
 pub mod http;
 pub mod socket;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use thiserror::Error;
 use tokio::sync::watch;
 
-use crate::engine::EngineError;
+use crate::engine::{EngineError, VolumeService};
 
 pub use socket::{BoundSocket, bind_socket, socket_path};
 
@@ -60,3 +62,32 @@ pub async fn shutdown_future(mut rx: watch::Receiver<bool>) {
 
 /// What each front-end's `start` adds to the daemon: a task that serves until shutdown.
 pub type Servers = tokio::task::JoinSet<Result<(), DaemonError>>;
+
+/// How often pending reservations are checked against their deadlines.
+const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Rolls back pending reservations whose task never attached in time (see
+/// [`VolumeService::expire_pending_reservations`]); the engine logs each one.
+pub async fn sweep_pending_reservations(
+    engine: Arc<dyn VolumeService>,
+    stop: watch::Receiver<bool>,
+) -> Result<(), DaemonError> {
+    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stop = shutdown_future(stop);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return Ok(()),
+            _ = tick.tick() => {}
+        }
+        let engine = Arc::clone(&engine);
+        let swept = tokio::task::spawn_blocking(move || {
+            engine.expire_pending_reservations(crate::engine::now_ms())
+        })
+        .await;
+        if let Err(e) = swept {
+            tracing::error!(error = %e, "the pending-reservation sweep panicked");
+        }
+    }
+}

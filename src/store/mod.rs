@@ -7,13 +7,16 @@
 //! no external process or write-ahead log of our own. Records are JSON so an operator can
 //! read a dump, and so fields can be added without a migration; the schema version in the
 //! `meta` table guards against an older berth opening a newer store.
+//!
+//! The store knows keys and serializable records, not what a volume is: the engine owns the
+//! record type, so the store sits below the engine and imports nothing of it.
 
 use std::path::{Path, PathBuf};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use thiserror::Error;
-
-use crate::engine::types::{Volume, VolumeName};
 
 /// The record layout this build reads and writes.
 pub const SCHEMA_VERSION: u64 = 1;
@@ -96,40 +99,36 @@ impl Store {
         txn.commit().map_err(txn_err)
     }
 
-    /// Every volume record. A record that cannot be decoded is an error naming it, never
-    /// silently dropped.
-    pub fn load_all(&self) -> Result<Vec<Volume>, StoreError> {
+    /// Every record. A record that cannot be decoded is an error naming it, never silently
+    /// dropped.
+    pub fn load_all<T: DeserializeOwned>(&self) -> Result<Vec<T>, StoreError> {
         let txn = self.db.begin_read().map_err(txn_err)?;
         let table = txn.open_table(VOLUMES).map_err(txn_err)?;
-        let mut volumes = Vec::new();
+        let mut records = Vec::new();
         for entry in table.iter().map_err(txn_err)? {
             let (key, value) = entry.map_err(txn_err)?;
-            let volume: Volume =
+            let record: T =
                 serde_json::from_slice(value.value()).map_err(|e| StoreError::Corrupt {
                     key: key.value().to_string(),
                     reason: e.to_string(),
                 })?;
-            volumes.push(volume);
+            records.push(record);
         }
-        Ok(volumes)
+        Ok(records)
     }
 
-    /// Writes one volume's record durably.
-    pub fn put(&self, volume: &Volume) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(volume).map_err(|e| StoreError::Corrupt {
-            key: volume.name.to_string(),
+    /// Writes the record under `key` durably.
+    pub fn put<T: Serialize>(&self, key: &str, record: &T) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(record).map_err(|e| StoreError::Corrupt {
+            key: key.to_string(),
             reason: e.to_string(),
         })?;
-        self.write(|table| {
-            table
-                .insert(volume.name.as_str(), bytes.as_slice())
-                .map(|_| ())
-        })
+        self.write(|table| table.insert(key, bytes.as_slice()).map(|_| ()))
     }
 
-    /// Removes one volume's record durably; a missing record is fine.
-    pub fn remove(&self, name: &VolumeName) -> Result<(), StoreError> {
-        self.write(|table| table.remove(name.as_str()).map(|_| ()))
+    /// Removes the record under `key` durably; a missing record is fine.
+    pub fn remove(&self, key: &str) -> Result<(), StoreError> {
+        self.write(|table| table.remove(key).map(|_| ()))
     }
 
     fn write(
