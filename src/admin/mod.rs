@@ -300,8 +300,7 @@ impl Admin {
         &self,
         call: impl FnOnce(&dyn VolumeService) -> T + Send + 'static,
     ) -> Result<T, Reply> {
-        let engine = Arc::clone(&self.engine);
-        tokio::task::spawn_blocking(move || call(engine.as_ref()))
+        crate::server::call_engine(&self.engine, call)
             .await
             .map_err(|e| {
                 tracing::error!(error = %e, "an admin request's engine call panicked");

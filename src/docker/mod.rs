@@ -216,8 +216,10 @@ impl Drop for InFlight {
                 return;
             };
             tracing::warn!(volume = %name, holder = %holder, "releasing a mount whose answer never reached the caller");
-            let released =
-                tokio::task::spawn_blocking(move || engine.unpublish(CALLER, &name, &holder)).await;
+            let released = crate::server::call_engine(&engine, move |e| {
+                e.unpublish(CALLER, &name, &holder)
+            })
+            .await;
             if let Ok(Err(e)) = released {
                 tracing::warn!(error = %e, "releasing an undelivered mount failed");
             }
