@@ -43,7 +43,7 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::daemon::{DaemonError, Servers, bind_socket, shutdown_future};
 use crate::engine::types::{
-    Caller, Frontend, ReclaimPolicy, VolumeFilter, VolumeName, VolumeState,
+    Caller, Frontend, OwnerFrontend, ReclaimPolicy, VolumeFilter, VolumeName, VolumeState,
 };
 use crate::engine::{EngineError, PoolSelector, VolumeService};
 use crate::http::{HttpLimits, Reply, Request};
@@ -455,7 +455,7 @@ fn delete_volume(
 }
 
 fn volume_filter(query: &Query) -> Result<VolumeFilter, String> {
-    query.only(&["state", "pool", "app", "task", "label"])?;
+    query.only(&["state", "pool", "app", "task", "label", "frontend"])?;
     let state = query
         .get("state")
         .map(|s| s.parse::<VolumeState>().map_err(|e| e.to_string()))
@@ -475,6 +475,10 @@ fn volume_filter(query: &Query) -> Result<VolumeFilter, String> {
         task_id: query.get("task").map(str::to_string),
         app_id: query.get("app").map(str::to_string),
         label,
+        frontend: query
+            .get("frontend")
+            .map(|f| f.parse::<OwnerFrontend>().map_err(|e| e.to_string()))
+            .transpose()?,
     })
 }
 

@@ -379,7 +379,8 @@ impl<H: Host> Engine<H> {
             }
         }
         let source = self.validate_spec(&name, &request.spec)?;
-        let volume = self.reserve(&request, pending_until)?;
+        let owner = OwnerFrontend::of_creator(caller.frontend);
+        let volume = self.reserve(&request, owner, pending_until)?;
         if let Err(e) = self.carve(&volume, source.as_ref()) {
             if let Err(undo) = self.undo_create(&volume) {
                 tracing::error!(volume = %name, error = %undo, "rolling back a failed create");
@@ -475,6 +476,7 @@ impl<H: Host> Engine<H> {
     fn reserve(
         &self,
         request: &CreateRequest,
+        frontend: OwnerFrontend,
         pending_until: Option<u64>,
     ) -> Result<Volume, EngineError> {
         let name = &request.name;
@@ -558,6 +560,7 @@ impl<H: Host> Engine<H> {
             },
             reclaim: request.spec.reclaim.unwrap_or(pool.reclaim),
             owner: request.owner.clone(),
+            frontend,
             phase: Phase::Creating,
             publications: Vec::new(),
             created_at: now_ms(),

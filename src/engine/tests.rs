@@ -854,3 +854,33 @@ fn retained_project_quota_data_keeps_its_id_taken() {
         "the retained data's id is not reused"
     );
 }
+
+#[test]
+fn a_volume_belongs_to_the_frontend_that_created_it() {
+    let f = Fixture::new();
+    let e = f.open(host());
+    let by = |frontend| Caller {
+        frontend,
+        wait_if_busy: false,
+    };
+    for (n, frontend) in [
+        ("k", Frontend::Csi),
+        ("d", Frontend::Docker),
+        ("m", Frontend::Mesos),
+        ("a", Frontend::Admin),
+    ] {
+        e.create(by(frontend), request(n, None)).unwrap();
+    }
+    let owned = |e: &Engine<FakeHost>, f: OwnerFrontend| -> Vec<String> {
+        e.list(&VolumeFilter {
+            frontend: Some(f),
+            ..VolumeFilter::default()
+        })
+        .iter()
+        .map(|v| v.name.to_string())
+        .collect()
+    };
+    assert_eq!(owned(&e, OwnerFrontend::Csi), ["k"]);
+    assert_eq!(owned(&e, OwnerFrontend::Docker), ["a", "d"]);
+    assert_eq!(owned(&e, OwnerFrontend::Mesos), ["m"]);
+}
