@@ -494,6 +494,8 @@ pub fn status_of(e: &EngineError) -> u16 {
         EngineError::TargetConflict { .. } => 409,
         EngineError::NoCapacity { .. } => 507,
         EngineError::TooManyVolumes { .. } => 507,
+        // The admin API acts on any volume; kept for exhaustiveness.
+        EngineError::HeldByOther { .. } => 403,
         EngineError::Unsupported { .. } => 422,
         EngineError::PoolUnusable { .. } => 500,
         EngineError::Host { .. } => 500,

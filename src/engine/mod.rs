@@ -19,6 +19,7 @@
 //! Each operation is logged exactly once, here, with its volume, front-end, outcome and
 //! duration, and counted in [`metrics`]; front-ends do not log operations again.
 
+pub mod access;
 pub mod error;
 pub mod locks;
 pub mod metrics;
@@ -153,9 +154,22 @@ pub trait VolumeService: Send + Sync {
     ) -> Result<Volume, EngineError>;
     fn get(&self, name: &VolumeName) -> Result<Volume, EngineError>;
     fn list(&self, filter: &VolumeFilter) -> Vec<Volume>;
-    /// At most `limit` volumes, in name order, whose names sort after `after` (all names
-    /// when `None`): one page of a listing, in time proportional to the page, not the store.
-    fn list_after(&self, after: Option<&VolumeName>, limit: usize) -> Vec<Volume>;
+    /// [`VolumeService::get`] for a front-end, which sees only its own volumes: another
+    /// front-end's is refused with [`EngineError::HeldByOther`].
+    fn get_as(&self, caller: Caller, name: &VolumeName) -> Result<Volume, EngineError> {
+        let volume = self.get(name)?;
+        access::check(caller, &volume)?;
+        Ok(volume)
+    }
+    /// [`VolumeService::list`] for a front-end: only the volumes it may act on.
+    fn list_as(&self, caller: Caller, filter: &VolumeFilter) -> Vec<Volume> {
+        let mut mine = self.list(filter);
+        mine.retain(|v| access::may_act(caller.frontend, v.frontend));
+        mine
+    }
+    /// At most `limit` volumes `caller` may act on, in name order, whose names sort after
+    /// `after` (all names when `None`): one page of a listing.
+    fn list_after(&self, caller: Caller, after: Option<&VolumeName>, limit: usize) -> Vec<Volume>;
     fn usage(&self, name: &VolumeName) -> Result<Usage, EngineError>;
     fn capacity(&self, selector: &PoolSelector) -> Vec<PoolCapacity>;
     fn node(&self) -> &NodeInfo;
@@ -360,6 +374,7 @@ impl<H: Host> Engine<H> {
         let name = request.name.clone();
         let _guard = self.locks.acquire(&name, caller.wait_if_busy)?;
         if let Some(existing) = self.cached(&name) {
+            access::check(caller, &existing)?;
             match existing.phase {
                 Phase::Ready if existing.spec == request.spec => return Ok(existing),
                 Phase::Ready => {
@@ -928,6 +943,7 @@ impl<H: Host> Engine<H> {
     ) -> Result<Volume, EngineError> {
         let _guard = self.locks.acquire(name, caller.wait_if_busy)?;
         let mut v = self.ready_volume(name)?;
+        access::check(caller, &v)?;
         if let PublishTarget::Bind { path, .. } = &target {
             if !path.is_absolute()
                 || path
@@ -1076,6 +1092,7 @@ impl<H: Host> Engine<H> {
         let mut v = self.cached(name).ok_or_else(|| EngineError::NotFound {
             volume: name.to_string(),
         })?;
+        access::check(caller, &v)?;
         let Some(publication) = v.publication(target).cloned() else {
             return Ok(v);
         };
@@ -1150,6 +1167,7 @@ impl<H: Host> Engine<H> {
         let v = self.cached(name).ok_or_else(|| EngineError::NotFound {
             volume: name.to_string(),
         })?;
+        access::check(caller, &v)?;
         self.delete_locked(v, wipe)
     }
 
@@ -1216,6 +1234,7 @@ impl<H: Host> Engine<H> {
     ) -> Result<Volume, EngineError> {
         let _guard = self.locks.acquire(name, caller.wait_if_busy)?;
         let mut v = self.ready_volume(name)?;
+        access::check(caller, &v)?;
         if v.size.is_some_and(|current| size <= current) {
             return Ok(v);
         }
@@ -1276,6 +1295,7 @@ impl<H: Host> Engine<H> {
     ) -> Result<Volume, EngineError> {
         let _guard = self.locks.acquire(name, caller.wait_if_busy)?;
         let v = self.ready_volume(name)?;
+        access::check(caller, &v)?;
         if v.spec.access != AccessType::Filesystem {
             return Err(EngineError::Unsupported {
                 volume: name.to_string(),
@@ -1306,6 +1326,7 @@ impl<H: Host> Engine<H> {
     ) -> Result<Volume, EngineError> {
         let _guard = self.locks.acquire(name, caller.wait_if_busy)?;
         let mut v = self.ready_volume(name)?;
+        access::check(caller, &v)?;
         if v.owner == owner {
             return Ok(v);
         }
@@ -1833,7 +1854,7 @@ impl<H: Host> VolumeService for Engine<H> {
             .collect()
     }
 
-    fn list_after(&self, after: Option<&VolumeName>, limit: usize) -> Vec<Volume> {
+    fn list_after(&self, caller: Caller, after: Option<&VolumeName>, limit: usize) -> Vec<Volume> {
         use std::ops::Bound;
         let start = match after {
             Some(name) => Bound::Excluded(name),
@@ -1841,6 +1862,7 @@ impl<H: Host> VolumeService for Engine<H> {
         };
         self.cache()
             .range::<VolumeName, _>((start, Bound::Unbounded))
+            .filter(|(_, v)| access::may_act(caller.frontend, v.frontend))
             .take(limit)
             .map(|(_, v)| v.clone())
             .collect()
