@@ -244,12 +244,20 @@ impl CsiService {
                         size
                     }
                 };
+                let volume = name.to_string();
                 let request = CreateRequest {
                     name,
                     spec,
                     owner: Owner::default(),
                 };
-                Ok(e.create(CALLER, request)?)
+                // A name another front-end holds: CSI's answer to a name taken by an
+                // incompatible volume.
+                e.create(CALLER, request).map_err(|err| match err {
+                    EngineError::HeldByOther { .. } => {
+                        about(&volume, Status::already_exists(err.to_string()))
+                    }
+                    other => other.into(),
+                })
             })
             .await??;
         Ok(CreateVolumeResponse {
