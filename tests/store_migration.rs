@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use berth::engine::types::OwnerFrontend;
+use berth::engine::types::{OwnerFrontend, Volume};
 use berth::store::{SCHEMA_VERSION, Store};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde_json::Value;
@@ -61,7 +61,7 @@ fn a_version_1_store_migrates_with_each_volume_owned_by_the_frontend_that_made_i
 
     let store = Store::open(&path).unwrap();
     let owners: BTreeMap<String, OwnerFrontend> = store
-        .load_all()
+        .load_all::<Volume>()
         .unwrap()
         .into_iter()
         .map(|v| (v.name.to_string(), v.frontend))
@@ -99,7 +99,7 @@ fn a_version_1_store_migrates_with_each_volume_owned_by_the_frontend_that_made_i
         assert_eq!(record, before[&name], "{name}");
     }
     // Opening again is a no-op.
-    let again = Store::open(&path).unwrap().load_all().unwrap();
+    let again = Store::open(&path).unwrap().load_all::<Volume>().unwrap();
     assert_eq!(again.len(), 5);
 }
 
@@ -145,7 +145,7 @@ fn kill_9_during_the_migration_leaves_version_1_untouched_and_the_next_open_migr
     // Wholly version 1: the same version and byte-identical records.
     assert_eq!(raw(&path), before);
 
-    let migrated = Store::open(&path).unwrap().load_all().unwrap();
+    let migrated = Store::open(&path).unwrap().load_all::<Volume>().unwrap();
     assert_eq!(migrated.len(), 5);
     assert_eq!(raw(&path).0, 2);
 }

@@ -477,7 +477,7 @@ impl Endpoint {
                     .into(),
             ));
         }
-        Ok(Self::Unix(crate::daemon::socket_path(text)))
+        Ok(Self::Unix(crate::server::socket_path(text)))
     }
 
     fn describe(&self) -> String {

@@ -45,4 +45,17 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn owners_are_named_as_the_store_migration_writes_them() {
+        use crate::store::migrate;
+        let named = [
+            (OwnerFrontend::Csi, migrate::CSI),
+            (OwnerFrontend::Docker, migrate::DOCKER),
+            (OwnerFrontend::Mesos, migrate::MESOS),
+        ];
+        for (owner, name) in named {
+            assert_eq!(serde_json::to_value(owner).unwrap(), name);
+        }
+    }
 }

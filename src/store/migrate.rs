@@ -17,8 +17,6 @@
 
 use serde_json::Value;
 
-use crate::engine::types::OwnerFrontend;
-
 /// Kubernetes' own keys start with this; berth's CSI front-end records some as labels.
 const K8S_LABEL_PREFIX: &str = "csi.storage.k8s.io/";
 /// A kubelet publishes CSI volumes below directories of this name.
@@ -26,14 +24,19 @@ const KUBELET_CSI_DIR: &str = "/kubernetes.io~csi/";
 /// The Mesos ids only the hook fills in.
 const MESOS_OWNER_IDS: [&str; 4] = ["framework_id", "app_id", "task_id", "persistence_id"];
 
-/// The front-end that made a version 1 record.
-pub fn infer_frontend(record: &Value) -> OwnerFrontend {
+/// The owning front-ends, as version 2 records name them.
+pub const CSI: &str = "csi";
+pub const DOCKER: &str = "docker";
+pub const MESOS: &str = "mesos";
+
+/// The front-end that made a version 1 record: [`CSI`], [`DOCKER`] or [`MESOS`].
+pub fn infer_frontend(record: &Value) -> &'static str {
     let owner = &record["owner"];
     if MESOS_OWNER_IDS
         .iter()
         .any(|id| owner[id].as_str().is_some_and(|v| !v.is_empty()))
     {
-        return OwnerFrontend::Mesos;
+        return MESOS;
     }
     let spec = &record["spec"];
     let k8s_label = spec["labels"]
@@ -49,9 +52,9 @@ pub fn infer_frontend(record: &Value) -> OwnerFrontend {
     });
     let provisioned_name = record["name"].as_str().is_some_and(is_provisioner_name);
     if k8s_label || block || kubelet_target || provisioned_name {
-        OwnerFrontend::Csi
+        CSI
     } else {
-        OwnerFrontend::Docker
+        DOCKER
     }
 }
 
@@ -77,7 +80,7 @@ pub fn v1_to_v2(record: &mut Value) -> Result<(), String> {
     };
     fields
         .entry("frontend")
-        .or_insert_with(|| Value::String(frontend.as_str().to_string()));
+        .or_insert_with(|| Value::String(frontend.to_string()));
     Ok(())
 }
 
@@ -90,9 +93,9 @@ mod tests {
     #[test]
     fn mesos_ids_make_a_mesos_volume() {
         let r = json!({"name": "pvc-notes", "owner": {"task_id": "mysql.t1"}, "spec": {}});
-        assert_eq!(infer_frontend(&r), OwnerFrontend::Mesos);
+        assert_eq!(infer_frontend(&r), MESOS);
         let empty_ids = json!({"name": "db", "owner": {"task_id": ""}, "spec": {}});
-        assert_eq!(infer_frontend(&empty_ids), OwnerFrontend::Docker);
+        assert_eq!(infer_frontend(&empty_ids), DOCKER);
     }
 
     #[test]
@@ -104,7 +107,7 @@ mod tests {
                 "path": "/var/lib/kubelet/pods/p/volumes/kubernetes.io~csi/x/mount"}}]}),
             json!({"name": "pvc-1b4e28ba-2fa1-11d2-883f-0016d3cca427", "spec": {}}),
         ] {
-            assert_eq!(infer_frontend(&r), OwnerFrontend::Csi, "{r}");
+            assert_eq!(infer_frontend(&r), CSI, "{r}");
         }
     }
 
@@ -118,7 +121,7 @@ mod tests {
         ] {
             let r = json!({"name": name, "spec": {"labels": {"team": "db"}},
                 "publications": [{"target": {"type": "reference", "holder": "c0ffee"}}]});
-            assert_eq!(infer_frontend(&r), OwnerFrontend::Docker, "{name}");
+            assert_eq!(infer_frontend(&r), DOCKER, "{name}");
         }
     }
 

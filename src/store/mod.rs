@@ -8,15 +8,19 @@
 //! read a dump, and so optional fields can be added without a migration; the schema version
 //! in the `meta` table guards against an older berth opening a newer store, and an older
 //! store is migrated at open (see [`migrate`]).
+//!
+//! The store knows keys and serializable records, not what a volume is: the engine owns the
+//! record type, so the store sits below the engine and imports nothing of it. Only a
+//! migration reads old records, as the JSON an older berth wrote.
 
 pub mod migrate;
 
 use std::path::{Path, PathBuf};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use thiserror::Error;
-
-use crate::engine::types::{Volume, VolumeName};
 
 /// The record layout this build reads and writes.
 /// 2: every record names the front-end that owns it (`frontend`).
@@ -161,40 +165,36 @@ impl Store {
         Ok(())
     }
 
-    /// Every volume record. A record that cannot be decoded is an error naming it, never
-    /// silently dropped.
-    pub fn load_all(&self) -> Result<Vec<Volume>, StoreError> {
+    /// Every record. A record that cannot be decoded is an error naming it, never silently
+    /// dropped.
+    pub fn load_all<T: DeserializeOwned>(&self) -> Result<Vec<T>, StoreError> {
         let txn = self.db.begin_read().map_err(txn_err)?;
         let table = txn.open_table(VOLUMES).map_err(txn_err)?;
-        let mut volumes = Vec::new();
+        let mut records = Vec::new();
         for entry in table.iter().map_err(txn_err)? {
             let (key, value) = entry.map_err(txn_err)?;
-            let volume: Volume =
+            let record: T =
                 serde_json::from_slice(value.value()).map_err(|e| StoreError::Corrupt {
                     key: key.value().to_string(),
                     reason: e.to_string(),
                 })?;
-            volumes.push(volume);
+            records.push(record);
         }
-        Ok(volumes)
+        Ok(records)
     }
 
-    /// Writes one volume's record durably.
-    pub fn put(&self, volume: &Volume) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(volume).map_err(|e| StoreError::Corrupt {
-            key: volume.name.to_string(),
+    /// Writes the record under `key` durably.
+    pub fn put<T: Serialize>(&self, key: &str, record: &T) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(record).map_err(|e| StoreError::Corrupt {
+            key: key.to_string(),
             reason: e.to_string(),
         })?;
-        self.write(|table| {
-            table
-                .insert(volume.name.as_str(), bytes.as_slice())
-                .map(|_| ())
-        })
+        self.write(|table| table.insert(key, bytes.as_slice()).map(|_| ()))
     }
 
-    /// Removes one volume's record durably; a missing record is fine.
-    pub fn remove(&self, name: &VolumeName) -> Result<(), StoreError> {
-        self.write(|table| table.remove(name.as_str()).map(|_| ()))
+    /// Removes the record under `key` durably; a missing record is fine.
+    pub fn remove(&self, key: &str) -> Result<(), StoreError> {
+        self.write(|table| table.remove(key).map(|_| ()))
     }
 
     fn write(
