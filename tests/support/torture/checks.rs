@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use berth::admin::views::{VolumeList, VolumeView};
-use berth::engine::types::{Backend, PublicationState, PublishTarget, VolumeState};
+use berth::engine::types::{Backend, OwnerFrontend, PublicationState, PublishTarget, VolumeState};
 use serde_json::{Value, json};
 
 use super::berth::{Endpoints, loops_under, mounts_under};
@@ -84,12 +84,29 @@ pub fn check(world: &World<'_>, csi: &Csi, endpoints: &Endpoints) -> Result<u64,
         .into_iter()
         .collect();
     let docker_list = docker_volumes(endpoints)?;
-    let admin_names: BTreeSet<&String> = store.keys().collect();
+    // The admin API lists every volume; each front-end exactly those it owns.
+    let owned_by = |front: OwnerFrontend| -> BTreeSet<&String> {
+        store
+            .iter()
+            .filter(|(_, v)| v.frontend == front)
+            .map(|(name, _)| name)
+            .collect()
+    };
+    let (admin_csi, admin_docker) = (
+        owned_by(OwnerFrontend::Csi),
+        owned_by(OwnerFrontend::Docker),
+    );
     let csi_names: BTreeSet<&String> = csi_list.keys().collect();
     let docker_names: BTreeSet<&String> = docker_list.keys().collect();
-    facts.hold(admin_names == csi_names && csi_names == docker_names, || {
+    facts.hold(admin_csi == csi_names && admin_docker == docker_names, || {
         format!(
-            "the front-ends list different volumes: admin {admin_names:?}, CSI {csi_names:?}, Docker {docker_names:?}"
+            "the front-ends list other volumes than they own: admin's CSI-owned {admin_csi:?}, CSI {csi_names:?}, admin's Docker-owned {admin_docker:?}, Docker {docker_names:?}"
+        )
+    })?;
+    facts.hold(admin_csi.len() + admin_docker.len() == store.len(), || {
+        format!(
+            "volumes owned by neither CSI nor Docker: {:?}",
+            store.keys()
         )
     })?;
 
