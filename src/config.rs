@@ -88,6 +88,10 @@ pub struct Listen {
     /// Also serve the admin API on TCP (`127.0.0.1:7480`); needs `admin.token`.
     #[serde(default)]
     pub admin_tcp: Option<String>,
+    /// Serve only `/metrics` and `/healthz`, without a token, on this TCP address
+    /// (`127.0.0.1:9480`), for Prometheus; the volume API stays off it.
+    #[serde(default)]
+    pub metrics_tcp: Option<String>,
     /// Permission bits of the unix sockets.
     #[serde(default = "default_socket_mode")]
     pub socket_mode: u32,
@@ -166,6 +170,7 @@ impl Default for Listen {
             docker: default_docker_socket(),
             admin: default_admin_socket(),
             admin_tcp: None,
+            metrics_tcp: None,
             socket_mode: default_socket_mode(),
         }
     }
@@ -223,7 +228,7 @@ impl Config {
     /// The pools in force: the configured ones, or the embedded default.
     pub fn effective_pools(&self) -> Vec<PoolConfig> {
         if self.pools.is_empty() {
-            vec![PoolConfig::default_root(&self.state_dir)]
+            vec![PoolConfig::embedded_default(&self.state_dir)]
         } else {
             self.pools.clone()
         }
@@ -370,7 +375,12 @@ mod tests {
     #[test]
     fn the_shipped_example_parses() {
         let c = Config::parse(EXAMPLE, Path::new("example")).unwrap();
-        assert!(!c.pools.is_empty());
+        // The example shows the embedded default's pool, bounded default size included.
+        assert_eq!(c.pools, Config::default().effective_pools());
+        assert_eq!(
+            c.pools[0].default_size,
+            Some(crate::engine::pool::EMBEDDED_DEFAULT_SIZE)
+        );
     }
 
     #[test]

@@ -112,9 +112,8 @@ where
             return error_reply(400, "invalid_input", format!("malformed request body: {e}"));
         }
     };
-    let engine = Arc::clone(engine);
     let config = config.clone();
-    match tokio::task::spawn_blocking(move || operation(engine.as_ref(), &config, request)).await {
+    match crate::server::call_engine(engine, move |e| operation(e, &config, request)).await {
         Ok(Ok(answer)) => Reply::json(200, &answer),
         Ok(Err(e)) => e.into_reply(),
         Err(e) => error_reply(500, "internal", format!("the Mesos hook failed: {e}")),
@@ -221,11 +220,7 @@ fn prepare(
     for mount in &mounts {
         check_mount_path(&mount.root, &mount.path)?;
     }
-    let ownership = Ownership {
-        uid: request.owner_uid,
-        gid: request.owner_gid,
-        mode: None,
-    };
+    let ownership = task_ownership(&request)?;
     // Marathon's ids are absolute; `mysql` in a definition is `/mysql`.
     let app_id = format!("/{}", definition.id().trim_start_matches('/'));
     let app_id = app_id.as_str();
@@ -372,6 +367,30 @@ fn reserve(
 }
 
 /// The engine spec of a persistent volume.
+/// Who owns the task's new volumes: the uid/gid the request names, else the definition's
+/// `user` (an app's or a pod's) as this node knows it, else root. An unknown user is refused
+/// before anything is made.
+fn task_ownership(request: &PrepareRequest) -> Result<Ownership, HookError> {
+    let user = request.definition.get("user").and_then(|u| u.as_str());
+    let account = match (request.owner_uid, user) {
+        (None, Some(user)) => Some(
+            crate::host::users::account(user)
+                .map_err(|e| HookError::Io(e.to_string()))?
+                .ok_or_else(|| {
+                    HookError::BadRequest(format!(
+                        "the definition runs as user {user:?}, who does not exist on this node"
+                    ))
+                })?,
+        ),
+        _ => None,
+    };
+    Ok(Ownership {
+        uid: request.owner_uid.or(account.map(|a| a.uid)),
+        gid: request.owner_gid.or(account.map(|a| a.gid)),
+        mode: None,
+    })
+}
+
 fn volume_spec(pv: &PersistentVolumeSpec, ownership: Ownership) -> Result<VolumeSpec, HookError> {
     let bytes = |mib: u64, field: &str| {
         mib.checked_mul(1 << 20).ok_or_else(|| {
@@ -487,7 +506,12 @@ fn plan_mounts(
                 .transpose()?;
             for alias in &app.alias_mounts {
                 let root = if alias.container_path.is_absolute() {
-                    container_root(rootfs.as_ref(), layout, &alias.container_path, "rootfs")?
+                    container_root(
+                        rootfs.as_ref(),
+                        layout,
+                        &alias.container_path,
+                        "--rootfs DIR",
+                    )?
                 } else {
                     sandbox.clone()
                 };
@@ -536,7 +560,7 @@ fn plan_mounts(
                         rootfs.as_ref(),
                         layout,
                         &mount.mount_path,
-                        "container_rootfs",
+                        "--container-rootfs NAME=DIR",
                     )?;
                     (root.clone(), root)
                 } else {
@@ -573,16 +597,17 @@ fn container_root(
     rootfs: Option<&PathBuf>,
     layout: &TaskLayout,
     container_path: &Path,
-    field: &str,
+    flag: &str,
 ) -> Result<PathBuf, HookError> {
     match rootfs {
         Some(rootfs) => Ok(rootfs.clone()),
         None if layout.allow_host_paths => Ok(PathBuf::from("/")),
         None => Err(HookError::Forbidden(format!(
-            "{} is an absolute container path and no {field} was given: without a root \
-             filesystem the container shares the host's, so the volume would be mounted over \
-             the host's {}. Give the container's root filesystem ({field}), or allow host \
-             paths (allow_host_paths) if that is really meant",
+            "{} is an absolute container path and no root filesystem was given: without one \
+             the container shares the host's, so the volume would be mounted over the host's \
+             {}. Give the container's root filesystem with `berth mesos prepare {flag}` (a \
+             Mesos-containerizer task with an image has one), or pass --allow-host-paths if \
+             mounting over the host's directory is really meant",
             container_path.display(),
             container_path.display()
         ))),
