@@ -700,6 +700,7 @@ fn the_cli_table_json_inspect_rm_and_a_refused_wipe() {
             "USED",
             "POOL",
             "KIND",
+            "FRONTEND",
             "OWNER/TASK",
             "AGE"
         ],
@@ -707,10 +708,15 @@ fn the_cli_table_json_inspect_rm_and_a_refused_wipe() {
     );
     assert_eq!(lines.len(), 4, "{table}");
     assert_eq!(&lines[1][..3], ["logs", "attached", "-"], "{table}");
-    assert_eq!(&lines[1][4..7], ["plain", "root", "-"], "{table}");
+    // Made by berth itself (not a front-end): Docker's until handed over.
+    assert_eq!(&lines[1][4..8], ["plain", "root", "docker", "-"], "{table}");
     assert_eq!(&lines[2][..2], ["old", "reserved"], "{table}");
     assert_eq!(&lines[3][..3], ["pgdata", "reserved", "16MiB"], "{table}");
-    assert_eq!(&lines[3][4..7], ["loop", "root", "prod_db.1f2e"], "{table}");
+    assert_eq!(
+        &lines[3][4..8],
+        ["loop", "root", "docker", "prod_db.1f2e"],
+        "{table}"
+    );
 
     let (ok, json, err) = env.cli(&["ls", "-o", "json", "--pool", "loop"]);
     assert!(ok, "{err}");
@@ -723,6 +729,13 @@ fn the_cli_table_json_inspect_rm_and_a_refused_wipe() {
         "prod_db#pgdata#53ab8732-0000"
     );
     assert_eq!(listed[0]["size_bytes"], 16 << 20);
+    assert_eq!(listed[0]["frontend"], "docker");
+    let (ok, json, err) = env.cli(&["ls", "-o", "json", "--frontend", "csi"]);
+    assert!(ok, "{err}");
+    assert_eq!(json.trim(), "[]");
+    let (ok, _, err) = env.cli(&["ls", "--frontend", "kubernetes"]);
+    assert!(!ok);
+    assert!(err.contains("use csi, docker or mesos"), "{err}");
 
     let (ok, shown, _) = env.cli(&["inspect", "logs"]);
     assert!(ok);

@@ -18,7 +18,7 @@ use thiserror::Error;
 
 use super::views::{DataOutcome, DeleteView, ErrorView, VolumeList, VolumeView, parse_rfc3339};
 use crate::docker::ANONYMOUS_HOLDER;
-use crate::engine::types::{PublishTarget, VolumeName, VolumeState, format_size};
+use crate::engine::types::{OwnerFrontend, PublishTarget, VolumeName, VolumeState, format_size};
 
 /// Where `berth volume` finds the API unless told otherwise.
 pub const DEFAULT_ENDPOINT: &str = "/run/berth/admin.sock";
@@ -96,6 +96,9 @@ pub enum VolumeCommand {
         /// Only volumes with this label (KEY=VALUE).
         #[arg(long, short = 'l')]
         label: Option<String>,
+        /// Only volumes owned by this front-end: csi, docker or mesos.
+        #[arg(long)]
+        frontend: Option<String>,
         /// Output format.
         #[arg(long, short = 'o', value_enum, default_value = "table")]
         output: OutputFormat,
@@ -190,11 +193,16 @@ pub fn run_on(
             app,
             task,
             label,
+            frontend,
             output,
             quiet,
         } => {
             if let Some(s) = &state {
                 s.parse::<VolumeState>()
+                    .map_err(|e| CliError::Usage(e.to_string()))?;
+            }
+            if let Some(f) = &frontend {
+                f.parse::<OwnerFrontend>()
                     .map_err(|e| CliError::Usage(e.to_string()))?;
             }
             let filters = [
@@ -203,6 +211,7 @@ pub fn run_on(
                 ("app", app),
                 ("task", task),
                 ("label", label),
+                ("frontend", frontend),
             ];
             let query: Vec<String> = filters
                 .iter()
@@ -422,7 +431,7 @@ pub fn age(created: SystemTime, now: SystemTime) -> String {
     }
 }
 
-/// The `ls` table: NAME, STATE, SIZE, USED, POOL, KIND, OWNER/TASK, AGE, columns padded
+/// The `ls` table: NAME, STATE, SIZE, USED, POOL, KIND, FRONTEND, OWNER/TASK, AGE, columns padded
 /// to their widest cell and three spaces apart.
 pub fn table(volumes: &[VolumeView], now: SystemTime) -> String {
     let header = [
@@ -432,10 +441,11 @@ pub fn table(volumes: &[VolumeView], now: SystemTime) -> String {
         "USED",
         "POOL",
         "KIND",
+        "FRONTEND",
         "OWNER/TASK",
         "AGE",
     ];
-    let mut rows: Vec<[String; 8]> = vec![header.map(String::from)];
+    let mut rows: Vec<[String; 9]> = vec![header.map(String::from)];
     for v in volumes {
         let owner = v
             .owner
@@ -455,11 +465,12 @@ pub fn table(volumes: &[VolumeView], now: SystemTime) -> String {
                 .unwrap_or_else(|| "-".into()),
             v.pool.clone(),
             v.kind.as_str().to_string(),
+            v.frontend.as_str().to_string(),
             owner,
             created.map(|c| age(c, now)).unwrap_or_else(|| "-".into()),
         ]);
     }
-    let mut widths = [0usize; 8];
+    let mut widths = [0usize; 9];
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());

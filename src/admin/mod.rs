@@ -44,7 +44,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::engine::types::{
-    Caller, Frontend, ReclaimPolicy, VolumeFilter, VolumeName, VolumeState,
+    Caller, Frontend, OwnerFrontend, ReclaimPolicy, VolumeFilter, VolumeName, VolumeState,
 };
 use crate::engine::{EngineError, PoolSelector, VolumeService};
 use crate::server::http::{HttpLimits, Reply, Request};
@@ -483,7 +483,7 @@ fn delete_volume(
 }
 
 fn volume_filter(query: &Query) -> Result<VolumeFilter, String> {
-    query.only(&["state", "pool", "app", "task", "label"])?;
+    query.only(&["state", "pool", "app", "task", "label", "frontend"])?;
     let state = query
         .get("state")
         .map(|s| s.parse::<VolumeState>().map_err(|e| e.to_string()))
@@ -503,6 +503,10 @@ fn volume_filter(query: &Query) -> Result<VolumeFilter, String> {
         task_id: query.get("task").map(str::to_string),
         app_id: query.get("app").map(str::to_string),
         label,
+        frontend: query
+            .get("frontend")
+            .map(|f| f.parse::<OwnerFrontend>().map_err(|e| e.to_string()))
+            .transpose()?,
     })
 }
 
@@ -518,6 +522,8 @@ pub fn status_of(e: &EngineError) -> u16 {
         EngineError::TargetConflict { .. } => 409,
         EngineError::NoCapacity { .. } => 507,
         EngineError::TooManyVolumes { .. } => 507,
+        // The admin API acts on any volume; kept for exhaustiveness.
+        EngineError::HeldByOther { .. } => 403,
         EngineError::Unsupported { .. } => 422,
         EngineError::PoolUnusable { .. } => 500,
         EngineError::Host { .. } => 500,

@@ -12,7 +12,7 @@ use serde_json::Value;
 use super::cli::{self, Console, OutputFormat, VolumeCommand};
 use super::*;
 use crate::engine::pool::{BackendChoice, PoolConfig};
-use crate::engine::types::{CreateRequest, Owner, PublishTarget, VolumeSpec};
+use crate::engine::types::{CreateRequest, Owner, OwnerFrontend, PublishTarget, VolumeSpec};
 use crate::engine::{Engine, EngineConfig, NodeInfo};
 use crate::host::fake::FakeHost;
 
@@ -659,6 +659,7 @@ fn ls(output: OutputFormat) -> VolumeCommand {
         app: None,
         task: None,
         label: None,
+        frontend: None,
         output,
         quiet: false,
     }
@@ -745,16 +746,17 @@ async fn the_cli_talks_to_the_socket_started_by_start() {
             "USED",
             "POOL",
             "KIND",
+            "FRONTEND",
             "OWNER/TASK",
             "AGE"
         ]
     );
     let pg: Vec<&str> = lines[1].split_whitespace().collect();
     assert_eq!(&pg[..3], ["pg", "reserved", "1GiB"]);
-    assert_eq!(&pg[4..7], ["fast", "root", "prod_db.t1"]);
-    assert!(pg[7].ends_with('s'), "{}", lines[1]);
+    assert_eq!(&pg[4..8], ["fast", "root", "csi", "prod_db.t1"]);
+    assert!(pg[8].ends_with('s'), "{}", lines[1]);
     let scratch: Vec<&str> = lines[2].split_whitespace().collect();
-    assert_eq!(scratch[6], "-");
+    assert_eq!(scratch[7], "-");
     // Columns line up: every cell of a column starts where its header does.
     let state_col = lines[0].find("STATE").unwrap();
     assert_eq!(lines[1].find("reserved"), Some(state_col));
@@ -764,6 +766,7 @@ async fn the_cli_talks_to_the_socket_started_by_start() {
     assert_eq!(parsed.len(), 2);
     assert_eq!(parsed[0].id, "pg");
     assert_eq!(parsed[0].owner.task_id.as_deref(), Some("prod_db.t1"));
+    assert_eq!(parsed[0].frontend, OwnerFrontend::Csi);
 
     let e = refused.0.unwrap_err().to_string();
     assert!(e.contains("--yes") && e.contains("scratch"), "{e}");

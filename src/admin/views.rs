@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use crate::engine::RemovalStats;
 use crate::engine::pool::SizeRule;
 use crate::engine::types::{
-    AccessType, Backend, Owner, PoolKind, Publication, PublicationState, PublishTarget,
-    ReclaimPolicy, Usage, Volume, VolumeState,
+    AccessType, Backend, Owner, OwnerFrontend, PoolKind, Publication, PublicationState,
+    PublishTarget, ReclaimPolicy, Usage, Volume, VolumeState,
 };
 
 /// One volume as `GET /v1/volumes` and `GET /v1/volumes/{id}` show it.
@@ -43,6 +43,8 @@ pub struct VolumeView {
     pub reclaim: ReclaimPolicy,
     #[serde(default)]
     pub owner: Owner,
+    /// The front-end the volume belongs to.
+    pub frontend: OwnerFrontend,
     /// What is published: the data directory, or the image of a block volume.
     pub path: PathBuf,
     #[serde(default)]
@@ -170,6 +172,7 @@ impl VolumeView {
             labels: v.spec.labels.clone(),
             reclaim: v.reclaim,
             owner: v.owner.clone(),
+            frontend: v.frontend,
             path: v.placement.data.clone(),
             publications: v.publications.iter().map(publication_view).collect(),
             created_at: rfc3339(v.created_at),

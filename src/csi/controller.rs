@@ -208,7 +208,7 @@ impl CsiService {
             .engine(move |e| -> Result<EngineVolume, Failure> {
                 let source_size = match source {
                     Some(source) => {
-                        let s = e.get(&source)?;
+                        let s = e.get_as(CALLER, &source)?;
                         spec.source = Some(source);
                         s.size
                     }
@@ -244,12 +244,20 @@ impl CsiService {
                         size
                     }
                 };
+                let volume = name.to_string();
                 let request = CreateRequest {
                     name,
                     spec,
                     owner: Owner::default(),
                 };
-                Ok(e.create(CALLER, request)?)
+                // A name another front-end holds: CSI's answer to a name taken by an
+                // incompatible volume.
+                e.create(CALLER, request).map_err(|err| match err {
+                    EngineError::HeldByOther { .. } => {
+                        about(&volume, Status::already_exists(err.to_string()))
+                    }
+                    other => other.into(),
+                })
             })
             .await??;
         Ok(CreateVolumeResponse {
@@ -267,10 +275,17 @@ impl CsiService {
             );
             return Ok(DeleteVolumeResponse {});
         };
-        self.engine(move |e| match e.get(&name) {
+        self.engine(move |e| match e.get_as(CALLER, &name) {
             Err(_) => Ok(()),
             Ok(_) => match e.delete(CALLER, &name) {
                 Ok(()) | Err(EngineError::NotFound { .. }) => Ok(()),
+                // Another front-end's volume: as far as Kubernetes knows it does not exist,
+                // and deleting a volume that does not exist succeeds (CSI's idempotent
+                // DeleteVolume). Nothing is deleted.
+                Err(held @ EngineError::HeldByOther { .. }) => {
+                    tracing::warn!(error = %held, "DeleteVolume of another front-end's volume: nothing deleted");
+                    Ok(())
+                }
                 Err(other) => Err(other),
             },
         })
@@ -292,7 +307,7 @@ impl CsiService {
         }
         let params = parse_parameters(&req.parameters, ParamSource::Parameters)
             .map_err(|s| about(&volume, s))?;
-        let v = self.engine(move |e| e.get(&name)).await??;
+        let v = self.engine(move |e| e.get_as(CALLER, &name)).await??;
         let mut problems = Vec::new();
         for (i, c) in req.volume_capabilities.iter().enumerate() {
             let field = format!("volume_capabilities[{i}]");
@@ -367,7 +382,7 @@ impl CsiService {
             ),
         };
         let mut page = self
-            .engine(move |e| e.list_after(after.as_ref(), limit.saturating_add(1)))
+            .engine(move |e| e.list_after(CALLER, after.as_ref(), limit.saturating_add(1)))
             .await?;
         let next_token = if page.len() > limit {
             page.truncate(limit);
@@ -459,7 +474,9 @@ impl CsiService {
             .map_err(|e| about(&volume, e.status(Code::InvalidArgument)))?;
         let size = self
             .engine(move |e| -> Result<Option<Option<u64>>, Failure> {
-                let v = match e.get(&name) {
+                // Another front-end's volume here is refused (its owner's error), not left
+                // to a node that does not hold it.
+                let v = match e.get_as(CALLER, &name) {
                     Ok(v) => v,
                     Err(EngineError::NotFound { .. }) => return Ok(None),
                     Err(other) => return Err(other.into()),

@@ -167,6 +167,8 @@ fn status_of(e: &EngineError) -> Status {
         // CSI: published but incompatible with the request.
         EngineError::TargetConflict { .. } => Code::AlreadyExists,
         EngineError::TooManyVolumes { .. } => Code::ResourceExhausted,
+        // Another front-end's volume does not exist as far as Kubernetes is concerned.
+        EngineError::HeldByOther { .. } => Code::NotFound,
         EngineError::Host { .. } => Code::Internal,
         EngineError::Store { .. } => Code::Internal,
     };

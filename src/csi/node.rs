@@ -90,7 +90,7 @@ impl CsiService {
         let staging = path_field(&req.staging_target_path, "staging_target_path", &name)?;
         let cap = stage_capability(req.volume_capability.as_ref(), &name)?;
         self.engine(move |e| -> Result<(), Failure> {
-            let v = e.get(&name)?;
+            let v = e.get_as(CALLER, &name)?;
             fits(&cap, &v, Code::FailedPrecondition)?;
             if let Some(gid) = cap.mount_group {
                 e.grant_group(CALLER, &name, gid)?;
@@ -113,7 +113,7 @@ impl CsiService {
         let name = volume_id(&req.volume_id, "volume_id")?;
         let staging = path_field(&req.staging_target_path, "staging_target_path", &name)?;
         self.engine(move |e| -> Result<(), Failure> {
-            let v = e.get(&name)?;
+            let v = e.get_as(CALLER, &name)?;
             e.unpublish(CALLER, &name, &bind(staged_path(&v, &staging), false))?;
             Ok(())
         })
@@ -150,7 +150,7 @@ impl CsiService {
         }
         let staging = path_field(&req.staging_target_path, "staging_target_path", &name)?;
         self.engine(move |e| -> Result<(), Failure> {
-            let v = e.get(&name)?;
+            let v = e.get_as(CALLER, &name)?;
             fits(&cap, &v, Code::FailedPrecondition)?;
             let staged = staged_path(&v, &staging);
             if staged == target {
@@ -265,7 +265,7 @@ impl CsiService {
         let name = volume_id(&req.volume_id, "volume_id")?;
         let path = PathBuf::from(required(&req.volume_path, "volume_path")?);
         self.engine(move |e| -> Result<NodeGetVolumeStatsResponse, Failure> {
-            let v = e.get(&name)?;
+            let v = e.get_as(CALLER, &name)?;
             if !available_at(&v, &path) {
                 return Err(about(
                     name.as_str(),
@@ -330,7 +330,7 @@ impl CsiService {
             .map_err(|e| about(&volume, e.status(Code::InvalidArgument)))?;
         let size = self
             .engine(move |e| -> Result<Option<u64>, Failure> {
-                let v = e.get(&name)?;
+                let v = e.get_as(CALLER, &name)?;
                 if !available_at(&v, &path) {
                     return Err(about(
                         name.as_str(),

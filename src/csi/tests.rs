@@ -22,7 +22,10 @@ use super::proto::volume_capability::{
 use super::proto::*;
 use super::{CsiService, connect, serve, status_of};
 use crate::engine::pool::{BackendChoice, PoolConfig};
-use crate::engine::types::{Backend, ReclaimPolicy, VolumeFilter, VolumeName};
+use crate::engine::types::{
+    Backend, Caller, CreateRequest, Frontend, Owner, ReclaimPolicy, VolumeFilter, VolumeName,
+    VolumeSpec,
+};
 use crate::engine::{Engine, EngineConfig, EngineError, InputError, NodeInfo, VolumeService};
 use crate::host::HostError;
 use crate::host::fake::FakeHost;
@@ -1323,6 +1326,69 @@ async fn volume_mount_group_is_applied_as_group_ownership() {
         Code::InvalidArgument,
         "volume_mount_group",
     );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn csi_never_sees_or_changes_a_docker_or_mesos_volume_whatever_id_is_sent() {
+    let mut h = Harness::new().await;
+    h.create(request("pvc-1", GIB, 0)).await.unwrap();
+    for (id, frontend) in [("web", Frontend::Docker), ("mysql#d#1", Frontend::Mesos)] {
+        let caller = Caller {
+            frontend,
+            wait_if_busy: false,
+        };
+        let request = CreateRequest {
+            name: VolumeName::parse(id).unwrap(),
+            spec: VolumeSpec {
+                size: Some(GIB as u64),
+                ..VolumeSpec::default()
+            },
+            owner: Owner::default(),
+        };
+        h.engine.create(caller, request).unwrap();
+    }
+    let before = h.engine.list(&VolumeFilter::default());
+    let listed: Vec<String> = h
+        .list(0, "")
+        .await
+        .unwrap()
+        .entries
+        .into_iter()
+        .map(|e| e.volume.unwrap().volume_id)
+        .collect();
+    assert_eq!(listed, ["pvc-1"]);
+    for id in ["web", "mysql#d#1"] {
+        // Deleting a volume Kubernetes does not have succeeds and deletes nothing.
+        h.delete(id).await.unwrap();
+        assert_code(
+            h.stage(id, "/k/staging/x", mount()).await,
+            Code::NotFound,
+            "may not use or change it",
+        );
+        assert_code(
+            h.publish(id, "/k/staging/x", "/k/pods/x", mount(), false)
+                .await,
+            Code::NotFound,
+            "may not use or change it",
+        );
+        let validate = h
+            .controller
+            .validate_volume_capabilities(ValidateVolumeCapabilitiesRequest {
+                volume_id: id.into(),
+                volume_capabilities: vec![mount()],
+                ..Default::default()
+            })
+            .await;
+        assert_code(validate, Code::NotFound, "belongs to the");
+        // Asking to create it is refused, not answered with the other front-end's volume.
+        assert_code(
+            h.create(request(id, GIB, 0)).await,
+            Code::AlreadyExists,
+            "may not use or change it",
+        );
+    }
+    assert_eq!(h.engine.list(&VolumeFilter::default()), before);
     h.stop().await;
 }
 

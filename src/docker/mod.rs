@@ -563,7 +563,7 @@ impl Plugin {
                 Err(e) => return Err(e.into()),
             },
             Call::Mount(name, holder) => {
-                let volume = engine.get(&name)?;
+                let volume = engine.get_as(CALLER, &name)?;
                 if volume.spec.access == AccessType::Block {
                     return Err(EngineError::Unsupported {
                         volume: name.to_string(),
@@ -584,9 +584,9 @@ impl Plugin {
                 Ok(_) | Err(EngineError::NotFound { .. }) => ok_reply(),
                 Err(e) => return Err(e.into()),
             },
-            Call::Path(name) => mountpoint_reply(&engine.get(&name)?),
+            Call::Path(name) => mountpoint_reply(&engine.get_as(CALLER, &name)?),
             Call::Get(name) => {
-                let volume = engine.get(&name)?;
+                let volume = engine.get_as(CALLER, &name)?;
                 let (measured, measured_name) = (Arc::clone(&self.engine), name.clone());
                 let reading = self.usage.read(&name, usage::BUDGET, move || {
                     measured
@@ -602,7 +602,7 @@ impl Plugin {
             Call::List => {
                 // Usage is left out: measuring it is a syscall (or a tree walk) per volume.
                 let volumes = engine
-                    .list(&VolumeFilter::default())
+                    .list_as(CALLER, &VolumeFilter::default())
                     .iter()
                     .map(|v| describe(v, None))
                     .collect();
@@ -805,6 +805,7 @@ fn engine_error_reply(e: &EngineError, driver: &str) -> Reply {
         ),
         EngineError::TargetConflict { .. } => (409, e.to_string()),
         EngineError::TooManyVolumes { .. } => (507, e.to_string()),
+        EngineError::HeldByOther { .. } => (409, e.to_string()),
         EngineError::Host { .. } => (500, e.to_string()),
         EngineError::Store { .. } => (500, e.to_string()),
     };

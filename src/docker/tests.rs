@@ -424,6 +424,59 @@ async fn a_block_volume_is_not_mounted_for_docker() {
 }
 
 #[tokio::test]
+async fn docker_sees_and_changes_only_its_own_volumes() {
+    let f = fixture();
+    let kubernetes = Caller {
+        frontend: Frontend::Csi,
+        wait_if_busy: false,
+    };
+    let name = VolumeName::parse("pvc-1").unwrap();
+    f.engine
+        .create(
+            kubernetes,
+            CreateRequest {
+                name: name.clone(),
+                spec: VolumeSpec {
+                    size: Some(GIB),
+                    ..VolumeSpec::default()
+                },
+                owner: Owner::default(),
+            },
+        )
+        .unwrap();
+    f.ok("VolumeDriver.Create", json!({"Name": "mine"})).await;
+    let before = f.engine.get(&name).unwrap();
+    let calls = mutations(f.engine.host());
+
+    let listed = f.ok("VolumeDriver.List", json!({})).await;
+    let names: Vec<&str> = listed["Volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["Name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["mine"]);
+    for (endpoint, body) in [
+        ("VolumeDriver.Get", json!({"Name": "pvc-1"})),
+        ("VolumeDriver.Path", json!({"Name": "pvc-1"})),
+        ("VolumeDriver.Mount", json!({"Name": "pvc-1", "ID": "c1"})),
+        ("VolumeDriver.Unmount", json!({"Name": "pvc-1", "ID": "c1"})),
+        ("VolumeDriver.Remove", json!({"Name": "pvc-1"})),
+        // `docker run -v pvc-1:/data` creates implicitly: neither a second volume nor a share.
+        ("VolumeDriver.Create", json!({"Name": "pvc-1"})),
+    ] {
+        let (code, message) = f.err(endpoint, body).await;
+        assert_eq!(code, 409, "{endpoint}: {message}");
+        assert!(
+            message.contains("volume pvc-1 belongs to the csi front-end: docker may not use"),
+            "{endpoint}: {message}"
+        );
+    }
+    assert_eq!(f.engine.get(&name).unwrap(), before);
+    assert_eq!(mutations(f.engine.host()), calls);
+}
+
+#[tokio::test]
 async fn host_failures_are_reported_and_leave_nothing() {
     let f = fixture();
     f.engine.host().fail_op("mount_image");
@@ -529,8 +582,8 @@ impl VolumeService for Slow {
     fn list(&self, f: &VolumeFilter) -> Vec<Volume> {
         self.inner.list(f)
     }
-    fn list_after(&self, after: Option<&VolumeName>, limit: usize) -> Vec<Volume> {
-        self.inner.list_after(after, limit)
+    fn list_after(&self, caller: Caller, after: Option<&VolumeName>, limit: usize) -> Vec<Volume> {
+        self.inner.list_after(caller, after, limit)
     }
     fn usage(&self, n: &VolumeName) -> Result<crate::engine::types::Usage, EngineError> {
         std::thread::sleep(self.delay);

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 
+use super::types::{Frontend, OwnerFrontend};
 use crate::host::HostError;
 use crate::store::StoreError;
 
@@ -60,6 +61,17 @@ pub enum EngineError {
 
     #[error("volume {volume}: the limit of {limit} volumes on this node is reached")]
     TooManyVolumes { volume: String, limit: usize },
+
+    #[error(
+        "volume {volume} belongs to the {owner} front-end: {caller} may not use or change it \
+         (only its owner, and an administrator through `berth volume`, act on it); use another name",
+        caller = caller.as_str()
+    )]
+    HeldByOther {
+        volume: String,
+        owner: OwnerFrontend,
+        caller: Frontend,
+    },
 
     #[error("volume {volume}: {operation} failed: {source}")]
     Host {
@@ -119,6 +131,7 @@ impl EngineError {
             Self::PoolUnusable { .. } => "pool_unusable",
             Self::TargetConflict { .. } => "target_conflict",
             Self::TooManyVolumes { .. } => "too_many_volumes",
+            Self::HeldByOther { .. } => "held_by_other",
             Self::Host { .. } => "host",
             Self::Store { .. } => "store",
         }

@@ -19,6 +19,7 @@
 //! Each operation is logged exactly once, here, with its volume, front-end, outcome and
 //! duration, and counted in [`metrics`]; front-ends do not log operations again.
 
+pub mod access;
 pub mod error;
 pub mod locks;
 pub mod metrics;
@@ -154,9 +155,22 @@ pub trait VolumeService: Send + Sync {
     ) -> Result<Volume, EngineError>;
     fn get(&self, name: &VolumeName) -> Result<Volume, EngineError>;
     fn list(&self, filter: &VolumeFilter) -> Vec<Volume>;
-    /// At most `limit` volumes, in name order, whose names sort after `after` (all names
-    /// when `None`): one page of a listing, in time proportional to the page, not the store.
-    fn list_after(&self, after: Option<&VolumeName>, limit: usize) -> Vec<Volume>;
+    /// [`VolumeService::get`] for a front-end, which sees only its own volumes: another
+    /// front-end's is refused with [`EngineError::HeldByOther`].
+    fn get_as(&self, caller: Caller, name: &VolumeName) -> Result<Volume, EngineError> {
+        let volume = self.get(name)?;
+        access::check(caller, &volume)?;
+        Ok(volume)
+    }
+    /// [`VolumeService::list`] for a front-end: only the volumes it may act on.
+    fn list_as(&self, caller: Caller, filter: &VolumeFilter) -> Vec<Volume> {
+        let mut mine = self.list(filter);
+        mine.retain(|v| access::may_act(caller.frontend, v.frontend));
+        mine
+    }
+    /// At most `limit` volumes `caller` may act on, in name order, whose names sort after
+    /// `after` (all names when `None`): one page of a listing.
+    fn list_after(&self, caller: Caller, after: Option<&VolumeName>, limit: usize) -> Vec<Volume>;
     fn usage(&self, name: &VolumeName) -> Result<Usage, EngineError>;
     fn capacity(&self, selector: &PoolSelector) -> Vec<PoolCapacity>;
     fn node(&self) -> &NodeInfo;
@@ -370,6 +384,7 @@ impl<H: Host> Engine<H> {
         let name = request.name.clone();
         let _guard = self.locks.acquire(&name, caller.wait_if_busy)?;
         if let Some(existing) = self.cached(&name) {
+            access::check(caller, &existing)?;
             match existing.phase {
                 Phase::Ready if existing.spec == request.spec => return Ok(existing),
                 Phase::Ready => {
@@ -389,7 +404,8 @@ impl<H: Host> Engine<H> {
             }
         }
         let source = self.validate_spec(&name, &request.spec)?;
-        let volume = self.reserve(&request, pending_until)?;
+        let owner = OwnerFrontend::of_creator(caller.frontend);
+        let volume = self.reserve(&request, owner, pending_until)?;
         if let Err(e) = self.carve(&volume, source.as_ref()) {
             if let Err(undo) = self.undo_create(&volume) {
                 tracing::error!(volume = %name, error = %undo, "rolling back a failed create");
@@ -485,6 +501,7 @@ impl<H: Host> Engine<H> {
     fn reserve(
         &self,
         request: &CreateRequest,
+        frontend: OwnerFrontend,
         pending_until: Option<u64>,
     ) -> Result<Volume, EngineError> {
         let name = &request.name;
@@ -581,6 +598,7 @@ impl<H: Host> Engine<H> {
             },
             reclaim: request.spec.reclaim.unwrap_or(pool.reclaim),
             owner: request.owner.clone(),
+            frontend,
             phase: Phase::Creating,
             publications: Vec::new(),
             created_at: now_ms(),
@@ -963,6 +981,7 @@ impl<H: Host> Engine<H> {
     ) -> Result<Volume, EngineError> {
         let _guard = self.locks.acquire(name, caller.wait_if_busy)?;
         let mut v = self.ready_volume(name)?;
+        access::check(caller, &v)?;
         if let PublishTarget::Bind { path, .. } = &target {
             if !path.is_absolute()
                 || path
@@ -1111,6 +1130,7 @@ impl<H: Host> Engine<H> {
         let mut v = self.cached(name).ok_or_else(|| EngineError::NotFound {
             volume: name.to_string(),
         })?;
+        access::check(caller, &v)?;
         let Some(publication) = v.publication(target).cloned() else {
             return Ok(v);
         };
@@ -1189,6 +1209,7 @@ impl<H: Host> Engine<H> {
         let v = self.cached(name).ok_or_else(|| EngineError::NotFound {
             volume: name.to_string(),
         })?;
+        access::check(caller, &v)?;
         self.delete_locked(v, wipe)
     }
 
@@ -1255,6 +1276,7 @@ impl<H: Host> Engine<H> {
     ) -> Result<Volume, EngineError> {
         let _guard = self.locks.acquire(name, caller.wait_if_busy)?;
         let mut v = self.ready_volume(name)?;
+        access::check(caller, &v)?;
         if v.size.is_some_and(|current| size <= current) {
             return Ok(v);
         }
@@ -1315,6 +1337,7 @@ impl<H: Host> Engine<H> {
     ) -> Result<Volume, EngineError> {
         let _guard = self.locks.acquire(name, caller.wait_if_busy)?;
         let v = self.ready_volume(name)?;
+        access::check(caller, &v)?;
         if v.spec.access != AccessType::Filesystem {
             return Err(EngineError::Unsupported {
                 volume: name.to_string(),
@@ -1345,6 +1368,7 @@ impl<H: Host> Engine<H> {
     ) -> Result<Volume, EngineError> {
         let _guard = self.locks.acquire(name, caller.wait_if_busy)?;
         let mut v = self.ready_volume(name)?;
+        access::check(caller, &v)?;
         if v.owner == owner {
             return Ok(v);
         }
@@ -1872,7 +1896,7 @@ impl<H: Host> VolumeService for Engine<H> {
             .collect()
     }
 
-    fn list_after(&self, after: Option<&VolumeName>, limit: usize) -> Vec<Volume> {
+    fn list_after(&self, caller: Caller, after: Option<&VolumeName>, limit: usize) -> Vec<Volume> {
         use std::ops::Bound;
         let start = match after {
             Some(name) => Bound::Excluded(name),
@@ -1880,6 +1904,7 @@ impl<H: Host> VolumeService for Engine<H> {
         };
         self.cache()
             .range::<VolumeName, _>((start, Bound::Unbounded))
+            .filter(|(_, v)| access::may_act(caller.frontend, v.frontend))
             .take(limit)
             .map(|(_, v)| v.clone())
             .collect()

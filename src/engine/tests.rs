@@ -543,15 +543,21 @@ fn list_after_pages_in_name_order_and_survives_a_deleted_cursor() {
             .map(|v| v.name.to_string())
             .collect::<Vec<_>>()
     };
-    assert_eq!(names(e.list_after(None, 2)), ["a", "b"]);
-    assert_eq!(names(e.list_after(Some(&name("b")), 2)), ["c", "d"]);
-    assert_eq!(names(e.list_after(Some(&name("d")), 2)), ["e"]);
-    assert!(e.list_after(Some(&name("e")), 2).is_empty());
-    assert!(e.list_after(None, 0).is_empty());
+    assert_eq!(names(e.list_after(CSI, None, 2)), ["a", "b"]);
+    assert_eq!(names(e.list_after(CSI, Some(&name("b")), 2)), ["c", "d"]);
+    assert_eq!(names(e.list_after(CSI, Some(&name("d")), 2)), ["e"]);
+    assert!(e.list_after(CSI, Some(&name("e")), 2).is_empty());
+    assert!(e.list_after(CSI, None, 0).is_empty());
     // The cursor need not exist any more: paging goes on after where it was.
     e.delete(CSI, &name("b")).unwrap();
-    assert_eq!(names(e.list_after(Some(&name("b")), 10)), ["c", "d", "e"]);
-    assert_eq!(names(e.list_after(None, usize::MAX)), ["a", "c", "d", "e"]);
+    assert_eq!(
+        names(e.list_after(CSI, Some(&name("b")), 10)),
+        ["c", "d", "e"]
+    );
+    assert_eq!(
+        names(e.list_after(CSI, None, usize::MAX)),
+        ["a", "c", "d", "e"]
+    );
 }
 
 #[test]
@@ -856,4 +862,90 @@ fn retained_project_quota_data_keeps_its_id_taken() {
         Some(id),
         "the retained data's id is not reused"
     );
+}
+
+#[test]
+fn a_volume_belongs_to_the_frontend_that_created_it() {
+    let f = Fixture::new();
+    let e = f.open(host());
+    for (n, frontend) in [
+        ("k", Frontend::Csi),
+        ("d", Frontend::Docker),
+        ("m", Frontend::Mesos),
+        ("a", Frontend::Admin),
+    ] {
+        e.create(by(frontend), request(n, None)).unwrap();
+    }
+    let owned = |e: &Engine<FakeHost>, f: OwnerFrontend| -> Vec<String> {
+        e.list(&VolumeFilter {
+            frontend: Some(f),
+            ..VolumeFilter::default()
+        })
+        .iter()
+        .map(|v| v.name.to_string())
+        .collect()
+    };
+    assert_eq!(owned(&e, OwnerFrontend::Csi), ["k"]);
+    assert_eq!(owned(&e, OwnerFrontend::Docker), ["a", "d"]);
+    assert_eq!(owned(&e, OwnerFrontend::Mesos), ["m"]);
+}
+
+#[test]
+fn a_front_end_cannot_see_or_change_another_front_ends_volume_and_the_admin_api_can() {
+    let f = Fixture::new();
+    let e = f.open(host());
+    let docker = by(Frontend::Docker);
+    let mesos = by(Frontend::Mesos);
+    let k8s = e.create(CSI, request("pvc-1", Some(GIB))).unwrap();
+    e.publish(CSI, &name("pvc-1"), bind("/t/k8s", false))
+        .unwrap();
+    let before = e.get(&name("pvc-1")).unwrap();
+    let calls = mutations(e.host());
+
+    let refused = |r: Result<Volume, EngineError>| {
+        let err = r.unwrap_err();
+        assert!(matches!(err, EngineError::HeldByOther { .. }), "{err}");
+        err.to_string()
+    };
+    let message = refused(e.get_as(docker, &name("pvc-1")));
+    assert!(
+        message.contains("belongs to the csi front-end: docker may not use"),
+        "{message}"
+    );
+    refused(e.create(docker, request("pvc-1", Some(GIB))));
+    refused(e.create(mesos, request("pvc-1", Some(2 * GIB))));
+    refused(e.publish(docker, &name("pvc-1"), bind("/t/d", false)));
+    refused(e.unpublish(mesos, &name("pvc-1"), &bind("/t/k8s", false)));
+    refused(e.expand(docker, &name("pvc-1"), 2 * GIB));
+    refused(e.grant_group(mesos, &name("pvc-1"), 100));
+    refused(e.adopt(mesos, &name("pvc-1"), &Owner::default(), Owner::default()));
+    let delete = e.delete(docker, &name("pvc-1")).unwrap_err();
+    assert!(
+        matches!(delete, EngineError::HeldByOther { .. }),
+        "{delete}"
+    );
+    let wipe = e.wipe(mesos, &name("pvc-1")).unwrap_err();
+    assert!(matches!(wipe, EngineError::HeldByOther { .. }), "{wipe}");
+    assert!(e.list_as(docker, &VolumeFilter::default()).is_empty());
+    assert!(e.list_after(docker, None, 10).is_empty());
+    // Nothing changed: the record and the host are as they were.
+    assert_eq!(e.get(&name("pvc-1")).unwrap(), before);
+    assert_eq!(mutations(e.host()), calls);
+
+    // Its owner and the admin API act on it.
+    assert_eq!(e.get_as(CSI, &name("pvc-1")).unwrap().name, k8s.name);
+    assert_eq!(e.list_after(CSI, None, 10).len(), 1);
+    let admin = by(Frontend::Admin);
+    e.unpublish(admin, &name("pvc-1"), &bind("/t/k8s", false))
+        .unwrap();
+    e.delete(admin, &name("pvc-1")).unwrap();
+    assert!(e.get(&name("pvc-1")).is_err());
+}
+
+/// A caller through `frontend` that would rather be told a volume is busy.
+fn by(frontend: Frontend) -> Caller {
+    Caller {
+        frontend,
+        wait_if_busy: false,
+    }
 }

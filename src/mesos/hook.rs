@@ -187,6 +187,7 @@ fn engine_status(e: &EngineError) -> u16 {
         | EngineError::WrongPhase { .. }
         | EngineError::TargetConflict { .. } => 409,
         EngineError::Busy { .. } => 503,
+        EngineError::HeldByOther { .. } => 403,
         EngineError::NoCapacity { .. } | EngineError::TooManyVolumes { .. } => 507,
         EngineError::Host { .. } | EngineError::Store { .. } => 500,
     }
@@ -223,10 +224,13 @@ fn prepare(
     // Marathon's ids are absolute; `mysql` in a definition is `/mysql`.
     let app_id = format!("/{}", definition.id().trim_start_matches('/'));
     let app_id = app_id.as_str();
-    let existing = engine.list(&VolumeFilter {
-        app_id: Some(app_id.to_string()),
-        ..VolumeFilter::default()
-    });
+    let existing = engine.list_as(
+        CALLER,
+        &VolumeFilter {
+            app_id: Some(app_id.to_string()),
+            ..VolumeFilter::default()
+        },
+    );
     // Everything is checked before the first volume is touched.
     let mut wanted = Vec::new();
     for pv in definition.persistent_volumes() {
@@ -662,10 +666,13 @@ fn cleanup(
         )?);
     }
     let volumes: Vec<Volume> = engine
-        .list(&VolumeFilter {
-            task_id: Some(request.task_id.clone()),
-            ..VolumeFilter::default()
-        })
+        .list_as(
+            CALLER,
+            &VolumeFilter {
+                task_id: Some(request.task_id.clone()),
+                ..VolumeFilter::default()
+            },
+        )
         .into_iter()
         .filter(|v| {
             v.owner.framework_id == request.framework_id && v.owner.persistence_id.is_some()
@@ -690,7 +697,7 @@ fn cleanup(
     }
     let mut cleaned = Vec::new();
     for v in volumes {
-        let after = engine.get(&v.name)?;
+        let after = engine.get_as(CALLER, &v.name)?;
         cleaned.push(CleanedVolume {
             volume: v.name.to_string(),
             container_path: v.owner.container_path.clone(),

@@ -5,11 +5,15 @@
 //! `fsync`ed before `commit()` returns (`Durability::Immediate`). A `kill -9` at any instant
 //! leaves either the previous or the next committed state, never a torn record, and it needs
 //! no external process or write-ahead log of our own. Records are JSON so an operator can
-//! read a dump, and so fields can be added without a migration; the schema version in the
-//! `meta` table guards against an older berth opening a newer store.
+//! read a dump, and so optional fields can be added without a migration; the schema version
+//! in the `meta` table guards against an older berth opening a newer store, and an older
+//! store is migrated at open (see [`migrate`]).
 //!
 //! The store knows keys and serializable records, not what a volume is: the engine owns the
-//! record type, so the store sits below the engine and imports nothing of it.
+//! record type, so the store sits below the engine and imports nothing of it. Only a
+//! migration reads old records, as the JSON an older berth wrote.
+
+pub mod migrate;
 
 use std::path::{Path, PathBuf};
 
@@ -19,7 +23,8 @@ use serde::de::DeserializeOwned;
 use thiserror::Error;
 
 /// The record layout this build reads and writes.
-pub const SCHEMA_VERSION: u64 = 1;
+/// 2: every record names the front-end that owns it (`frontend`).
+pub const SCHEMA_VERSION: u64 = 2;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const VOLUMES: TableDefinition<&str, &[u8]> = TableDefinition::new("volumes_v1");
@@ -38,6 +43,13 @@ pub enum StoreError {
     Schema { path: PathBuf, found: u64 },
     #[error("the record of volume {key} cannot be read: {reason}")]
     Corrupt { key: String, reason: String },
+    #[error("migrating the store at {path} from schema version {from}: volume {key}: {reason}")]
+    Migration {
+        path: PathBuf,
+        from: u64,
+        key: String,
+        reason: String,
+    },
     #[error("store transaction: {0}")]
     Transaction(#[from] Box<redb::Error>),
 }
@@ -56,6 +68,15 @@ impl Store {
     /// Opens (or creates) the store file. redb holds an exclusive lock on it, so a second
     /// daemon on the same state directory fails here.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_observing_migration(path, &mut |_| {})
+    }
+
+    /// [`Store::open`], calling `rewrote(n)` after the n-th record of a migration has been
+    /// rewritten (inside the uncommitted transaction): crash tests kill the process there.
+    pub fn open_observing_migration(
+        path: &Path,
+        rewrote: &mut dyn FnMut(usize),
+    ) -> Result<Self, StoreError> {
         let open_err = |e: redb::Error| StoreError::Open {
             path: path.to_path_buf(),
             source: Box::new(e),
@@ -65,7 +86,7 @@ impl Store {
             db,
             path: path.to_path_buf(),
         };
-        store.check_schema()?;
+        store.check_schema(rewrote)?;
         Ok(store)
     }
 
@@ -73,14 +94,18 @@ impl Store {
         &self.path
     }
 
-    fn check_schema(&self) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(txn_err)?;
+    /// Creates the tables of a new store, or migrates an older one to [`SCHEMA_VERSION`] in
+    /// one durable transaction.
+    fn check_schema(&self, rewrote: &mut dyn FnMut(usize)) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write().map_err(txn_err)?;
+        txn.set_durability(Durability::Immediate).map_err(txn_err)?;
         {
             let mut meta = txn.open_table(META).map_err(txn_err)?;
             let found = meta
                 .get("schema_version")
                 .map_err(txn_err)?
                 .map(|v| v.value());
+            let mut volumes = txn.open_table(VOLUMES).map_err(txn_err)?;
             match found {
                 Some(v) if v > SCHEMA_VERSION => {
                     return Err(StoreError::Schema {
@@ -88,15 +113,56 @@ impl Store {
                         found: v,
                     });
                 }
-                Some(_) => {}
-                None => {
-                    meta.insert("schema_version", SCHEMA_VERSION)
-                        .map_err(txn_err)?;
+                Some(SCHEMA_VERSION) => return Ok(()),
+                Some(1) => self.migrate_v1(&mut volumes, rewrote)?,
+                Some(other) => {
+                    return Err(StoreError::Schema {
+                        path: self.path.clone(),
+                        found: other,
+                    });
                 }
+                None => {}
             }
-            txn.open_table(VOLUMES).map_err(txn_err)?;
+            meta.insert("schema_version", SCHEMA_VERSION)
+                .map_err(txn_err)?;
         }
         txn.commit().map_err(txn_err)
+    }
+
+    /// Version 1 → 2 inside the caller's transaction: every record gains its `frontend`.
+    fn migrate_v1(
+        &self,
+        volumes: &mut redb::Table<&str, &[u8]>,
+        rewrote: &mut dyn FnMut(usize),
+    ) -> Result<(), StoreError> {
+        let failed = |key: &str, reason: String| StoreError::Migration {
+            path: self.path.clone(),
+            from: 1,
+            key: key.to_string(),
+            reason,
+        };
+        let mut records = Vec::new();
+        for entry in volumes.iter().map_err(txn_err)? {
+            let (key, value) = entry.map_err(txn_err)?;
+            let key = key.value().to_string();
+            let mut record: serde_json::Value =
+                serde_json::from_slice(value.value()).map_err(|e| failed(&key, e.to_string()))?;
+            migrate::v1_to_v2(&mut record).map_err(|reason| failed(&key, reason))?;
+            let bytes = serde_json::to_vec(&record).map_err(|e| failed(&key, e.to_string()))?;
+            records.push((key, bytes));
+        }
+        for (n, (key, bytes)) in records.iter().enumerate() {
+            volumes
+                .insert(key.as_str(), bytes.as_slice())
+                .map_err(txn_err)?;
+            rewrote(n + 1);
+        }
+        tracing::info!(
+            store = %self.path.display(),
+            volumes = records.len(),
+            "migrated the store from schema version 1 to 2: each volume's owning front-end inferred"
+        );
+        Ok(())
     }
 
     /// Every record. A record that cannot be decoded is an error naming it, never silently

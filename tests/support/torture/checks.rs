@@ -21,12 +21,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use berth::admin::views::{VolumeList, VolumeView};
-use berth::engine::types::{Backend, PublicationState, PublishTarget, VolumeState};
+use berth::engine::types::{Backend, OwnerFrontend, PublicationState, PublishTarget, VolumeState};
 use serde_json::{Value, json};
 
 use super::berth::{Endpoints, loops_under, mounts_under};
 use super::csi::{Csi, describe};
-use super::model::{Action, Layout, Op, SUM_FILE, Via, Vol};
+use super::model::{Action, Front, Layout, Op, SUM_FILE, Via, Vol};
 
 /// What the test knows: every volume name it uses and what it believes of each.
 pub struct World<'a> {
@@ -84,12 +84,29 @@ pub fn check(world: &World<'_>, csi: &Csi, endpoints: &Endpoints) -> Result<u64,
         .into_iter()
         .collect();
     let docker_list = docker_volumes(endpoints)?;
-    let admin_names: BTreeSet<&String> = store.keys().collect();
+    // The admin API lists every volume; each front-end exactly those it owns.
+    let owned_by = |front: OwnerFrontend| -> BTreeSet<&String> {
+        store
+            .iter()
+            .filter(|(_, v)| v.frontend == front)
+            .map(|(name, _)| name)
+            .collect()
+    };
+    let (admin_csi, admin_docker) = (
+        owned_by(OwnerFrontend::Csi),
+        owned_by(OwnerFrontend::Docker),
+    );
     let csi_names: BTreeSet<&String> = csi_list.keys().collect();
     let docker_names: BTreeSet<&String> = docker_list.keys().collect();
-    facts.hold(admin_names == csi_names && csi_names == docker_names, || {
+    facts.hold(admin_csi == csi_names && admin_docker == docker_names, || {
         format!(
-            "the front-ends list different volumes: admin {admin_names:?}, CSI {csi_names:?}, Docker {docker_names:?}"
+            "the front-ends list other volumes than they own: admin's CSI-owned {admin_csi:?}, CSI {csi_names:?}, admin's Docker-owned {admin_docker:?}, Docker {docker_names:?}"
+        )
+    })?;
+    facts.hold(admin_csi.len() + admin_docker.len() == store.len(), || {
+        format!(
+            "volumes owned by neither CSI nor Docker: {:?}",
+            store.keys()
         )
     })?;
 
@@ -117,6 +134,9 @@ pub fn check(world: &World<'_>, csi: &Csi, endpoints: &Endpoints) -> Result<u64,
                 layout.data(name).display()
             )
         })?;
+        if view.frontend != OwnerFrontend::Docker {
+            continue;
+        }
         let mountpoint = docker_list.get(name).cloned().unwrap_or_default();
         facts.hold(Path::new(&mountpoint) == view.path, || {
             format!(
@@ -290,9 +310,11 @@ fn compare(
             view.backend
         )
     })?;
+    // CSI lists only its own volumes.
     let capacity = v.size.unwrap_or(0) as i64;
-    facts.hold(csi_capacity == Some(capacity), || {
-        format!("volume {name}: CSI lists capacity {csi_capacity:?}, acknowledged {capacity}")
+    let expected = (v.front == Front::Csi).then_some(capacity);
+    facts.hold(csi_capacity == expected, || {
+        format!("volume {name}: CSI lists capacity {csi_capacity:?}, expected {expected:?}")
     })?;
     let mut expected: BTreeSet<String> = v.docker.iter().map(|id| format!("docker:{id}")).collect();
     if let Some(p) = &v.csi {

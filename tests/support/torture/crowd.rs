@@ -3,7 +3,8 @@
 //! an answer is judged by what can be true whatever the other clients did:
 //!
 //! - every answer is a success or a refusal that names a real conflict (not found, already
-//!   exists, busy, in use, being created or deleted); never an internal error, never a lost
+//!   exists, busy, in use, being created or deleted, held by the other front-end: a name
+//!   CSI created is not Docker's, and the reverse); never an internal error, never a lost
 //!   connection, never a hang;
 //! - what a client holds is exact, because only it publishes and unpublishes its own
 //!   targets and mount IDs: a publication it was told succeeded stays until it removes it
@@ -384,7 +385,8 @@ impl Client {
                 let answer = http_answer(
                     "Docker Get",
                     endpoints.docker("/VolumeDriver.Get", &json!({"Name": name})),
-                    &[404],
+                    // 409: the name is held by CSI, which Docker may not see.
+                    &[404, 409],
                 )?;
                 self.note("docker get", &answer);
             }

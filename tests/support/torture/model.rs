@@ -201,17 +201,22 @@ pub fn choose(
         return op(Action::Create { front, size }, Expect::Success);
     };
     let published = v.csi.is_some() || !v.docker.is_empty();
-    let growable = v.size.is_some_and(|s| s + GROWTH <= MAX_SIZE);
+    // Only the front-end that created a volume acts on it (and the admin API on any).
+    let csi = v.front == Front::Csi;
+    let docker = v.front == Front::Docker;
+    let growable = csi && v.size.is_some_and(|s| s + GROWTH <= MAX_SIZE);
     let weights = [
-        1,                                   // create again: idempotent
-        3 * u64::from(v.csi.is_none()),      // stage + publish
-        3 * u64::from(v.docker.len() < 2),   // docker mount
-        3 * u64::from(v.csi.is_some()),      // unpublish + unstage
-        3 * u64::from(!v.docker.is_empty()), // docker unmount
-        2 * u64::from(growable),             // expand
-        3 * u64::from(!published),           // delete
-        u64::from(published),                // delete while published: refused
+        1,                                           // create again: idempotent
+        3 * u64::from(csi && v.csi.is_none()),       // stage + publish
+        3 * u64::from(docker && v.docker.len() < 2), // docker mount
+        3 * u64::from(v.csi.is_some()),              // unpublish + unstage
+        3 * u64::from(!v.docker.is_empty()),         // docker unmount
+        2 * u64::from(growable),                     // expand
+        3 * u64::from(!published),                   // delete
+        u64::from(published),                        // delete while published: refused
     ];
+    let owner_remover = if csi { Remover::Csi } else { Remover::Docker };
+    let removers = [owner_remover, Remover::AdminWipe];
     match rng.weighted(&weights) {
         0 => op(
             Action::Create {
@@ -252,12 +257,9 @@ pub fn choose(
                 Expect::Success
             },
         ),
-        6 => op(
-            Action::Delete(*rng.pick(&[Remover::Csi, Remover::Docker, Remover::AdminWipe])),
-            Expect::Success,
-        ),
+        6 => op(Action::Delete(*rng.pick(&removers)), Expect::Success),
         _ => op(
-            Action::Delete(*rng.pick(&[Remover::Csi, Remover::Docker, Remover::AdminWipe])),
+            Action::Delete(*rng.pick(&removers)),
             Expect::Refused(Refusal::InUse),
         ),
     }
