@@ -482,8 +482,8 @@ fn volume_filter(query: &Query) -> Result<VolumeFilter, String> {
 pub fn status_of(e: &EngineError) -> u16 {
     match e {
         EngineError::Input(_) => 400,
-        EngineError::NotFound { .. } => 404,
-        EngineError::AlreadyExists { .. } => 409,
+        EngineError::NotFound { .. } | EngineError::SnapshotNotFound { .. } => 404,
+        EngineError::AlreadyExists { .. } | EngineError::SnapshotExists { .. } => 409,
         EngineError::Busy { .. } => 409,
         EngineError::InUse { .. } => 409,
         EngineError::WrongPhase { .. } => 409,

@@ -70,6 +70,7 @@
 
 mod btrfs;
 mod quota;
+mod snapshot;
 
 use std::collections::{BTreeSet, HashSet};
 use std::ffi::{CStr, CString, OsStr};
@@ -2368,6 +2369,18 @@ impl Host for LinuxHost {
 
     fn sync_path(&self, path: &Path) -> Result<(), HostError> {
         sync_path(path)
+    }
+
+    fn copy_image(&self, from: &Path, to: &Path, freeze: Option<&Path>) -> Result<(), HostError> {
+        snapshot::copy_image(from, to, freeze)
+    }
+
+    fn thaw(&self, mount_point: &Path) -> Result<(), HostError> {
+        snapshot::thaw(mount_point)
+    }
+
+    fn btrfs_snapshot(&self, from: &Path, to: &Path, read_only: bool) -> Result<(), HostError> {
+        btrfs::snapshot_subvolume(from, to, read_only)
     }
 
     fn fs_kind(&self, path: &Path) -> Result<FsKind, HostError> {

@@ -7,12 +7,16 @@
 //! no external process or write-ahead log of our own. Records are JSON so an operator can
 //! read a dump, and so fields can be added without a migration; the schema version in the
 //! `meta` table guards against an older berth opening a newer store.
+//!
+//! Snapshots have their own table, keyed by snapshot name: their namespace is separate from
+//! the volumes' (a snapshot may share a name with a volume).
 
 use std::path::{Path, PathBuf};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use thiserror::Error;
 
+use crate::engine::snapshot::Snapshot;
 use crate::engine::types::{Volume, VolumeName};
 
 /// The record layout this build reads and writes.
@@ -20,6 +24,7 @@ pub const SCHEMA_VERSION: u64 = 1;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const VOLUMES: TableDefinition<&str, &[u8]> = TableDefinition::new("volumes_v1");
+const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots_v1");
 
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -33,7 +38,7 @@ pub enum StoreError {
         "the store at {path} has schema version {found}, this berth understands up to {SCHEMA_VERSION}; upgrade berth"
     )]
     Schema { path: PathBuf, found: u64 },
-    #[error("the record of volume {key} cannot be read: {reason}")]
+    #[error("the record {key} cannot be read: {reason}")]
     Corrupt { key: String, reason: String },
     #[error("store transaction: {0}")]
     Transaction(#[from] Box<redb::Error>),
@@ -92,6 +97,7 @@ impl Store {
                 }
             }
             txn.open_table(VOLUMES).map_err(txn_err)?;
+            txn.open_table(SNAPSHOTS).map_err(txn_err)?;
         }
         txn.commit().map_err(txn_err)
     }
@@ -99,47 +105,77 @@ impl Store {
     /// Every volume record. A record that cannot be decoded is an error naming it, never
     /// silently dropped.
     pub fn load_all(&self) -> Result<Vec<Volume>, StoreError> {
+        self.load(VOLUMES)
+    }
+
+    /// Every snapshot record, read like [`Store::load_all`].
+    pub fn load_snapshots(&self) -> Result<Vec<Snapshot>, StoreError> {
+        self.load(SNAPSHOTS)
+    }
+
+    fn load<T: serde::de::DeserializeOwned>(
+        &self,
+        definition: TableDefinition<&str, &[u8]>,
+    ) -> Result<Vec<T>, StoreError> {
         let txn = self.db.begin_read().map_err(txn_err)?;
-        let table = txn.open_table(VOLUMES).map_err(txn_err)?;
-        let mut volumes = Vec::new();
+        let table = txn.open_table(definition).map_err(txn_err)?;
+        let mut records = Vec::new();
         for entry in table.iter().map_err(txn_err)? {
             let (key, value) = entry.map_err(txn_err)?;
-            let volume: Volume =
+            let record =
                 serde_json::from_slice(value.value()).map_err(|e| StoreError::Corrupt {
                     key: key.value().to_string(),
                     reason: e.to_string(),
                 })?;
-            volumes.push(volume);
+            records.push(record);
         }
-        Ok(volumes)
+        Ok(records)
     }
 
     /// Writes one volume's record durably.
     pub fn put(&self, volume: &Volume) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(volume).map_err(|e| StoreError::Corrupt {
-            key: volume.name.to_string(),
-            reason: e.to_string(),
-        })?;
-        self.write(|table| {
-            table
-                .insert(volume.name.as_str(), bytes.as_slice())
-                .map(|_| ())
-        })
+        self.put_record(VOLUMES, &volume.name, volume)
     }
 
     /// Removes one volume's record durably; a missing record is fine.
     pub fn remove(&self, name: &VolumeName) -> Result<(), StoreError> {
-        self.write(|table| table.remove(name.as_str()).map(|_| ()))
+        self.write(VOLUMES, |table| table.remove(name.as_str()).map(|_| ()))
+    }
+
+    /// Writes one snapshot's record durably.
+    pub fn put_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
+        self.put_record(SNAPSHOTS, &snapshot.name, snapshot)
+    }
+
+    /// Removes one snapshot's record durably; a missing record is fine.
+    pub fn remove_snapshot(&self, name: &VolumeName) -> Result<(), StoreError> {
+        self.write(SNAPSHOTS, |table| table.remove(name.as_str()).map(|_| ()))
+    }
+
+    fn put_record(
+        &self,
+        definition: TableDefinition<&str, &[u8]>,
+        key: &VolumeName,
+        record: &impl serde::Serialize,
+    ) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(record).map_err(|e| StoreError::Corrupt {
+            key: key.to_string(),
+            reason: e.to_string(),
+        })?;
+        self.write(definition, |table| {
+            table.insert(key.as_str(), bytes.as_slice()).map(|_| ())
+        })
     }
 
     fn write(
         &self,
+        definition: TableDefinition<&str, &[u8]>,
         change: impl FnOnce(&mut redb::Table<&str, &[u8]>) -> Result<(), redb::StorageError>,
     ) -> Result<(), StoreError> {
         let mut txn = self.db.begin_write().map_err(txn_err)?;
         txn.set_durability(Durability::Immediate).map_err(txn_err)?;
         {
-            let mut table = txn.open_table(VOLUMES).map_err(txn_err)?;
+            let mut table = txn.open_table(definition).map_err(txn_err)?;
             change(&mut table).map_err(txn_err)?;
         }
         txn.commit().map_err(txn_err)
