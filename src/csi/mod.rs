@@ -26,6 +26,7 @@ mod identity;
 mod node;
 mod params;
 pub mod proto;
+mod snapshots;
 #[cfg(test)]
 mod tests;
 
