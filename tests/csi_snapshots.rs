@@ -318,9 +318,9 @@ async fn the_controller_advertises_snapshots_and_clones() {
         .into_inner()
         .capabilities
         .into_iter()
-        .filter_map(|cap| match cap.r#type {
-            Some(controller_service_capability::Type::Rpc(r)) => Some(r.r#type),
-            None => None,
+        .filter_map(|cap| {
+            cap.r#type
+                .map(|controller_service_capability::Type::Rpc(r)| r.r#type)
         })
         .collect();
     for wanted in [
