@@ -5,6 +5,8 @@
 
 #[path = "support/csi_daemon.rs"]
 mod csi_daemon;
+#[path = "support/host.rs"]
+mod host_support;
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -802,4 +804,51 @@ async fn kill_9_during_snapshots_and_restores_leaves_nothing_half_made() {
         log.matches("rolled back a create interrupted by a crash")
             .count()
     );
+}
+
+/// The same round trip on a btrfs pool (a btrfs on a loop device): the snapshot is a
+/// read-only subvolume, the restore a writable snapshot of it with its own qgroup limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn btrfs_snapshots_are_read_only_subvolumes_and_restore_exactly() {
+    needs_root!();
+    let scratch = host_support::Scratch::new();
+    let image = scratch.join("btrfs.img");
+    host_support::make_fs(&image, 512 << 20, "mkfs.btrfs", &["-q", "-f"]);
+    let fs_root = scratch.join("btrfs");
+    host_support::mount_loop(&image, &fs_root, "");
+    let daemon = Daemon::start(&format!(
+        "\n[[pools]]\nname = \"btr\"\nkind = \"path\"\npaths = [\"{}\"]\nbackend = \"btrfs\"\ncapacity = \"256MiB\"\n",
+        fs_root.display()
+    ));
+    let mut c = daemon.clients().await;
+    create(&mut c, create_request("bsrc", "btr", 32 * MIB)).await;
+    let data = fs_root.join("bsrc/data");
+    write_first_generation(&data);
+    let at_snapshot = tree(&data);
+    let snap = take(&mut c, "bsnap", "bsrc").await;
+    assert_eq!(snap.size_bytes, 32 * MIB);
+    let copy = fs_root.join(".snapshots/bsnap");
+    assert_eq!(
+        std::fs::symlink_metadata(&copy).unwrap().ino(),
+        256,
+        "the snapshot is a subvolume"
+    );
+    let refused = std::fs::write(copy.join("data/new"), b"x").unwrap_err();
+    assert_eq!(refused.raw_os_error(), Some(libc::EROFS), "{refused}");
+    write_second_generation(&data);
+
+    create(&mut c, from_snapshot("brestored", "btr", 32 * MIB, "bsnap")).await;
+    let restored = fs_root.join("brestored/data");
+    assert_eq!(tree(&restored), at_snapshot);
+    std::fs::write(restored.join("mine"), b"writable").unwrap();
+    assert!(!copy.join("data/mine").exists());
+    c.controller
+        .delete_snapshot(DeleteSnapshotRequest {
+            snapshot_id: "bsnap".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(!copy.exists(), "the snapshot subvolume is deleted");
+    assert_eq!(tree(&restored).len(), at_snapshot.len() + 1);
 }
