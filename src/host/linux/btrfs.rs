@@ -39,10 +39,11 @@ use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 
-use super::{
+use super::fd::{
     Meta, cstring, fd_kind, fd_real_path, fsync_fd, invalid, mount_by_id, nix_err, open_parent,
-    read_mountinfo, statx_at, statx_fd, tree_usage,
+    read_mountinfo, statx_at, statx_fd,
 };
+use super::walk::tree_usage;
 use crate::host::{FsKind, HostError, MountEntry, TreeUsage};
 
 const BTRFS_IOCTL_MAGIC: u8 = 0x94;
@@ -215,7 +216,7 @@ fn not_a_subvolume(path: &Path, meta: &Meta) -> HostError {
 
 /// Opens the subvolume root at `path` (final component not followed) and checks it is one.
 fn open_subvolume(path: &Path) -> Result<OwnedFd, HostError> {
-    let fd = super::open_dir_nofollow(path)?;
+    let fd = super::fd::open_dir_nofollow(path)?;
     require_btrfs(fd.as_fd(), path)?;
     let meta = statx_fd(fd.as_fd()).map_err(|e| nix_err("stat", path, e))?;
     if meta.is_dir() && meta.ino == BTRFS_FIRST_FREE_OBJECTID {
@@ -227,7 +228,7 @@ fn open_subvolume(path: &Path) -> Result<OwnedFd, HostError> {
 
 pub(super) fn create_subvolume(path: &Path) -> Result<(), HostError> {
     let (parent, name) = open_parent(path)?;
-    let (parent_path, _) = super::split(path)?;
+    let (parent_path, _) = super::fd::split(path)?;
     require_btrfs(parent.as_fd(), parent_path)?;
     let c = cstring("subvolume", path, name.as_bytes())?;
     match statx_at(parent.as_fd(), &c) {
@@ -265,7 +266,7 @@ pub(super) fn create_subvolume(path: &Path) -> Result<(), HostError> {
 pub(super) fn snapshot_subvolume(from: &Path, to: &Path, read_only: bool) -> Result<(), HostError> {
     let source = open_subvolume(from)?;
     let (parent, name) = open_parent(to)?;
-    let (parent_path, _) = super::split(to)?;
+    let (parent_path, _) = super::fd::split(to)?;
     require_btrfs(parent.as_fd(), parent_path)?;
     let c = cstring("snapshot", to, name.as_bytes())?;
     match statx_at(parent.as_fd(), &c) {
@@ -385,13 +386,18 @@ pub(super) fn delete_subvolume(path: &Path) -> Result<(), HostError> {
         Err(e) => return Err(nix_err("stat", path, e)),
     };
     if !meta.is_symlink() {
-        let (parent_path, _) = super::split(path)?;
+        let (parent_path, _) = super::fd::split(path)?;
         require_btrfs(parent.as_fd(), parent_path)?;
     }
     if !is_subvolume_root(&meta) {
         return Err(not_a_subvolume(path, &meta));
     }
-    let sub = match nix::fcntl::openat(&parent, c.as_c_str(), super::oflags_dir(), Mode::empty()) {
+    let sub = match nix::fcntl::openat(
+        &parent,
+        c.as_c_str(),
+        super::fd::oflags_dir(),
+        Mode::empty(),
+    ) {
         Ok(fd) => fd,
         Err(Errno::ENOENT) => return Ok(()),
         Err(e) => return Err(nix_err("open", path, e)),

@@ -43,7 +43,7 @@ use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 
-use super::{
+use super::fd::{
     cstring, fd_kind, invalid, mount_by_id, nix_err, oflags_dir, open_dir_nofollow, open_parent,
     statx_at, statx_fd,
 };

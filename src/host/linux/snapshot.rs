@@ -26,7 +26,8 @@ use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 
-use super::{copy_data, fsync_fd, invalid, nix_err, open_dir_nofollow, open_parent, statx_fd};
+use super::copy::copy_data;
+use super::fd::{fsync_fd, invalid, nix_err, open_dir_nofollow, open_parent, statx_fd};
 use crate::host::HostError;
 
 mod ioctl {

@@ -1,0 +1,103 @@
+//! Bind mounts onto `/proc/self/fd/N`, read-only remounts, and unmounts that never follow a
+//! symlink.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::Path;
+
+use nix::errno::Errno;
+use nix::mount::{MntFlags, MsFlags};
+use nix::sys::statvfs::FsFlags;
+
+use super::fd::{fd_path, invalid, mount_by_id, nix_err, open_nofollow};
+use crate::host::HostError;
+
+/// Remounts the bind mount `fd` is the root of, read-only or not, keeping its other
+/// per-mount flags (`MS_REMOUNT|MS_BIND` replaces all of them).
+fn remount(fd: BorrowedFd<'_>, read_only: bool, target: &Path) -> Result<(), HostError> {
+    let current = nix::sys::statvfs::fstatvfs(fd)
+        .map_err(|e| nix_err("statvfs", target, e))?
+        .flags();
+    let mut flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND;
+    for (st, ms) in [
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+    ] {
+        if current.contains(st) {
+            flags |= ms;
+        }
+    }
+    if read_only {
+        flags |= MsFlags::MS_RDONLY;
+    }
+    nix::mount::mount(
+        None::<&str>,
+        &fd_path(fd),
+        None::<&str>,
+        flags,
+        None::<&str>,
+    )
+    .map_err(|e| nix_err("remount", target, e))
+}
+
+pub(super) fn bind_mount(source: &Path, target: &Path, read_only: bool) -> Result<(), HostError> {
+    let (src_fd, src_meta) = open_nofollow(source)?;
+    let (tgt_fd, tgt_meta) = open_nofollow(target)?;
+    if tgt_meta.mount_root && tgt_meta.same_inode(&src_meta) {
+        // Already bound (the top mount at target shows the source's inode).
+        let entry = mount_by_id(tgt_meta.mnt_id)?;
+        if entry.is_some_and(|e| e.is_read_only() != read_only) {
+            remount(tgt_fd.as_fd(), read_only, target)?;
+        }
+        return Ok(());
+    }
+    if src_meta.is_dir() != tgt_meta.is_dir() {
+        return Err(invalid(
+            "mount",
+            target,
+            if src_meta.is_dir() {
+                "source is a directory, target is not"
+            } else {
+                "source is not a directory, target is"
+            },
+        ));
+    }
+    nix::mount::mount(
+        Some(&fd_path(src_fd.as_fd())),
+        &fd_path(tgt_fd.as_fd()),
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|e| nix_err("mount", target, e))?;
+    if !read_only {
+        return Ok(());
+    }
+    // The fd still names the dentry under the new mount: resolve the target again, which
+    // lands on the root of the mount just made, and check that before remounting it.
+    let (top_fd, top_meta) = open_nofollow(target)?;
+    if !(top_meta.mount_root && top_meta.same_inode(&src_meta)) {
+        return Err(HostError::io(
+            "remount",
+            target,
+            io::Error::other("target changed while it was being mounted"),
+        ));
+    }
+    if let Err(e) = remount(top_fd.as_fd(), true, target) {
+        // Never leave a writable mount where a read-only one was asked for.
+        let _ = nix::mount::umount2(&fd_path(top_fd.as_fd()), MntFlags::empty());
+        return Err(e);
+    }
+    Ok(())
+}
+
+pub(super) fn unmount(target: &Path) -> Result<(), HostError> {
+    match nix::mount::umount2(target, MntFlags::UMOUNT_NOFOLLOW) {
+        Ok(()) | Err(Errno::EINVAL | Errno::ENOENT) => Ok(()),
+        Err(e) => Err(nix_err("umount", target, e)),
+    }
+}
