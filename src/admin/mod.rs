@@ -29,6 +29,7 @@
 pub mod cli;
 mod marathon;
 pub mod prometheus;
+pub mod snapshots;
 pub mod views;
 
 use std::collections::BTreeMap;
@@ -253,6 +254,28 @@ impl Admin {
                     _ => method_not_allowed("GET, DELETE"),
                 }
             }
+            ["v1", "snapshots"] => match check_method(&req, "GET") {
+                Some(refused) => refused,
+                None => self.list_snapshots(&query).await,
+            },
+            ["v1", "snapshots", id] => match percent_decode(id) {
+                Ok(id) => self.snapshot_route(req.method.as_str(), &id, &query).await,
+                Err(e) => bad_request(&e),
+            },
+            ["v1", "volumes", volume, "snapshots", id] => match check_method(&req, "POST") {
+                Some(refused) => refused,
+                None => match (percent_decode(volume), percent_decode(id)) {
+                    (Ok(v), Ok(id)) => self.take_snapshot(&v, &id, &query).await,
+                    (Err(e), _) | (_, Err(e)) => bad_request(&e),
+                },
+            },
+            ["v1", "snapshots", id, "restore", new_name] => match check_method(&req, "POST") {
+                Some(refused) => refused,
+                None => match (percent_decode(id), percent_decode(new_name)) {
+                    (Ok(id), Ok(n)) => self.restore(&id, &n, &query).await,
+                    (Err(e), _) | (_, Err(e)) => bad_request(&e),
+                },
+            },
             ["v2", "apps", rest @ ..] if !rest.is_empty() => {
                 marathon::route(&self, &req.method, rest, &query).await
             }
