@@ -4,129 +4,18 @@
 //! One daemon per state directory: `serve` first takes an `flock` on `STATE_DIR/berth.lock`
 //! and holds it until it exits, so a second daemon on the same state stops before it touches
 //! anything, saying which lock is held.
-//!
-//! Sockets: a socket path is guarded by an `flock`ed lock file beside it (`PATH.lock`), so
-//! a second daemon cannot take a socket that a live one serves; a socket left by a crashed
-//! daemon (its lock is free) is replaced, but nothing else is: a file that is not a socket
-//! at that path is refused, never deleted. Sockets are removed on shutdown, so `docker
-//! volume ls` never waits on a dead plugin socket.
 
 use std::future::Future;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use thiserror::Error;
-use tokio::net::UnixListener;
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::engine::{Engine, EngineError, VolumeService};
+use crate::engine::{Engine, VolumeService};
 use crate::host::linux::LinuxHost;
-
-#[derive(Debug, Error)]
-pub enum DaemonError {
-    #[error("{what} {path}: {source}")]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error(
-        "{path} is served by another running berth (its lock {lock} is held); stop it or configure another path"
-    )]
-    SocketInUse { path: PathBuf, lock: PathBuf },
-    #[error(
-        "{path} exists and is not a socket; berth replaces only a stale socket there: move it away or configure another path"
-    )]
-    NotASocket { path: PathBuf },
-    #[error(
-        "state directory {state_dir} is used by another running berth (its lock {lock} is held); stop that one or give this one another state_dir"
-    )]
-    StateInUse { state_dir: PathBuf, lock: PathBuf },
-    #[error(transparent)]
-    Engine(#[from] EngineError),
-    #[error("{0}")]
-    Config(String),
-}
-
-fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> DaemonError {
-    let path = path.to_path_buf();
-    move |source| DaemonError::Io { what, path, source }
-}
-
-/// A listening unix socket and the lock that makes it ours; dropping it removes the socket.
-pub struct BoundSocket {
-    pub listener: UnixListener,
-    path: PathBuf,
-    _lock: std::fs::File,
-}
-
-impl Drop for BoundSocket {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
-/// Accepts `unix:///path`, `unix:/path` and plain `/path`.
-pub fn socket_path(endpoint: &str) -> PathBuf {
-    let trimmed = endpoint
-        .strip_prefix("unix://")
-        .or_else(|| endpoint.strip_prefix("unix:"))
-        .unwrap_or(endpoint);
-    PathBuf::from(trimmed)
-}
-
-/// Binds a unix socket safely; see the module docs. Must be called inside a tokio runtime.
-pub fn bind_socket(endpoint: &str, mode: u32) -> Result<BoundSocket, DaemonError> {
-    let path = socket_path(endpoint);
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(io_err("creating the directory of", &path))?;
-    }
-    let lock_path = PathBuf::from(format!("{}.lock", path.display()));
-    let Some(lock) = try_lock(&lock_path)? else {
-        return Err(DaemonError::SocketInUse {
-            path,
-            lock: lock_path,
-        });
-    };
-    match std::fs::symlink_metadata(&path) {
-        Ok(meta) if !meta.file_type().is_socket() => {
-            return Err(DaemonError::NotASocket { path });
-        }
-        _ => {}
-    }
-    match std::fs::remove_file(&path) {
-        Ok(()) => tracing::info!(socket = %path.display(), "replaced a stale socket"),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_err("removing the stale socket", &path)(e)),
-    }
-    let listener = UnixListener::bind(&path).map_err(io_err("binding", &path))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
-        .map_err(io_err("setting the mode of", &path))?;
-    Ok(BoundSocket {
-        listener,
-        path,
-        _lock: lock,
-    })
-}
-
-/// Opens (creating) the lock file and takes an exclusive `flock` on it without waiting;
-/// `None` if another process holds it. The lock lasts as long as the returned file is open.
-fn try_lock(path: &Path) -> Result<Option<std::fs::File>, DaemonError> {
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .map_err(io_err("opening the lock file", path))?;
-    // SAFETY: flock on a file descriptor we own; the caller keeps the file open for as long
-    // as it needs the lock.
-    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    Ok((locked == 0).then_some(file))
-}
+use crate::server::socket::try_lock;
+use crate::server::{DaemonError, io_err, sweep_pending_reservations};
 
 /// Takes the state directory's lock (see the module docs), creating the directory.
 fn lock_state_dir(state_dir: &Path) -> Result<std::fs::File, DaemonError> {
@@ -191,15 +80,6 @@ pub fn open_engine(config: &Config) -> Result<Arc<dyn VolumeService>, DaemonErro
     Ok(Arc::new(engine))
 }
 
-/// A shutdown future that front-end servers can each hold a copy of.
-pub async fn shutdown_future(mut rx: watch::Receiver<bool>) {
-    while !*rx.borrow() {
-        if rx.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
 /// Runs the daemon until a signal (or `stop` resolves, for tests).
 pub async fn serve(
     config: Config,
@@ -241,35 +121,3 @@ pub async fn serve(
     while servers.join_next().await.is_some() {}
     Ok(())
 }
-
-/// How often pending reservations are checked against their deadlines.
-const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Rolls back pending reservations whose task never attached in time (see
-/// [`VolumeService::expire_pending_reservations`]); the engine logs each one.
-pub async fn sweep_pending_reservations(
-    engine: Arc<dyn VolumeService>,
-    stop: watch::Receiver<bool>,
-) -> Result<(), DaemonError> {
-    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let stop = shutdown_future(stop);
-    tokio::pin!(stop);
-    loop {
-        tokio::select! {
-            _ = &mut stop => return Ok(()),
-            _ = tick.tick() => {}
-        }
-        let engine = Arc::clone(&engine);
-        let swept = tokio::task::spawn_blocking(move || {
-            engine.expire_pending_reservations(crate::engine::now_ms())
-        })
-        .await;
-        if let Err(e) = swept {
-            tracing::error!(error = %e, "the pending-reservation sweep panicked");
-        }
-    }
-}
-
-/// What each front-end's `start` adds to the daemon: a task that serves until shutdown.
-pub type Servers = tokio::task::JoinSet<Result<(), DaemonError>>;

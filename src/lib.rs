@@ -9,7 +9,8 @@
 //! - [`config`]: the typed configuration and its embedded default.
 //! - [`csi`], [`docker`], [`admin`], [`mesos`]: front-ends. They parse their protocol, call
 //!   the engine and map its errors; no volume logic of their own.
-//! - [`http`]: the small HTTP/1.1 server the Docker and admin APIs share.
+//! - [`server`]: plumbing the front-ends share: unix sockets, the small HTTP/1.1 server,
+//!   shutdown.
 //! - [`daemon`]: wiring for `berth serve`: sockets, lock file, signals.
 
 pub mod admin;
@@ -19,6 +20,6 @@ pub mod daemon;
 pub mod docker;
 pub mod engine;
 pub mod host;
-pub mod http;
 pub mod mesos;
+pub mod server;
 pub mod store;

@@ -26,7 +26,7 @@ use berth::engine::pool::{BackendChoice, PoolConfig};
 use berth::engine::types::*;
 use berth::engine::{Engine, EngineConfig, EngineError, NodeInfo, VolumeService};
 use berth::host::linux::LinuxHost;
-use berth::http::{HttpLimits, Reply, Request};
+use berth::server::http::{HttpLimits, Reply, Request};
 
 const CALLER: Caller = Caller {
     frontend: Frontend::Internal,
@@ -828,7 +828,7 @@ impl Server {
                 Reply::text(200, req.body.len().to_string())
             };
             let on_error = |status: u16, message: &str| Reply::text(status, message.to_string());
-            berth::http::serve(accept, handle, limits, on_error, async {
+            berth::server::http::serve(accept, handle, limits, on_error, async {
                 let _ = stopped.await;
             })
             .await;

@@ -12,7 +12,7 @@ use berth::engine::pool::PoolConfig;
 use berth::engine::types::{VolumeFilter, VolumeState};
 use berth::engine::{Engine, EngineConfig, NodeInfo, VolumeService};
 use berth::host::fake::FakeHost;
-use berth::http::{HttpLimits, Reply};
+use berth::server::http::{HttpLimits, Reply};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/marathon");
 
@@ -150,7 +150,7 @@ impl Hook {
         let served = Arc::clone(&engine);
         runtime.spawn(async move {
             let listener = Arc::new(listener);
-            berth::http::serve(
+            berth::server::http::serve(
                 move || {
                     let listener = Arc::clone(&listener);
                     async move { listener.accept().await.map(|(stream, _)| stream) }

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use berth::config::{Config, DEFAULT_DRIVER_NAME, DEFAULT_TOPOLOGY_KEY};
-use berth::daemon::socket_path;
+use berth::server::socket_path;
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)

@@ -525,7 +525,7 @@ impl Endpoint {
                     .into(),
             ));
         }
-        Ok(Self::Unix(crate::daemon::socket_path(text)))
+        Ok(Self::Unix(crate::server::socket_path(text)))
     }
 
     fn describe(&self) -> String {

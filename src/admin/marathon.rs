@@ -16,7 +16,7 @@ use serde::Serialize;
 use super::views::DeleteView;
 use super::{Admin, Query, delete_volume, percent_decode, status_of};
 use crate::engine::types::{Volume, VolumeFilter, VolumeState};
-use crate::http::Reply;
+use crate::server::http::Reply;
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]

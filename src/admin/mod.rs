@@ -42,12 +42,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::daemon::{DaemonError, Servers, bind_socket, shutdown_future};
 use crate::engine::types::{
     Caller, Frontend, ReclaimPolicy, VolumeFilter, VolumeName, VolumeState,
 };
 use crate::engine::{EngineError, PoolSelector, VolumeService};
-use crate::http::{HttpLimits, Reply, Request};
+use crate::server::http::{HttpLimits, Reply, Request};
+use crate::server::{DaemonError, Servers, bind_socket, shutdown_future};
 use views::{DataOutcome, DeleteView, ErrorView, RemovedView, VolumeList, VolumeView};
 
 /// Operators' calls may wait for a busy volume rather than be told to retry.
@@ -539,7 +539,7 @@ fn bad_request(message: &str) -> Reply {
     error_reply(400, "invalid_input", message)
 }
 
-/// For [`crate::http::serve`]: errors the server produces before a handler runs.
+/// For [`crate::server::http::serve`]: errors the server produces before a handler runs.
 fn server_error(status: u16, message: &str) -> Reply {
     error_reply(status, "http", message)
 }
@@ -657,7 +657,8 @@ pub fn start(
                 async move { socket.listener.accept().await.map(|(s, _)| s) }
             };
             let handle = move |req| Arc::clone(&admin).handle(req);
-            crate::http::serve(accept, handle, LIMITS, server_error, shutdown_future(stop)).await;
+            crate::server::http::serve(accept, handle, LIMITS, server_error, shutdown_future(stop))
+                .await;
             Ok(())
         });
     }
@@ -682,7 +683,8 @@ pub fn start(
                 async move { listener.accept().await.map(|(s, _)| s) }
             };
             let handle = move |req| Arc::clone(&admin).handle(req);
-            crate::http::serve(accept, handle, LIMITS, server_error, shutdown_future(stop)).await;
+            crate::server::http::serve(accept, handle, LIMITS, server_error, shutdown_future(stop))
+                .await;
             Ok(())
         });
     }

@@ -12,7 +12,7 @@ use super::{ADMIN, Admin, Query, bad_request, engine_error};
 use crate::engine::snapshot::{Snapshot, SnapshotRequest};
 use crate::engine::types::{CreateRequest, Owner, VolumeName, VolumeSpec};
 use crate::engine::{EngineError, VolumeService};
-use crate::http::Reply;
+use crate::server::http::Reply;
 
 /// A snapshot as the admin API shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]

@@ -586,7 +586,7 @@ async fn a_pending_reservation_is_swept_by_the_daemon_and_can_be_retried() {
     assert_eq!(shown["state"], "reserved");
     assert!(shown["pending_until"].is_string(), "{shown}");
     let (stop_tx, stop_rx) = watch::channel(false);
-    let sweeper = tokio::spawn(crate::daemon::sweep_pending_reservations(
+    let sweeper = tokio::spawn(crate::server::sweep_pending_reservations(
         Arc::clone(&f.engine),
         stop_rx,
     ));

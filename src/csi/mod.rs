@@ -42,9 +42,9 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 use crate::config::Config;
-use crate::daemon::{BoundSocket, DaemonError, Servers};
 use crate::engine::types::{Caller, Frontend, VolumeName};
 use crate::engine::{EngineError, VolumeService};
+use crate::server::{BoundSocket, DaemonError, Servers};
 
 use proto::controller_server::ControllerServer;
 use proto::identity_server::IdentityServer;
@@ -208,13 +208,13 @@ pub fn start(
     if endpoint.is_empty() {
         return Ok(());
     }
-    let bound = crate::daemon::bind_socket(&endpoint, mode)?;
-    tracing::info!(socket = %crate::daemon::socket_path(&endpoint).display(), driver = %config.csi.driver_name, "CSI listening");
+    let bound = crate::server::bind_socket(&endpoint, mode)?;
+    tracing::info!(socket = %crate::server::socket_path(&endpoint).display(), driver = %config.csi.driver_name, "CSI listening");
     let service = CsiService::new(Arc::clone(engine), config.csi.driver_name.clone());
     servers.spawn(serve(
         bound,
         service,
-        crate::daemon::shutdown_future(stop.clone()),
+        crate::server::shutdown_future(stop.clone()),
     ));
     Ok(())
 }
@@ -248,7 +248,7 @@ pub async fn serve(
 /// Connects a client to berth's CSI socket (`/run/berth/csi.sock` or `unix:///...`), for
 /// the generated clients in [`proto`] (`proto::node_client::NodeClient::new(channel)`).
 pub async fn connect(endpoint: &str) -> Result<Channel, tonic::transport::Error> {
-    let path = crate::daemon::socket_path(endpoint);
+    let path = crate::server::socket_path(endpoint);
     // The URI is required by the API but unused: every connection goes to the socket.
     Endpoint::from_static("http://berth.invalid")
         .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {

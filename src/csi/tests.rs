@@ -38,7 +38,7 @@ struct Harness {
     controller: ControllerClient<Channel>,
     node: NodeClient<Channel>,
     stop: watch::Sender<bool>,
-    server: tokio::task::JoinHandle<Result<(), crate::daemon::DaemonError>>,
+    server: tokio::task::JoinHandle<Result<(), crate::server::DaemonError>>,
 }
 
 impl Harness {
@@ -78,7 +78,7 @@ impl Harness {
         let engine = Arc::new(engine);
         let socket = dir.path().join("csi.sock");
         let endpoint = format!("unix://{}", socket.display());
-        let bound = crate::daemon::bind_socket(&endpoint, 0o600).unwrap();
+        let bound = crate::server::bind_socket(&endpoint, 0o600).unwrap();
         let (stop, stop_rx) = watch::channel(false);
         let service = CsiService::new(
             Arc::clone(&engine) as Arc<dyn VolumeService>,
@@ -87,7 +87,7 @@ impl Harness {
         let server = tokio::spawn(serve(
             bound,
             service,
-            crate::daemon::shutdown_future(stop_rx),
+            crate::server::shutdown_future(stop_rx),
         ));
         let channel = connect(&endpoint).await.unwrap();
         Self {

@@ -31,7 +31,7 @@
 //! Errors: engine errors go through [`engine_error_reply`] (one exhaustive match); every
 //! error is `{"Err": "..."}` with a non-200 status, which dockerd reports as
 //! `VolumeDriver.<Method>: <message>`. Bodies are limited to [`MAX_BODY`] bytes; the shared
-//! [`crate::http`] server keeps slow clients from stalling others.
+//! [`crate::server::http`] server keeps slow clients from stalling others.
 //!
 //! Request types follow Docker's protocol, which we do not control, so unknown fields are
 //! ignored (a newer dockerd may add some) and lower-case field names are accepted (Go's JSON
@@ -51,13 +51,13 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::daemon::{DaemonError, Servers, bind_socket, shutdown_future, socket_path};
 use crate::engine::types::{
     AccessType, Caller, CreateRequest, Frontend, Owner, PublishTarget, Volume, VolumeFilter,
     VolumeName, format_size,
 };
 use crate::engine::{EngineError, VolumeService};
-use crate::http::{self, HttpLimits, Reply};
+use crate::server::http::{self, HttpLimits, Reply};
+use crate::server::{DaemonError, Servers, bind_socket, shutdown_future, socket_path};
 
 /// The content type of the plugin protocol.
 pub const CONTENT_TYPE: &str = "application/vnd.docker.plugins.v1.2+json";

@@ -219,8 +219,8 @@ impl<H: Host> Engine<H> {
             source,
         };
         let store = Store::open(&config.store_path).map_err(internal)?;
-        let records = store.load_all().map_err(internal)?;
-        let snapshots = store.load_snapshots().map_err(internal)?;
+        let records: Vec<Volume> = store.load_all().map_err(internal)?;
+        let snapshots: Vec<Snapshot> = store.load_snapshots().map_err(internal)?;
         for pool in config.pools.iter().filter(|p| p.kind != PoolKind::Mount) {
             for base in &pool.paths {
                 for dir in [IMAGES_DIR, RETAINED_DIR] {
@@ -270,7 +270,7 @@ impl<H: Host> Engine<H> {
     /// Commits a record and updates the cache.
     fn save(&self, volume: &Volume, operation: &'static str) -> Result<(), EngineError> {
         self.store
-            .put(volume)
+            .put(volume.name.as_str(), volume)
             .map_err(|source| EngineError::Store {
                 volume: volume.name.to_string(),
                 operation,
@@ -282,7 +282,7 @@ impl<H: Host> Engine<H> {
 
     fn forget(&self, name: &VolumeName, operation: &'static str) -> Result<(), EngineError> {
         self.store
-            .remove(name)
+            .remove(name.as_str())
             .map_err(|source| EngineError::Store {
                 volume: name.to_string(),
                 operation,

@@ -138,7 +138,7 @@ impl<H: Host> Engine<H> {
 
     fn save_snapshot(&self, s: &Snapshot, operation: &'static str) -> Result<(), EngineError> {
         self.store
-            .put_snapshot(s)
+            .put_snapshot(s.name.as_str(), s)
             .map_err(|source| EngineError::Store {
                 volume: format!("snapshot {}", s.name),
                 operation,
@@ -150,7 +150,7 @@ impl<H: Host> Engine<H> {
 
     fn forget_snapshot(&self, s: &Snapshot, operation: &'static str) -> Result<(), EngineError> {
         self.store
-            .remove_snapshot(&s.name)
+            .remove_snapshot(s.name.as_str())
             .map_err(|source| EngineError::Store {
                 volume: format!("snapshot {}", s.name),
                 operation,

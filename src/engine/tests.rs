@@ -260,14 +260,14 @@ fn restart_rolls_back_half_creates_and_finishes_tombstoned_deletes() {
     {
         // Forge the states a crash leaves behind.
         let store = Store::open(&store_path).unwrap();
-        let mut all = store.load_all().unwrap();
+        let mut all: Vec<Volume> = store.load_all().unwrap();
         for v in &mut all {
             match v.name.as_str() {
                 "half" => v.phase = Phase::Creating,
                 "dying" => v.phase = Phase::Deleting { wipe: true },
                 _ => {}
             }
-            store.put(v).unwrap();
+            store.put(v.name.as_str(), v).unwrap();
         }
     }
     let h = host();
@@ -723,13 +723,13 @@ fn a_tombstoned_delete_that_fails_again_at_start_does_not_keep_the_engine_down()
     {
         let store = Store::open(&store_path).unwrap();
         let mut stuck = store
-            .load_all()
+            .load_all::<Volume>()
             .unwrap()
             .into_iter()
             .find(|v| v.name.as_str() == "stuck")
             .unwrap();
         stuck.phase = Phase::Deleting { wipe: true };
-        store.put(&stuck).unwrap();
+        store.put(stuck.name.as_str(), &stuck).unwrap();
     }
     let h = host();
     for n in ["stuck", "fine"] {

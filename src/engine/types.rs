@@ -10,6 +10,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use super::error::InputError;
+pub use crate::host::types::{FsType, Ownership};
 
 /// The longest volume name berth accepts. Kubernetes PV names (`pvc-<uuid>`, 40 bytes) and
 /// Mesos persistence ids (`app#path#uuid`) fit with room to spare; the limit keeps every path
@@ -234,32 +235,6 @@ impl Backend {
     }
 }
 
-/// The filesystem berth makes inside a `loopfs` image.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FsType {
-    Ext4,
-    Xfs,
-}
-
-impl FsType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Ext4 => "ext4",
-            Self::Xfs => "xfs",
-        }
-    }
-
-    /// The smallest image this filesystem is made in: below it `mkfs` refuses (xfs wants more
-    /// than 300 MB) or leaves next to no room beside its own metadata (ext4).
-    pub fn min_size(self) -> u64 {
-        match self {
-            Self::Ext4 => 16 << 20,
-            Self::Xfs => 300 << 20,
-        }
-    }
-}
-
 /// Whether the volume is a filesystem tree or a raw block device.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -292,15 +267,6 @@ impl FromStr for ReclaimPolicy {
             }),
         }
     }
-}
-
-/// Owner and permissions of a volume's data directory, applied at create.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Ownership {
-    pub uid: Option<u32>,
-    pub gid: Option<u32>,
-    /// Permission bits (at most 0o7777).
-    pub mode: Option<u32>,
 }
 
 /// Who a volume belongs to, as the orchestrator names it. Free-form: berth only stores,

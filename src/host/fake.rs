@@ -15,10 +15,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use super::types::{FsType, Ownership};
 use super::{
     FsKind, FsStats, Host, HostError, LoopDevice, MountEntry, RemovalStats, TargetKind, TreeUsage,
 };
-use crate::engine::types::{FsType, Ownership};
 
 /// One recorded call: the operation and its main path.
 #[derive(Clone, Debug, PartialEq, Eq)]

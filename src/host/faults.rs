@@ -9,10 +9,10 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use super::types::{FsType, Ownership};
 use super::{
     FsKind, FsStats, Host, HostError, LoopDevice, MountEntry, RemovalStats, TargetKind, TreeUsage,
 };
-use crate::engine::types::{FsType, Ownership};
 
 #[derive(Default)]
 struct Plan {

@@ -27,6 +27,7 @@ pub mod fake;
 pub mod faults;
 pub mod linux;
 pub mod mountinfo;
+pub mod types;
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -35,7 +36,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-use crate::engine::types::{FsType, Ownership};
+use types::{FsType, Ownership};
 
 pub use mountinfo::MountEntry;
 

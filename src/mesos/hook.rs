@@ -54,7 +54,7 @@ use crate::engine::types::{
     PublishTarget, Volume, VolumeFilter, VolumeName, VolumeSpec, VolumeState, format_size,
 };
 use crate::engine::{EngineError, VolumeService};
-use crate::http::{Reply, Request};
+use crate::server::http::{Reply, Request};
 
 /// A Mesos task launch waits for a busy volume rather than failing.
 const CALLER: Caller = Caller {

@@ -8,16 +8,18 @@
 //! read a dump, and so fields can be added without a migration; the schema version in the
 //! `meta` table guards against an older berth opening a newer store.
 //!
+//! The store knows keys and serializable records, not what a volume is: the engine owns the
+//! record type, so the store sits below the engine and imports nothing of it.
+//!
 //! Snapshots have their own table, keyed by snapshot name: their namespace is separate from
 //! the volumes' (a snapshot may share a name with a volume).
 
 use std::path::{Path, PathBuf};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use thiserror::Error;
-
-use crate::engine::snapshot::Snapshot;
-use crate::engine::types::{Volume, VolumeName};
 
 /// The record layout this build reads and writes.
 pub const SCHEMA_VERSION: u64 = 1;
@@ -25,6 +27,8 @@ pub const SCHEMA_VERSION: u64 = 1;
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const VOLUMES: TableDefinition<&str, &[u8]> = TableDefinition::new("volumes_v1");
 const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots_v1");
+
+type Table = TableDefinition<'static, &'static str, &'static [u8]>;
 
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -102,27 +106,34 @@ impl Store {
         txn.commit().map_err(txn_err)
     }
 
-    /// Every volume record. A record that cannot be decoded is an error naming it, never
-    /// silently dropped.
-    pub fn load_all(&self) -> Result<Vec<Volume>, StoreError> {
+    /// Every record. A record that cannot be decoded is an error naming it, never silently
+    /// dropped.
+    pub fn load_all<T: DeserializeOwned>(&self) -> Result<Vec<T>, StoreError> {
         self.load(VOLUMES)
     }
 
     /// Every snapshot record, read like [`Store::load_all`].
-    pub fn load_snapshots(&self) -> Result<Vec<Snapshot>, StoreError> {
+    pub fn load_snapshots<T: DeserializeOwned>(&self) -> Result<Vec<T>, StoreError> {
         self.load(SNAPSHOTS)
     }
 
-    fn load<T: serde::de::DeserializeOwned>(
-        &self,
-        definition: TableDefinition<&str, &[u8]>,
-    ) -> Result<Vec<T>, StoreError> {
+    /// Writes the snapshot record under `key` durably.
+    pub fn put_snapshot<T: Serialize>(&self, key: &str, record: &T) -> Result<(), StoreError> {
+        self.put_in(SNAPSHOTS, key, record)
+    }
+
+    /// Removes the snapshot record under `key` durably; a missing record is fine.
+    pub fn remove_snapshot(&self, key: &str) -> Result<(), StoreError> {
+        self.write(SNAPSHOTS, |table| table.remove(key).map(|_| ()))
+    }
+
+    fn load<T: DeserializeOwned>(&self, definition: Table) -> Result<Vec<T>, StoreError> {
         let txn = self.db.begin_read().map_err(txn_err)?;
         let table = txn.open_table(definition).map_err(txn_err)?;
         let mut records = Vec::new();
         for entry in table.iter().map_err(txn_err)? {
             let (key, value) = entry.map_err(txn_err)?;
-            let record =
+            let record: T =
                 serde_json::from_slice(value.value()).map_err(|e| StoreError::Corrupt {
                     key: key.value().to_string(),
                     reason: e.to_string(),
@@ -132,44 +143,34 @@ impl Store {
         Ok(records)
     }
 
-    /// Writes one volume's record durably.
-    pub fn put(&self, volume: &Volume) -> Result<(), StoreError> {
-        self.put_record(VOLUMES, &volume.name, volume)
+    /// Writes the record under `key` durably.
+    pub fn put<T: Serialize>(&self, key: &str, record: &T) -> Result<(), StoreError> {
+        self.put_in(VOLUMES, key, record)
     }
 
-    /// Removes one volume's record durably; a missing record is fine.
-    pub fn remove(&self, name: &VolumeName) -> Result<(), StoreError> {
-        self.write(VOLUMES, |table| table.remove(name.as_str()).map(|_| ()))
-    }
-
-    /// Writes one snapshot's record durably.
-    pub fn put_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
-        self.put_record(SNAPSHOTS, &snapshot.name, snapshot)
-    }
-
-    /// Removes one snapshot's record durably; a missing record is fine.
-    pub fn remove_snapshot(&self, name: &VolumeName) -> Result<(), StoreError> {
-        self.write(SNAPSHOTS, |table| table.remove(name.as_str()).map(|_| ()))
-    }
-
-    fn put_record(
+    fn put_in<T: Serialize>(
         &self,
-        definition: TableDefinition<&str, &[u8]>,
-        key: &VolumeName,
-        record: &impl serde::Serialize,
+        definition: Table,
+        key: &str,
+        record: &T,
     ) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(record).map_err(|e| StoreError::Corrupt {
             key: key.to_string(),
             reason: e.to_string(),
         })?;
         self.write(definition, |table| {
-            table.insert(key.as_str(), bytes.as_slice()).map(|_| ())
+            table.insert(key, bytes.as_slice()).map(|_| ())
         })
+    }
+
+    /// Removes the record under `key` durably; a missing record is fine.
+    pub fn remove(&self, key: &str) -> Result<(), StoreError> {
+        self.write(VOLUMES, |table| table.remove(key).map(|_| ()))
     }
 
     fn write(
         &self,
-        definition: TableDefinition<&str, &[u8]>,
+        definition: Table,
         change: impl FnOnce(&mut redb::Table<&str, &[u8]>) -> Result<(), redb::StorageError>,
     ) -> Result<(), StoreError> {
         let mut txn = self.db.begin_write().map_err(txn_err)?;

@@ -14,7 +14,7 @@ use super::fd::{
     cstring, fsync_fd, invalid, nix_err, not_a_dir_error, oflags_dir, open_parent, statx_at,
     statx_fd,
 };
-use crate::engine::types::Ownership;
+use crate::host::types::Ownership;
 use crate::host::{FsStats, HostError, TargetKind};
 
 pub(super) fn make_dir(dir: &Path, ownership: &Ownership) -> Result<(), HostError> {

@@ -16,7 +16,7 @@ use super::fd::{
 };
 use super::image::{run, run_tool};
 use super::loopdev::{SysLoop, ioctl, loops_of, open_device};
-use crate::engine::types::FsType;
+use crate::host::types::FsType;
 use crate::host::{HostError, MountEntry};
 
 pub(super) fn grow_image(

@@ -17,8 +17,8 @@ use super::fd::{
     fd_path, fsync_fd, invalid, mount_by_id, nix_err, open_nofollow, open_parent, statx_fd,
 };
 use super::loopdev::{attach, clear_loop, loops_of, open_device};
-use crate::engine::types::FsType;
 use crate::host::HostError;
+use crate::host::types::FsType;
 
 /// What filesystem signature the start of an image carries.
 fn detect_fs(file: &File, path: &Path) -> Result<Option<FsType>, HostError> {

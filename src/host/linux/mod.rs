@@ -92,7 +92,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 
-use crate::engine::types::{FsType, Ownership};
+use crate::host::types::{FsType, Ownership};
 use crate::host::{
     FsKind, FsStats, Host, HostError, LoopDevice, MountEntry, RemovalStats, TargetKind, TreeUsage,
 };

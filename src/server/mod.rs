@@ -1,0 +1,93 @@
+//! Plumbing every front-end shares, below the front-ends and above the engine: unix sockets
+//! ([`socket`]), the small HTTP/1.1 server ([`http`]), the shutdown signal and the serving
+//! tasks the daemon waits on (among them the pending-reservation sweep). Front-ends import
+//! this, never `crate::daemon`.
+
+pub mod http;
+pub mod socket;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use thiserror::Error;
+use tokio::sync::watch;
+
+use crate::engine::{EngineError, VolumeService};
+
+pub use socket::{BoundSocket, bind_socket, socket_path};
+
+#[derive(Debug, Error)]
+pub enum DaemonError {
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{path} is served by another running berth (its lock {lock} is held); stop it or configure another path"
+    )]
+    SocketInUse { path: PathBuf, lock: PathBuf },
+    #[error(
+        "{path} exists and is not a socket; berth replaces only a stale socket there: move it away or configure another path"
+    )]
+    NotASocket { path: PathBuf },
+    #[error(
+        "state directory {state_dir} is used by another running berth (its lock {lock} is held); stop that one or give this one another state_dir"
+    )]
+    StateInUse { state_dir: PathBuf, lock: PathBuf },
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("{0}")]
+    Config(String),
+}
+
+pub(crate) fn io_err(
+    what: &'static str,
+    path: &Path,
+) -> impl FnOnce(std::io::Error) -> DaemonError {
+    let path = path.to_path_buf();
+    move |source| DaemonError::Io { what, path, source }
+}
+
+/// A shutdown future that front-end servers can each hold a copy of.
+pub async fn shutdown_future(mut rx: watch::Receiver<bool>) {
+    while !*rx.borrow() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// What each front-end's `start` adds to the daemon: a task that serves until shutdown.
+pub type Servers = tokio::task::JoinSet<Result<(), DaemonError>>;
+
+/// How often pending reservations are checked against their deadlines.
+const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Rolls back pending reservations whose task never attached in time (see
+/// [`VolumeService::expire_pending_reservations`]); the engine logs each one.
+pub async fn sweep_pending_reservations(
+    engine: Arc<dyn VolumeService>,
+    stop: watch::Receiver<bool>,
+) -> Result<(), DaemonError> {
+    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stop = shutdown_future(stop);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return Ok(()),
+            _ = tick.tick() => {}
+        }
+        let engine = Arc::clone(&engine);
+        let swept = tokio::task::spawn_blocking(move || {
+            engine.expire_pending_reservations(crate::engine::now_ms())
+        })
+        .await;
+        if let Err(e) = swept {
+            tracing::error!(error = %e, "the pending-reservation sweep panicked");
+        }
+    }
+}
