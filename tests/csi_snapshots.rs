@@ -852,3 +852,19 @@ async fn btrfs_snapshots_are_read_only_subvolumes_and_restore_exactly() {
     assert!(!copy.exists(), "the snapshot subvolume is deleted");
     assert_eq!(tree(&restored).len(), at_snapshot.len() + 1);
 }
+
+/// An xfs loopfs snapshot restores while its source is still mounted (the copy has the
+/// source's filesystem UUID, which xfs refuses to mount twice unless told).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_xfs_snapshot_restores_beside_its_mounted_source() {
+    needs_root!();
+    let daemon = Daemon::start("");
+    let mut c = daemon.clients().await;
+    create(&mut c, create_request("x", "xfs", 320 * MIB)).await;
+    let data = daemon.path().join("xfs/x/data");
+    write_first_generation(&data);
+    let at_snapshot = tree(&data);
+    take(&mut c, "xs", "x").await;
+    create(&mut c, from_snapshot("xr", "xfs", 320 * MIB, "xs")).await;
+    assert_eq!(tree(&daemon.path().join("xfs/xr/data")), at_snapshot);
+}

@@ -217,12 +217,18 @@ pub(super) fn mount_image(image: &Path, target: &Path, fs: FsType) -> Result<(),
             (fd, dev, true)
         }
     };
+    // A restored snapshot is a copy of its source's filesystem, UUID included; xfs refuses
+    // to mount a second filesystem with a mounted one's UUID unless told `nouuid`.
+    let options = match fs {
+        FsType::Xfs => Some("nouuid"),
+        FsType::Ext4 => None,
+    };
     let result = nix::mount::mount(
         Some(device.as_path()),
         &fd_path(target_fd.as_fd()),
         Some(fs.as_str()),
         MsFlags::empty(),
-        None::<&str>,
+        options,
     );
     match result {
         Ok(()) => Ok(()), // closing `device_fd` leaves the mount as the device's only user
