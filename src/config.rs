@@ -88,6 +88,10 @@ pub struct Listen {
     /// Also serve the admin API on TCP (`127.0.0.1:7480`); needs `admin.token`.
     #[serde(default)]
     pub admin_tcp: Option<String>,
+    /// Serve only `/metrics` and `/healthz`, without a token, on this TCP address
+    /// (`127.0.0.1:9480`), for Prometheus; the volume API stays off it.
+    #[serde(default)]
+    pub metrics_tcp: Option<String>,
     /// Permission bits of the unix sockets.
     #[serde(default = "default_socket_mode")]
     pub socket_mode: u32,
@@ -166,6 +170,7 @@ impl Default for Listen {
             docker: default_docker_socket(),
             admin: default_admin_socket(),
             admin_tcp: None,
+            metrics_tcp: None,
             socket_mode: default_socket_mode(),
         }
     }

@@ -11,6 +11,7 @@
 //!   the engine and map its errors; no volume logic of their own.
 //! - [`server`]: plumbing the front-ends share: unix sockets, the small HTTP/1.1 server,
 //!   shutdown.
+//! - [`logging`]: the log line format for a terminal, a file, journald or JSON.
 //! - [`daemon`]: wiring for `berth serve`: sockets, lock file, signals.
 
 pub mod admin;
@@ -20,6 +21,7 @@ pub mod daemon;
 pub mod docker;
 pub mod engine;
 pub mod host;
+pub mod logging;
 pub mod mesos;
 pub mod server;
 pub mod store;

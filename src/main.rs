@@ -1,19 +1,42 @@
 //! The `berth` command: the daemon and the operator's tools. The only place `anyhow` lives.
+//!
+//! Errors end here: printed once, as one line of their cause chain (`berth: a: b: c`), with
+//! the backtrace only under `--debug`, and turned into the documented exit code.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use berth::admin::cli::CliError;
 use berth::config::Config;
+use berth::mesos::cli::MesosCliError;
+
+/// The exit codes `berth --help` and the README document.
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  berth refused or failed (the message says why)
+  2  usage: a bad argument, option or command line
+  3  the daemon is unreachable (not running, or the wrong --admin-socket)";
+
+const EXIT_FAILED: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+const EXIT_UNREACHABLE: u8 = 3;
 
 /// Node-local persistent volumes for Kubernetes (CSI), Docker and Mesos/Marathon.
 #[derive(Parser)]
-#[command(name = "berth", version = berth_version(), about, long_about = None)]
+#[command(name = "berth", version = berth_version(), about, long_about = None,
+    after_help = EXIT_CODES)]
 struct Cli {
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, global = true, env = "BERTH_LOG_JSON")]
     log_json: bool,
+    /// On failure, print the full error with its backtrace (with RUST_BACKTRACE=1) instead
+    /// of one line.
+    #[arg(long, global = true)]
+    debug: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -37,6 +60,8 @@ enum Command {
         #[arg(long)]
         check: Option<PathBuf>,
     },
+    /// Check this node as berth needs it; a table of checks and what to do about failures.
+    Doctor(berth::admin::doctor::DoctorArgs),
     /// Marathon apps and pods: validate a definition; prepare and clean up a task's volumes.
     #[command(subcommand)]
     Mesos(berth::mesos::cli::MesosCommand),
@@ -51,19 +76,6 @@ fn berth_version() -> &'static str {
     )
 }
 
-fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
 fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
     match path {
         Some(p) => Ok(Config::load(p)?),
@@ -71,10 +83,8 @@ fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
     }
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    init_logging(cli.log_json);
-    match cli.command {
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Serve { config, node_id } => {
             let mut config = load_config(config.as_ref())?;
             if let Some(id) = node_id {
@@ -102,5 +112,57 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Mesos(command) => Ok(berth::mesos::cli::run(command)?),
+        Command::Doctor(args) => Ok(args.run()?),
+    }
+}
+
+/// The error and its causes on one line. A cause whose text the message already quotes
+/// (`reading x: No such file` over the io::Error `No such file`) is not repeated.
+fn one_line(err: &anyhow::Error) -> String {
+    let mut line = err.to_string();
+    for cause in err.chain().skip(1) {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line.replace('\n', " ")
+}
+
+/// The documented exit code for a failure.
+fn exit_code(err: &anyhow::Error) -> u8 {
+    if let Some(e) = err.downcast_ref::<CliError>() {
+        return match e {
+            CliError::Connect { .. } => EXIT_UNREACHABLE,
+            CliError::Usage(_) => EXIT_USAGE,
+            _ => EXIT_FAILED,
+        };
+    }
+    if let Some(MesosCliError::Connect { .. }) = err.downcast_ref::<MesosCliError>() {
+        return EXIT_UNREACHABLE;
+    }
+    EXIT_FAILED
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve { .. })
+        && let Err(e) = berth::host::signals::restore_default_sigpipe()
+    {
+        eprintln!("berth: restoring the default SIGPIPE action: {e}");
+    }
+    berth::logging::init(berth::logging::LogStyle::detect(cli.log_json));
+    let debug = cli.debug;
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            if debug {
+                eprintln!("berth: {err:?}");
+            } else {
+                eprintln!("berth: {}", one_line(&err));
+            }
+            ExitCode::from(exit_code(&err))
+        }
     }
 }

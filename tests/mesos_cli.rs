@@ -323,7 +323,7 @@ fn refusals_reach_the_operator_with_the_daemons_reason() {
         .command("cleanup", "t1", "c1")
         .arg("--admin-socket")
         .arg(hook.dir.path().join("none.sock")));
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(3), "daemon unreachable");
     assert!(
         text(&out.stderr).contains("is `berth serve` running"),
         "{}",

@@ -1,7 +1,8 @@
 //! The admin API: what operators and their scripts use to see and reclaim volumes.
 //!
 //! HTTP/1.1 on a unix socket (default `/run/berth/admin.sock`) and, when
-//! `listen.admin_tcp` is set, on TCP too. Routes:
+//! `listen.admin_tcp` is set, on TCP too; `listen.metrics_tcp` is a separate TCP listener
+//! with only `/metrics` and `/healthz`, for Prometheus. Routes:
 //! - `GET /v1/volumes` (filters `state`, `pool`, `app`, `task`, `label=KEY=VALUE`) and
 //!   `GET /v1/volumes/{id}`: size, usage, kind, pool, owner, state, publications, times.
 //! - `DELETE /v1/volumes/{id}[?wipe=true]`: release the reservation; the data is destroyed
@@ -27,6 +28,7 @@
 //! (in `spawn_blocking`) and maps [`EngineError`] in one place, [`status_of`].
 
 pub mod cli;
+pub mod doctor;
 mod marathon;
 pub mod prometheus;
 pub mod snapshots;
@@ -201,6 +203,33 @@ impl Admin {
         })
     }
 
+    /// Answers one request on the metrics listener (`listen.metrics_tcp`): `/metrics` and
+    /// `/healthz` without a token, and nothing else, so scraping never exposes the volume API.
+    pub async fn handle_metrics_only(self: Arc<Self>, req: Request) -> Reply {
+        match req.uri.path() {
+            "/healthz" => match check_method(&req, "GET, HEAD") {
+                Some(refused) => refused,
+                None => self.healthz(false).await,
+            },
+            "/metrics" => {
+                if let Some(refused) = check_method(&req, "GET") {
+                    return refused;
+                }
+                match parse_query(req.uri.query()) {
+                    Ok(query) => self.metrics(&query).await,
+                    Err(e) => bad_request(&e),
+                }
+            }
+            other => error_reply(
+                404,
+                "not_found",
+                &format!(
+                    "no route {other}: this listener serves only /metrics and /healthz; the volume API is on the admin socket"
+                ),
+            ),
+        }
+    }
+
     /// Answers one request.
     pub async fn handle(self: Arc<Self>, req: Request) -> Reply {
         let authorized = self
@@ -294,8 +323,7 @@ impl Admin {
         &self,
         call: impl FnOnce(&dyn VolumeService) -> T + Send + 'static,
     ) -> Result<T, Reply> {
-        let engine = Arc::clone(&self.engine);
-        tokio::task::spawn_blocking(move || call(engine.as_ref()))
+        crate::server::call_engine(&self.engine, call)
             .await
             .map_err(|e| {
                 tracing::error!(error = %e, "an admin request's engine call panicked");
@@ -674,21 +702,43 @@ pub fn start(
             tracing::warn!(address = %address, "the admin API listens on a non-loopback address without TLS: its token crosses the network in clear text");
         }
         tracing::info!(address = %address, "admin API listening on TCP");
-        let listener = Arc::new(listener);
         let admin = Arc::clone(&admin);
-        let stop = stop.clone();
-        servers.spawn(async move {
-            let accept = move || {
-                let listener = Arc::clone(&listener);
-                async move { listener.accept().await.map(|(s, _)| s) }
-            };
-            let handle = move |req| Arc::clone(&admin).handle(req);
-            crate::server::http::serve(accept, handle, LIMITS, server_error, shutdown_future(stop))
-                .await;
-            Ok(())
+        serve_tcp(listener, stop, servers, move |req| {
+            Arc::clone(&admin).handle(req)
+        });
+    }
+    if let Some(address) = &config.listen.metrics_tcp {
+        let listener = bind_tcp(address)?;
+        tracing::info!(address = %address, "metrics and health listening on TCP");
+        let admin = Arc::clone(&admin);
+        serve_tcp(listener, stop, servers, move |req| {
+            Arc::clone(&admin).handle_metrics_only(req)
         });
     }
     Ok(())
+}
+
+/// Serves `handle` on a bound TCP listener until `stop`.
+fn serve_tcp<H, HF>(
+    listener: tokio::net::TcpListener,
+    stop: &watch::Receiver<bool>,
+    servers: &mut Servers,
+    handle: H,
+) where
+    H: Fn(Request) -> HF + Clone + Send + Sync + 'static,
+    HF: std::future::Future<Output = Reply> + Send + 'static,
+{
+    let listener = Arc::new(listener);
+    let stop = stop.clone();
+    servers.spawn(async move {
+        let accept = move || {
+            let listener = Arc::clone(&listener);
+            async move { listener.accept().await.map(|(s, _)| s) }
+        };
+        crate::server::http::serve(accept, handle, LIMITS, server_error, shutdown_future(stop))
+            .await;
+        Ok(())
+    });
 }
 
 fn bind_tcp(address: &str) -> Result<tokio::net::TcpListener, DaemonError> {

@@ -900,3 +900,54 @@ async fn snapshots_and_restores_over_the_api_and_the_cli() {
     assert!(failed.contains("nope"), "{failed}");
     stop_tx.send(true).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_listener_serves_metrics_and_health_and_nothing_else() {
+    let f = fixture(Some(SECRET));
+    create(&f.engine, "keep", "fast", Owner::default());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut config = Config::default();
+    config.listen.admin = String::new();
+    config.listen.metrics_tcp = Some(format!("127.0.0.1:{port}"));
+    config.admin.token = Some(SECRET.into());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut servers = Servers::new();
+    start(&config, &f.engine, 0o600, &stop_rx, &mut servers).unwrap();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let answers = tokio::task::spawn_blocking(move || {
+        // No token: Prometheus scrapes without one.
+        let client = cli::Client::new(&endpoint, None).unwrap();
+        [
+            ("GET", "/metrics"),
+            ("GET", "/healthz"),
+            ("GET", "/v1/volumes"),
+            ("DELETE", "/v1/volumes/keep?wipe=true"),
+            ("GET", "/v2/apps/x/tasks"),
+            ("POST", "/metrics"),
+        ]
+        .map(|(method, path)| {
+            let r = client.call(method, path).unwrap();
+            (r.status, String::from_utf8_lossy(&r.body).into_owned())
+        })
+    })
+    .await
+    .unwrap();
+    assert_eq!(answers[0].0, 200);
+    assert!(
+        answers[0].1.contains("berth_volumes{pool="),
+        "{}",
+        answers[0].1
+    );
+    assert_eq!(answers[1].0, 200);
+    for (status, body) in &answers[2..5] {
+        assert_eq!(*status, 404, "{body}");
+        assert!(body.contains("serves only /metrics and /healthz"), "{body}");
+    }
+    assert_eq!(answers[5].0, 405);
+    assert!(f.engine.get(&name("keep")).is_ok(), "nothing deleted");
+    stop_tx.send(true).unwrap();
+}

@@ -80,8 +80,7 @@ impl CsiService {
         &self,
         call: impl FnOnce(&dyn VolumeService) -> T + Send + 'static,
     ) -> Result<T, Failure> {
-        let engine = Arc::clone(&self.engine);
-        tokio::task::spawn_blocking(move || call(engine.as_ref()))
+        crate::server::call_engine(&self.engine, call)
             .await
             .map_err(|e| Failure::Refused(Status::internal(format!("the engine call failed: {e}"))))
     }

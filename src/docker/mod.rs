@@ -216,8 +216,10 @@ impl Drop for InFlight {
                 return;
             };
             tracing::warn!(volume = %name, holder = %holder, "releasing a mount whose answer never reached the caller");
-            let released =
-                tokio::task::spawn_blocking(move || engine.unpublish(CALLER, &name, &holder)).await;
+            let released = crate::server::call_engine(&engine, move |e| {
+                e.unpublish(CALLER, &name, &holder)
+            })
+            .await;
             if let Ok(Err(e)) = released {
                 tracing::warn!(error = %e, "releasing an undelivered mount failed");
             }
@@ -240,6 +242,19 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
+    /// The engine operation this call is, for the metrics' `op` label.
+    fn operation(self) -> &'static str {
+        match self {
+            Self::Create => "create",
+            Self::Remove => "delete",
+            Self::Mount => "publish",
+            Self::Unmount => "unpublish",
+            Self::Path | Self::Get => "get",
+            Self::List => "list",
+            Self::Activate | Self::Capabilities => "handshake",
+        }
+    }
+
     const ALL: [Endpoint; 9] = [
         Self::Activate,
         Self::Create,
@@ -472,9 +487,22 @@ impl Plugin {
             tracing::debug!(path, method = %request.method, "plugin call with the wrong method");
             return error_reply(405, &format!("{path} takes POST, not {}", request.method));
         }
+        let parse_started = std::time::Instant::now();
         let call = match parse_call(endpoint, &request.body) {
             Ok(call) => call,
-            Err(failure) => return self.failure_reply(failure),
+            Err(failure) => {
+                let kind = match &failure {
+                    Failure::Protocol { .. } => "malformed_request",
+                    Failure::Engine(e) => e.kind(),
+                };
+                self.engine.record_refused(
+                    Frontend::Docker,
+                    endpoint.operation(),
+                    parse_started.elapsed(),
+                    kind,
+                );
+                return self.failure_reply(failure);
+            }
         };
         match call {
             Call::Activate => json_reply(&ActivateReply {

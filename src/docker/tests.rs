@@ -328,6 +328,22 @@ async fn bad_names_options_and_bodies_are_refused_and_change_nothing() {
     assert!(message.contains("ID for volume v"), "{message}");
     assert!(f.engine.list(&VolumeFilter::default()).is_empty());
     assert_eq!(mutations(f.engine.host()), before);
+
+    // Every refusal is counted, with its reason, whether the front-end or the engine made it.
+    let metrics = f.engine.metrics();
+    let errors = |op: &'static str, kind: &'static str| {
+        metrics
+            .errors
+            .get(&("docker", op, kind))
+            .copied()
+            .unwrap_or(0)
+    };
+    let creates = &metrics.ops[&("docker", "create")];
+    assert_eq!((creates.count, creates.errors), (17, 17), "{metrics:?}");
+    assert_eq!(errors("create", "malformed_request"), 7, "{metrics:?}");
+    assert_eq!(errors("create", "invalid_input"), 9, "{metrics:?}");
+    assert_eq!(errors("create", "no_capacity"), 1, "{metrics:?}");
+    assert_eq!(errors("publish", "invalid_input"), 1, "{metrics:?}");
 }
 
 #[tokio::test]
@@ -453,6 +469,9 @@ struct Slow {
 }
 
 impl VolumeService for Slow {
+    fn record_refused(&self, f: Frontend, op: &'static str, e: Duration, kind: &'static str) {
+        self.inner.record_refused(f, op, e, kind)
+    }
     fn create(&self, c: Caller, r: CreateRequest) -> Result<Volume, EngineError> {
         self.inner.create(c, r)
     }

@@ -177,6 +177,15 @@ pub trait VolumeService: Send + Sync {
     fn list_snapshots(&self, source: Option<&VolumeName>) -> Vec<Snapshot>;
     /// Ready when the store answers and the mount table can be read.
     fn probe(&self) -> Result<(), EngineError>;
+    /// Counts a request a front-end refused before calling the engine (malformed, bad
+    /// options), as a failed `op` of error `kind`, so every refusal shows in the metrics.
+    fn record_refused(
+        &self,
+        frontend: Frontend,
+        op: &'static str,
+        elapsed: std::time::Duration,
+        kind: &'static str,
+    );
 }
 
 /// See the module docs.
@@ -1895,6 +1904,21 @@ impl<H: Host> VolumeService for Engine<H> {
 
     fn metrics(&self) -> MetricsSnapshot {
         self.metrics.snapshot()
+    }
+    fn record_refused(
+        &self,
+        frontend: Frontend,
+        op: &'static str,
+        elapsed: std::time::Duration,
+        kind: &'static str,
+    ) {
+        tracing::warn!(
+            op,
+            frontend = frontend.as_str(),
+            error = kind,
+            "refused at the front-end"
+        );
+        self.metrics.record(frontend, op, elapsed, Some(kind));
     }
 
     fn snapshot(&self, caller: Caller, request: SnapshotRequest) -> Result<Snapshot, EngineError> {

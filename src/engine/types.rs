@@ -104,7 +104,7 @@ pub fn parse_size(raw: &str) -> Result<u64, InputError> {
     let (number, unit) = text.split_at(split);
     if number.is_empty() {
         return Err(invalid(
-            "a size is a whole number of bytes or a number with a unit such as 512MiB, 1GiB or 10G",
+            "a size is a number of bytes or a number with a unit, such as 4096, 512MiB, 1.5GiB or 10G",
         ));
     }
     let multiplier: u64 = match unit.trim() {
@@ -693,7 +693,12 @@ mod tests {
         ] {
             assert!(parse_size(bad).is_err(), "{bad:?}");
         }
-        assert!(parse_size("-1").unwrap_err().to_string().contains("\"-1\""));
+        let refusal = parse_size("-1").unwrap_err().to_string();
+        assert!(refusal.contains("\"-1\""), "{refusal}");
+        // The text describes what is accepted: fractions with a unit are.
+        assert!(!refusal.contains("whole number"), "{refusal}");
+        assert!(refusal.contains("1.5GiB"), "{refusal}");
+        assert_eq!(parse_size("1.5GiB").unwrap(), 1536 << 20);
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! Everything that touches the kernel, behind one trait.
 //!
 //! The engine decides *what* to do; a [`Host`] does it. [`linux::LinuxHost`] makes the real
-//! syscalls; [`fake::FakeHost`] records calls and fails on demand, for the engine's unit
-//! tests. The engine receives its host as a value, never picks one by `cfg!(test)`.
+//! syscalls; `fake::FakeHost` records calls and fails on demand, for the engine's unit
+//! tests (it and `faults` exist only under `cfg(test)` or the `testing` feature, so release
+//! builds do not carry them). The engine receives its host as a value, never picks one by
+//! `cfg!(test)`.
 //!
 //! # Path-safety rules every implementation keeps
 //! - Paths given to [`Host::remove_tree`] must lie beneath its `root`; the walk opens every
@@ -23,10 +25,14 @@
 //!   filesystem (`fs_kind`, `btrfs_enable_quota`, `project_quota_support`, ...) are resolved
 //!   normally, as [`Host::fs_stats`] does: berth's state directory may sit behind a symlink.
 
+#[cfg(any(test, feature = "testing"))]
 pub mod fake;
+#[cfg(any(test, feature = "testing"))]
 pub mod faults;
 pub mod linux;
 pub mod mountinfo;
+pub mod probe;
+pub mod signals;
 pub mod types;
 
 use std::collections::BTreeSet;

@@ -70,6 +70,8 @@ pub struct TaskArgs {
     /// The Mesos task id (for a pod, the Marathon instance id).
     #[arg(long, env = "MESOS_TASK_ID")]
     pub task_id: String,
+    /// The Mesos framework id of the task (Marathon's); a volume is reused only by tasks of
+    /// the framework that reserved it.
     #[arg(long, env = "MESOS_FRAMEWORK_ID")]
     pub framework_id: Option<String>,
     /// The task's sandbox on the agent, beneath the agent work directory.
@@ -117,6 +119,13 @@ pub enum MesosCliError {
         path: PathBuf,
         #[source]
         source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: not valid JSON: {message}")]
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
     },
     #[error("{path}: the definition breaks {count} of Marathon's rules for volumes (listed above)")]
     Invalid { path: PathBuf, count: usize },
@@ -221,15 +230,11 @@ fn read_definition(path: &Path) -> Result<(serde_json::Value, Definition), Mesos
     } else {
         std::fs::read_to_string(path).map_err(read_err)?
     };
+    // A syntax error is reported as one, with its place, before any rule is checked.
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| syntax_error(path, &e))?;
     match parse_definition(&text) {
-        Ok(definition) => {
-            // Valid, so it is JSON.
-            let json = serde_json::from_str(&text).map_err(|e| MesosCliError::Read {
-                path: path.to_path_buf(),
-                source: e.into(),
-            })?;
-            Ok((json, definition))
-        }
+        Ok(definition) => Ok((json, definition)),
         Err(violations) => {
             print_violations(&violations);
             Err(MesosCliError::Invalid {
@@ -237,6 +242,20 @@ fn read_definition(path: &Path) -> Result<(serde_json::Value, Definition), Mesos
                 count: violations.len(),
             })
         }
+    }
+}
+
+fn syntax_error(path: &Path, error: &serde_json::Error) -> MesosCliError {
+    // serde_json's text ends with " at line L column C", which the variant shows up front.
+    let text = error.to_string();
+    let message = text
+        .rsplit_once(" at line ")
+        .map_or(text.as_str(), |(message, _)| message);
+    MesosCliError::Syntax {
+        path: path.to_path_buf(),
+        line: error.line(),
+        column: error.column(),
+        message: message.to_string(),
     }
 }
 

@@ -112,9 +112,8 @@ where
             return error_reply(400, "invalid_input", format!("malformed request body: {e}"));
         }
     };
-    let engine = Arc::clone(engine);
     let config = config.clone();
-    match tokio::task::spawn_blocking(move || operation(engine.as_ref(), &config, request)).await {
+    match crate::server::call_engine(engine, move |e| operation(e, &config, request)).await {
         Ok(Ok(answer)) => Reply::json(200, &answer),
         Ok(Err(e)) => e.into_reply(),
         Err(e) => error_reply(500, "internal", format!("the Mesos hook failed: {e}")),
@@ -484,7 +483,12 @@ fn plan_mounts(
                 .transpose()?;
             for alias in &app.alias_mounts {
                 let root = if alias.container_path.is_absolute() {
-                    container_root(rootfs.as_ref(), layout, &alias.container_path, "rootfs")?
+                    container_root(
+                        rootfs.as_ref(),
+                        layout,
+                        &alias.container_path,
+                        "--rootfs DIR",
+                    )?
                 } else {
                     sandbox.clone()
                 };
@@ -533,7 +537,7 @@ fn plan_mounts(
                         rootfs.as_ref(),
                         layout,
                         &mount.mount_path,
-                        "container_rootfs",
+                        "--container-rootfs NAME=DIR",
                     )?;
                     (root.clone(), root)
                 } else {
@@ -570,16 +574,17 @@ fn container_root(
     rootfs: Option<&PathBuf>,
     layout: &TaskLayout,
     container_path: &Path,
-    field: &str,
+    flag: &str,
 ) -> Result<PathBuf, HookError> {
     match rootfs {
         Some(rootfs) => Ok(rootfs.clone()),
         None if layout.allow_host_paths => Ok(PathBuf::from("/")),
         None => Err(HookError::Forbidden(format!(
-            "{} is an absolute container path and no {field} was given: without a root \
-             filesystem the container shares the host's, so the volume would be mounted over \
-             the host's {}. Give the container's root filesystem ({field}), or allow host \
-             paths (allow_host_paths) if that is really meant",
+            "{} is an absolute container path and no root filesystem was given: without one \
+             the container shares the host's, so the volume would be mounted over the host's \
+             {}. Give the container's root filesystem with `berth mesos prepare {flag}` (a \
+             Mesos-containerizer task with an image has one), or pass --allow-host-paths if \
+             mounting over the host's directory is really meant",
             container_path.display(),
             container_path.display()
         ))),

@@ -3,6 +3,7 @@
 //! tasks the daemon waits on (among them the pending-reservation sweep). Front-ends import
 //! this, never `crate::daemon`.
 
+pub mod engine_call;
 pub mod http;
 pub mod socket;
 
@@ -14,6 +15,7 @@ use tokio::sync::watch;
 
 use crate::engine::{EngineError, VolumeService};
 
+pub use engine_call::call_engine;
 pub use socket::{BoundSocket, bind_socket, socket_path};
 
 #[derive(Debug, Error)]

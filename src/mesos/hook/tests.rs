@@ -573,7 +573,16 @@ async fn alias_mounts_need_a_rootfs_unless_host_paths_are_allowed() {
     assert_eq!(status, 403, "{reply:#}");
     let error = error_of(&reply);
     assert!(error.contains("/var/lib/mysql"), "{error}");
-    assert!(error.contains("allow_host_paths"), "{error}");
+    // The flags the operator types, not the request's field names.
+    assert!(
+        error.contains("berth mesos prepare --rootfs DIR"),
+        "{error}"
+    );
+    assert!(error.contains("--allow-host-paths"), "{error}");
+    assert!(
+        !error.contains("(rootfs)") && !error.contains("allow_host_paths"),
+        "{error}"
+    );
     assert!(agent.volumes().is_empty(), "nothing reserved");
 
     // Allowed: the container shares the host's filesystem, so the alias is the host path.
@@ -705,7 +714,7 @@ async fn a_pod_volume_is_shared_by_its_containers_read_only_where_asked() {
         (
             json!({ "container_rootfs": {} }),
             403,
-            "no container_rootfs was given",
+            "berth mesos prepare --container-rootfs NAME=DIR",
         ),
         (
             json!({ "container_rootfs": { "container3": rootfs3, "nope": rootfs3 } }),
