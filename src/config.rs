@@ -228,7 +228,7 @@ impl Config {
     /// The pools in force: the configured ones, or the embedded default.
     pub fn effective_pools(&self) -> Vec<PoolConfig> {
         if self.pools.is_empty() {
-            vec![PoolConfig::default_root(&self.state_dir)]
+            vec![PoolConfig::embedded_default(&self.state_dir)]
         } else {
             self.pools.clone()
         }
@@ -375,7 +375,12 @@ mod tests {
     #[test]
     fn the_shipped_example_parses() {
         let c = Config::parse(EXAMPLE, Path::new("example")).unwrap();
-        assert!(!c.pools.is_empty());
+        // The example shows the embedded default's pool, bounded default size included.
+        assert_eq!(c.pools, Config::default().effective_pools());
+        assert_eq!(
+            c.pools[0].default_size,
+            Some(crate::engine::pool::EMBEDDED_DEFAULT_SIZE)
+        );
     }
 
     #[test]

@@ -295,8 +295,10 @@ async fn mount_volumes_live_through_the_whole_lifecycle() {
         );
         assert!(inodes.used > 0 && inodes.total >= inodes.used, "{inodes:?}");
         if id == "sized" {
+            // NodeGetVolumeStats reports what df shows: at least the size asked.
+            assert_eq!(bytes.total as u64, fs_total(&a), "{bytes:?}");
             assert!(
-                bytes.total <= 64 * MIB && bytes.total > 48 * MIB,
+                bytes.total >= 64 * MIB && bytes.total <= 72 * MIB,
                 "{bytes:?}"
             );
             // The size is enforced by the volume's own filesystem.
@@ -464,9 +466,10 @@ async fn an_inline_ephemeral_volume_lives_as_long_as_its_pod() {
     }
     assert!(is_mount_point(&target));
     std::fs::write(target.join("tmp"), b"scratch").unwrap();
+    let total = fs_total(&target);
     assert!(
-        fs_total(&target) <= 32 << 20,
-        "sized by the pod's attribute"
+        (32 << 20..=40 << 20).contains(&total),
+        "sized by the pod's attribute: df shows {total}"
     );
     assert_eq!(list_ids(&mut c).await, [id]);
     retry_transient!(c.node.node_unpublish_volume(unpublish_request(id, &target))).unwrap();
@@ -1103,7 +1106,17 @@ async fn the_csi_sanity_flows_pass() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(capacity.available_capacity, 64 * GIB - 30 * GIB);
+    // The smaller of what the pool may still reserve and what its disk can still hold (the
+    // images are allocated; other tests write to the same disk, hence the margin).
+    let free = nix::sys::statvfs::statvfs(&daemon.path().join("xfs")).unwrap();
+    let free = (free.blocks_available() * free.fragment_size()) as i64;
+    let expected = (64 * GIB - 30 * GIB).min(free);
+    assert!(
+        capacity.available_capacity <= 64 * GIB - 30 * GIB
+            && (capacity.available_capacity - expected).abs() < GIB,
+        "{} available, {free} free on the disk",
+        capacity.available_capacity
+    );
     for id in ["sanity-clone", "sanity-source", long.as_str()] {
         retry_transient!(c.controller.delete_volume(delete_request(id))).unwrap();
     }

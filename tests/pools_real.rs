@@ -231,7 +231,7 @@ fn path_pools_choose_by_profile_and_constraint_and_say_why_not() {
     let mut too_big = spec(Some(200 * MIB));
     too_big.profile = Some("ssd".into());
     let err = create(&e, "p5", too_big).unwrap_err().to_string();
-    assert!(err.contains("free of its capacity"), "{err}");
+    assert!(err.contains("left to reserve of its capacity"), "{err}");
 }
 
 #[test]

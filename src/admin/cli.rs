@@ -423,12 +423,16 @@ fn wipe(client: &Client, console: &mut Console<'_>, id: &str, yes: bool) -> Resu
     write_out(
         console.out,
         &format!(
-            "wiped {}: removed {} files, {} directories, {} symlinks, {} in {:.1}s\n",
+            "wiped {}: removed {} files, {} directories, {} symlinks, {}{} in {:.1}s\n",
             done.id,
             removed.files,
             removed.dirs,
             removed.symlinks,
             format_size(removed.bytes),
+            match removed.image_bytes {
+                0 => String::new(),
+                image => format!(" (and its {} image)", format_size(image)),
+            },
             started.elapsed().as_secs_f64()
         ),
     )

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::RemovalStats;
+use crate::engine::pool::SizeRule;
 use crate::engine::types::{
     AccessType, Backend, Owner, PoolKind, Publication, PublicationState, PublishTarget,
     ReclaimPolicy, Usage, Volume, VolumeState,
@@ -22,6 +23,9 @@ pub struct VolumeView {
     /// The enforced or reserved size; absent for an unlimited plain directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size_bytes: Option<u64>,
+    /// Which rule gave the size: the request, the pool's `default_size`, a whole disk, or
+    /// none (unlimited).
+    pub size_rule: SizeRule,
     /// Space and inodes in use; absent while the volume is being created or deleted, or
     /// when measuring failed (then `usage_error` says why).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -85,7 +89,11 @@ pub struct RemovedView {
     pub files: u64,
     pub dirs: u64,
     pub symlinks: u64,
+    /// The user's data: for loopfs volumes measured inside their filesystem.
     pub bytes: u64,
+    /// A loopfs volume's image file, reclaimed apart from `bytes`.
+    #[serde(default)]
+    pub image_bytes: u64,
 }
 
 impl From<RemovalStats> for RemovedView {
@@ -95,6 +103,7 @@ impl From<RemovalStats> for RemovedView {
             dirs: s.dirs,
             symlinks: s.symlinks,
             bytes: s.bytes,
+            image_bytes: s.image_bytes,
         }
     }
 }
@@ -150,6 +159,7 @@ impl VolumeView {
             id: v.name.to_string(),
             state: v.state(),
             size_bytes: v.size,
+            size_rule: SizeRule::of(v),
             usage,
             usage_error,
             kind: v.placement.kind,

@@ -524,7 +524,7 @@ async fn create_refuses_bad_input_naming_the_field_and_makes_nothing() {
         (
             request("v", 11 * GIB, 0),
             Code::ResourceExhausted,
-            "free of its capacity",
+            "left to reserve of its capacity",
         ),
     ];
     for (req, code, needle) in cases {

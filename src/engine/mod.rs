@@ -23,6 +23,7 @@ pub mod error;
 pub mod locks;
 pub mod metrics;
 pub mod pool;
+mod room;
 pub mod snapshot;
 pub mod types;
 
@@ -578,6 +579,19 @@ impl<H: Host> Engine<H> {
                 Backend::None | Backend::Disk | Backend::Btrfs | Backend::Prjquota,
             ) => (dir.join("data"), None, None),
         };
+        if fs == Some(FsType::Xfs)
+            && let Some(size) = size
+            && size < FsType::Xfs.min_size()
+        {
+            return Err(EngineError::Input(InputError::Invalid {
+                field: "size".into(),
+                reason: format!(
+                    "pool {} makes xfs volumes, and xfs starts at {} (mkfs.xfs makes no smaller filesystem); ask for at least that, or use an ext4 pool",
+                    pool.name,
+                    format_size(FsType::Xfs.min_size())
+                ),
+            }));
+        }
         let volume = Volume {
             name: name.clone(),
             spec: request.spec.clone(),
@@ -648,12 +662,14 @@ impl<H: Host> Engine<H> {
                     continue;
                 }
                 let size = spec.size.or(pool.default_size);
-                let room = self.available_on(pool, &base)?;
+                let limits = self.room_on(pool, &base)?;
+                let room = limits.available();
                 if size.unwrap_or(0) > room {
                     reasons.push(format!(
-                        "{base_text} in pool {} has {} free of its capacity, {} asked",
+                        "{base_text} in pool {} has {} free ({}), {} asked",
                         pool.name,
                         format_size(room),
+                        limits.describe(),
                         format_size(size.unwrap_or(0))
                     ));
                     continue;
@@ -746,10 +762,9 @@ impl<H: Host> Engine<H> {
         }))
     }
 
-    /// Bytes a base path can still reserve: its capacity less what its volumes hold.
+    /// Bytes a base path can still take (see [`room`]).
     fn available_on(&self, pool: &PoolConfig, base: &Path) -> Result<u64, EngineError> {
-        let capacity = self.capacity_of(pool, base)?;
-        Ok(capacity.saturating_sub(self.reserved_on(base)))
+        self.room_on(pool, base).map(|r| r.available())
     }
 
     fn capacity_of(&self, pool: &PoolConfig, base: &Path) -> Result<u64, EngineError> {
@@ -892,6 +907,17 @@ impl<H: Host> Engine<H> {
         }
         if let Some(image) = &p.image {
             if p.fs.is_some() {
+                if !retain {
+                    // What the user had, measured inside the filesystem as it goes.
+                    let data = self
+                        .host
+                        .remove_tree(&p.dir, &p.data)
+                        .map_err(err("removing the volume data"))?;
+                    stats.files += data.files;
+                    stats.dirs += data.dirs;
+                    stats.symlinks += data.symlinks;
+                    stats.bytes += data.bytes;
+                }
                 self.host
                     .unmount(&p.dir)
                     .map_err(err("unmounting the volume filesystem"))?;
@@ -910,8 +936,7 @@ impl<H: Host> Engine<H> {
                     .host
                     .remove_tree(&p.base.join(IMAGES_DIR), image)
                     .map_err(err("removing the image"))?;
-                stats.bytes += removed.bytes;
-                stats.files += removed.files;
+                stats.image_bytes += removed.bytes;
             }
         } else if retain {
             let kept = self.retained_path(v, "");
@@ -923,6 +948,10 @@ impl<H: Host> Engine<H> {
             .host
             .remove_tree(&p.base, &p.dir)
             .map_err(err("removing the volume directory"))?;
+        if p.image.is_some() && p.fs.is_some() {
+            // Only berth's empty mount point was left: the data was counted inside.
+            return Ok(stats);
+        }
         stats.files += removed.files;
         stats.dirs += removed.dirs;
         stats.symlinks += removed.symlinks;
@@ -1463,7 +1492,7 @@ impl<H: Host> Engine<H> {
                             .is_some();
                         available += if free { cap } else { 0 };
                     } else {
-                        available += cap.saturating_sub(res);
+                        available += self.room_on(pool, base).map(|r| r.available()).unwrap_or(0);
                     }
                 }
                 let volumes = self

@@ -10,7 +10,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use super::types::{Backend, FsType, PoolKind, ReclaimPolicy, VolumeSpec, parse_size};
+use super::types::{Backend, FsType, PoolKind, ReclaimPolicy, Volume, VolumeSpec, parse_size};
+
+/// The size the embedded default pool gives a request that names none: a volume made
+/// without thinking about size is still bounded, so it cannot fill the node's disk.
+pub const EMBEDDED_DEFAULT_SIZE: u64 = 10 << 30;
 
 /// How a pool enforces sizes. `auto` picks the best the filesystem under it supports:
 /// btrfs qgroups on btrfs, project quotas where the kernel and mount have them, otherwise
@@ -82,7 +86,8 @@ fn deserialize_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::E
 }
 
 impl PoolConfig {
-    /// The embedded default: one `root` pool under the state directory.
+    /// One `root` pool under the state directory, as the embedded default has it; unsized
+    /// requests there are unlimited directories (the embedded default bounds them).
     pub fn default_root(state_dir: &Path) -> Self {
         Self {
             name: "default".into(),
@@ -95,6 +100,15 @@ impl PoolConfig {
             reclaim: ReclaimPolicy::Delete,
             default_size: None,
             capacity: None,
+        }
+    }
+
+    /// The embedded default: [`Self::default_root`] with unsized requests bounded by
+    /// [`EMBEDDED_DEFAULT_SIZE`].
+    pub fn embedded_default(state_dir: &Path) -> Self {
+        Self {
+            default_size: Some(EMBEDDED_DEFAULT_SIZE),
+            ..Self::default_root(state_dir)
         }
     }
 
@@ -182,5 +196,34 @@ impl PoolConfig {
             ));
         }
         None
+    }
+}
+
+/// Where a volume's size came from, so `berth volume inspect` can say which rule applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SizeRule {
+    /// The request named the size.
+    Requested,
+    /// The request named none; the pool's `default_size` applied.
+    PoolDefault,
+    /// A `mount` pool volume is the whole disk it was given.
+    WholeDisk,
+    /// The request named none and the pool has no `default_size`: a plain directory whose
+    /// only bound is the filesystem under it.
+    Unlimited,
+}
+
+impl SizeRule {
+    pub fn of(volume: &Volume) -> Self {
+        if volume.placement.kind == PoolKind::Mount {
+            Self::WholeDisk
+        } else if volume.spec.size.is_some() {
+            Self::Requested
+        } else if volume.size.is_some() {
+            Self::PoolDefault
+        } else {
+            Self::Unlimited
+        }
     }
 }

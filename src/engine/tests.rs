@@ -431,7 +431,10 @@ fn concurrent_creates_never_overcommit_a_pool() {
     assert_eq!(cap[0].available_bytes, 0);
     let err = e.create(CSI, request("more", Some(1))).unwrap_err();
     assert!(matches!(err, EngineError::NoCapacity { .. }));
-    assert!(err.to_string().contains("free of its capacity"), "{err}");
+    assert!(
+        err.to_string().contains("left to reserve of its capacity"),
+        "{err}"
+    );
 }
 
 #[test]

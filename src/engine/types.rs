@@ -213,7 +213,8 @@ impl FromStr for PoolKind {
 pub enum Backend {
     /// A plain directory: the size is a reservation only; usage is measured.
     None,
-    /// A sparse image file with its own filesystem on a loop device: a hard limit.
+    /// An allocated image file with its own filesystem on a loop device: a hard limit and a
+    /// guarantee of the space.
     Loopfs,
     /// A whole disk of a `mount` pool: the disk's own size is the limit.
     Disk,

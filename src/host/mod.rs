@@ -34,6 +34,7 @@ pub mod mountinfo;
 pub mod probe;
 pub mod signals;
 pub mod types;
+pub mod users;
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -125,6 +126,8 @@ pub struct RemovalStats {
     pub dirs: u64,
     pub symlinks: u64,
     pub bytes: u64,
+    /// A loopfs volume's image file, reclaimed apart from the data counted above.
+    pub image_bytes: u64,
 }
 
 /// What kind of filesystem holds a path: `statfs(2)`'s `f_type` (the superblock magic).
@@ -221,16 +224,18 @@ pub trait Host: Send + Sync {
     /// The mount table of berth's mount namespace.
     fn mounts(&self) -> Result<Vec<MountEntry>, HostError>;
 
-    /// Creates a sparse image file of `size` bytes and, with `fs`, makes that filesystem in it.
-    /// An existing image of that size is left as it is.
+    /// Creates an image file with every block allocated: `size` bytes for a block image; with
+    /// `fs`, that filesystem, in an image large enough for the filesystem to hold `size`
+    /// beside its own metadata. An existing image already made so is left as it is.
     fn create_image(&self, image: &Path, size: u64, fs: Option<FsType>) -> Result<(), HostError>;
 
     /// Attaches `image` to a loop device (direct I/O, detached automatically on unmount) and
     /// mounts its filesystem at `target`. Already mounted there is success.
     fn mount_image(&self, image: &Path, target: &Path, fs: FsType) -> Result<(), HostError>;
 
-    /// Grows `image` to `size` bytes, tells its loop devices, and grows the filesystem mounted
-    /// at `mounted` (if any) online. ext4's online grow (`EXT4_IOC_RESIZE_FS`) needs
+    /// Grows `image` to `size` bytes (with a filesystem mounted at `mounted`: until that
+    /// filesystem holds `size`), the growth allocated, tells its loop devices, and grows the
+    /// filesystem online. ext4's online grow (`EXT4_IOC_RESIZE_FS`) needs
     /// `CAP_SYS_RESOURCE`; without it, a filesystem mounted only at `mounted` (no other mount
     /// of it, i.e. not published) is grown offline: unmounted, checked, resized and mounted
     /// again with the same mount flags. A published one is refused with

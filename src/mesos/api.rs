@@ -28,8 +28,8 @@ pub struct PrepareRequest {
     #[serde(default)]
     pub framework_id: Option<String>,
     pub layout: TaskLayout,
-    /// Owner of a new volume's data directory (Marathon has no such field; the task's user
-    /// must be able to write there).
+    /// Owner of a new volume's data directory; without it, the definition's `user` (looked
+    /// up on the node), else root.
     #[serde(default)]
     pub owner_uid: Option<u32>,
     #[serde(default)]

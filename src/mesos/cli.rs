@@ -46,7 +46,7 @@ pub struct PrepareArgs {
     pub definition: PathBuf,
     #[command(flatten)]
     pub task: TaskArgs,
-    /// Owner (uid) of a new volume's data directory, e.g. the task's user.
+    /// Owner (uid) of a new volume's data directory; default: the definition's `user`.
     #[arg(long)]
     pub owner_uid: Option<u32>,
     /// Group (gid) of a new volume's data directory.

@@ -220,11 +220,7 @@ fn prepare(
     for mount in &mounts {
         check_mount_path(&mount.root, &mount.path)?;
     }
-    let ownership = Ownership {
-        uid: request.owner_uid,
-        gid: request.owner_gid,
-        mode: None,
-    };
+    let ownership = task_ownership(&request)?;
     // Marathon's ids are absolute; `mysql` in a definition is `/mysql`.
     let app_id = format!("/{}", definition.id().trim_start_matches('/'));
     let app_id = app_id.as_str();
@@ -368,6 +364,30 @@ fn reserve(
 }
 
 /// The engine spec of a persistent volume.
+/// Who owns the task's new volumes: the uid/gid the request names, else the definition's
+/// `user` (an app's or a pod's) as this node knows it, else root. An unknown user is refused
+/// before anything is made.
+fn task_ownership(request: &PrepareRequest) -> Result<Ownership, HookError> {
+    let user = request.definition.get("user").and_then(|u| u.as_str());
+    let account = match (request.owner_uid, user) {
+        (None, Some(user)) => Some(
+            crate::host::users::account(user)
+                .map_err(|e| HookError::Io(e.to_string()))?
+                .ok_or_else(|| {
+                    HookError::BadRequest(format!(
+                        "the definition runs as user {user:?}, who does not exist on this node"
+                    ))
+                })?,
+        ),
+        _ => None,
+    };
+    Ok(Ownership {
+        uid: request.owner_uid.or(account.map(|a| a.uid)),
+        gid: request.owner_gid.or(account.map(|a| a.gid)),
+        mode: None,
+    })
+}
+
 fn volume_spec(pv: &PersistentVolumeSpec, ownership: Ownership) -> Result<VolumeSpec, HookError> {
     let bytes = |mib: u64, field: &str| {
         mib.checked_mul(1 << 20).ok_or_else(|| {

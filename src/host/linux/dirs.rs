@@ -41,11 +41,10 @@ pub(super) fn make_dir(dir: &Path, ownership: &Ownership) -> Result<(), HostErro
         )
         .map_err(|e| nix_err("chown", dir, e))?;
     }
-    if let Some(mode) = ownership.mode {
-        // After chown (which clears set-id bits); exact, whatever the umask.
-        nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(mode & 0o7777))
-            .map_err(|e| nix_err("chmod", dir, e))?;
-    }
+    // After chown (which clears set-id bits); exact, whatever the daemon's umask (the
+    // systemd unit runs berth with UMask=0077).
+    nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(mode))
+        .map_err(|e| nix_err("chmod", dir, e))?;
     fsync_fd(fd.as_fd(), dir)?;
     fsync_fd(parent.as_fd(), dir)
 }

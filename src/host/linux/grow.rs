@@ -11,19 +11,38 @@ use nix::fcntl::OFlag;
 use nix::mount::{MntFlags, MsFlags};
 use nix::sys::stat::Mode;
 
+use super::dirs::fs_stats;
 use super::fd::{
     fd_path, fsync_fd, invalid, mount_by_id, nix_err, open_nofollow, read_mountinfo, statx_fd,
 };
-use super::image::{run, run_tool};
+use super::fs_size;
+use super::image::{allocate, run, run_tool};
 use super::loopdev::{SysLoop, ioctl, loops_of, open_device};
 use crate::host::types::FsType;
 use crate::host::{HostError, MountEntry};
 
+/// Grows the image (and its filesystem) until the filesystem shows `size`: the metadata the
+/// new space brings is only known once it is made, so a short grow is done again.
 pub(super) fn grow_image(
     image: &Path,
     size: u64,
     mounted: Option<(&Path, FsType)>,
 ) -> Result<(), HostError> {
+    for _ in 0..4 {
+        match grow_image_once(image, size, mounted)? {
+            Some(shown) if shown < size => continue,
+            _ => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
+/// One grow step; returns what the filesystem shows afterwards (`None`: unmounted).
+fn grow_image_once(
+    image: &Path,
+    size: u64,
+    mounted: Option<(&Path, FsType)>,
+) -> Result<Option<u64>, HostError> {
     let fd = nix::fcntl::open(
         image,
         OFlag::O_RDWR | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
@@ -39,16 +58,26 @@ pub(super) fn grow_image(
     if !meta.is_file() {
         return Err(invalid("grow", image, "not a regular file"));
     }
-    if size < meta.size {
+    // A filesystem image carries its metadata beside the size its filesystem shows.
+    // Unmounted, only the image grows (its filesystem is grown where it is mounted).
+    let filesystem = match mounted {
+        Some((mount_point, fs)) => Some((fs, fs_stats(mount_point)?.bytes_total)),
+        None => None,
+    };
+    let (shown, target) = match filesystem {
+        // Already showing the size (a retried grow): nothing to do.
+        Some((_, usable)) if usable >= size => return Ok(Some(usable)),
+        Some((_, usable)) => (usable, fs_size::grown_image_size(meta.size, usable, size)),
+        None => (meta.size, size),
+    };
+    if size < shown {
         return Err(invalid(
             "grow",
             image,
-            format!(
-                "is {} bytes; shrinking to {size} is not supported",
-                meta.size
-            ),
+            format!("is {shown} bytes; shrinking to {size} is not supported"),
         ));
     }
+    let size = target.max(meta.size);
     let ours = loops_of(image)?;
     // Where the filesystem is mounted, and whether it can grow there, is settled before
     // anything changes: a refused grow leaves the image and its device as they were.
@@ -65,8 +94,8 @@ pub(super) fn grow_image(
     // Extends the image and tells its loop devices; doing it again changes nothing.
     let extend = || -> Result<(), HostError> {
         if size > meta.size {
-            let len = i64::try_from(size).map_err(|_| invalid("grow", image, "size too large"))?;
-            nix::unistd::ftruncate(&fd, len).map_err(|e| nix_err("ftruncate", image, e))?;
+            // The growth is allocated like the image was: still a guarantee.
+            allocate(&fd, image, meta.size, size - meta.size)?;
             fsync_fd(fd.as_fd(), image)?;
         }
         for l in &ours {
@@ -79,15 +108,20 @@ pub(super) fn grow_image(
         Ok(())
     };
     let Some((mount_point, fs, entry, device)) = target else {
-        return extend();
+        return extend().map(|()| None);
     };
     match fs {
-        FsType::Ext4 => grow_ext4(mount_point, &entry, &device, &extend),
+        FsType::Ext4 => grow_ext4(mount_point, &entry, &device, &extend)?,
         FsType::Xfs => {
             extend()?;
-            run("xfs_growfs", &[OsStr::new("-d"), mount_point.as_os_str()])
+            run("xfs_growfs", &[OsStr::new("-d"), mount_point.as_os_str()])?
         }
     }
+    // A resize zeroes new metadata through the loop device, which punches holes in the
+    // image: allocated again (allocating what is allocated changes nothing).
+    allocate(&fd, image, 0, size)?;
+    fsync_fd(fd.as_fd(), image)?;
+    Ok(Some(fs_stats(mount_point)?.bytes_total))
 }
 
 /// The mount at `mount_point` (its root) and the one of `ours`, the loop devices of

@@ -1,5 +1,6 @@
-//! Image files: detecting and making filesystems with the mkfs tools, creating sparse
-//! images, and mounting an image through a loop device.
+//! Image files: detecting and making filesystems with the mkfs tools, creating allocated
+//! images (sized for their filesystem, see [`super::fs_size`]), and mounting an image
+//! through a loop device.
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -16,6 +17,7 @@ use nix::sys::stat::Mode;
 use super::fd::{
     fd_path, fsync_fd, invalid, mount_by_id, nix_err, open_nofollow, open_parent, statx_fd,
 };
+use super::fs_size;
 use super::loopdev::{attach, clear_loop, loops_of, open_device};
 use crate::host::HostError;
 use crate::host::types::FsType;
@@ -62,7 +64,7 @@ fn tool(name: &str) -> PathBuf {
 /// line, for messages.
 pub(super) struct ToolRun {
     pub(super) status: std::process::ExitStatus,
-    text: String,
+    pub(super) text: String,
     command: String,
 }
 
@@ -152,10 +154,19 @@ pub(super) fn create_image(image: &Path, size: u64, fs: Option<FsType>) -> Resul
         return Err(invalid("create", image, "exists and is not a regular file"));
     }
     let file = File::from(fd);
+    let set_len = |len: u64| {
+        let len = i64::try_from(len).map_err(|_| invalid("truncate", image, "size too large"))?;
+        nix::unistd::ftruncate(&file, len).map_err(|e| nix_err("ftruncate", image, e))
+    };
+    // A filesystem image is bigger than `size` by its filesystem's own metadata; a retried
+    // create finds it so, already made.
+    let fits = match fs {
+        None => meta.size == size,
+        Some(_) => meta.size >= size,
+    };
     if meta.size == 0 && size > 0 {
-        let len = i64::try_from(size).map_err(|_| invalid("truncate", image, "size too large"))?;
-        nix::unistd::ftruncate(&file, len).map_err(|e| nix_err("ftruncate", image, e))?;
-    } else if meta.size != size {
+        set_len(size)?;
+    } else if !fits {
         return Err(invalid(
             "create",
             image,
@@ -172,11 +183,51 @@ pub(super) fn create_image(image: &Path, size: u64, fs: Option<FsType>) -> Resul
                     format!("already holds {}, not {}", found.as_str(), fs.as_str()),
                 ));
             }
-            None => mkfs(image, fs)?,
+            None => {
+                // Made, measured, and made again larger until the filesystem holds `size`.
+                let mut image_size = size;
+                for _ in 0..8 {
+                    set_len(image_size)?;
+                    mkfs(image, fs)?;
+                    let usable = fs_size::usable_bytes(image, fs)?;
+                    if usable >= size {
+                        break;
+                    }
+                    image_size = fs_size::next_image_size(image_size, usable, size);
+                }
+            }
         }
     }
+    // A reservation is a guarantee: every block of the image is allocated now, so writes
+    // inside the volume never meet a full host disk.
+    let len = statx_fd(file.as_fd())
+        .map_err(|e| nix_err("stat", image, e))?
+        .size;
+    allocate(&file, image, 0, len)?;
     fsync_fd(file.as_fd(), image)?;
     fsync_fd(parent.as_fd(), image)
+}
+
+/// `fallocate(2)` of `len` bytes from `offset`: real blocks, not a hole (the data reads as
+/// zeros). Refused with `ENOSPC` when the host filesystem cannot hold them.
+pub(super) fn allocate(
+    fd: &impl AsFd,
+    image: &Path,
+    offset: u64,
+    len: u64,
+) -> Result<(), HostError> {
+    if len == 0 {
+        return Ok(());
+    }
+    let to_off =
+        |n: u64| i64::try_from(n).map_err(|_| invalid("allocate", image, "size too large"));
+    nix::fcntl::fallocate(
+        fd.as_fd(),
+        nix::fcntl::FallocateFlags::empty(),
+        to_off(offset)?,
+        to_off(len)?,
+    )
+    .map_err(|e| nix_err("fallocate", image, e))
 }
 
 pub(super) fn mount_image(image: &Path, target: &Path, fs: FsType) -> Result<(), HostError> {
@@ -217,18 +268,21 @@ pub(super) fn mount_image(image: &Path, target: &Path, fs: FsType) -> Result<(),
             (fd, dev, true)
         }
     };
-    // A restored snapshot is a copy of its source's filesystem, UUID included; xfs refuses
-    // to mount a second filesystem with a mounted one's UUID unless told `nouuid`.
-    let options = match fs {
+    // ext4's background inode-table zeroing reaches the loop device as WRITE_ZEROES, which
+    // the loop driver turns into holes punched in the allocated image: it stays off (the
+    // tables are flagged uninitialised, which ext4 handles). A restored snapshot is a copy of
+    // its source's filesystem, UUID included; xfs refuses to mount a second filesystem with a
+    // mounted one's UUID unless told `nouuid`.
+    let data = match fs {
+        FsType::Ext4 => Some("noinit_itable"),
         FsType::Xfs => Some("nouuid"),
-        FsType::Ext4 => None,
     };
     let result = nix::mount::mount(
         Some(device.as_path()),
         &fd_path(target_fd.as_fd()),
         Some(fs.as_str()),
         MsFlags::empty(),
-        options,
+        data,
     );
     match result {
         Ok(()) => Ok(()), // closing `device_fd` leaves the mount as the device's only user

@@ -75,6 +75,7 @@ mod btrfs;
 mod copy;
 mod dirs;
 mod fd;
+mod fs_size;
 mod grow;
 mod image;
 mod loopdev;

@@ -887,3 +887,48 @@ fn persistence_ids_are_volume_names_and_long_ones_shrink_deterministically() {
         "{bad:?}"
     );
 }
+
+#[tokio::test]
+async fn the_definitions_user_owns_a_new_volume_unless_the_request_names_an_owner() {
+    let nobody = crate::host::users::account("nobody")
+        .unwrap()
+        .expect("the test host has user nobody");
+    let as_nobody = edited(MYSQL_APP, |d| d["user"] = json!("nobody"));
+    let agent = Agent::new();
+    let sandbox = agent.sandbox("c1");
+    let rootfs = agent.rootfs("c1");
+    let reply = agent
+        .prepare_ok(prepare_body(&as_nobody, "t1", &sandbox, Some(&rootfs)))
+        .await;
+    let v = agent.volume(&reply.volumes[0].volume);
+    assert_eq!(v.spec.ownership.uid, Some(nobody.uid));
+    assert_eq!(v.spec.ownership.gid, Some(nobody.gid));
+    assert_eq!(v.spec.ownership.mode, None, "the default mode, 0755");
+
+    let agent = Agent::new();
+    let sandbox = agent.sandbox("c1");
+    let rootfs = agent.rootfs("c1");
+    let mut body = prepare_body(&as_nobody, "t1", &sandbox, Some(&rootfs));
+    body["owner_uid"] = json!(101);
+    let reply = agent.prepare_ok(body).await;
+    let v = agent.volume(&reply.volumes[0].volume);
+    assert_eq!(v.spec.ownership.uid, Some(101));
+    assert_eq!(v.spec.ownership.gid, None);
+}
+
+#[tokio::test]
+async fn a_user_unknown_on_the_node_is_refused_before_anything_is_made() {
+    let agent = Agent::new();
+    let sandbox = agent.sandbox("c1");
+    let rootfs = agent.rootfs("c1");
+    let ghost = edited(MYSQL_APP, |d| d["user"] = json!("no-such-user-berth-test"));
+    let (status, reply) = agent
+        .prepare(prepare_body(&ghost, "t1", &sandbox, Some(&rootfs)))
+        .await;
+    assert_eq!(status, 400, "{reply:#}");
+    assert!(
+        error_of(&reply).contains("no-such-user-berth-test"),
+        "{reply:#}"
+    );
+    assert!(agent.volumes().is_empty());
+}

@@ -1,0 +1,69 @@
+//! How much a base path can still take: the smaller of what its pool may still reserve (its
+//! capacity less the reservations) and what its filesystem can really still hold for berth
+//! (free space less the part of the reservations not yet on disk). loopfs images are
+//! allocated when made, so their reservations are already out of the free space; plain
+//! directories, btrfs subvolumes and project-quota directories take their blocks as they
+//! are written, so their whole reservation is held back from the free space (what they
+//! already hold is counted twice: finding it would take a usage scan on every create).
+
+use std::path::Path;
+
+use super::pool::PoolConfig;
+use super::types::{Backend, format_size};
+use super::{Engine, EngineError};
+use crate::host::Host;
+
+/// The two limits on a base path, in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Room {
+    /// Capacity less reservations.
+    pub by_reservation: u64,
+    /// Free space less reservations not yet allocated on disk.
+    pub by_disk: u64,
+}
+
+impl Room {
+    pub fn available(&self) -> u64 {
+        self.by_reservation.min(self.by_disk)
+    }
+
+    /// Both figures, for a refusal.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} left to reserve of its capacity, {} its filesystem can still hold",
+            format_size(self.by_reservation),
+            format_size(self.by_disk)
+        )
+    }
+}
+
+impl<H: Host> Engine<H> {
+    /// One `statvfs` of the base path's filesystem and a sum over the cached records.
+    pub(super) fn room_on(&self, pool: &PoolConfig, base: &Path) -> Result<Room, EngineError> {
+        let stats = self
+            .host
+            .fs_stats(base)
+            .map_err(|source| EngineError::Host {
+                volume: "-".into(),
+                operation: "measuring the pool",
+                source,
+            })?;
+        let capacity = pool.capacity.unwrap_or(stats.bytes_total);
+        let (reserved, not_on_disk) = self
+            .cache()
+            .values()
+            .filter(|v| v.placement.base == base)
+            .filter_map(|v| v.size.map(|size| (size, v.placement.backend)))
+            .fold((0u64, 0u64), |(reserved, pending), (size, backend)| {
+                let pending = match backend {
+                    Backend::Loopfs => pending,
+                    _ => pending.saturating_add(size),
+                };
+                (reserved.saturating_add(size), pending)
+            });
+        Ok(Room {
+            by_reservation: capacity.saturating_sub(reserved),
+            by_disk: stats.bytes_available.saturating_sub(not_on_disk),
+        })
+    }
+}
