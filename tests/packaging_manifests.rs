@@ -141,6 +141,7 @@ fn every_kubernetes_document_is_well_formed_and_listed() {
         "Namespace",
         "CSIDriver",
         "StorageClass",
+        "VolumeSnapshotClass",
         "ClusterRole",
         "ClusterRoleBinding",
         "Kustomization",
@@ -293,6 +294,7 @@ fn daemonset_sidecars_agree_with_berths_sockets_and_paths() {
         "node-driver-registrar",
         "csi-provisioner",
         "csi-resizer",
+        "csi-snapshotter",
         "liveness-probe",
     ] {
         let c = container(ds, name);
@@ -613,4 +615,35 @@ fn docker_plugin_config_matches_its_berth_config() {
         str_at(&plugin, "/linux/devices/0/path"),
         "/dev/loop-control"
     );
+}
+
+#[test]
+fn snapshots_have_a_class_a_node_local_snapshotter_and_its_rbac() {
+    let docs = k8s_documents();
+    let config = daemonset_config(&docs);
+    let class = one_of_kind(&docs, "VolumeSnapshotClass");
+    assert_eq!(str_at(class, "/apiVersion"), "snapshot.storage.k8s.io/v1");
+    assert_eq!(str_at(class, "/driver"), config.csi.driver_name);
+    assert_eq!(str_at(class, "/deletionPolicy"), "Delete");
+
+    let ds = one_of_kind(&docs, "DaemonSet");
+    let snapshotter = container(ds, "csi-snapshotter");
+    assert!(
+        str_at(snapshotter, "/image").starts_with("registry.k8s.io/sig-storage/csi-snapshotter:v8"),
+        "{}",
+        str_at(snapshotter, "/image")
+    );
+    let a = args(snapshotter);
+    // Each node's instance handles only the snapshots of its own volumes.
+    assert_eq!(flag_or_next(&a, "--node-deployment"), "true");
+    assert_eq!(env_field(snapshotter, "NODE_NAME"), "spec.nodeName");
+    for (resource, verb) in [
+        ("volumesnapshotcontents", "update"),
+        ("volumesnapshotcontents", "watch"),
+        ("volumesnapshotcontents/status", "patch"),
+        ("volumesnapshotclasses", "list"),
+        ("events", "create"),
+    ] {
+        rbac_grants(&docs, "ClusterRole", resource, verb);
+    }
 }

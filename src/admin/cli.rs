@@ -16,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::de::DeserializeOwned;
 use thiserror::Error;
 
+use super::snapshots::SnapshotView;
 use super::views::{DataOutcome, DeleteView, ErrorView, VolumeList, VolumeView, parse_rfc3339};
 use crate::docker::ANONYMOUS_HOLDER;
 use crate::engine::types::{OwnerFrontend, PublishTarget, VolumeName, VolumeState, format_size};
@@ -125,6 +126,17 @@ pub enum VolumeCommand {
         /// The volume id, as `berth volume ls` shows it.
         id: String,
     },
+    /// Take a snapshot of a volume, named SNAP (default: NAME-<unix seconds>); prints its id.
+    Snapshot {
+        id: String,
+        snapshot: Option<String>,
+    },
+    /// List snapshots (of volume NAME only, if given) as JSON.
+    Snapshots { id: Option<String> },
+    /// Make a new volume NEWNAME holding snapshot SNAP (in the snapshot's pool).
+    Restore { snapshot: String, new_name: String },
+    /// Delete a snapshot.
+    RmSnapshot { snapshot: String },
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -254,6 +266,53 @@ pub fn run_on(
             Ok(())
         }
         VolumeCommand::Wipe { id, yes } => wipe(client, console, &id, yes),
+        VolumeCommand::Snapshot { id, snapshot } => {
+            let name = parse_id(&id)?;
+            let snapshot = match snapshot {
+                Some(s) => parse_id(&s)?,
+                None => {
+                    let secs = SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs())
+                        .unwrap_or(0);
+                    parse_id(&format!("{name}-{secs}"))?
+                }
+            };
+            let path = format!(
+                "{}/snapshots/{}",
+                volume_path(&name),
+                url_encode(snapshot.as_str())
+            );
+            let view: SnapshotView = client.call("POST", &path)?.json()?;
+            write_out(console.out, &format!("{}\n", view.id))
+        }
+        VolumeCommand::Snapshots { id } => {
+            let path = match id {
+                Some(id) => format!(
+                    "/v1/snapshots?volume={}",
+                    url_encode(parse_id(&id)?.as_str())
+                ),
+                None => "/v1/snapshots".to_string(),
+            };
+            let list: Vec<SnapshotView> = client.call("GET", &path)?.json()?;
+            write_out(console.out, &(pretty(&list)? + "\n"))
+        }
+        VolumeCommand::Restore { snapshot, new_name } => {
+            let (snapshot, name) = (parse_id(&snapshot)?, parse_id(&new_name)?);
+            let path = format!(
+                "/v1/snapshots/{}/restore/{}",
+                url_encode(snapshot.as_str()),
+                url_encode(name.as_str())
+            );
+            let view: VolumeView = client.call("POST", &path)?.json()?;
+            write_out(console.out, &format!("{}\n", view.id))
+        }
+        VolumeCommand::RmSnapshot { snapshot } => {
+            let snapshot = parse_id(&snapshot)?;
+            let path = format!("/v1/snapshots/{}", url_encode(snapshot.as_str()));
+            client.call("DELETE", &path)?;
+            write_out(console.out, &format!("{snapshot}\n"))
+        }
     }
 }
 

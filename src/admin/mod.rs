@@ -31,6 +31,7 @@ pub mod cli;
 pub mod doctor;
 mod marathon;
 pub mod prometheus;
+pub mod snapshots;
 pub mod views;
 
 use std::collections::BTreeMap;
@@ -282,6 +283,28 @@ impl Admin {
                     _ => method_not_allowed("GET, DELETE"),
                 }
             }
+            ["v1", "snapshots"] => match check_method(&req, "GET") {
+                Some(refused) => refused,
+                None => self.list_snapshots(&query).await,
+            },
+            ["v1", "snapshots", id] => match percent_decode(id) {
+                Ok(id) => self.snapshot_route(req.method.as_str(), &id, &query).await,
+                Err(e) => bad_request(&e),
+            },
+            ["v1", "volumes", volume, "snapshots", id] => match check_method(&req, "POST") {
+                Some(refused) => refused,
+                None => match (percent_decode(volume), percent_decode(id)) {
+                    (Ok(v), Ok(id)) => self.take_snapshot(&v, &id, &query).await,
+                    (Err(e), _) | (_, Err(e)) => bad_request(&e),
+                },
+            },
+            ["v1", "snapshots", id, "restore", new_name] => match check_method(&req, "POST") {
+                Some(refused) => refused,
+                None => match (percent_decode(id), percent_decode(new_name)) {
+                    (Ok(id), Ok(n)) => self.restore(&id, &n, &query).await,
+                    (Err(e), _) | (_, Err(e)) => bad_request(&e),
+                },
+            },
             ["v2", "apps", rest @ ..] if !rest.is_empty() => {
                 marathon::route(&self, &req.method, rest, &query).await
             }
@@ -514,8 +537,8 @@ fn volume_filter(query: &Query) -> Result<VolumeFilter, String> {
 pub fn status_of(e: &EngineError) -> u16 {
     match e {
         EngineError::Input(_) => 400,
-        EngineError::NotFound { .. } => 404,
-        EngineError::AlreadyExists { .. } => 409,
+        EngineError::NotFound { .. } | EngineError::SnapshotNotFound { .. } => 404,
+        EngineError::AlreadyExists { .. } | EngineError::SnapshotExists { .. } => 409,
         EngineError::Busy { .. } => 409,
         EngineError::InUse { .. } => 409,
         EngineError::WrongPhase { .. } => 409,

@@ -622,6 +622,19 @@ async fn a_pending_reservation_is_swept_by_the_daemon_and_can_be_retried() {
     sweeper.await.unwrap().unwrap();
 }
 
+/// Serves `f`'s admin API (token [`SECRET`]) on `admin.sock` in the returned directory, until
+/// `true` is sent or the servers are dropped.
+fn serve_socket(f: &Fixture) -> (tempfile::TempDir, watch::Sender<bool>, Servers) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::default();
+    config.listen.admin = dir.path().join("admin.sock").display().to_string();
+    config.admin.token = Some(SECRET.into());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut servers = Servers::new();
+    start(&config, &f.engine, 0o600, &stop_rx, &mut servers).unwrap();
+    (dir, stop_tx, servers)
+}
+
 /// Runs a CLI command against `endpoint`; returns (result, stdout, stderr).
 fn cli_run(
     command: VolumeCommand,
@@ -668,14 +681,8 @@ fn ls(output: OutputFormat) -> VolumeCommand {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_talks_to_the_socket_started_by_start() {
     let f = fixture(None);
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, stop_tx, mut servers) = serve_socket(&f);
     let socket = dir.path().join("admin.sock");
-    let mut config = Config::default();
-    config.listen.admin = socket.display().to_string();
-    config.admin.token = Some(SECRET.into());
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut servers = Servers::new();
-    start(&config, &f.engine, 0o600, &stop_rx, &mut servers).unwrap();
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
     create(
@@ -808,6 +815,93 @@ fn refusals_are_logged_at_most_once_per_period_with_a_count() {
     }
     let (last, suppressed) = *r.state.lock().unwrap();
     assert_eq!((last, suppressed), (first, 5), "the next report will say 5");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_and_restores_over_the_api_and_the_cli() {
+    let f = fixture(Some(SECRET));
+    create(&f.engine, "pg", "fast", Owner::default());
+    // Authenticated like every other route.
+    let refused = Arc::clone(&f.admin)
+        .handle(request("POST", "/v1/volumes/pg/snapshots/s1", None))
+        .await;
+    assert_eq!(refused.status, 401);
+    assert!(f.engine.list_snapshots(None).is_empty());
+
+    let (status, taken) = call(&f, "POST", "/v1/volumes/pg/snapshots/s1").await;
+    assert_eq!(status, 200, "{taken}");
+    assert_eq!(taken["id"], "s1");
+    assert_eq!(taken["volume"], "pg");
+    assert_eq!(taken["size_bytes"], GIB);
+    assert_eq!(
+        call(&f, "POST", "/v1/volumes/pg/snapshots/s1").await.1,
+        taken
+    );
+    let (status, listed) = call(&f, "GET", "/v1/snapshots?volume=pg").await;
+    assert_eq!((status, listed.as_array().unwrap().len()), (200, 1));
+    assert_eq!(
+        call(&f, "GET", "/v1/snapshots?volume=other").await.1,
+        Value::Array(vec![])
+    );
+    assert_eq!(call(&f, "GET", "/v1/snapshots/s1").await.1, taken);
+    assert_eq!(call(&f, "GET", "/v1/snapshots/nope").await.0, 404);
+    assert_eq!(call(&f, "GET", "/v1/snapshots?colour=red").await.0, 400);
+    assert_eq!(
+        call(&f, "POST", "/v1/volumes/nope/snapshots/s2").await.0,
+        404
+    );
+    assert_eq!(call(&f, "GET", "/v1/volumes/pg/snapshots/s1").await.0, 405);
+
+    let (status, restored) = call(&f, "POST", "/v1/snapshots/s1/restore/pg2").await;
+    assert_eq!(status, 200, "{restored}");
+    assert_eq!(restored["id"], "pg2");
+    let v = f.engine.get(&name("pg2")).unwrap();
+    assert_eq!(v.spec.snapshot, Some(name("s1")));
+    assert_eq!(v.size, Some(GIB));
+    assert_eq!(
+        call(&f, "POST", "/v1/snapshots/nope/restore/pg3").await.0,
+        404
+    );
+
+    // The same through the CLI on a real socket.
+    let (dir, stop_tx, _servers) = serve_socket(&f);
+    let socket = dir.path().join("admin.sock");
+    let endpoint = socket.display().to_string();
+    let outputs = tokio::task::spawn_blocking(move || {
+        let run = |c| cli_run(c, &endpoint, Some(SECRET), "", false);
+        vec![
+            run(VolumeCommand::Snapshot {
+                id: "pg".into(),
+                snapshot: Some("s2".into()),
+            }),
+            run(VolumeCommand::Snapshots {
+                id: Some("pg".into()),
+            }),
+            run(VolumeCommand::Restore {
+                snapshot: "s2".into(),
+                new_name: "pg3".into(),
+            }),
+            run(VolumeCommand::RmSnapshot {
+                snapshot: "s2".into(),
+            }),
+            run(VolumeCommand::Snapshot {
+                id: "nope".into(),
+                snapshot: None,
+            }),
+        ]
+    })
+    .await
+    .unwrap();
+    assert_eq!(outputs[0].1, "s2\n", "{:?}", outputs[0]);
+    let listed: Value = serde_json::from_str(&outputs[1].1).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+    assert_eq!(outputs[2].1, "pg3\n", "{:?}", outputs[2]);
+    assert!(f.engine.get(&name("pg3")).is_ok());
+    assert_eq!(outputs[3].1, "s2\n", "{:?}", outputs[3]);
+    assert!(f.engine.get_snapshot(&name("s2")).is_err());
+    let failed = outputs[4].0.as_ref().unwrap_err().to_string();
+    assert!(failed.contains("nope"), "{failed}");
+    stop_tx.send(true).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,6 @@
 //! The Controller service: create, delete, validate, list, capacity and expansion. berth
-//! volumes need no attach step, so ControllerPublish/Unpublish are not offered, nor are
-//! snapshots; everything advertised in [`CAPABILITIES`] is implemented here.
+//! volumes need no attach step, so ControllerPublish/Unpublish are not offered. The snapshot
+//! RPCs live in `snapshots`; everything advertised in [`CAPABILITIES`] is implemented.
 
 use tonic::{Code, Request, Response, Status};
 
@@ -12,7 +12,7 @@ use super::proto::controller_server::Controller;
 use super::proto::controller_service_capability::{self, Rpc, rpc};
 use super::proto::list_volumes_response::Entry;
 use super::proto::validate_volume_capabilities_response::Confirmed;
-use super::proto::volume_content_source::{self, VolumeSource};
+use super::proto::volume_content_source::{self, SnapshotSource, VolumeSource};
 use super::proto::*;
 use super::{CALLER, CsiService, Failure, about, reply, required, volume_id};
 use crate::engine::types::{
@@ -21,12 +21,15 @@ use crate::engine::types::{
 use crate::engine::{EngineError, NodeInfo, PoolSelector, VolumeService};
 
 /// What the controller does, and nothing more.
-const CAPABILITIES: [rpc::Type; 5] = [
+const CAPABILITIES: [rpc::Type; 8] = [
     rpc::Type::CreateDeleteVolume,
     rpc::Type::ListVolumes,
     rpc::Type::GetCapacity,
     rpc::Type::CloneVolume,
     rpc::Type::ExpandVolume,
+    rpc::Type::CreateDeleteSnapshot,
+    rpc::Type::ListSnapshots,
+    rpc::Type::GetSnapshot,
 ];
 
 /// ListVolumes tokens are `after/<last volume name of the previous page>`: a `/` never
@@ -45,11 +48,19 @@ pub(super) fn csi_volume(v: &EngineVolume, node: &NodeInfo) -> Volume {
         capacity_bytes: bytes(v.size.unwrap_or(0)),
         volume_id: v.name.to_string(),
         volume_context: Default::default(),
-        content_source: v.spec.source.as_ref().map(|source| VolumeContentSource {
-            r#type: Some(volume_content_source::Type::Volume(VolumeSource {
-                volume_id: source.to_string(),
-            })),
-        }),
+        content_source: match (&v.spec.source, &v.spec.snapshot) {
+            (Some(source), _) => Some(VolumeContentSource {
+                r#type: Some(volume_content_source::Type::Volume(VolumeSource {
+                    volume_id: source.to_string(),
+                })),
+            }),
+            (None, Some(snapshot)) => Some(VolumeContentSource {
+                r#type: Some(volume_content_source::Type::Snapshot(SnapshotSource {
+                    snapshot_id: snapshot.to_string(),
+                })),
+            }),
+            (None, None) => None,
+        },
         accessible_topology: vec![topology_of(&node.topology)],
     }
 }
@@ -187,32 +198,40 @@ impl CsiService {
         )
         .map_err(|s| about(&volume, s))?;
         let range = parse_range(req.capacity_range.as_ref()).map_err(|s| about(&volume, s))?;
-        let source = match req.volume_content_source.and_then(|s| s.r#type) {
-            None => None,
-            Some(volume_content_source::Type::Snapshot(_)) => {
-                return Err(about(
-                    &volume,
-                    Status::invalid_argument(
-                        "volume_content_source: berth does not take snapshots; clone a volume instead",
-                    ),
-                ));
-            }
-            Some(volume_content_source::Type::Volume(src)) => Some(volume_id(
-                &src.volume_id,
-                "volume_content_source.volume.volume_id",
-            )?),
+        let (source, snapshot) = match req.volume_content_source.and_then(|s| s.r#type) {
+            None => (None, None),
+            Some(volume_content_source::Type::Snapshot(src)) => (
+                None,
+                Some(super::snapshots::snapshot_id(
+                    &src.snapshot_id,
+                    "volume_content_source.snapshot.snapshot_id",
+                )?),
+            ),
+            Some(volume_content_source::Type::Volume(src)) => (
+                Some(volume_id(
+                    &src.volume_id,
+                    "volume_content_source.volume.volume_id",
+                )?),
+                None,
+            ),
         };
         let mut spec = params.spec();
         spec.access = access.unwrap_or(AccessType::Filesystem);
         let created = self
             .engine(move |e| -> Result<EngineVolume, Failure> {
-                let source_size = match source {
-                    Some(source) => {
+                let source_size = match (source, snapshot) {
+                    (Some(source), _) => {
                         let s = e.get_as(CALLER, &source)?;
                         spec.source = Some(source);
                         s.size
                     }
-                    None => None,
+                    (None, Some(snapshot)) => {
+                        let s = e.get_snapshot(&snapshot)?;
+                        spec.snapshot = Some(snapshot);
+                        spec.pool = spec.pool.or(Some(s.pool));
+                        s.source_size
+                    }
+                    (None, None) => None,
                 };
                 // A volume of this name that already has a size in the range is the one
                 // asked for: keep its spec's size so the engine compares only the rest.
@@ -584,30 +603,42 @@ impl Controller for CsiService {
 
     async fn create_snapshot(
         &self,
-        _request: Request<CreateSnapshotRequest>,
+        request: Request<CreateSnapshotRequest>,
     ) -> Result<Response<CreateSnapshotResponse>, Status> {
-        unimplemented("snapshots")
+        reply(
+            "CreateSnapshot",
+            self.create_snapshot_rpc(request.into_inner()).await,
+        )
     }
 
     async fn delete_snapshot(
         &self,
-        _request: Request<DeleteSnapshotRequest>,
+        request: Request<DeleteSnapshotRequest>,
     ) -> Result<Response<DeleteSnapshotResponse>, Status> {
-        unimplemented("snapshots")
+        reply(
+            "DeleteSnapshot",
+            self.delete_snapshot_rpc(request.into_inner()).await,
+        )
     }
 
     async fn list_snapshots(
         &self,
-        _request: Request<ListSnapshotsRequest>,
+        request: Request<ListSnapshotsRequest>,
     ) -> Result<Response<ListSnapshotsResponse>, Status> {
-        unimplemented("snapshots")
+        reply(
+            "ListSnapshots",
+            self.list_snapshots_rpc(request.into_inner()).await,
+        )
     }
 
     async fn get_snapshot(
         &self,
-        _request: Request<GetSnapshotRequest>,
+        request: Request<GetSnapshotRequest>,
     ) -> Result<Response<GetSnapshotResponse>, Status> {
-        unimplemented("snapshots")
+        reply(
+            "GetSnapshot",
+            self.get_snapshot_rpc(request.into_inner()).await,
+        )
     }
 
     async fn controller_expand_volume(

@@ -30,6 +30,7 @@ mod identity;
 mod node;
 mod params;
 pub mod proto;
+mod snapshots;
 #[cfg(test)]
 mod tests;
 
@@ -154,8 +155,10 @@ fn path_field(raw: &str, field: &str, volume: &VolumeName) -> Result<PathBuf, Fa
 fn status_of(e: &EngineError) -> Status {
     let code = match e {
         EngineError::Input(_) => Code::InvalidArgument,
-        EngineError::NotFound { .. } => Code::NotFound,
-        EngineError::AlreadyExists { .. } => Code::AlreadyExists,
+        EngineError::NotFound { .. } | EngineError::SnapshotNotFound { .. } => Code::NotFound,
+        EngineError::AlreadyExists { .. } | EngineError::SnapshotExists { .. } => {
+            Code::AlreadyExists
+        }
         EngineError::Busy { .. } => Code::Aborted,
         EngineError::InUse { .. } => Code::FailedPrecondition,
         // A create or delete of this volume is still pending: retry once it is done.

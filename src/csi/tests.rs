@@ -354,6 +354,9 @@ async fn identity_names_berth_and_advertises_what_it_does() {
         rpc::Type::GetCapacity,
         rpc::Type::CloneVolume,
         rpc::Type::ExpandVolume,
+        rpc::Type::CreateDeleteSnapshot,
+        rpc::Type::ListSnapshots,
+        rpc::Type::GetSnapshot,
     ];
     assert_eq!(controller, expected.map(|t| t as i32));
     let node: Vec<i32> = h
@@ -510,7 +513,7 @@ async fn create_refuses_bad_input_naming_the_field_and_makes_nothing() {
         (unknown, Code::InvalidArgument, "\"colour\""),
         (bad_type, Code::InvalidArgument, "parameters.type"),
         (no_pool, Code::InvalidArgument, "no pool named \"nope\""),
-        (snapshot, Code::InvalidArgument, "snapshots"),
+        (snapshot, Code::NotFound, "snapshot s1 not found"),
         (xfs, Code::InvalidArgument, "pool default makes ext4"),
         (two_fs, Code::InvalidArgument, "a volume has one"),
         (request("v", -1, 0), Code::InvalidArgument, "required_bytes"),

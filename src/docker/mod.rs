@@ -786,7 +786,10 @@ fn engine_error_reply(e: &EngineError, driver: &str) -> Reply {
                 "volume {volume} not found; create it with `docker volume create --driver {driver} {volume}`"
             ),
         ),
-        EngineError::AlreadyExists { .. } => (409, e.to_string()),
+        EngineError::SnapshotNotFound { .. } => (404, e.to_string()),
+        EngineError::AlreadyExists { .. } | EngineError::SnapshotExists { .. } => {
+            (409, e.to_string())
+        }
         EngineError::Busy { .. } => (503, e.to_string()),
         EngineError::InUse { volume, targets } => (
             409,

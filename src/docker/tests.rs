@@ -604,6 +604,28 @@ impl VolumeService for Slow {
     fn recovery_report(&self) -> crate::engine::RecoveryReport {
         self.inner.recovery_report()
     }
+    fn snapshot(
+        &self,
+        caller: Caller,
+        request: crate::engine::snapshot::SnapshotRequest,
+    ) -> Result<crate::engine::snapshot::Snapshot, EngineError> {
+        self.inner.snapshot(caller, request)
+    }
+    fn delete_snapshot(&self, caller: Caller, name: &VolumeName) -> Result<(), EngineError> {
+        self.inner.delete_snapshot(caller, name)
+    }
+    fn get_snapshot(
+        &self,
+        name: &VolumeName,
+    ) -> Result<crate::engine::snapshot::Snapshot, EngineError> {
+        self.inner.get_snapshot(name)
+    }
+    fn list_snapshots(
+        &self,
+        source: Option<&VolumeName>,
+    ) -> Vec<crate::engine::snapshot::Snapshot> {
+        self.inner.list_snapshots(source)
+    }
     fn probe(&self) -> Result<(), EngineError> {
         self.inner.probe()
     }

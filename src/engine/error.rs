@@ -29,6 +29,17 @@ pub enum EngineError {
     #[error("volume {volume} not found")]
     NotFound { volume: String },
 
+    #[error("snapshot {snapshot} not found")]
+    SnapshotNotFound { snapshot: String },
+
+    #[error(
+        "snapshot {snapshot} already exists, of volume {source_volume}; delete it or use another name"
+    )]
+    SnapshotExists {
+        snapshot: String,
+        source_volume: String,
+    },
+
     #[error(
         "volume {volume} already exists with different parameters ({difference}); delete it or use another name"
     )]
@@ -121,7 +132,8 @@ impl EngineError {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Input(_) => "invalid_input",
-            Self::NotFound { .. } => "not_found",
+            Self::NotFound { .. } | Self::SnapshotNotFound { .. } => "not_found",
+            Self::SnapshotExists { .. } => "already_exists",
             Self::AlreadyExists { .. } => "already_exists",
             Self::Busy { .. } => "busy",
             Self::InUse { .. } => "in_use",

@@ -25,6 +25,7 @@ pub mod locks;
 pub mod metrics;
 pub mod pool;
 mod room;
+pub mod snapshot;
 pub mod types;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -40,6 +41,7 @@ pub use error::{EngineError, InputError};
 use locks::VolumeLocks;
 use metrics::{Metrics, MetricsSnapshot};
 use pool::PoolConfig;
+use snapshot::{Snapshot, SnapshotBook, SnapshotRequest};
 use types::*;
 
 /// Directory names inside each pool path that are berth's own, never volumes.
@@ -96,6 +98,9 @@ pub struct RecoveryReport {
     pub stray_mounts: Vec<PathBuf>,
     /// Loop devices backed by files under berth's pools that the store does not know.
     pub stray_loops: Vec<PathBuf>,
+    /// Snapshots interrupted by a crash: their half-made copies removed (or an
+    /// interrupted delete finished), or why that failed again.
+    pub cleaned_snapshots: Vec<(String, Result<(), String>)>,
 }
 
 /// The contract between the front-ends and the engine. See the module docs.
@@ -177,6 +182,14 @@ pub trait VolumeService: Send + Sync {
     fn pools(&self) -> &[PoolConfig];
     fn metrics(&self) -> MetricsSnapshot;
     fn recovery_report(&self) -> RecoveryReport;
+    /// Takes a snapshot of a volume; an existing snapshot of that name and source is
+    /// returned as it is. See [`snapshot`].
+    fn snapshot(&self, caller: Caller, request: SnapshotRequest) -> Result<Snapshot, EngineError>;
+    /// Deletes a snapshot; a missing one is success.
+    fn delete_snapshot(&self, caller: Caller, name: &VolumeName) -> Result<(), EngineError>;
+    fn get_snapshot(&self, name: &VolumeName) -> Result<Snapshot, EngineError>;
+    /// Every snapshot in name order, or those of `source`.
+    fn list_snapshots(&self, source: Option<&VolumeName>) -> Vec<Snapshot>;
     /// Ready when the store answers and the mount table can be read.
     fn probe(&self) -> Result<(), EngineError>;
     /// Counts a request a front-end refused before calling the engine (malformed, bad
@@ -199,6 +212,7 @@ pub struct Engine<H: Host> {
     /// The store's records, kept in memory for listing and capacity sums.
     volumes: Mutex<BTreeMap<VolumeName, Volume>>,
     locks: VolumeLocks,
+    snapshots: SnapshotBook,
     /// Serializes "is there room?" with "reserve it", so concurrent creates never over-commit.
     placement: Mutex<()>,
     metrics: Metrics,
@@ -230,6 +244,7 @@ impl<H: Host> Engine<H> {
         };
         let store = Store::open(&config.store_path).map_err(internal)?;
         let records: Vec<Volume> = store.load_all().map_err(internal)?;
+        let snapshots: Vec<Snapshot> = store.load_snapshots().map_err(internal)?;
         for pool in config.pools.iter().filter(|p| p.kind != PoolKind::Mount) {
             for base in &pool.paths {
                 for dir in [IMAGES_DIR, RETAINED_DIR] {
@@ -254,6 +269,7 @@ impl<H: Host> Engine<H> {
             node: config.node,
             volumes: Mutex::new(records.into_iter().map(|v| (v.name.clone(), v)).collect()),
             locks: VolumeLocks::default(),
+            snapshots: SnapshotBook::new(snapshots),
             placement: Mutex::new(()),
             metrics: Metrics::default(),
             recovery: Mutex::default(),
@@ -403,10 +419,21 @@ impl<H: Host> Engine<H> {
                 Phase::Creating => self.undo_create(&existing)?,
             }
         }
-        let source = self.validate_spec(&name, &request.spec)?;
+        let restore = self.restore_source(&name, &request.spec)?;
+        // A restore goes to its snapshot's pool, with at least the snapshot's size.
+        let mut placement_spec = request.spec.clone();
+        if let Some((snapshot, _)) = &restore {
+            placement_spec.pool = Some(snapshot.pool.clone());
+            placement_spec.size = placement_spec.size.or(snapshot.source_size);
+        }
+        let source = self.validate_spec(&name, &placement_spec)?;
         let owner = OwnerFrontend::of_creator(caller.frontend);
-        let volume = self.reserve(&request, owner, pending_until)?;
-        if let Err(e) = self.carve(&volume, source.as_ref()) {
+        let volume = self.reserve(&request, &placement_spec, owner, pending_until)?;
+        let carved = match &restore {
+            Some((snapshot, _)) => self.carve_from_snapshot(&volume, snapshot),
+            None => self.carve(&volume, source.as_ref()),
+        };
+        if let Err(e) = carved {
             if let Err(undo) = self.undo_create(&volume) {
                 tracing::error!(volume = %name, error = %undo, "rolling back a failed create");
             }
@@ -501,6 +528,7 @@ impl<H: Host> Engine<H> {
     fn reserve(
         &self,
         request: &CreateRequest,
+        placement_spec: &VolumeSpec,
         frontend: OwnerFrontend,
         pending_until: Option<u64>,
     ) -> Result<Volume, EngineError> {
@@ -516,7 +544,7 @@ impl<H: Host> Engine<H> {
         }
         let mut reasons = Vec::new();
         let candidates = self
-            .candidates(&request.spec, &mut reasons)
+            .candidates(placement_spec, &mut reasons)
             .map_err(|e| e.for_volume(name.as_str()))?;
         // Directories go where there is most room; whole disks to the smallest that fits.
         // Without a requested kind, directories are preferred over giving away a disk.
@@ -774,11 +802,13 @@ impl<H: Host> Engine<H> {
     }
 
     fn reserved_on(&self, base: &Path) -> u64 {
-        self.cache()
+        let volumes: u64 = self
+            .cache()
             .values()
             .filter(|v| v.placement.base == base)
             .filter_map(|v| v.size)
-            .sum()
+            .sum();
+        volumes + self.snapshots.bytes_on(base)
     }
 
     /// Makes the volume's host resources. Each step is idempotent.
@@ -1516,7 +1546,10 @@ impl<H: Host> Engine<H> {
 
     /// Reconciles the store with the mount table and loop devices. See the module docs.
     fn recover(&self) -> Result<RecoveryReport, EngineError> {
-        let mut report = RecoveryReport::default();
+        let mut report = RecoveryReport {
+            cleaned_snapshots: self.recover_snapshots(),
+            ..RecoveryReport::default()
+        };
         let host_err = |source| EngineError::Host {
             volume: "-".into(),
             operation: "reading the mount table",
@@ -1785,6 +1818,7 @@ fn spec_difference(old: &VolumeSpec, new: &VolumeSpec) -> String {
         ownership,
         access,
         source,
+        snapshot,
         reclaim
     );
     if fields.is_empty() {
@@ -1943,6 +1977,30 @@ impl<H: Host> VolumeService for Engine<H> {
             "refused at the front-end"
         );
         self.metrics.record(frontend, op, elapsed, Some(kind));
+    }
+
+    fn snapshot(&self, caller: Caller, request: SnapshotRequest) -> Result<Snapshot, EngineError> {
+        let name = format!("snapshot {}", request.name);
+        self.observe(caller, "snapshot", &name, || {
+            self.do_snapshot(caller, request)
+        })
+    }
+
+    fn delete_snapshot(&self, caller: Caller, name: &VolumeName) -> Result<(), EngineError> {
+        self.observe(
+            caller,
+            "delete_snapshot",
+            &format!("snapshot {name}"),
+            || self.do_delete_snapshot(caller, name),
+        )
+    }
+
+    fn get_snapshot(&self, name: &VolumeName) -> Result<Snapshot, EngineError> {
+        self.do_get_snapshot(name)
+    }
+
+    fn list_snapshots(&self, source: Option<&VolumeName>) -> Vec<Snapshot> {
+        self.do_list_snapshots(source)
     }
 
     fn recovery_report(&self) -> RecoveryReport {

@@ -62,7 +62,9 @@ impl<H: Host> Engine<H> {
                 (reserved.saturating_add(size), pending)
             });
         Ok(Room {
-            by_reservation: capacity.saturating_sub(reserved),
+            // Snapshots hold their size like volumes; their copies are on disk already.
+            by_reservation: capacity
+                .saturating_sub(reserved.saturating_add(self.snapshots.bytes_on(base))),
             by_disk: stats.bytes_available.saturating_sub(not_on_disk),
         })
     }

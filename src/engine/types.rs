@@ -355,6 +355,9 @@ pub struct VolumeSpec {
     /// Create as a copy of this existing volume.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<VolumeName>,
+    /// Create as a copy of this snapshot (restore).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<VolumeName>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reclaim: Option<ReclaimPolicy>,
 }

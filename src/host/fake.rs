@@ -495,6 +495,46 @@ impl Host for FakeHost {
         Ok(())
     }
 
+    fn copy_image(&self, from: &Path, to: &Path, freeze: Option<&Path>) -> Result<(), HostError> {
+        let mut m = self.enter("copy_image", to)?;
+        let size = *m
+            .images
+            .get(from)
+            .ok_or_else(|| not_found("copy_image", from))?;
+        if let Some(mount_point) = freeze
+            && !m.mounts.contains_key(mount_point)
+        {
+            return Err(invalid(mount_point, "is not mounted: nothing to freeze"));
+        }
+        m.images.insert(to.to_path_buf(), size);
+        Ok(())
+    }
+
+    fn thaw(&self, mount_point: &Path) -> Result<(), HostError> {
+        let _m = self.enter("thaw", mount_point)?;
+        Ok(())
+    }
+
+    fn btrfs_snapshot(&self, from: &Path, to: &Path, _read_only: bool) -> Result<(), HostError> {
+        let mut m = self.enter("btrfs_snapshot", to)?;
+        m.require_subvolume(from)?;
+        m.require_btrfs(to)?;
+        if m.subvolumes.contains_key(to) {
+            return Ok(());
+        }
+        if m.dirs.contains(to) || m.files.contains(to) {
+            return Err(invalid(to, "exists and is not a btrfs subvolume"));
+        }
+        let copied: Vec<PathBuf> = m
+            .dirs
+            .iter()
+            .filter_map(|d| d.strip_prefix(from).ok().map(|rel| to.join(rel)))
+            .collect();
+        m.dirs.extend(copied);
+        m.subvolumes.insert(to.to_path_buf(), None);
+        Ok(())
+    }
+
     fn fs_kind(&self, path: &Path) -> Result<FsKind, HostError> {
         let m = self.enter("fs_kind", path)?;
         Ok(m.kind_of(path))

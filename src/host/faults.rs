@@ -157,6 +157,18 @@ impl<H: Host> Host for Faulty<H> {
         self.check("sync_path", path)?;
         self.inner.sync_path(path)
     }
+    fn copy_image(&self, from: &Path, to: &Path, freeze: Option<&Path>) -> Result<(), HostError> {
+        self.check("copy_image", to)?;
+        self.inner.copy_image(from, to, freeze)
+    }
+    fn thaw(&self, mount_point: &Path) -> Result<(), HostError> {
+        self.check("thaw", mount_point)?;
+        self.inner.thaw(mount_point)
+    }
+    fn btrfs_snapshot(&self, from: &Path, to: &Path, read_only: bool) -> Result<(), HostError> {
+        self.check("btrfs_snapshot", to)?;
+        self.inner.btrfs_snapshot(from, to, read_only)
+    }
     fn fs_kind(&self, path: &Path) -> Result<FsKind, HostError> {
         self.check("fs_kind", path)?;
         self.inner.fs_kind(path)

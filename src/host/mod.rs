@@ -266,6 +266,23 @@ pub trait Host: Send + Sync {
     /// Makes `path`'s data and its directory entry durable (`fsync` of the file and its parent).
     fn sync_path(&self, path: &Path) -> Result<(), HostError>;
 
+    // --- Snapshots -----------------------------------------------------------------------
+
+    /// Copies the image file `from` to `to` (created, or overwritten when a copy was left
+    /// half-made), sharing blocks where the filesystem can (`FICLONE`), else as a sparse
+    /// `copy_file_range` copy; `to` is durable when this returns. With `freeze`, the
+    /// filesystem mounted there is frozen (`FIFREEZE`) for the copy and thawed afterwards,
+    /// also when the copy fails.
+    fn copy_image(&self, from: &Path, to: &Path, freeze: Option<&Path>) -> Result<(), HostError>;
+
+    /// Thaws the filesystem mounted at `mount_point` (`FITHAW`), as recovery does after a
+    /// crash during a frozen copy. Not frozen, not mounted or missing is success.
+    fn thaw(&self, mount_point: &Path) -> Result<(), HostError>;
+
+    /// Makes `to` a snapshot of the btrfs subvolume `from` (read-only if asked): made whole
+    /// or not at all by the kernel; an existing subvolume at `to` is success.
+    fn btrfs_snapshot(&self, from: &Path, to: &Path, read_only: bool) -> Result<(), HostError>;
+
     // --- Size enforcement: filesystem kind ---------------------------------------------
 
     /// The kind of filesystem holding `path` (`statfs(2)` `f_type`), resolved like

@@ -181,8 +181,9 @@ fn engine_status(e: &EngineError) -> u16 {
     match e {
         EngineError::Input(_) | EngineError::Unsupported { .. } => 400,
         EngineError::PoolUnusable { .. } => 500,
-        EngineError::NotFound { .. } => 404,
+        EngineError::NotFound { .. } | EngineError::SnapshotNotFound { .. } => 404,
         EngineError::AlreadyExists { .. }
+        | EngineError::SnapshotExists { .. }
         | EngineError::InUse { .. }
         | EngineError::WrongPhase { .. }
         | EngineError::TargetConflict { .. } => 409,

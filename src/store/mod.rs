@@ -12,6 +12,9 @@
 //! The store knows keys and serializable records, not what a volume is: the engine owns the
 //! record type, so the store sits below the engine and imports nothing of it. Only a
 //! migration reads old records, as the JSON an older berth wrote.
+//!
+//! Snapshots have their own table, keyed by snapshot name: their namespace is separate from
+//! the volumes' (a snapshot may share a name with a volume).
 
 pub mod migrate;
 
@@ -28,6 +31,9 @@ pub const SCHEMA_VERSION: u64 = 2;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const VOLUMES: TableDefinition<&str, &[u8]> = TableDefinition::new("volumes_v1");
+const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots_v1");
+
+type Table = TableDefinition<'static, &'static str, &'static [u8]>;
 
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -41,7 +47,7 @@ pub enum StoreError {
         "the store at {path} has schema version {found}, this berth understands up to {SCHEMA_VERSION}; upgrade berth"
     )]
     Schema { path: PathBuf, found: u64 },
-    #[error("the record of volume {key} cannot be read: {reason}")]
+    #[error("the record {key} cannot be read: {reason}")]
     Corrupt { key: String, reason: String },
     #[error("migrating the store at {path} from schema version {from}: volume {key}: {reason}")]
     Migration {
@@ -106,6 +112,8 @@ impl Store {
                 .map_err(txn_err)?
                 .map(|v| v.value());
             let mut volumes = txn.open_table(VOLUMES).map_err(txn_err)?;
+            // Every version since snapshots came has their table; make sure it exists.
+            txn.open_table(SNAPSHOTS).map_err(txn_err)?;
             match found {
                 Some(v) if v > SCHEMA_VERSION => {
                     return Err(StoreError::Schema {
@@ -113,7 +121,7 @@ impl Store {
                         found: v,
                     });
                 }
-                Some(SCHEMA_VERSION) => return Ok(()),
+                Some(SCHEMA_VERSION) => {}
                 Some(1) => self.migrate_v1(&mut volumes, rewrote)?,
                 Some(other) => {
                     return Err(StoreError::Schema {
@@ -168,8 +176,27 @@ impl Store {
     /// Every record. A record that cannot be decoded is an error naming it, never silently
     /// dropped.
     pub fn load_all<T: DeserializeOwned>(&self) -> Result<Vec<T>, StoreError> {
+        self.load(VOLUMES)
+    }
+
+    /// Every snapshot record, read like [`Store::load_all`].
+    pub fn load_snapshots<T: DeserializeOwned>(&self) -> Result<Vec<T>, StoreError> {
+        self.load(SNAPSHOTS)
+    }
+
+    /// Writes the snapshot record under `key` durably.
+    pub fn put_snapshot<T: Serialize>(&self, key: &str, record: &T) -> Result<(), StoreError> {
+        self.put_in(SNAPSHOTS, key, record)
+    }
+
+    /// Removes the snapshot record under `key` durably; a missing record is fine.
+    pub fn remove_snapshot(&self, key: &str) -> Result<(), StoreError> {
+        self.write(SNAPSHOTS, |table| table.remove(key).map(|_| ()))
+    }
+
+    fn load<T: DeserializeOwned>(&self, definition: Table) -> Result<Vec<T>, StoreError> {
         let txn = self.db.begin_read().map_err(txn_err)?;
-        let table = txn.open_table(VOLUMES).map_err(txn_err)?;
+        let table = txn.open_table(definition).map_err(txn_err)?;
         let mut records = Vec::new();
         for entry in table.iter().map_err(txn_err)? {
             let (key, value) = entry.map_err(txn_err)?;
@@ -185,26 +212,38 @@ impl Store {
 
     /// Writes the record under `key` durably.
     pub fn put<T: Serialize>(&self, key: &str, record: &T) -> Result<(), StoreError> {
+        self.put_in(VOLUMES, key, record)
+    }
+
+    fn put_in<T: Serialize>(
+        &self,
+        definition: Table,
+        key: &str,
+        record: &T,
+    ) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(record).map_err(|e| StoreError::Corrupt {
             key: key.to_string(),
             reason: e.to_string(),
         })?;
-        self.write(|table| table.insert(key, bytes.as_slice()).map(|_| ()))
+        self.write(definition, |table| {
+            table.insert(key, bytes.as_slice()).map(|_| ())
+        })
     }
 
     /// Removes the record under `key` durably; a missing record is fine.
     pub fn remove(&self, key: &str) -> Result<(), StoreError> {
-        self.write(|table| table.remove(key).map(|_| ()))
+        self.write(VOLUMES, |table| table.remove(key).map(|_| ()))
     }
 
     fn write(
         &self,
+        definition: Table,
         change: impl FnOnce(&mut redb::Table<&str, &[u8]>) -> Result<(), redb::StorageError>,
     ) -> Result<(), StoreError> {
         let mut txn = self.db.begin_write().map_err(txn_err)?;
         txn.set_durability(Durability::Immediate).map_err(txn_err)?;
         {
-            let mut table = txn.open_table(VOLUMES).map_err(txn_err)?;
+            let mut table = txn.open_table(definition).map_err(txn_err)?;
             change(&mut table).map_err(txn_err)?;
         }
         txn.commit().map_err(txn_err)

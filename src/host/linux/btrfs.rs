@@ -52,6 +52,9 @@ const BTRFS_INO_LOOKUP_PATH_MAX: usize = 4080;
 const BTRFS_FSID_SIZE: usize = 16;
 /// The inode number of every subvolume's root directory.
 pub(super) const BTRFS_FIRST_FREE_OBJECTID: u64 = 256;
+const BTRFS_SUBVOL_NAME_MAX: usize = 4039;
+/// `BTRFS_SUBVOL_RDONLY`: the snapshot is read-only.
+const BTRFS_SUBVOL_RDONLY: u64 = 1 << 1;
 const BTRFS_QUOTA_CTL_ENABLE: u64 = 1;
 const BTRFS_QGROUP_LIMIT_MAX_RFER: u64 = 1;
 /// `max_rfer` value that clears a limit (`CLEAR_VALUE` in fs/btrfs/qgroup.c).
@@ -62,6 +65,16 @@ const BTRFS_QGROUP_CLEAR: u64 = u64::MAX;
 struct VolArgs {
     fd: i64,
     name: [u8; BTRFS_PATH_NAME_MAX + 1],
+}
+
+/// `struct btrfs_ioctl_vol_args_v2` with the name member of its last union.
+#[repr(C)]
+struct VolArgsV2 {
+    fd: i64,
+    transid: u64,
+    flags: u64,
+    unused: [u64; 4],
+    name: [u8; BTRFS_SUBVOL_NAME_MAX + 1],
 }
 
 /// `struct btrfs_ioctl_quota_ctl_args`.
@@ -114,6 +127,8 @@ struct FsInfoArgs {
 }
 
 const _: () = assert!(size_of::<VolArgs>() == 4096);
+const _: () = assert!(size_of::<VolArgsV2>() == 4096);
+const _: () = assert!(std::mem::offset_of!(VolArgsV2, name) == 56);
 const _: () = assert!(size_of::<QuotaCtlArgs>() == 16);
 const _: () = assert!(size_of::<QgroupLimit>() == 40);
 const _: () = assert!(size_of::<QgroupLimitArgs>() == 48);
@@ -128,6 +143,7 @@ mod ioctl {
     nix::ioctl_write_ptr!(subvol_create, BTRFS_IOCTL_MAGIC, 14, VolArgs);
     nix::ioctl_write_ptr!(snap_destroy, BTRFS_IOCTL_MAGIC, 15, VolArgs);
     nix::ioctl_readwrite!(ino_lookup, BTRFS_IOCTL_MAGIC, 18, InoLookupArgs);
+    nix::ioctl_write_ptr!(snap_create_v2, BTRFS_IOCTL_MAGIC, 23, super::VolArgsV2);
     nix::ioctl_read!(fs_info, BTRFS_IOCTL_MAGIC, 31, FsInfoArgs);
     nix::ioctl_readwrite!(quota_ctl, BTRFS_IOCTL_MAGIC, 40, QuotaCtlArgs);
     nix::ioctl_read!(qgroup_limit, BTRFS_IOCTL_MAGIC, 43, QgroupLimitArgs);
@@ -138,6 +154,7 @@ const _: () = assert!(nix::request_code_write!(0x94, 14, size_of::<VolArgs>()) =
 const _: () = assert!(nix::request_code_write!(0x94, 15, size_of::<VolArgs>()) == 0x5000_940F);
 const _: () =
     assert!(nix::request_code_readwrite!(0x94, 18, size_of::<InoLookupArgs>()) == 0xD000_9412);
+const _: () = assert!(nix::request_code_write!(0x94, 23, size_of::<VolArgsV2>()) == 0x5000_9417);
 const _: () = assert!(nix::request_code_read!(0x94, 31, size_of::<FsInfoArgs>()) == 0x8400_941F);
 const _: () =
     assert!(nix::request_code_readwrite!(0x94, 40, size_of::<QuotaCtlArgs>()) == 0xC010_9428);
@@ -239,6 +256,54 @@ pub(super) fn create_subvolume(path: &Path) -> Result<(), HostError> {
         Err(e) => return Err(nix_err("BTRFS_IOC_SUBVOL_CREATE", path, e)),
     }
     fsync_fd(parent.as_fd(), path)
+}
+
+/// Makes `to` a snapshot of the subvolume `from` (`BTRFS_IOC_SNAP_CREATE_V2` on `to`'s
+/// parent with `from`'s fd; read-only with `read_only`). The kernel makes the snapshot in one
+/// transaction: it exists whole or not at all, so an existing subvolume at `to` is a
+/// snapshot made before a crash and counts as success. Neither path is followed; both must
+/// be on the same btrfs. The new subvolume gets its own qgroup `0/<id>`, without a limit.
+pub(super) fn snapshot_subvolume(from: &Path, to: &Path, read_only: bool) -> Result<(), HostError> {
+    let source = open_subvolume(from)?;
+    let (parent, name) = open_parent(to)?;
+    let (parent_path, _) = super::fd::split(to)?;
+    require_btrfs(parent.as_fd(), parent_path)?;
+    let c = cstring("snapshot", to, name.as_bytes())?;
+    match statx_at(parent.as_fd(), &c) {
+        Ok(meta) if is_subvolume_root(&meta) => return Ok(()),
+        Ok(meta) => return Err(not_a_subvolume(to, &meta)),
+        Err(Errno::ENOENT) => {}
+        Err(e) => return Err(nix_err("stat", to, e)),
+    }
+    let bytes = name.as_bytes();
+    if bytes.len() > BTRFS_SUBVOL_NAME_MAX {
+        return Err(invalid("snapshot", to, "name too long for btrfs"));
+    }
+    let mut args = Box::new(VolArgsV2 {
+        fd: i64::from(source.as_raw_fd()),
+        transid: 0,
+        flags: if read_only { BTRFS_SUBVOL_RDONLY } else { 0 },
+        unused: [0; 4],
+        name: [0; BTRFS_SUBVOL_NAME_MAX + 1],
+    });
+    args.name[..bytes.len()].copy_from_slice(bytes);
+    // SAFETY: BTRFS_IOC_SNAP_CREATE_V2 reads one `struct btrfs_ioctl_vol_args_v2`, which
+    // `VolArgsV2` mirrors (#[repr(C)], size and name offset asserted); the pointer is to a
+    // live heap allocation for the duration of the call, the name is NUL-terminated, and
+    // both `parent` and the source fd in the arguments are open directory fds.
+    let result = unsafe { ioctl::snap_create_v2(parent.as_raw_fd(), &*args) };
+    match result {
+        Ok(_) => {}
+        Err(Errno::EEXIST) => {
+            return match statx_at(parent.as_fd(), &c) {
+                Ok(meta) if is_subvolume_root(&meta) => Ok(()),
+                Ok(meta) => Err(not_a_subvolume(to, &meta)),
+                Err(e) => Err(nix_err("stat", to, e)),
+            };
+        }
+        Err(e) => return Err(nix_err("BTRFS_IOC_SNAP_CREATE_V2", to, e)),
+    }
+    fsync_fd(parent.as_fd(), to)
 }
 
 /// The path of the directory `fd` inside its filesystem (what mountinfo's `root` field

@@ -189,7 +189,7 @@ fn copy_range(src: &File, dst: &File, pos: i64, len: usize) -> Result<usize, Err
 /// Copies `size` bytes, skipping holes (`SEEK_DATA`/`SEEK_HOLE`) so sparse files stay sparse,
 /// with `copy_file_range` (a reflink or in-kernel copy where the filesystem can) and a plain
 /// read/write loop where it can not.
-fn copy_data(src: &File, dst: &File, size: u64) -> io::Result<()> {
+pub(super) fn copy_data(src: &File, dst: &File, size: u64) -> io::Result<()> {
     let end = i64::try_from(size).map_err(io::Error::other)?;
     let mut offset: i64 = 0;
     let mut use_cfr = true;

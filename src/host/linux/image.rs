@@ -270,10 +270,12 @@ pub(super) fn mount_image(image: &Path, target: &Path, fs: FsType) -> Result<(),
     };
     // ext4's background inode-table zeroing reaches the loop device as WRITE_ZEROES, which
     // the loop driver turns into holes punched in the allocated image: it stays off (the
-    // tables are flagged uninitialised, which ext4 handles).
+    // tables are flagged uninitialised, which ext4 handles). A restored snapshot is a copy of
+    // its source's filesystem, UUID included; xfs refuses to mount a second filesystem with a
+    // mounted one's UUID unless told `nouuid`.
     let data = match fs {
         FsType::Ext4 => Some("noinit_itable"),
-        FsType::Xfs => None,
+        FsType::Xfs => Some("nouuid"),
     };
     let result = nix::mount::mount(
         Some(device.as_path()),

@@ -53,6 +53,9 @@
 //!   through `BTRFS_IOC_*` ioctls) and `quota` (xfs/ext4 project quotas through
 //!   `FS_IOC_FSSETXATTR` and `quotactl(2)`). Their module docs list the kernel behaviour they
 //!   rely on. `fs_kind` is `fstatfs(2)`'s `f_type`.
+//! - **Snapshots**: `snapshot` copies loopfs images (`FICLONE`, else a sparse copy) with the
+//!   volume's filesystem frozen (`FIFREEZE`/`FITHAW`); `btrfs` makes read-only subvolume
+//!   snapshots (`BTRFS_IOC_SNAP_CREATE_V2`).
 //!
 //! Path resolution: the final component of every path berth acts on (a directory it makes, a
 //! target, an image, a tree's top) is never followed, and neither is the directory it acts
@@ -79,6 +82,7 @@ mod image;
 mod loopdev;
 mod mount;
 mod quota;
+mod snapshot;
 mod walk;
 
 use std::collections::BTreeSet;
@@ -221,6 +225,18 @@ impl Host for LinuxHost {
 
     fn sync_path(&self, path: &Path) -> Result<(), HostError> {
         sync_path(path)
+    }
+
+    fn copy_image(&self, from: &Path, to: &Path, freeze: Option<&Path>) -> Result<(), HostError> {
+        snapshot::copy_image(from, to, freeze)
+    }
+
+    fn thaw(&self, mount_point: &Path) -> Result<(), HostError> {
+        snapshot::thaw(mount_point)
+    }
+
+    fn btrfs_snapshot(&self, from: &Path, to: &Path, read_only: bool) -> Result<(), HostError> {
+        btrfs::snapshot_subvolume(from, to, read_only)
     }
 
     fn fs_kind(&self, path: &Path) -> Result<FsKind, HostError> {
