@@ -42,13 +42,13 @@ copy_with_libs() {
 }
 find_tool() { PATH=/usr/sbin:/sbin:/usr/bin:/bin command -v "$1" || true; }
 
-for tool in mkfs.ext4 resize2fs e2fsck; do
+for tool in mkfs.ext4 dumpe2fs resize2fs e2fsck; do
   path=$(find_tool "$tool")
   [ -n "$path" ] || { echo "rootfs.sh: $tool not found; apt-get install e2fsprogs" >&2; exit 1; }
   copy_with_libs "$path" "/usr/sbin/$tool"
 done
 [ -f /etc/mke2fs.conf ] && install -m 0644 /etc/mke2fs.conf "$out/etc/mke2fs.conf"
-for tool in mkfs.xfs xfs_growfs; do
+for tool in mkfs.xfs xfs_db xfs_growfs; do
   path=$(find_tool "$tool")
   [ -z "$path" ] || copy_with_libs "$path" "/usr/sbin/$tool"
 done

@@ -362,7 +362,7 @@ fn a_stale_socket_is_replaced_and_a_live_one_is_not_taken() {
     assert!(!second.status.success());
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(
-        stderr.contains("is served by another running berth"),
+        stderr.contains("is served by another running process"),
         "{stderr}"
     );
     berth.ok("/VolumeDriver.Get", json!({"Name": "v"}));

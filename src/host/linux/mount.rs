@@ -1,5 +1,11 @@
 //! Bind mounts onto `/proc/self/fd/N`, read-only remounts, and unmounts that never follow a
 //! symlink.
+//!
+//! A busy unmount is retried briefly: a child that berth (or another thread of it) has forked
+//! holds copies of every descriptor until its `exec` closes the close-on-exec ones, so a
+//! filesystem whose last descriptor was just closed can look busy for an instant while a
+//! `mkfs` or `dumpe2fs` starts elsewhere. A mount that stays busy (a process really uses it)
+//! is reported as busy after [`BUSY_RETRIES`] tries.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -96,8 +102,18 @@ pub(super) fn bind_mount(source: &Path, target: &Path, read_only: bool) -> Resul
 }
 
 pub(super) fn unmount(target: &Path) -> Result<(), HostError> {
-    match nix::mount::umount2(target, MntFlags::UMOUNT_NOFOLLOW) {
-        Ok(()) | Err(Errno::EINVAL | Errno::ENOENT) => Ok(()),
-        Err(e) => Err(nix_err("umount", target, e)),
+    let mut tries = 0;
+    loop {
+        match nix::mount::umount2(target, MntFlags::UMOUNT_NOFOLLOW) {
+            Ok(()) | Err(Errno::EINVAL | Errno::ENOENT) => return Ok(()),
+            Err(Errno::EBUSY) if tries < BUSY_RETRIES => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(5 * u64::from(tries)));
+            }
+            Err(e) => return Err(nix_err("umount", target, e)),
+        }
     }
 }
+
+/// How often a busy unmount is retried (5, 10, … ms apart: about 0.3 s in all).
+const BUSY_RETRIES: u32 = 10;
