@@ -98,7 +98,7 @@ fn managed_plugin_serves_volumes_across_disable_and_enable() {
     let driver = d.docker_ok(&["volume", "inspect", "--format", "{{.Driver}}", volume]);
     assert_eq!(driver, format!("{name}:latest"));
     let mount = format!("{volume}:/data");
-    // One container writes; the volume is its own 16 MiB filesystem.
+    // One container writes; the volume is its own filesystem of at least 16 MiB.
     let df = d.docker_ok(&[
         "run",
         "--rm",
@@ -116,8 +116,9 @@ fn managed_plugin_serves_volumes_across_disable_and_enable() {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("df: {df}"));
+    // At least the 16 MiB asked for, at most 8 MiB more (the README's rule).
     assert!(
-        (8 * 1024..=16 * 1024).contains(&size_kib),
+        (16 * 1024..=24 * 1024).contains(&size_kib),
         "the volume is not a 16 MiB filesystem: {df}"
     );
     // Another reads.
