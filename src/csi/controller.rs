@@ -34,7 +34,35 @@ const CAPABILITIES: [rpc::Type; 8] = [
 
 /// ListVolumes tokens are `after/<last volume name of the previous page>`: a `/` never
 /// appears in a name, and paging goes on correctly when that volume is deleted meanwhile.
-const TOKEN_PREFIX: &str = "after/";
+pub(super) const TOKEN_PREFIX: &str = "after/";
+
+/// A paged listing's `max_entries` (0: no limit) and `starting_token` (one berth gave:
+/// `after/NAME`), as the page size and the name the page starts after.
+pub(super) fn page_request(
+    max_entries: i32,
+    starting_token: &str,
+) -> Result<(usize, Option<VolumeName>), Status> {
+    let limit = usize::try_from(max_entries).map_err(|_| {
+        Status::invalid_argument(format!(
+            "max_entries: {max_entries} is negative; use 0 for no limit"
+        ))
+    })?;
+    let limit = if limit == 0 { usize::MAX } else { limit };
+    let after = match starting_token {
+        "" => None,
+        token => Some(
+            token
+                .strip_prefix(TOKEN_PREFIX)
+                .and_then(|n| VolumeName::parse(n).ok())
+                .ok_or_else(|| {
+                    Status::aborted(format!(
+                        "starting_token {token:?} is not a token berth gave; list again without one"
+                    ))
+                })?,
+        ),
+    };
+    Ok((limit, after))
+}
 
 /// A byte count as CSI carries it.
 pub(super) fn bytes(n: u64) -> i64 {
@@ -380,26 +408,7 @@ impl CsiService {
     }
 
     async fn list(&self, req: ListVolumesRequest) -> Result<ListVolumesResponse, Failure> {
-        let limit = usize::try_from(req.max_entries).map_err(|_| {
-            Status::invalid_argument(format!(
-                "max_entries: {} is negative; use 0 for no limit",
-                req.max_entries
-            ))
-        })?;
-        let limit = if limit == 0 { usize::MAX } else { limit };
-        let after = match req.starting_token.as_str() {
-            "" => None,
-            token => Some(
-                token
-                    .strip_prefix(TOKEN_PREFIX)
-                    .and_then(|n| VolumeName::parse(n).ok())
-                    .ok_or_else(|| {
-                        Status::aborted(format!(
-                            "starting_token {token:?} is not a token berth gave; list again without one"
-                        ))
-                    })?,
-            ),
-        };
+        let (limit, after) = page_request(req.max_entries, &req.starting_token)?;
         let mut page = self
             .engine(move |e| e.list_after(CALLER, after.as_ref(), limit.saturating_add(1)))
             .await?;

@@ -6,15 +6,12 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use tonic::Status;
 
-use super::controller::bytes;
+use super::controller::{TOKEN_PREFIX, bytes, page_request};
 use super::proto::list_snapshots_response::Entry;
 use super::proto::*;
 use super::{CALLER, CsiService, Failure, required};
 use crate::engine::snapshot::{Snapshot as EngineSnapshot, SnapshotRequest};
 use crate::engine::types::VolumeName;
-
-/// ListSnapshots tokens are `after/<last snapshot name of the previous page>`.
-const TOKEN_PREFIX: &str = "after/";
 
 /// An engine snapshot as CSI describes it.
 fn csi_snapshot(s: &EngineSnapshot) -> Snapshot {
@@ -89,26 +86,7 @@ impl CsiService {
         &self,
         req: ListSnapshotsRequest,
     ) -> Result<ListSnapshotsResponse, Failure> {
-        let limit = usize::try_from(req.max_entries).map_err(|_| {
-            Status::invalid_argument(format!(
-                "max_entries: {} is negative; use 0 for no limit",
-                req.max_entries
-            ))
-        })?;
-        let limit = if limit == 0 { usize::MAX } else { limit };
-        let after = match req.starting_token.as_str() {
-            "" => None,
-            token => Some(
-                token
-                    .strip_prefix(TOKEN_PREFIX)
-                    .and_then(|n| VolumeName::parse(n).ok())
-                    .ok_or_else(|| {
-                        Status::aborted(format!(
-                            "starting_token {token:?} is not a token berth gave; list again without one"
-                        ))
-                    })?,
-            ),
-        };
+        let (limit, after) = page_request(req.max_entries, &req.starting_token)?;
         // Filters by ids that cannot be berth names match nothing.
         let parse_filter = |raw: &str| match raw {
             "" => Ok(None),
