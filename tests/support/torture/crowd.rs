@@ -264,8 +264,16 @@ impl Client {
                 self.count("csi unpublish+unstage ok".into());
             }
             Via::Docker(id) => {
-                nix::mount::umount2(&through, nix::mount::MntFlags::empty())
-                    .map_err(|e| format!("unmounting {}: {e}", through.display()))?;
+                // Busy for an instant while another client's child holds our descriptors
+                // between fork and exec (as berth's own unmount allows for).
+                let mut tries = 0;
+                while let Err(e) = nix::mount::umount2(&through, nix::mount::MntFlags::empty()) {
+                    tries += 1;
+                    if e != nix::errno::Errno::EBUSY || tries > 10 {
+                        return Err(format!("unmounting {}: {e}", through.display()));
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(5 * tries));
+                }
                 std::fs::remove_dir(&through)
                     .map_err(|e| format!("removing {}: {e}", through.display()))?;
                 let answer = http_answer(
