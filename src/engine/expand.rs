@@ -1,0 +1,66 @@
+//! Growing a volume online or offline, within its pool's reservations.
+
+use super::types::*;
+use super::*;
+use crate::host::Host;
+
+impl<H: Host> Engine<H> {
+    pub(super) fn do_expand(
+        &self,
+        caller: Caller,
+        name: &VolumeName,
+        size: u64,
+    ) -> Result<Volume, EngineError> {
+        let _guard = self.locks.acquire(name, caller.wait_if_busy)?;
+        let mut v = self.ready_volume(name)?;
+        access::check(caller, &v)?;
+        if v.size.is_some_and(|current| size <= current) {
+            return Ok(v);
+        }
+        if v.placement.backend == Backend::Disk {
+            return Err(EngineError::Unsupported {
+                volume: name.to_string(),
+                reason: format!(
+                    "a mount volume is a whole disk of {}; it cannot grow",
+                    format_size(v.size.unwrap_or(0))
+                ),
+            });
+        }
+        let _placement = self.placement.lock().unwrap_or_else(|e| e.into_inner());
+        let pool = self
+            .pool(&v.placement.pool)
+            .ok_or_else(|| EngineError::Unsupported {
+                volume: name.to_string(),
+                reason: format!("its pool {} is no longer configured", v.placement.pool),
+            })?;
+        let growth = size - v.size.unwrap_or(0);
+        let available = self
+            .available_on(pool, &v.placement.base)
+            .map_err(|e| e.for_volume(name.as_str()))?;
+        if growth > available {
+            return Err(EngineError::NoCapacity {
+                volume: name.to_string(),
+                reason: format!(
+                    "growing by {} needs more than the {} left on {}",
+                    format_size(growth),
+                    format_size(available),
+                    v.placement.base.display()
+                ),
+            });
+        }
+        let p = &v.placement;
+        let grown = match (p.backend, &p.image, p.project_id) {
+            (_, Some(image), _) => {
+                let mounted = p.fs.map(|fs| (p.dir.as_path(), fs));
+                self.host.grow_image(image, size, mounted)
+            }
+            (Backend::Btrfs, None, _) => self.host.btrfs_set_limit(&p.dir, size),
+            (Backend::Prjquota, None, Some(id)) => self.host.set_project_quota(&p.dir, id, size),
+            _ => Ok(()),
+        };
+        grown.map_err(Self::host_err(name, "growing the volume"))?;
+        v.size = Some(size);
+        self.save(&v, "expand")?;
+        Ok(v)
+    }
+}
