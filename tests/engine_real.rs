@@ -169,6 +169,49 @@ fn a_publication_whose_mount_vanished_is_dropped_at_restart() {
 }
 
 #[test]
+fn references_from_an_earlier_boot_are_dropped_at_start() {
+    let scene = Scene::new();
+    let holder = PublishTarget::Reference {
+        holder: "docker:c1".into(),
+    };
+    let this_boot = fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    {
+        let e = scene.open();
+        create(&e, "v", None);
+        let v = e.publish(CALLER, &name("v"), holder.clone()).unwrap();
+        assert_eq!(v.publications[0].boot_id.as_deref(), Some(this_boot.trim()));
+    }
+    {
+        // A restart in the same boot keeps it: the container may still run.
+        let e = scene.open();
+        assert!(e.recovery_report().dropped_publications.is_empty());
+        assert_eq!(e.get(&name("v")).unwrap().state(), VolumeState::Attached);
+    }
+    // The kernel's boot id cannot be changed without a reboot: make the stored reference
+    // belong to another boot instead, as a record written before a reboot would.
+    {
+        let store = berth::store::Store::open(&scene.dir.path().join("berth.redb")).unwrap();
+        let mut v: Volume = store
+            .load_all::<Volume>()
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == name("v"))
+            .unwrap();
+        v.publications[0].boot_id = Some("00000000-0000-0000-0000-000000000000".into());
+        store.put("v", &v).unwrap();
+    }
+    let e = scene.open();
+    assert_eq!(
+        e.recovery_report().dropped_publications,
+        vec![("v".to_string(), holder.to_string())]
+    );
+    let v = e.get(&name("v")).unwrap();
+    assert!(v.publications.is_empty());
+    assert_eq!(v.state(), VolumeState::Detached);
+    e.delete(CALLER, &name("v")).unwrap();
+}
+
+#[test]
 fn a_mount_berth_did_not_record_is_reported() {
     let scene = Scene::new();
     let v = create(&scene.open(), "v", None);

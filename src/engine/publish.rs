@@ -69,6 +69,10 @@ impl<H: Host> Engine<H> {
             created_target: false,
             device: None,
             published_at: now_ms(),
+            boot_id: match &target {
+                PublishTarget::Reference { .. } => Some(self.boot_id.clone()),
+                PublishTarget::Bind { .. } => None,
+            },
         };
         if let PublishTarget::Bind { path, read_only } = &target {
             // The intent says whether berth is about to create the target, so that a crash

@@ -298,6 +298,21 @@ fn restart_rolls_back_half_creates_and_finishes_tombstoned_deletes() {
     );
 }
 
+/// A fresh host with the pool, volume `v`'s directory and its 1 GiB image, nothing mounted:
+/// what a restart of the machine (or of a host model) leaves.
+fn host_keeping_v() -> FakeHost {
+    let h = host();
+    h.make_dir(Path::new("/pool/volumes/v"), &Ownership::default())
+        .unwrap();
+    h.create_image(
+        Path::new("/pool/volumes/.images/v.img"),
+        GIB,
+        Some(FsType::Ext4),
+    )
+    .unwrap();
+    h
+}
+
 #[test]
 fn after_a_reboot_filesystems_are_remounted_and_vanished_publications_dropped() {
     let f = Fixture::new();
@@ -315,26 +330,46 @@ fn after_a_reboot_filesystems_are_remounted_and_vanished_publications_dropped() 
         )
         .unwrap();
     }
-    // A fresh host with the pool and the image, nothing mounted: what a reboot leaves.
-    let h = host();
-    h.make_dir(Path::new("/pool/volumes/v"), &Ownership::default())
-        .unwrap();
-    h.create_image(
-        Path::new("/pool/volumes/.images/v.img"),
-        GIB,
-        Some(FsType::Ext4),
-    )
-    .unwrap();
+    // A fresh host with the pool and the image, nothing mounted, another boot id: what a
+    // reboot leaves.
+    let h = host_keeping_v();
+    h.reboot();
     let e = f.open(h);
     let report = e.recovery_report();
     assert_eq!(report.remounted, vec!["v".to_string()]);
     assert_eq!(
         report.dropped_publications,
-        vec![("v".to_string(), "/t/a".to_string())]
+        vec![
+            ("v".to_string(), "/t/a".to_string()),
+            ("v".to_string(), "reference \"docker:1\"".to_string())
+        ]
     );
     let v = e.get(&name("v")).unwrap();
-    assert_eq!(v.publications.len(), 1, "the reference is kept");
+    assert!(v.publications.is_empty(), "{:?}", v.publications);
+    assert_eq!(v.state(), VolumeState::Detached);
     assert!(e.host().mounted_at(Path::new("/pool/volumes/v")).is_some());
+}
+
+#[test]
+fn references_survive_a_restart_in_the_same_boot() {
+    let f = Fixture::new();
+    let h = host();
+    let holder = PublishTarget::Reference {
+        holder: "docker:1".into(),
+    };
+    {
+        let e = f.open(h);
+        e.create(CSI, request("v", Some(GIB))).unwrap();
+        e.publish(CSI, &name("v"), holder.clone()).unwrap();
+    }
+    // Same boot (a berth restart, say an upgrade): the container may still run.
+    let h = host_keeping_v();
+    let e = f.open(h);
+    assert!(e.recovery_report().dropped_publications.is_empty());
+    let v = e.get(&name("v")).unwrap();
+    assert_eq!(v.publications.len(), 1);
+    assert!(v.publications[0].target.same_place(&holder));
+    assert_eq!(v.publications[0].boot_id.as_deref(), Some("fake-boot-0"));
 }
 
 #[test]

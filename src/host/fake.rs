@@ -55,6 +55,8 @@ struct Model {
     projects: BTreeMap<PathBuf, (u32, u64)>,
     /// ids "in /etc/projid"
     reserved_project_ids: BTreeSet<u32>,
+    /// Counts reboots: the boot id is derived from it.
+    boots: u32,
 }
 
 impl Model {
@@ -179,11 +181,12 @@ impl FakeHost {
         self.lock().loops.len()
     }
 
-    /// Drops every mount and loop device, as a reboot does.
+    /// Drops every mount and loop device and changes the boot id, as a reboot does.
     pub fn reboot(&self) {
         let mut m = self.lock();
         m.mounts.clear();
         m.loops.clear();
+        m.boots += 1;
     }
 
     /// Adds a directory as if someone else had made it (e.g. a pool path).
@@ -472,6 +475,12 @@ impl Host for FakeHost {
                 backing_file: i.clone(),
             })
             .collect())
+    }
+
+    fn boot_id(&self) -> Result<String, HostError> {
+        // Not recorded as a call: reading it changes nothing, and counting it would shift
+        // the call indices `fail_at_call` tests rely on.
+        Ok(format!("fake-boot-{}", self.lock().boots))
     }
 
     fn fs_stats(&self, path: &Path) -> Result<FsStats, HostError> {

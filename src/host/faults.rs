@@ -145,6 +145,9 @@ impl<H: Host> Host for Faulty<H> {
         self.check("loop_devices", Path::new("/sys/block"))?;
         self.inner.loop_devices()
     }
+    fn boot_id(&self) -> Result<String, HostError> {
+        self.inner.boot_id()
+    }
     fn fs_stats(&self, path: &Path) -> Result<FsStats, HostError> {
         self.check("fs_stats", path)?;
         self.inner.fs_stats(path)

@@ -257,6 +257,10 @@ pub trait Host: Send + Sync {
     /// All attached loop devices and their backing files.
     fn loop_devices(&self) -> Result<Vec<LoopDevice>, HostError>;
 
+    /// The kernel's boot id (`/proc/sys/kernel/random/boot_id`): a random value fixed for
+    /// one boot, new after every reboot.
+    fn boot_id(&self) -> Result<String, HostError>;
+
     /// `statvfs(2)` of the filesystem holding `path`.
     fn fs_stats(&self, path: &Path) -> Result<FsStats, HostError>;
 

@@ -108,6 +108,9 @@ use loopdev::{attach_loop, detach_loop, sys_loops};
 use mount::{bind_mount, unmount};
 use walk::{remove_tree, tree_usage};
 
+/// Where the kernel tells its boot id.
+const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
+
 /// How many directory fds a tree walk keeps open at most (besides the top's).
 pub const MAX_OPEN_DIRS: usize = 64;
 
@@ -213,6 +216,12 @@ impl Host for LinuxHost {
                 backing_file: l.backing,
             })
             .collect())
+    }
+
+    fn boot_id(&self) -> Result<String, HostError> {
+        let path = Path::new(BOOT_ID);
+        let text = std::fs::read_to_string(path).map_err(|e| HostError::io("read", path, e))?;
+        Ok(text.trim().to_string())
     }
 
     fn fs_stats(&self, path: &Path) -> Result<FsStats, HostError> {
