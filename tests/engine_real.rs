@@ -212,6 +212,38 @@ fn references_from_an_earlier_boot_are_dropped_at_start() {
 }
 
 #[test]
+fn a_pool_path_swapped_for_a_symlink_after_create_is_refused_at_publish() {
+    let scene = Scene::new();
+    let a = scene.target("a");
+    let e = scene.open();
+    let v = create(&e, "v", None);
+    let pool = scene.dir.path().join("volumes");
+    let real = scene.dir.path().join("volumes.real");
+    let decoy = scene.dir.path().join("decoy");
+    fs::create_dir_all(decoy.join("v/data")).unwrap();
+    fs::rename(&pool, &real).unwrap();
+    symlink(&decoy, &pool).unwrap();
+
+    let err = e.publish(CALLER, &name("v"), bind(&a, false)).unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains(&format!("{} is a symbolic link", pool.display())),
+        "{message}"
+    );
+    assert!(scene.mounts_under().is_empty(), "nothing was mounted");
+    assert!(!a.exists(), "the target berth made is gone again");
+    assert!(e.get(&name("v")).unwrap().publications.is_empty());
+
+    fs::remove_file(&pool).unwrap();
+    fs::rename(&real, &pool).unwrap();
+    e.publish(CALLER, &name("v"), bind(&a, false)).unwrap();
+    fs::write(a.join("x"), b"x").unwrap();
+    assert!(v.placement.data.join("x").exists());
+    assert!(!decoy.join("v/data/x").exists());
+    e.unpublish(CALLER, &name("v"), &bind(&a, false)).unwrap();
+}
+
+#[test]
 fn a_mount_berth_did_not_record_is_reported() {
     let scene = Scene::new();
     let v = create(&scene.open(), "v", None);

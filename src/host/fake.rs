@@ -369,8 +369,20 @@ impl Host for FakeHost {
         Ok(())
     }
 
-    fn bind_mount(&self, source: &Path, target: &Path, read_only: bool) -> Result<(), HostError> {
+    fn bind_mount(
+        &self,
+        root: &Path,
+        source: &Path,
+        target: &Path,
+        read_only: bool,
+    ) -> Result<(), HostError> {
         let mut m = self.enter("bind_mount", target)?;
+        if !source.starts_with(root) {
+            return Err(HostError::OutsideRoot {
+                path: source.to_path_buf(),
+                root: root.to_path_buf(),
+            });
+        }
         if !m.dirs.contains(target) && !m.files.contains(target) {
             return Err(not_found("mount", target));
         }
@@ -736,7 +748,7 @@ mod tests {
         );
         host.btrfs_delete_subvolume(inner).expect("inner");
         host.add_dir(Path::new("/target"));
-        host.bind_mount(vol, Path::new("/target"), false)
+        host.bind_mount(Path::new("/"), vol, Path::new("/target"), false)
             .expect("bind");
         assert!(host.btrfs_delete_subvolume(vol).is_err());
         host.unmount(Path::new("/target")).expect("unmount");

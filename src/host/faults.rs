@@ -104,9 +104,15 @@ impl<H: Host> Host for Faulty<H> {
         self.check("remove_target", target)?;
         self.inner.remove_target(target, kind)
     }
-    fn bind_mount(&self, source: &Path, target: &Path, read_only: bool) -> Result<(), HostError> {
+    fn bind_mount(
+        &self,
+        root: &Path,
+        source: &Path,
+        target: &Path,
+        read_only: bool,
+    ) -> Result<(), HostError> {
         self.check("bind_mount", target)?;
-        self.inner.bind_mount(source, target, read_only)
+        self.inner.bind_mount(root, source, target, read_only)
     }
     fn unmount(&self, target: &Path) -> Result<(), HostError> {
         self.check("unmount", target)?;

@@ -216,7 +216,17 @@ pub trait Host: Send + Sync {
     fn remove_target(&self, target: &Path, kind: TargetKind) -> Result<(), HostError>;
 
     /// Bind-mounts `source` onto `target` (read-only if asked), refusing a symlinked target.
-    fn bind_mount(&self, source: &Path, target: &Path, read_only: bool) -> Result<(), HostError>;
+    /// `source` must lie beneath the directory `root` (a pool path) and is opened from it
+    /// without following any symlink: a `root` that is a symlink, or a link anywhere between
+    /// `root` and `source`, is refused ([`HostError::Symlink`]), as is a `source` outside
+    /// `root` ([`HostError::OutsideRoot`]).
+    fn bind_mount(
+        &self,
+        root: &Path,
+        source: &Path,
+        target: &Path,
+        read_only: bool,
+    ) -> Result<(), HostError>;
 
     /// Unmounts `target` (without following a symlink). Not mounted is success.
     fn unmount(&self, target: &Path) -> Result<(), HostError>;

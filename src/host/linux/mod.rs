@@ -167,8 +167,14 @@ impl Host for LinuxHost {
         remove_target(target, kind)
     }
 
-    fn bind_mount(&self, source: &Path, target: &Path, read_only: bool) -> Result<(), HostError> {
-        bind_mount(source, target, read_only)
+    fn bind_mount(
+        &self,
+        root: &Path,
+        source: &Path,
+        target: &Path,
+        read_only: bool,
+    ) -> Result<(), HostError> {
+        bind_mount(root, source, target, read_only)
     }
 
     fn unmount(&self, target: &Path) -> Result<(), HostError> {
