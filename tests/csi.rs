@@ -212,13 +212,18 @@ fn fs_total(path: &Path) -> u64 {
     s.blocks() * s.fragment_size()
 }
 
-async fn list_ids(c: &mut Clients) -> Vec<String> {
+async fn list_entries(c: &mut Clients) -> Vec<list_volumes_response::Entry> {
     c.controller
         .list_volumes(ListVolumesRequest::default())
         .await
         .unwrap()
         .into_inner()
         .entries
+}
+
+async fn list_ids(c: &mut Clients) -> Vec<String> {
+    list_entries(c)
+        .await
         .into_iter()
         .map(|e| e.volume.unwrap().volume_id)
         .collect()
@@ -574,6 +579,143 @@ async fn stats_say_abnormal_when_the_volume_filesystem_is_gone() {
     assert!(condition.message.contains(id), "{}", condition.message);
     retry_transient!(c.node.node_unstage_volume(unstage_request(id, &staging))).unwrap();
     retry_transient!(c.controller.delete_volume(delete_request(id))).unwrap();
+}
+
+/// The condition NodeGetVolumeStats reports for `id` at `path`.
+async fn stats_condition(c: &mut Clients, id: &str, path: &Path) -> VolumeCondition {
+    c.node
+        .node_get_volume_stats(stats_request(id, path))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume_condition
+        .expect("a condition")
+}
+
+/// ListVolumes' status of `id`.
+async fn listed_status(c: &mut Clients, id: &str) -> list_volumes_response::VolumeStatus {
+    list_entries(c)
+        .await
+        .into_iter()
+        .find(|e| e.volume.as_ref().is_some_and(|v| v.volume_id == id))
+        .and_then(|e| e.status)
+        .expect("a listed status")
+}
+
+fn assert_abnormal(condition: &VolumeCondition, words: &str) {
+    assert!(condition.abnormal, "{condition:?}");
+    assert!(condition.message.contains(words), "{}", condition.message);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_says_abnormal_when_a_loop_device_or_a_directory_vanishes() {
+    needs_root!();
+    let daemon = Daemon::start("");
+    let mut c = daemon.clients().await;
+    let node_id = daemon.node_id(&mut c).await;
+    let caps = c
+        .controller
+        .controller_get_capabilities(ControllerGetCapabilitiesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .capabilities;
+    for wanted in [
+        controller_service_capability::rpc::Type::ListVolumesPublishedNodes,
+        controller_service_capability::rpc::Type::VolumeCondition,
+    ] {
+        assert!(
+            caps.iter().any(|cap| matches!(
+                &cap.r#type,
+                Some(controller_service_capability::Type::Rpc(r)) if r.r#type == wanted as i32
+            )),
+            "the controller advertises {wanted:?}"
+        );
+    }
+
+    // A loopfs block volume whose loop device an operator detaches.
+    let raw = "health-raw";
+    c.controller
+        .create_volume(create_request(raw, 32 * MIB, block()))
+        .await
+        .unwrap();
+    assert!(listed_status(&mut c, raw).await.published_node_ids.is_empty());
+    let staging = daemon.k8s("health-raw/staging");
+    let target = daemon.k8s("health-raw/pod/dev");
+    std::fs::create_dir_all(&staging).unwrap();
+    std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+    retry_transient!(c.node.node_stage_volume(stage_request(raw, &staging, block()))).unwrap();
+    retry_transient!(c.node.node_publish_volume(publish_request(
+        raw,
+        &staging,
+        &target,
+        block(),
+        false
+    )))
+    .unwrap();
+    let condition = stats_condition(&mut c, raw, &target).await;
+    assert!(!condition.abnormal, "{condition:?}");
+    let status = listed_status(&mut c, raw).await;
+    assert_eq!(status.published_node_ids, vec![node_id.clone()]);
+    assert!(!status.volume_condition.unwrap().abnormal);
+    let image = daemon.path().join("pool/.images/health-raw.img");
+    let devices: Vec<_> = loops_under(daemon.path())
+        .into_iter()
+        .filter(|d| {
+            let sys = Path::new("/sys/block")
+                .join(d.file_name().unwrap())
+                .join("loop/backing_file");
+            std::fs::read_to_string(sys).is_ok_and(|b| Path::new(b.trim()) == image)
+        })
+        .collect();
+    assert_eq!(devices.len(), 1, "one loop device over {}", image.display());
+    let detached = std::process::Command::new("losetup")
+        .arg("-d")
+        .arg(&devices[0])
+        .status()
+        .expect("losetup (util-linux) is installed");
+    assert!(detached.success());
+    assert_abnormal(
+        &stats_condition(&mut c, raw, &target).await,
+        "it was detached",
+    );
+    assert_abnormal(
+        &listed_status(&mut c, raw).await.volume_condition.unwrap(),
+        "it was detached",
+    );
+    retry_transient!(c.node.node_unpublish_volume(unpublish_request(raw, &target))).unwrap();
+    retry_transient!(c.node.node_unstage_volume(unstage_request(raw, &staging))).unwrap();
+    retry_transient!(c.controller.delete_volume(delete_request(raw))).unwrap();
+
+    // A plain-directory volume whose directory someone removes.
+    let plain = "health-plain";
+    let mut create = create_request(plain, 32 * MIB, mount());
+    create.parameters = params(&[("pool", "plain")]);
+    c.controller.create_volume(create).await.unwrap();
+    let staging = daemon.k8s("health-plain/staging");
+    let target = daemon.k8s("health-plain/target");
+    std::fs::create_dir_all(&staging).unwrap();
+    std::fs::create_dir_all(&target).unwrap();
+    retry_transient!(c.node.node_stage_volume(stage_request(plain, &staging, mount()))).unwrap();
+    retry_transient!(c.node.node_publish_volume(publish_request(
+        plain,
+        &staging,
+        &target,
+        mount(),
+        false
+    )))
+    .unwrap();
+    assert!(!stats_condition(&mut c, plain, &target).await.abnormal);
+    let data = daemon.path().join("plain").join(plain).join("data");
+    std::fs::remove_dir(&data).expect("the plain volume's data directory");
+    let words = format!("{} is gone", data.display());
+    assert_abnormal(&stats_condition(&mut c, plain, &target).await, &words);
+    let status = listed_status(&mut c, plain).await;
+    assert_eq!(status.published_node_ids, vec![node_id]);
+    assert_abnormal(&status.volume_condition.unwrap(), &words);
+    retry_transient!(c.node.node_unpublish_volume(unpublish_request(plain, &target))).unwrap();
+    retry_transient!(c.node.node_unstage_volume(unstage_request(plain, &staging))).unwrap();
+    retry_transient!(c.controller.delete_volume(delete_request(plain))).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -28,6 +28,7 @@ mod delete;
 pub mod error;
 mod expand;
 mod group_access;
+mod health;
 pub mod locks;
 pub mod metrics;
 mod placement;
@@ -51,6 +52,7 @@ use crate::store::{Store, StoreError};
 pub use crate::host::{MountEntry, RemovalStats};
 use backend::resolve_backend;
 pub use error::{EngineError, InputError};
+pub use health::VolumeHealth;
 use locks::VolumeLocks;
 use metrics::{Metrics, MetricsSnapshot};
 use pool::PoolConfig;
@@ -192,6 +194,11 @@ pub trait VolumeService: Send + Sync {
     /// `after` (all names when `None`): one page of a listing.
     fn list_after(&self, caller: Caller, after: Option<&VolumeName>, limit: usize) -> Vec<Volume>;
     fn usage(&self, name: &VolumeName) -> Result<Usage, EngineError>;
+    /// Whether each of `volumes` (records from `get` or `list`) is whole on the host now:
+    /// its data in place, a loopfs volume's filesystem mounted on a loop device over its
+    /// image and without recorded errors, a published block volume's loop device attached.
+    /// See [`health`].
+    fn health(&self, volumes: &[Volume]) -> Vec<VolumeHealth>;
     fn capacity(&self, selector: &PoolSelector) -> Vec<PoolCapacity>;
     fn node(&self) -> &NodeInfo;
     fn pools(&self) -> &[PoolConfig];

@@ -984,3 +984,63 @@ fn by(frontend: Frontend) -> Caller {
         wait_if_busy: false,
     }
 }
+
+fn health_of(e: &Engine<FakeHost>, n: &str) -> VolumeHealth {
+    e.health(&[e.get(&name(n)).unwrap()]).remove(0)
+}
+
+fn abnormal_about(health: VolumeHealth, words: &str) {
+    match health {
+        VolumeHealth::Abnormal(message) => assert!(message.contains(words), "{message}"),
+        VolumeHealth::Normal => panic!("expected abnormal ({words}), got normal"),
+    }
+}
+
+#[test]
+fn a_loopfs_volume_is_abnormal_when_its_mount_loop_or_filesystem_fails() {
+    let f = Fixture::new();
+    let e = f.open(host());
+    let v = e.create(CSI, request("v", Some(GIB))).unwrap();
+    e.publish(CSI, &name("v"), bind("/t/a", false)).unwrap();
+    assert_eq!(health_of(&e, "v"), VolumeHealth::Normal);
+    let device = e.host().loop_devices().unwrap().remove(0).device;
+
+    e.host().set_fs_errors(&device, 2);
+    abnormal_about(health_of(&e, "v"), "recorded 2 error(s)");
+    e.host().set_fs_errors(&device, 0);
+    assert_eq!(health_of(&e, "v"), VolumeHealth::Normal);
+
+    e.host().drop_loop(&device);
+    abnormal_about(health_of(&e, "v"), "it was detached");
+
+    e.host().unmount(&v.placement.dir).unwrap();
+    abnormal_about(health_of(&e, "v"), "no longer mounted at /pool/volumes/v");
+}
+
+#[test]
+fn a_plain_volume_is_abnormal_when_its_directory_vanished() {
+    let mut f = Fixture::new();
+    f.pools[0].backend = BackendChoice::None;
+    let e = f.open(host());
+    let v = e.create(CSI, request("p", None)).unwrap();
+    let other = e.create(CSI, request("q", None)).unwrap();
+    e.host().drop_dir(&v.placement.dir);
+    let health = e.health(&[e.get(&name("p")).unwrap(), other]);
+    abnormal_about(health[0].clone(), "/pool/volumes/p/data is gone");
+    assert_eq!(health[1], VolumeHealth::Normal, "only the one whose data went");
+}
+
+#[test]
+fn a_published_block_volume_is_abnormal_when_its_loop_device_is_detached() {
+    let f = Fixture::new();
+    let e = f.open(host());
+    let mut r = request("raw", Some(GIB));
+    r.spec.access = AccessType::Block;
+    e.create(CSI, r).unwrap();
+    assert_eq!(health_of(&e, "raw"), VolumeHealth::Normal, "not published");
+    let v = e.publish(CSI, &name("raw"), bind("/t/dev", false)).unwrap();
+    assert_eq!(health_of(&e, "raw"), VolumeHealth::Normal);
+    let device = v.publications[0].device.clone().unwrap();
+    e.host().drop_loop(&device);
+    abnormal_about(health_of(&e, "raw"), "no longer holds its image");
+}

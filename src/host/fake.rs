@@ -57,6 +57,8 @@ struct Model {
     reserved_project_ids: BTreeSet<u32>,
     /// Counts reboots: the boot id is derived from it.
     boots: u32,
+    /// device -> errors its filesystem recorded
+    fs_errors: BTreeMap<PathBuf, u64>,
 }
 
 impl Model {
@@ -187,6 +189,21 @@ impl FakeHost {
         m.mounts.clear();
         m.loops.clear();
         m.boots += 1;
+    }
+
+    /// The filesystem on `device` has recorded `count` errors.
+    pub fn set_fs_errors(&self, device: &Path, count: u64) {
+        self.lock().fs_errors.insert(device.to_path_buf(), count);
+    }
+
+    /// Detaches loop device `device` as an operator's `losetup -d` would, behind berth's back.
+    pub fn drop_loop(&self, device: &Path) {
+        self.lock().loops.remove(device);
+    }
+
+    /// Removes `dir` (and everything beneath) as someone else might, behind berth's back.
+    pub fn drop_dir(&self, dir: &Path) {
+        self.lock().dirs.retain(|d| !d.starts_with(dir));
     }
 
     /// Adds a directory as if someone else had made it (e.g. a pool path).
@@ -487,6 +504,13 @@ impl Host for FakeHost {
                 backing_file: i.clone(),
             })
             .collect())
+    }
+
+    fn fs_error_count(&self, device: &Path) -> Result<Option<u64>, HostError> {
+        let m = self.enter("fs_error_count", device)?;
+        Ok(m.loops
+            .contains_key(device)
+            .then(|| m.fs_errors.get(device).copied().unwrap_or(0)))
     }
 
     fn boot_id(&self) -> Result<String, HostError> {

@@ -151,6 +151,10 @@ impl<H: Host> Host for Faulty<H> {
         self.check("loop_devices", Path::new("/sys/block"))?;
         self.inner.loop_devices()
     }
+    fn fs_error_count(&self, device: &Path) -> Result<Option<u64>, HostError> {
+        self.check("fs_error_count", device)?;
+        self.inner.fs_error_count(device)
+    }
     fn boot_id(&self) -> Result<String, HostError> {
         self.inner.boot_id()
     }

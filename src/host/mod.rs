@@ -267,6 +267,11 @@ pub trait Host: Send + Sync {
     /// All attached loop devices and their backing files.
     fn loop_devices(&self) -> Result<Vec<LoopDevice>, HostError>;
 
+    /// How many errors the ext4 filesystem on the block device `device` has recorded since it
+    /// was made (`/sys/fs/ext4/<device>/errors_count`, kept in its superblock). `None` when
+    /// the kernel keeps no such count for it (not ext4, or not mounted).
+    fn fs_error_count(&self, device: &Path) -> Result<Option<u64>, HostError>;
+
     /// The kernel's boot id (`/proc/sys/kernel/random/boot_id`): a random value fixed for
     /// one boot, new after every reboot.
     fn boot_id(&self) -> Result<String, HostError>;

@@ -1,0 +1,112 @@
+//! Whether a volume is still whole as the host shows it now: what CSI reports as a
+//! `VolumeCondition` (kubelet turns an abnormal one into an event on the pod). Each backend
+//! has its own probe; the rules are here, the front-ends only map the answer.
+//!
+//! A volume is abnormal when its data directory vanished, when a loopfs volume's filesystem
+//! is no longer mounted at its directory or its loop device is gone (detached behind
+//! berth's back), when that ext4 filesystem has recorded errors, or when a published block
+//! volume's loop device was detached.
+
+use std::path::Path;
+
+use super::types::*;
+use super::*;
+use crate::host::{Host, LoopDevice};
+
+/// A volume's condition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VolumeHealth {
+    Normal,
+    /// What is wrong, for an operator to read.
+    Abnormal(String),
+}
+
+impl<H: Host> Engine<H> {
+    /// The health of each of `volumes`, in order; the mount table and the loop devices are
+    /// read once for all of them.
+    pub(super) fn do_health(&self, volumes: &[Volume]) -> Vec<VolumeHealth> {
+        let mounts = self.host.mounts();
+        let loops = self.host.loop_devices();
+        volumes
+            .iter()
+            .map(|v| match (&mounts, &loops) {
+                (Ok(mounts), Ok(loops)) => self
+                    .probe_volume(v, mounts, loops)
+                    .err()
+                    .map_or(VolumeHealth::Normal, VolumeHealth::Abnormal),
+                (Err(e), _) | (_, Err(e)) => {
+                    VolumeHealth::Abnormal(format!("its state cannot be read: {e}"))
+                }
+            })
+            .collect()
+    }
+
+    /// `Err(what is wrong)` for an abnormal volume.
+    fn probe_volume(
+        &self,
+        v: &Volume,
+        mounts: &[MountEntry],
+        loops: &[LoopDevice],
+    ) -> Result<(), String> {
+        match v.phase {
+            Phase::Ready => {}
+            Phase::Creating => return Err("it is still being created".into()),
+            Phase::Deleting { .. } => return Err("it is being deleted".into()),
+        }
+        let backed_by = |image: &Path, device: Option<&Path>| {
+            loops
+                .iter()
+                .find(|l| l.backing_file == image && device.is_none_or(|d| l.device == d))
+        };
+        match (v.spec.access, &v.placement.image) {
+            (AccessType::Filesystem, Some(image)) => {
+                let dir = &v.placement.dir;
+                if !mounts.iter().any(|m| m.mount_point == *dir) {
+                    return Err(format!(
+                        "its filesystem is no longer mounted at {}",
+                        dir.display()
+                    ));
+                }
+                let Some(device) = backed_by(image, None) else {
+                    return Err(format!(
+                        "no loop device holds its image {}: it was detached",
+                        image.display()
+                    ));
+                };
+                self.probe_errors(&device.device)?;
+            }
+            (AccessType::Block, Some(image)) => {
+                for device in v.publications.iter().filter_map(|p| p.device.as_deref()) {
+                    if backed_by(image, Some(device)).is_none() {
+                        return Err(format!(
+                            "its loop device {} no longer holds its image {}: it was detached",
+                            device.display(),
+                            image.display()
+                        ));
+                    }
+                }
+                return Ok(());
+            }
+            _ => {}
+        }
+        match self.host.target_exists(&v.placement.data) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(format!(
+                "its data directory {} is gone",
+                v.placement.data.display()
+            )),
+            Err(e) => Err(format!("its data directory cannot be read: {e}")),
+        }
+    }
+
+    fn probe_errors(&self, device: &Path) -> Result<(), String> {
+        match self.host.fs_error_count(device) {
+            Ok(Some(0) | None) => Ok(()),
+            Ok(Some(n)) => Err(format!(
+                "its filesystem on {} has recorded {n} error(s) (see the kernel log; check it with fsck while it is not in use)",
+                device.display()
+            )),
+            Err(e) => Err(format!("its filesystem's error count cannot be read: {e}")),
+        }
+    }
+}
