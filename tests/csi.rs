@@ -639,12 +639,21 @@ async fn health_says_abnormal_when_a_loop_device_or_a_directory_vanishes() {
         .create_volume(create_request(raw, 32 * MIB, block()))
         .await
         .unwrap();
-    assert!(listed_status(&mut c, raw).await.published_node_ids.is_empty());
+    assert!(
+        listed_status(&mut c, raw)
+            .await
+            .published_node_ids
+            .is_empty()
+    );
     let staging = daemon.k8s("health-raw/staging");
     let target = daemon.k8s("health-raw/pod/dev");
     std::fs::create_dir_all(&staging).unwrap();
     std::fs::create_dir_all(target.parent().unwrap()).unwrap();
-    retry_transient!(c.node.node_stage_volume(stage_request(raw, &staging, block()))).unwrap();
+    retry_transient!(
+        c.node
+            .node_stage_volume(stage_request(raw, &staging, block()))
+    )
+    .unwrap();
     retry_transient!(c.node.node_publish_volume(publish_request(
         raw,
         &staging,
@@ -683,7 +692,11 @@ async fn health_says_abnormal_when_a_loop_device_or_a_directory_vanishes() {
         &listed_status(&mut c, raw).await.volume_condition.unwrap(),
         "it was detached",
     );
-    retry_transient!(c.node.node_unpublish_volume(unpublish_request(raw, &target))).unwrap();
+    retry_transient!(
+        c.node
+            .node_unpublish_volume(unpublish_request(raw, &target))
+    )
+    .unwrap();
     retry_transient!(c.node.node_unstage_volume(unstage_request(raw, &staging))).unwrap();
     retry_transient!(c.controller.delete_volume(delete_request(raw))).unwrap();
 
@@ -696,7 +709,11 @@ async fn health_says_abnormal_when_a_loop_device_or_a_directory_vanishes() {
     let target = daemon.k8s("health-plain/target");
     std::fs::create_dir_all(&staging).unwrap();
     std::fs::create_dir_all(&target).unwrap();
-    retry_transient!(c.node.node_stage_volume(stage_request(plain, &staging, mount()))).unwrap();
+    retry_transient!(
+        c.node
+            .node_stage_volume(stage_request(plain, &staging, mount()))
+    )
+    .unwrap();
     retry_transient!(c.node.node_publish_volume(publish_request(
         plain,
         &staging,
@@ -713,7 +730,11 @@ async fn health_says_abnormal_when_a_loop_device_or_a_directory_vanishes() {
     let status = listed_status(&mut c, plain).await;
     assert_eq!(status.published_node_ids, vec![node_id]);
     assert_abnormal(&status.volume_condition.unwrap(), &words);
-    retry_transient!(c.node.node_unpublish_volume(unpublish_request(plain, &target))).unwrap();
+    retry_transient!(
+        c.node
+            .node_unpublish_volume(unpublish_request(plain, &target))
+    )
+    .unwrap();
     retry_transient!(c.node.node_unstage_volume(unstage_request(plain, &staging))).unwrap();
     retry_transient!(c.controller.delete_volume(delete_request(plain))).unwrap();
 }

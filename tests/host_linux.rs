@@ -144,18 +144,26 @@ fn bind_mount_refuses_symlinks() {
     std::os::unix::fs::symlink("/", &to_root).unwrap();
 
     let before = host.mounts().unwrap();
-    let err = host.bind_mount(Path::new("/"), &data, &to_dir, false).unwrap_err();
+    let err = host
+        .bind_mount(Path::new("/"), &data, &to_dir, false)
+        .unwrap_err();
     assert!(matches!(err, HostError::Symlink { .. }), "{err}");
-    let err = host.bind_mount(Path::new("/"), &data, &to_dir, true).unwrap_err();
+    let err = host
+        .bind_mount(Path::new("/"), &data, &to_dir, true)
+        .unwrap_err();
     assert!(matches!(err, HostError::Symlink { .. }), "{err}");
-    let err = host.bind_mount(Path::new("/"), &data, &to_root, false).unwrap_err();
+    let err = host
+        .bind_mount(Path::new("/"), &data, &to_root, false)
+        .unwrap_err();
     assert!(matches!(err, HostError::Symlink { .. }), "{err}");
     // A symlinked source is refused too.
     let src_link = s.join("src-link");
     std::os::unix::fs::symlink(&data, &src_link).unwrap();
     let target = s.join("target");
     host.prepare_target(&target, TargetKind::Directory).unwrap();
-    let err = host.bind_mount(Path::new("/"), &src_link, &target, false).unwrap_err();
+    let err = host
+        .bind_mount(Path::new("/"), &src_link, &target, false)
+        .unwrap_err();
     assert!(matches!(err, HostError::Symlink { .. }), "{err}");
 
     let after = host.mounts().unwrap();
@@ -354,12 +362,18 @@ fn remove_tree_does_not_cross_mounts() {
     fs::write(source.join("survivor"), b"still here").unwrap();
     let mnt = vol.join("a/mnt");
     fs::create_dir_all(&mnt).unwrap();
-    host.bind_mount(Path::new("/"), &source, &mnt, false).unwrap();
+    host.bind_mount(Path::new("/"), &source, &mnt, false)
+        .unwrap();
     // A file bind-mounted onto a file inside the tree.
     fs::write(s.join("file-src"), b"file source").unwrap();
     fs::write(vol.join("file-target"), b"").unwrap();
-    host.bind_mount(Path::new("/"), &s.join("file-src"), &vol.join("file-target"), false)
-        .unwrap();
+    host.bind_mount(
+        Path::new("/"),
+        &s.join("file-src"),
+        &vol.join("file-target"),
+        false,
+    )
+    .unwrap();
 
     let err = host.remove_tree(&root, &vol).unwrap_err();
     match &err {
@@ -669,8 +683,10 @@ fn block_volume_attach_bind_detach() {
     assert!(host.prepare_target(&target, TargetKind::File).unwrap());
     assert!(!host.prepare_target(&target, TargetKind::File).unwrap());
     assert!(host.prepare_target(&target, TargetKind::Directory).is_err());
-    host.bind_mount(Path::new("/"), &device, &target, false).unwrap();
-    host.bind_mount(Path::new("/"), &device, &target, false).unwrap();
+    host.bind_mount(Path::new("/"), &device, &target, false)
+        .unwrap();
+    host.bind_mount(Path::new("/"), &device, &target, false)
+        .unwrap();
     let meta = fs::metadata(&target).unwrap();
     assert!(meta.file_type().is_block_device());
     assert_eq!(meta.rdev(), fs::metadata(&device).unwrap().rdev());
@@ -828,7 +844,8 @@ fn tree_usage_and_copy_tree() {
     fs::create_dir_all(&mounted).unwrap();
     fs::write(mounted.join("not-copied"), b"x").unwrap();
     fs::create_dir_all(from.join("mnt")).unwrap();
-    host.bind_mount(Path::new("/"), &mounted, &from.join("mnt"), true).unwrap();
+    host.bind_mount(Path::new("/"), &mounted, &from.join("mnt"), true)
+        .unwrap();
     let to2 = s.join("to2");
     host.make_dir(&to2, &Ownership::default()).unwrap();
     let err = host.copy_tree(&from, &to2).unwrap_err();

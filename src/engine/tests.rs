@@ -1027,7 +1027,11 @@ fn a_plain_volume_is_abnormal_when_its_directory_vanished() {
     e.host().drop_dir(&v.placement.dir);
     let health = e.health(&[e.get(&name("p")).unwrap(), other]);
     abnormal_about(health[0].clone(), "/pool/volumes/p/data is gone");
-    assert_eq!(health[1], VolumeHealth::Normal, "only the one whose data went");
+    assert_eq!(
+        health[1],
+        VolumeHealth::Normal,
+        "only the one whose data went"
+    );
 }
 
 #[test]

@@ -86,11 +86,7 @@ impl Daemon {
 
     /// Makes the directory, runs `prepare` in it (which returns more config to append),
     /// then writes the config and starts berth.
-    fn start_prepared(
-        extra: &str,
-        log_level: &str,
-        prepare: impl FnOnce(&Path) -> String,
-    ) -> Self {
+    fn start_prepared(extra: &str, log_level: &str, prepare: impl FnOnce(&Path) -> String) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("berth-csi-")
             .tempdir_in(std::env::var("BERTH_TEST_DIR").unwrap_or_else(|_| "/var/tmp".into()))

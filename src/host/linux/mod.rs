@@ -347,6 +347,11 @@ mod tests {
         let count = |dev: &str| fs_error_count(sysfs.path(), Path::new(dev));
         assert_eq!(count("/dev/loop7").unwrap(), Some(3));
         assert_eq!(count("/dev/loop9").unwrap(), None, "no ext4 on it");
-        assert!(count("/dev/loop8").unwrap_err().to_string().contains("many"));
+        assert!(
+            count("/dev/loop8")
+                .unwrap_err()
+                .to_string()
+                .contains("many")
+        );
     }
 }
