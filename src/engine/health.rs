@@ -7,11 +7,11 @@
 //! berth's back), when that ext4 filesystem has recorded errors, or when a published block
 //! volume's loop device was detached.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::types::*;
 use super::*;
-use crate::host::{Host, LoopDevice};
+use crate::host::Host;
 
 /// A volume's condition.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,70 +22,64 @@ pub enum VolumeHealth {
 }
 
 impl<H: Host> Engine<H> {
-    /// The health of each of `volumes`, in order; the mount table and the loop devices are
-    /// read once for all of them.
+    /// The health of each of `volumes`, in order.
     pub(super) fn do_health(&self, volumes: &[Volume]) -> Vec<VolumeHealth> {
-        let mounts = self.host.mounts();
-        let loops = self.host.loop_devices();
         volumes
             .iter()
-            .map(|v| match (&mounts, &loops) {
-                (Ok(mounts), Ok(loops)) => self
-                    .probe_volume(v, mounts, loops)
+            .map(|v| {
+                self.probe_volume(v)
                     .err()
-                    .map_or(VolumeHealth::Normal, VolumeHealth::Abnormal),
-                (Err(e), _) | (_, Err(e)) => {
-                    VolumeHealth::Abnormal(format!("its state cannot be read: {e}"))
-                }
+                    .map_or(VolumeHealth::Normal, VolumeHealth::Abnormal)
             })
             .collect()
     }
 
     /// `Err(what is wrong)` for an abnormal volume.
-    fn probe_volume(
-        &self,
-        v: &Volume,
-        mounts: &[MountEntry],
-        loops: &[LoopDevice],
-    ) -> Result<(), String> {
+    fn probe_volume(&self, v: &Volume) -> Result<(), String> {
         match v.phase {
             Phase::Ready => {}
             Phase::Creating => return Err("it is still being created".into()),
             Phase::Deleting { .. } => return Err("it is being deleted".into()),
         }
-        let backed_by = |image: &Path, device: Option<&Path>| {
-            loops
-                .iter()
-                .find(|l| l.backing_file == image && device.is_none_or(|d| l.device == d))
-        };
         match (v.spec.access, &v.placement.image) {
             (AccessType::Filesystem, Some(image)) => {
                 let dir = &v.placement.dir;
-                if !mounts.iter().any(|m| m.mount_point == *dir) {
+                let mounted = self
+                    .host
+                    .is_mount_point(dir)
+                    .map_err(|e| format!("its directory cannot be read: {e}"))?;
+                if !mounted {
                     return Err(format!(
                         "its filesystem is no longer mounted at {}",
                         dir.display()
                     ));
                 }
-                let Some(device) = backed_by(image, None) else {
+                let Some(device) = self.loops_over(image)?.into_iter().next() else {
                     return Err(format!(
                         "no loop device holds its image {}: it was detached",
                         image.display()
                     ));
                 };
-                self.probe_errors(&device.device)?;
+                self.probe_errors(&device)?;
             }
             (AccessType::Block, Some(image)) => {
-                for device in v.publications.iter().filter_map(|p| p.device.as_deref()) {
-                    if backed_by(image, Some(device)).is_none() {
-                        return Err(format!(
-                            "its loop device {} no longer holds its image {}: it was detached",
-                            device.display(),
-                            image.display()
-                        ));
-                    }
+                let devices: Vec<&Path> = v
+                    .publications
+                    .iter()
+                    .filter_map(|p| p.device.as_deref())
+                    .collect();
+                if devices.is_empty() {
+                    return Ok(());
                 }
-                return Ok(());
+                let attached = self.loops_over(image)?;
+                return match devices.iter().find(|d| !attached.iter().any(|a| a == *d)) {
+                    Some(device) => Err(format!(
+                        "its loop device {} no longer holds its image {}: it was detached",
+                        device.display(),
+                        image.display()
+                    )),
+                    None => Ok(()),
+                };
             }
             _ => {}
         }
@@ -97,6 +91,12 @@ impl<H: Host> Engine<H> {
             )),
             Err(e) => Err(format!("its data directory cannot be read: {e}")),
         }
+    }
+
+    fn loops_over(&self, image: &Path) -> Result<Vec<PathBuf>, String> {
+        self.host
+            .image_loops(image)
+            .map_err(|e| format!("the loop devices over its image cannot be read: {e}"))
     }
 
     fn probe_errors(&self, device: &Path) -> Result<(), String> {

@@ -506,6 +506,20 @@ impl Host for FakeHost {
             .collect())
     }
 
+    fn image_loops(&self, image: &Path) -> Result<Vec<PathBuf>, HostError> {
+        let m = self.enter("image_loops", image)?;
+        Ok(m.loops
+            .iter()
+            .filter(|(_, backing)| *backing == image)
+            .map(|(device, _)| device.clone())
+            .collect())
+    }
+
+    fn is_mount_point(&self, path: &Path) -> Result<bool, HostError> {
+        let m = self.enter("is_mount_point", path)?;
+        Ok(m.mounts.contains_key(path))
+    }
+
     fn fs_error_count(&self, device: &Path) -> Result<Option<u64>, HostError> {
         let m = self.enter("fs_error_count", device)?;
         Ok(m.loops

@@ -151,6 +151,14 @@ impl<H: Host> Host for Faulty<H> {
         self.check("loop_devices", Path::new("/sys/block"))?;
         self.inner.loop_devices()
     }
+    fn image_loops(&self, image: &Path) -> Result<Vec<PathBuf>, HostError> {
+        self.check("image_loops", image)?;
+        self.inner.image_loops(image)
+    }
+    fn is_mount_point(&self, path: &Path) -> Result<bool, HostError> {
+        self.check("is_mount_point", path)?;
+        self.inner.is_mount_point(path)
+    }
     fn fs_error_count(&self, device: &Path) -> Result<Option<u64>, HostError> {
         self.check("fs_error_count", device)?;
         self.inner.fs_error_count(device)

@@ -267,6 +267,14 @@ pub trait Host: Send + Sync {
     /// All attached loop devices and their backing files.
     fn loop_devices(&self) -> Result<Vec<LoopDevice>, HostError>;
 
+    /// The loop devices backed by the file `image` (matched by device and inode, so a
+    /// replaced or deleted file does not match, and a path reached through a symlinked
+    /// ancestor does).
+    fn image_loops(&self, image: &Path) -> Result<Vec<PathBuf>, HostError>;
+
+    /// Whether `path` (not followed if a symlink) is the root of a mount.
+    fn is_mount_point(&self, path: &Path) -> Result<bool, HostError>;
+
     /// How many errors the ext4 filesystem on the block device `device` has recorded since it
     /// was made (`/sys/fs/ext4/<device>/errors_count`, kept in its superblock). `None` when
     /// the kernel keeps no such count for it (not ext4, or not mounted).

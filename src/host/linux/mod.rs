@@ -100,11 +100,11 @@ use crate::host::{
 };
 use copy::copy_tree;
 use dirs::{fs_stats, make_dir, prepare_target, remove_target, rename, sync_path};
-use fd::{fd_kind, nix_err, read_mountinfo};
+use fd::{fd_kind, nix_err, read_mountinfo, statx_path};
 pub use group::{group_id, set_group};
 use grow::grow_image;
 use image::{create_image, mount_image};
-use loopdev::{attach_loop, detach_loop, sys_loops};
+use loopdev::{attach_loop, detach_loop, loops_of, sys_loops};
 use mount::{bind_mount, unmount};
 use walk::{remove_tree, tree_usage};
 
@@ -245,6 +245,14 @@ impl Host for LinuxHost {
                 backing_file: l.backing,
             })
             .collect())
+    }
+
+    fn image_loops(&self, image: &Path) -> Result<Vec<PathBuf>, HostError> {
+        Ok(loops_of(image)?.into_iter().map(|l| l.device).collect())
+    }
+
+    fn is_mount_point(&self, path: &Path) -> Result<bool, HostError> {
+        Ok(statx_path(path)?.mount_root)
     }
 
     fn fs_error_count(&self, device: &Path) -> Result<Option<u64>, HostError> {
