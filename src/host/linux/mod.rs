@@ -53,6 +53,10 @@
 //!   through `BTRFS_IOC_*` ioctls) and `quota` (xfs/ext4 project quotas through
 //!   `FS_IOC_FSSETXATTR` and `quotactl(2)`). Their module docs list the kernel behaviour they
 //!   rely on. `fs_kind` is `fstatfs(2)`'s `f_type`.
+//! - **Boot id and filesystem errors**: `kernel_state` reads
+//!   `/proc/sys/kernel/random/boot_id` and ext4's `/sys/fs/ext4/<device>/errors_count`.
+//! - **Bind sources** are opened beneath their pool path with `openat2(2)`
+//!   (`RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`, 5.6+) and mounted from that fd.
 //! - **Snapshots**: `snapshot` copies loopfs images (`FICLONE`, else a sparse copy) with the
 //!   volume's filesystem frozen (`FIFREEZE`/`FITHAW`); `btrfs` makes read-only subvolume
 //!   snapshots (`BTRFS_IOC_SNAP_CREATE_V2`).
@@ -79,6 +83,7 @@ mod fs_size;
 mod group;
 mod grow;
 mod image;
+mod kernel_state;
 mod loopdev;
 mod mount;
 mod quota;
@@ -107,32 +112,6 @@ use image::{create_image, mount_image};
 use loopdev::{attach_loop, detach_loop, loops_of, sys_loops};
 use mount::{bind_mount, unmount};
 use walk::{remove_tree, tree_usage};
-
-/// Where ext4 keeps a directory of counters per mounted filesystem, named after its device.
-const EXT4_SYSFS: &str = "/sys/fs/ext4";
-
-/// `errors_count` of the filesystem on `device` in the ext4 sysfs directory `sysfs`; `None`
-/// when there is none.
-fn fs_error_count(sysfs: &Path, device: &Path) -> Result<Option<u64>, HostError> {
-    let Some(name) = device.file_name() else {
-        return Ok(None);
-    };
-    let file = sysfs.join(name).join("errors_count");
-    match std::fs::read_to_string(&file) {
-        Ok(text) => text.trim().parse().map(Some).map_err(|_| {
-            HostError::io(
-                "read",
-                &file,
-                std::io::Error::new(ErrorKind::InvalidData, format!("not a count: {text:?}")),
-            )
-        }),
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(HostError::io("read", &file, e)),
-    }
-}
-
-/// Where the kernel tells its boot id.
-const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
 
 /// How many directory fds a tree walk keeps open at most (besides the top's).
 pub const MAX_OPEN_DIRS: usize = 64;
@@ -256,13 +235,11 @@ impl Host for LinuxHost {
     }
 
     fn fs_error_count(&self, device: &Path) -> Result<Option<u64>, HostError> {
-        fs_error_count(Path::new(EXT4_SYSFS), device)
+        kernel_state::fs_error_count(Path::new(kernel_state::EXT4_SYSFS), device)
     }
 
     fn boot_id(&self) -> Result<String, HostError> {
-        let path = Path::new(BOOT_ID);
-        let text = std::fs::read_to_string(path).map_err(|e| HostError::io("read", path, e))?;
-        Ok(text.trim().to_string())
+        kernel_state::boot_id()
     }
 
     fn fs_stats(&self, path: &Path) -> Result<FsStats, HostError> {
@@ -338,28 +315,5 @@ impl Host for LinuxHost {
 
     fn project_ids_in_use(&self, fs_path: &Path) -> Result<BTreeSet<u32>, HostError> {
         quota::ids_in_use(fs_path, &quota::PROJECT_FILES)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fs_error_counts_are_read_per_device() {
-        let sysfs = tempfile::tempdir().unwrap();
-        std::fs::create_dir(sysfs.path().join("loop7")).unwrap();
-        std::fs::write(sysfs.path().join("loop7/errors_count"), "3\n").unwrap();
-        std::fs::create_dir(sysfs.path().join("loop8")).unwrap();
-        std::fs::write(sysfs.path().join("loop8/errors_count"), "many\n").unwrap();
-        let count = |dev: &str| fs_error_count(sysfs.path(), Path::new(dev));
-        assert_eq!(count("/dev/loop7").unwrap(), Some(3));
-        assert_eq!(count("/dev/loop9").unwrap(), None, "no ext4 on it");
-        assert!(
-            count("/dev/loop8")
-                .unwrap_err()
-                .to_string()
-                .contains("many")
-        );
     }
 }
