@@ -243,6 +243,116 @@ fn a_pool_path_swapped_for_a_symlink_after_create_is_refused_at_publish() {
     e.unpublish(CALLER, &name("v"), &bind(&a, false)).unwrap();
 }
 
+/// Runs `program` and returns its standard output; a missing program fails the test naming
+/// the package to install.
+fn run(program: &str, package: &str, args: &[&std::ffi::OsStr]) -> String {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program} runs ({e}): install {package}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_loopfs_volume_whose_filesystem_recorded_errors_is_abnormal() {
+    use berth::engine::VolumeHealth;
+    use std::ffi::OsStr;
+    use std::io::{Seek, SeekFrom};
+    let scene = Scene::new();
+    let e = scene.open();
+    let v = create(&e, "hurt", Some(32 << 20));
+    assert_eq!(v.placement.backend, Backend::Loopfs);
+    assert_eq!(
+        e.health(std::slice::from_ref(&v)),
+        vec![VolumeHealth::Normal]
+    );
+    // A directory with a block of its own, on disk.
+    let dir = v.placement.data.join("d");
+    fs::create_dir(&dir).unwrap();
+    for i in 0..8 {
+        fs::write(dir.join(format!("file-{i}")), b"x").unwrap();
+    }
+    run("sync", "coreutils", &[]);
+    let image = v.placement.image.clone().unwrap();
+    let blocks = run(
+        "debugfs",
+        "e2fsprogs",
+        &[
+            OsStr::new("-R"),
+            OsStr::new("blocks /data/d"),
+            image.as_os_str(),
+        ],
+    );
+    let block: u64 = blocks
+        .split_whitespace()
+        .next()
+        .and_then(|b| b.parse().ok())
+        .unwrap_or_else(|| panic!("debugfs blocks: {blocks:?}"));
+    let header = run(
+        "dumpe2fs",
+        "e2fsprogs",
+        &[OsStr::new("-h"), image.as_os_str()],
+    );
+    let block_size: u64 = header
+        .lines()
+        .find_map(|l| l.strip_prefix("Block size:"))
+        .and_then(|b| b.trim().parse().ok())
+        .unwrap_or_else(|| panic!("dumpe2fs -h: {header}"));
+    let device = fs::read_dir("/sys/block")
+        .unwrap()
+        .flatten()
+        .find(|entry| {
+            fs::read_to_string(entry.path().join("loop/backing_file"))
+                .is_ok_and(|b| std::path::Path::new(b.trim()) == image)
+        })
+        .map(|entry| PathBuf::from("/dev").join(entry.file_name()))
+        .expect("the volume's loop device");
+    // Damage that block on the device, then drop the device's cached buffers so the
+    // filesystem reads it again, and list the directory: ext4 finds a bad checksum and
+    // records an error.
+    {
+        let mut disk = fs::OpenOptions::new().write(true).open(&device).unwrap();
+        disk.seek(SeekFrom::Start(block * block_size)).unwrap();
+        disk.write_all(&vec![0xa5; block_size as usize]).unwrap();
+        disk.sync_all().unwrap();
+    }
+    run(
+        "blockdev",
+        "util-linux",
+        &[OsStr::new("--flushbufs"), device.as_os_str()],
+    );
+    // (ext4 skips or refuses a directory block that fails its checks: the files vanish from the
+    // listing, or the listing fails.)
+    let listed = fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0);
+    assert!(
+        listed < 8,
+        "the damaged directory still lists its {listed} files"
+    );
+    // ext4 writes its error count to the superblock from a worker: wait for it briefly.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let health = loop {
+        let health = e.health(std::slice::from_ref(&v));
+        if health != vec![VolumeHealth::Normal] || std::time::Instant::now() > deadline {
+            break health;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    match &health[..] {
+        [VolumeHealth::Abnormal(message)] => {
+            assert!(message.contains("recorded"), "{message}");
+            assert!(message.contains(&device.display().to_string()), "{message}");
+        }
+        other => panic!("expected abnormal, got {other:?}"),
+    }
+    // Not wiped: a wipe measures the data by walking it, which the damaged directory
+    // refuses; the scene unmounts the filesystem and the temp dir takes the image.
+}
+
 #[test]
 fn a_mount_berth_did_not_record_is_reported() {
     let scene = Scene::new();
