@@ -1,6 +1,8 @@
 //! The Controller service: create, delete, validate, list, capacity and expansion. berth
-//! volumes need no attach step, so ControllerPublish/Unpublish are not offered. The snapshot
-//! RPCs live in `snapshots`; everything advertised in [`CAPABILITIES`] is implemented.
+//! volumes need no attach step, so ControllerPublish/Unpublish are not offered; ListVolumes
+//! reports this node as a volume's published node while it is staged or published here, and
+//! the engine's health of it as its condition. The snapshot RPCs live in `snapshots`;
+//! everything advertised in [`CAPABILITIES`] is implemented.
 
 use tonic::{Code, Request, Response, Status};
 
