@@ -17,7 +17,7 @@ use crate::host::Host;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum VolumeHealth {
     Normal,
-    /// What is wrong, for an operator to read.
+    /// What is wrong, for an operator to read (`volume NAME: ...`).
     Abnormal(String),
 }
 
@@ -26,10 +26,9 @@ impl<H: Host> Engine<H> {
     pub(super) fn do_health(&self, volumes: &[Volume]) -> Vec<VolumeHealth> {
         volumes
             .iter()
-            .map(|v| {
-                self.probe_volume(v)
-                    .err()
-                    .map_or(VolumeHealth::Normal, VolumeHealth::Abnormal)
+            .map(|v| match self.probe_volume(v) {
+                Ok(()) => VolumeHealth::Normal,
+                Err(what) => VolumeHealth::Abnormal(format!("volume {}: {what}", v.name)),
             })
             .collect()
     }
