@@ -576,6 +576,14 @@ impl VolumeService for Slow {
     ) -> Result<Volume, EngineError> {
         self.inner.adopt(c, n, expected, owner)
     }
+    fn handover(
+        &self,
+        c: Caller,
+        n: &VolumeName,
+        to: crate::engine::types::OwnerFrontend,
+    ) -> Result<Volume, EngineError> {
+        self.inner.handover(c, n, to)
+    }
     fn get(&self, n: &VolumeName) -> Result<Volume, EngineError> {
         self.inner.get(n)
     }

@@ -27,6 +27,7 @@ mod delete;
 pub mod error;
 mod expand;
 mod group_access;
+mod handover;
 pub mod locks;
 pub mod metrics;
 mod placement;
@@ -169,6 +170,15 @@ pub trait VolumeService: Send + Sync {
         name: &VolumeName,
         expected: &Owner,
         owner: Owner,
+    ) -> Result<Volume, EngineError>;
+    /// Hands a volume that nothing is attached to over to front-end `to`: from then on only
+    /// `to` (and the admin API) acts on it. The data is untouched; an attached volume is
+    /// `InUse`, and only the admin API (or berth itself) may call it. Idempotent.
+    fn handover(
+        &self,
+        caller: Caller,
+        name: &VolumeName,
+        to: OwnerFrontend,
     ) -> Result<Volume, EngineError>;
     fn get(&self, name: &VolumeName) -> Result<Volume, EngineError>;
     fn list(&self, filter: &VolumeFilter) -> Vec<Volume>;

@@ -95,6 +95,17 @@ impl<H: Host> VolumeService for Engine<H> {
         })
     }
 
+    fn handover(
+        &self,
+        caller: Caller,
+        name: &VolumeName,
+        to: OwnerFrontend,
+    ) -> Result<Volume, EngineError> {
+        self.observe(caller, "handover", name.as_str(), || {
+            self.do_handover(caller, name, to)
+        })
+    }
+
     fn get(&self, name: &VolumeName) -> Result<Volume, EngineError> {
         self.cached(name).ok_or_else(|| EngineError::NotFound {
             volume: name.to_string(),
