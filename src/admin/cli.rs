@@ -61,7 +61,8 @@ pub struct VolumeArgs {
     /// The admin API: a unix socket path, or http://HOST:PORT for the TCP listener.
     #[arg(long, global = true, env = "BERTH_ADMIN_SOCKET", default_value = DEFAULT_ENDPOINT)]
     pub admin_socket: String,
-    /// The admin bearer token (prefer BERTH_TOKEN or --token-file: arguments show in `ps`).
+    /// The admin bearer token (prefer BERTH_ADMIN_TOKEN, --token-file or the daemon's config:
+    /// arguments show in `ps`).
     #[arg(long, global = true, env = "BERTH_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// A file whose first line is the admin token (e.g. the daemon's admin.token_file).
@@ -72,6 +73,10 @@ pub struct VolumeArgs {
         conflicts_with = "token"
     )]
     pub token_file: Option<PathBuf>,
+    /// The daemon's config file, where the token is looked for last (default
+    /// /etc/berth/config.toml, if it exists).
+    #[arg(long, global = true, env = "BERTH_CONFIG")]
+    pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: VolumeCommand,
 }
@@ -148,16 +153,12 @@ pub enum OutputFormat {
 impl VolumeArgs {
     /// Resolves the token and runs the subcommand on the process's terminal.
     pub fn run(self) -> Result<(), CliError> {
-        let token = match (&self.token, &self.token_file) {
-            (Some(t), _) => Some(t.trim().to_string()),
-            (None, Some(file)) => {
-                let text = std::fs::read_to_string(file).map_err(|e| {
-                    CliError::Usage(format!("reading the token file {}: {e}", file.display()))
-                })?;
-                Some(text.lines().next().unwrap_or("").trim().to_string())
-            }
-            (None, None) => None,
-        };
+        let token = super::token_source::resolve(
+            self.token.as_deref(),
+            self.token_file.as_deref(),
+            self.config.as_deref(),
+        )
+        .map_err(CliError::Usage)?;
         run(self.command, &self.admin_socket, token.as_deref())
     }
 }

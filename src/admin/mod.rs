@@ -17,9 +17,11 @@
 //!   `GET /metrics` (Prometheus text).
 //!
 //! # Authentication
-//! With `admin.token` (or `admin.token_file`, read at start) every request but `/healthz`
-//! must carry `Authorization: Bearer <token>`, on the socket and on TCP; the comparison takes
-//! the same time wherever the first difference is. Without a token only the unix socket is
+//! One rule: with `admin.token` (or `admin.token_file`, read at start) every request but
+//! `/healthz` must carry `Authorization: Bearer <token>`, on the unix socket and on TCP
+//! alike; the comparison takes the same time wherever the first difference is. `berth
+//! volume` and `berth mesos` find the token the daemon uses by themselves, from the daemon's
+//! config file or `BERTH_ADMIN_TOKEN` ([`token_source`]). Without a token only the unix socket is
 //! served (config validation refuses TCP), and it is created mode 0600 whatever
 //! `listen.socket_mode` says: then the socket's mode is the only guard. The token and the
 //! `Authorization` header are never logged.
@@ -32,6 +34,7 @@ pub mod doctor;
 mod marathon;
 pub mod prometheus;
 pub mod snapshots;
+pub mod token_source;
 pub mod views;
 
 use std::collections::BTreeMap;
@@ -91,6 +94,11 @@ impl Token {
             return Err("the admin token contains spaces or control characters".into());
         }
         Ok(Self(secret.to_string()))
+    }
+
+    /// The secret itself, for a client that sends it.
+    pub fn secret(&self) -> &str {
+        &self.0
     }
 
     /// Whether `header` (an `Authorization` value) carries this token.
@@ -248,7 +256,7 @@ impl Admin {
             return error_reply(
                 401,
                 "unauthorized",
-                "this API needs the admin token: send `Authorization: Bearer <token>` (berth volume: --token-file, BERTH_TOKEN)",
+                "this API needs the admin token: send `Authorization: Bearer <token>` (berth volume and berth mesos read it from the daemon's config, --config or BERTH_CONFIG or /etc/berth/config.toml, or take --token-file or BERTH_ADMIN_TOKEN)",
             )
             .with_header("www-authenticate", "Bearer realm=\"berth\"");
         }
