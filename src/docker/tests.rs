@@ -576,6 +576,12 @@ impl VolumeService for Slow {
     ) -> Result<Volume, EngineError> {
         self.inner.adopt(c, n, expected, owner)
     }
+    fn dirs_beneath(&self, root: &Path, relative: &Path, create: bool) -> Result<(), EngineError> {
+        self.inner.dirs_beneath(root, relative, create)
+    }
+    fn random_id(&self) -> Result<[u8; 16], EngineError> {
+        self.inner.random_id()
+    }
     fn handover(
         &self,
         c: Caller,

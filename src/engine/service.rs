@@ -200,6 +200,32 @@ impl<H: Host> VolumeService for Engine<H> {
             .clone()
     }
 
+    fn dirs_beneath(&self, root: &Path, relative: &Path, create: bool) -> Result<(), EngineError> {
+        self.host
+            .dirs_beneath(root, relative, create)
+            .map_err(|source| EngineError::Host {
+                volume: "-".into(),
+                operation: if create {
+                    "making mount point directories"
+                } else {
+                    "checking mount point directories"
+                },
+                source,
+            })
+    }
+
+    fn random_id(&self) -> Result<[u8; 16], EngineError> {
+        let mut id = [0u8; 16];
+        self.host
+            .random_bytes(&mut id)
+            .map_err(|source| EngineError::Host {
+                volume: "-".into(),
+                operation: "making a random id",
+                source,
+            })?;
+        Ok(id)
+    }
+
     fn probe(&self) -> Result<(), EngineError> {
         self.store
             .probe()
