@@ -31,6 +31,19 @@ impl<H: Host> Engine<H> {
         if !v.publications.is_empty() {
             return Err(in_use(&v));
         }
+        if to == OwnerFrontend::Mesos
+            && (v.owner.app_id.is_none() || v.owner.container_path.is_none())
+        {
+            // The hook finds a task's volumes by app and container path; without them no
+            // Marathon app would ever mount this one.
+            return Err(EngineError::Unsupported {
+                volume: name.to_string(),
+                reason: "it has no Marathon app and container path (the Mesos hook did not make \
+                         it), so no Marathon app could use it; only a volume made for Marathon \
+                         can be handed back to mesos"
+                    .into(),
+            });
+        }
         v.frontend = to;
         // A pending reservation would be rolled back (wiped) if the task it was made for
         // never starts; the new owner holds the volume on purpose, so it is no longer pending.

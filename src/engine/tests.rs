@@ -1009,6 +1009,18 @@ fn a_handover_changes_only_the_owner_durably_and_is_refused_while_published() {
         e.expire_pending_reservations(u64::MAX).is_empty(),
         "a handed-over volume is never rolled back as an unused reservation"
     );
+    // Back to Mesos works for a volume made for Marathon; one made elsewhere has no app.
+    e.create(CSI, request("pvc-2", Some(GIB))).unwrap();
+    let no_app = e
+        .handover(admin, &name("pvc-2"), OwnerFrontend::Mesos)
+        .unwrap_err();
+    assert!(
+        matches!(no_app, EngineError::Unsupported { .. }),
+        "{no_app}"
+    );
+    assert!(no_app.to_string().contains("no Marathon app"), "{no_app}");
+    assert_eq!(e.get(&name("pvc-2")).unwrap().frontend, OwnerFrontend::Csi);
+    e.delete(CSI, &name("pvc-2")).unwrap();
     let missing = e
         .handover(admin, &name("nothing"), OwnerFrontend::Docker)
         .unwrap_err();
