@@ -219,6 +219,8 @@ capacity = "1GiB"
             .env("BERTH_ADMIN_SOCKET", self.socket())
             .env("BERTH_TOKEN_FILE", self.path("token"))
             .env_remove("BERTH_TOKEN")
+            .env_remove("BERTH_ADMIN_TOKEN")
+            .env_remove("BERTH_CONFIG")
             .env_remove("RUST_BACKTRACE")
             .stdin(Stdio::null())
             .output()
@@ -656,6 +658,71 @@ fn on_tcp_requests_without_the_token_get_401_and_change_nothing() {
     );
     let socket_mode = std::fs::metadata(env.path("admin.sock")).map(|m| m.permissions().mode());
     assert!(socket_mode.is_err(), "the socket is removed at shutdown");
+}
+
+/// One rule for the token (the unix socket wants it too, as TCP does) and `berth volume`
+/// finds it where the daemon does: the daemon's config file (`--config`, `BERTH_CONFIG`),
+/// whose `token_file` it reads, or `BERTH_ADMIN_TOKEN`; without any it is told where to look.
+#[test]
+fn berth_volume_finds_the_token_in_the_daemons_config_or_the_environment() {
+    let env = Env::new("token-source");
+    env.seed(|e| create(e, "kept", "plain", None, Owner::default()));
+    let _daemon = env.start();
+    let run = |args: &[&str], vars: &[(&str, &str)]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_berth"));
+        command
+            .arg("volume")
+            .args(args)
+            .env("BERTH_ADMIN_SOCKET", env.socket())
+            .stdin(Stdio::null());
+        for var in [
+            "BERTH_TOKEN",
+            "BERTH_ADMIN_TOKEN",
+            "BERTH_TOKEN_FILE",
+            "BERTH_CONFIG",
+            "RUST_BACKTRACE",
+        ] {
+            command.env_remove(var);
+        }
+        command.envs(vars.iter().copied());
+        let out = command.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let config = env.config_path.to_str().unwrap().to_string();
+
+    let (ok, _, stderr) = run(&["ls", "-q"], &[]);
+    assert!(!ok, "the socket wants the token when one is configured");
+    assert!(
+        stderr.contains("401")
+            && stderr.contains("BERTH_ADMIN_TOKEN")
+            && stderr.contains("--config"),
+        "{stderr}"
+    );
+    for (args, vars) in [
+        (vec!["ls", "-q", "--config", config.as_str()], vec![]),
+        (vec!["ls", "-q"], vec![("BERTH_CONFIG", config.as_str())]),
+        (vec!["ls", "-q"], vec![("BERTH_ADMIN_TOKEN", SECRET)]),
+    ] {
+        let (ok, stdout, stderr) = run(&args, &vars);
+        assert!(ok, "{args:?} {vars:?}: {stderr}");
+        assert_eq!(stdout, "kept\n", "{args:?} {vars:?}");
+    }
+    // An explicit token wins over the config's; a wrong one is refused.
+    let (ok, _, stderr) = run(
+        &["ls", "-q", "--config", config.as_str()],
+        &[("BERTH_ADMIN_TOKEN", "not-the-token")],
+    );
+    assert!(!ok && stderr.contains("401"), "{stderr}");
+    // A config named but unreadable is an error that names it, not a silent tokenless call.
+    let (ok, _, stderr) = run(&["ls", "--config", "/nonexistent/berth.toml"], &[]);
+    assert!(
+        !ok && stderr.contains("/nonexistent/berth.toml"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -25,6 +25,8 @@ fn berth(args: &[&str]) -> Command {
         "MESOS_SANDBOX",
         "BERTH_ADMIN_SOCKET",
         "BERTH_TOKEN",
+        "BERTH_ADMIN_TOKEN",
+        "BERTH_CONFIG",
         "BERTH_TOKEN_FILE",
         "RUST_BACKTRACE",
     ] {

@@ -32,6 +32,8 @@ fn the_hook_needs_the_admin_token_when_one_is_configured() {
             .arg(&daemon.socket)
             .args(auth)
             .env_remove("BERTH_TOKEN")
+            .env_remove("BERTH_ADMIN_TOKEN")
+            .env_remove("BERTH_CONFIG")
             .env_remove("BERTH_TOKEN_FILE");
         if let Some(token) = env_token {
             command.env("BERTH_TOKEN", token);

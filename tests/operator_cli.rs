@@ -18,6 +18,7 @@ fn berth(args: &[&str]) -> Command {
     for var in [
         "BERTH_ADMIN_SOCKET",
         "BERTH_TOKEN",
+        "BERTH_ADMIN_TOKEN",
         "BERTH_TOKEN_FILE",
         "BERTH_LOG_JSON",
         "BERTH_CONFIG",

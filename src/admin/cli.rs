@@ -16,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::de::DeserializeOwned;
 use thiserror::Error;
 
+use super::handover::{HandoverView, to_yaml};
 use super::snapshots::SnapshotView;
 use super::views::{DataOutcome, DeleteView, ErrorView, VolumeList, VolumeView, parse_rfc3339};
 use crate::docker::ANONYMOUS_HOLDER;
@@ -61,7 +62,8 @@ pub struct VolumeArgs {
     /// The admin API: a unix socket path, or http://HOST:PORT for the TCP listener.
     #[arg(long, global = true, env = "BERTH_ADMIN_SOCKET", default_value = DEFAULT_ENDPOINT)]
     pub admin_socket: String,
-    /// The admin bearer token (prefer BERTH_TOKEN or --token-file: arguments show in `ps`).
+    /// The admin bearer token (prefer BERTH_ADMIN_TOKEN, --token-file or the daemon's config:
+    /// arguments show in `ps`).
     #[arg(long, global = true, env = "BERTH_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// A file whose first line is the admin token (e.g. the daemon's admin.token_file).
@@ -72,6 +74,10 @@ pub struct VolumeArgs {
         conflicts_with = "token"
     )]
     pub token_file: Option<PathBuf>,
+    /// The daemon's config file, where the token is looked for last (default
+    /// /etc/berth/config.toml, if it exists).
+    #[arg(long, global = true, env = "BERTH_CONFIG")]
+    pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: VolumeCommand,
 }
@@ -137,6 +143,26 @@ pub enum VolumeCommand {
     Restore { snapshot: String, new_name: String },
     /// Delete a snapshot.
     RmSnapshot { snapshot: String },
+    /// Give a detached volume to another front-end (csi, docker or mesos), data untouched.
+    /// To csi, prints the static PersistentVolume (YAML) that makes it a Kubernetes volume.
+    Handover {
+        /// The volume id, as `berth volume ls` shows it.
+        id: String,
+        /// The front-end that is to own it: csi, docker or mesos.
+        #[arg(long)]
+        to: String,
+        /// For --to csi: the PersistentVolume's storageClassName (default "": it binds a
+        /// claim that asks for `storageClassName: ""`).
+        #[arg(long)]
+        storage_class: Option<String>,
+        /// For --to csi: the PersistentVolume's name (default: from the volume's id).
+        #[arg(long)]
+        pv_name: Option<String>,
+        /// For --to csi: a label (KEY=VALUE) for the PersistentVolume, beside the volume's
+        /// own, for a claim's selector to match; repeatable.
+        #[arg(long = "label", short = 'l')]
+        labels: Vec<String>,
+    },
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -148,16 +174,12 @@ pub enum OutputFormat {
 impl VolumeArgs {
     /// Resolves the token and runs the subcommand on the process's terminal.
     pub fn run(self) -> Result<(), CliError> {
-        let token = match (&self.token, &self.token_file) {
-            (Some(t), _) => Some(t.trim().to_string()),
-            (None, Some(file)) => {
-                let text = std::fs::read_to_string(file).map_err(|e| {
-                    CliError::Usage(format!("reading the token file {}: {e}", file.display()))
-                })?;
-                Some(text.lines().next().unwrap_or("").trim().to_string())
-            }
-            (None, None) => None,
-        };
+        let token = super::token_source::resolve(
+            self.token.as_deref(),
+            self.token_file.as_deref(),
+            self.config.as_deref(),
+        )
+        .map_err(CliError::Usage)?;
         run(self.command, &self.admin_socket, token.as_deref())
     }
 }
@@ -307,6 +329,20 @@ pub fn run_on(
             let view: VolumeView = client.call("POST", &path)?.json()?;
             write_out(console.out, &format!("{}\n", view.id))
         }
+        VolumeCommand::Handover {
+            id,
+            to,
+            storage_class,
+            pv_name,
+            labels,
+        } => {
+            let pv = PvFlags {
+                storage_class,
+                pv_name,
+                labels,
+            };
+            handover(client, console, &id, &to, pv)
+        }
         VolumeCommand::RmSnapshot { snapshot } => {
             let snapshot = parse_id(&snapshot)?;
             let path = format!("/v1/snapshots/{}", url_encode(snapshot.as_str()));
@@ -445,6 +481,69 @@ fn wipe(client: &Client, console: &mut Console<'_>, id: &str, yes: bool) -> Resu
             started.elapsed().as_secs_f64()
         ),
     )
+}
+
+/// `berth volume handover`'s options for the PersistentVolume.
+struct PvFlags {
+    storage_class: Option<String>,
+    pv_name: Option<String>,
+    labels: Vec<String>,
+}
+
+/// `berth volume handover`: the new owner on stderr; for csi the PersistentVolume on stdout.
+fn handover(
+    client: &Client,
+    console: &mut Console<'_>,
+    id: &str,
+    to: &str,
+    pv: PvFlags,
+) -> Result<(), CliError> {
+    let name = parse_id(id)?;
+    let to: OwnerFrontend = to
+        .parse()
+        .map_err(|e: crate::engine::InputError| CliError::Usage(format!("--to: {e}")))?;
+    if to != OwnerFrontend::Csi
+        && (pv.storage_class.is_some() || pv.pv_name.is_some() || !pv.labels.is_empty())
+    {
+        return Err(CliError::Usage(
+            "--storage-class, --pv-name and --label are for --to csi".into(),
+        ));
+    }
+    if let Some(bad) = pv.labels.iter().find(|l| l.contains(',')) {
+        return Err(CliError::Usage(format!(
+            "--label {bad:?}: one KEY=VALUE per --label"
+        )));
+    }
+    let labels = (!pv.labels.is_empty()).then(|| pv.labels.join(","));
+    let mut query = format!("to={to}");
+    for (key, value) in [
+        ("storage_class", pv.storage_class),
+        ("pv_name", pv.pv_name),
+        ("labels", labels),
+    ] {
+        if let Some(value) = value {
+            query.push_str(&format!("&{key}={}", url_encode(&value)));
+        }
+    }
+    let path = format!("{}/handover?{query}", volume_path(&name));
+    let done: HandoverView = client.call("POST", &path)?.json()?;
+    for left in &done.labels_left_off {
+        write_out(
+            console.err,
+            &format!("label {left}; left off the PersistentVolume\n"),
+        )?;
+    }
+    write_out(
+        console.err,
+        &format!(
+            "volume {} handed over from {} to {}\n",
+            done.volume.id, done.from, done.volume.frontend
+        ),
+    )?;
+    match &done.persistent_volume {
+        Some(pv) => write_out(console.out, &to_yaml(pv)),
+        None => write_out(console.out, &format!("{}\n", done.volume.id)),
+    }
 }
 
 fn parse_id(id: &str) -> Result<VolumeName, CliError> {

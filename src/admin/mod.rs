@@ -8,6 +8,9 @@
 //! - `DELETE /v1/volumes/{id}[?wipe=true]`: release the reservation; the data is destroyed
 //!   or kept under the pool's retained directory as its reclaim policy says, or always
 //!   destroyed with `wipe=true`. Refused while attached.
+//! - `POST /v1/volumes/{id}/handover?to=csi|docker|mesos[&storage_class=..][&pv_name=..]`:
+//!   give a detached volume to another front-end, data untouched ([`handover`]); for `csi`
+//!   the answer carries the static PersistentVolume that binds it in Kubernetes.
 //! - `GET /v2/apps/{appId}/tasks` and `DELETE /v2/apps/{appId}/tasks/{taskId}[?wipe=true]`:
 //!   the same, Marathon-shaped, for the volumes a task owns (`appId` may contain slashes).
 //! - `POST /v1/mesos/prepare` and `POST /v1/mesos/cleanup`: the Mesos hook, answered by
@@ -17,9 +20,11 @@
 //!   `GET /metrics` (Prometheus text).
 //!
 //! # Authentication
-//! With `admin.token` (or `admin.token_file`, read at start) every request but `/healthz`
-//! must carry `Authorization: Bearer <token>`, on the socket and on TCP; the comparison takes
-//! the same time wherever the first difference is. Without a token only the unix socket is
+//! One rule: with `admin.token` (or `admin.token_file`, read at start) every request but
+//! `/healthz` must carry `Authorization: Bearer <token>`, on the unix socket and on TCP
+//! alike; the comparison takes the same time wherever the first difference is. `berth
+//! volume` and `berth mesos` find the token the daemon uses by themselves, from the daemon's
+//! config file or `BERTH_ADMIN_TOKEN` ([`token_source`]). Without a token only the unix socket is
 //! served (config validation refuses TCP), and it is created mode 0600 whatever
 //! `listen.socket_mode` says: then the socket's mode is the only guard. The token and the
 //! `Authorization` header are never logged.
@@ -29,9 +34,11 @@
 
 pub mod cli;
 pub mod doctor;
+pub mod handover;
 mod marathon;
 pub mod prometheus;
 pub mod snapshots;
+pub mod token_source;
 pub mod views;
 
 use std::collections::BTreeMap;
@@ -91,6 +98,11 @@ impl Token {
             return Err("the admin token contains spaces or control characters".into());
         }
         Ok(Self(secret.to_string()))
+    }
+
+    /// The secret itself, for a client that sends it.
+    pub fn secret(&self) -> &str {
+        &self.0
     }
 
     /// Whether `header` (an `Authorization` value) carries this token.
@@ -154,6 +166,8 @@ pub struct Admin {
     refusals: Refusals,
     /// For the Mesos hook, which answers `/v1/mesos/...` ([`crate::mesos::hook`]).
     mesos: crate::config::MesosConfig,
+    /// The CSI driver name, for the PersistentVolume a handover to `csi` prints.
+    csi_driver: String,
 }
 
 /// Logs refused (unauthenticated) requests at most once per [`Refusals::EVERY`], with how
@@ -186,13 +200,19 @@ impl Refusals {
 
 impl Admin {
     pub fn new(engine: Arc<dyn VolumeService>, token: Option<Token>) -> Arc<Self> {
-        Self::with_mesos(engine, token, crate::config::MesosConfig::default())
+        Self::with_config(
+            engine,
+            token,
+            crate::config::MesosConfig::default(),
+            crate::config::DEFAULT_DRIVER_NAME,
+        )
     }
 
-    pub fn with_mesos(
+    pub fn with_config(
         engine: Arc<dyn VolumeService>,
         token: Option<Token>,
         mesos: crate::config::MesosConfig,
+        csi_driver: &str,
     ) -> Arc<Self> {
         Arc::new(Self {
             engine,
@@ -200,6 +220,7 @@ impl Admin {
             used_bytes: tokio::sync::Mutex::new(None),
             refusals: Refusals::default(),
             mesos,
+            csi_driver: csi_driver.to_string(),
         })
     }
 
@@ -248,7 +269,7 @@ impl Admin {
             return error_reply(
                 401,
                 "unauthorized",
-                "this API needs the admin token: send `Authorization: Bearer <token>` (berth volume: --token-file, BERTH_TOKEN)",
+                "this API needs the admin token: send `Authorization: Bearer <token>` (berth volume and berth mesos read it from the daemon's config, --config or BERTH_CONFIG or /etc/berth/config.toml, or take --token-file or BERTH_ADMIN_TOKEN)",
             )
             .with_header("www-authenticate", "Bearer realm=\"berth\"");
         }
@@ -283,6 +304,13 @@ impl Admin {
                     _ => method_not_allowed("GET, DELETE"),
                 }
             }
+            ["v1", "volumes", id, "handover"] => match check_method(&req, "POST") {
+                Some(refused) => refused,
+                None => match percent_decode(id) {
+                    Ok(id) => self.handover(&id, &query).await,
+                    Err(e) => bad_request(&e),
+                },
+            },
             ["v1", "snapshots"] => match check_method(&req, "GET") {
                 Some(refused) => refused,
                 None => self.list_snapshots(&query).await,
@@ -677,7 +705,12 @@ pub fn start(
     servers: &mut Servers,
 ) -> Result<(), DaemonError> {
     let token = configured_token(config)?;
-    let admin = Admin::with_mesos(Arc::clone(engine), token.clone(), config.mesos.clone());
+    let admin = Admin::with_config(
+        Arc::clone(engine),
+        token.clone(),
+        config.mesos.clone(),
+        &config.csi.driver_name,
+    );
     if !config.listen.admin.is_empty() {
         // Without a token the socket's mode is the only guard: keep it root's alone.
         let mode = if token.is_some() { mode } else { 0o600 };

@@ -954,3 +954,120 @@ async fn the_metrics_listener_serves_metrics_and_health_and_nothing_else() {
     assert!(f.engine.get(&name("keep")).is_ok(), "nothing deleted");
     stop_tx.send(true).unwrap();
 }
+
+#[tokio::test]
+async fn a_handover_is_refused_on_bad_input_or_while_attached_and_then_changes_only_the_owner() {
+    let f = fixture(Some(SECRET));
+    create(&f.engine, "db", "fast", Owner::default());
+    f.engine.publish(CSI, &name("db"), bind("/pod/db")).unwrap();
+    let before = f.engine.get(&name("db")).unwrap();
+
+    let unauthenticated = Arc::clone(&f.admin)
+        .handle(request("POST", "/v1/volumes/db/handover?to=docker", None))
+        .await;
+    assert_eq!(unauthenticated.status, 401);
+    for (method, uri, status, says) in [
+        (
+            "POST",
+            "/v1/volumes/db/handover",
+            400,
+            "to=csi, to=docker or to=mesos",
+        ),
+        (
+            "POST",
+            "/v1/volumes/db/handover?to=k8s",
+            400,
+            "not a front-end",
+        ),
+        (
+            "POST",
+            "/v1/volumes/db/handover?to=csi&bogus=1",
+            400,
+            "unknown query parameter",
+        ),
+        (
+            "POST",
+            "/v1/volumes/db/handover?to=csi&storage_class=Fast_SSD",
+            400,
+            "storage_class",
+        ),
+        (
+            "POST",
+            "/v1/volumes/db/handover?to=csi&pv_name=UPPER",
+            400,
+            "pv_name",
+        ),
+        (
+            "POST",
+            "/v1/volumes/db/handover?to=csi&labels=app",
+            400,
+            "not KEY=VALUE",
+        ),
+        (
+            "POST",
+            "/v1/volumes/db/handover?to=csi&labels=a%20b=c",
+            400,
+            "label",
+        ),
+        ("GET", "/v1/volumes/db/handover?to=csi", 405, "POST"),
+        (
+            "POST",
+            "/v1/volumes/nothing/handover?to=csi",
+            404,
+            "nothing",
+        ),
+        (
+            "POST",
+            "/v1/volumes/db/handover?to=docker",
+            409,
+            "is attached at /pod/db",
+        ),
+    ] {
+        let (got, body) = call(&f, method, uri).await;
+        assert_eq!(got, status, "{method} {uri}: {body}");
+        let error = body["error"].as_str().unwrap_or_default();
+        assert!(error.contains(says), "{method} {uri}: {error}");
+        assert_eq!(
+            f.engine.get(&name("db")).unwrap(),
+            before,
+            "{uri} changed nothing"
+        );
+    }
+
+    f.engine
+        .unpublish(CSI, &name("db"), &bind("/pod/db"))
+        .unwrap();
+    let (status, moved) = call(&f, "POST", "/v1/volumes/db/handover?to=docker").await;
+    assert_eq!(status, 200, "{moved}");
+    assert_eq!(
+        (moved["from"].as_str(), moved["volume"]["frontend"].as_str()),
+        (Some("csi"), Some("docker"))
+    );
+    assert!(moved.get("persistent_volume").is_none(), "{moved}");
+    let (status, back) = call(
+        &f,
+        "POST",
+        "/v1/volumes/db/handover?to=csi&storage_class=fast&labels=app%3Ddb,tier%3Dsql",
+    )
+    .await;
+    assert_eq!(status, 200, "{back}");
+    let pv = &back["persistent_volume"];
+    assert_eq!(
+        pv["metadata"]["labels"],
+        serde_json::json!({"team": "team-db", "app": "db", "tier": "sql"}),
+        "{pv:#}"
+    );
+    assert_eq!(pv["spec"]["capacity"]["storage"], GIB.to_string());
+    assert_eq!(pv["spec"]["storageClassName"], "fast");
+    assert_eq!(
+        pv["spec"]["csi"]["driver"],
+        crate::config::DEFAULT_DRIVER_NAME
+    );
+    assert_eq!(pv["spec"]["csi"]["volumeHandle"], "db");
+    let after = f.engine.get(&name("db")).unwrap();
+    assert_eq!(after.frontend, OwnerFrontend::Csi);
+    assert_eq!(
+        (after.placement, after.size, after.spec),
+        (before.placement, before.size, before.spec)
+    );
+}

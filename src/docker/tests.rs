@@ -576,6 +576,20 @@ impl VolumeService for Slow {
     ) -> Result<Volume, EngineError> {
         self.inner.adopt(c, n, expected, owner)
     }
+    fn dirs_beneath(&self, root: &Path, relative: &Path, create: bool) -> Result<(), EngineError> {
+        self.inner.dirs_beneath(root, relative, create)
+    }
+    fn random_id(&self) -> Result<[u8; 16], EngineError> {
+        self.inner.random_id()
+    }
+    fn handover(
+        &self,
+        c: Caller,
+        n: &VolumeName,
+        to: crate::engine::types::OwnerFrontend,
+    ) -> Result<Volume, EngineError> {
+        self.inner.handover(c, n, to)
+    }
     fn get(&self, n: &VolumeName) -> Result<Volume, EngineError> {
         self.inner.get(n)
     }

@@ -75,7 +75,8 @@ pub enum EngineError {
 
     #[error(
         "volume {volume} belongs to the {owner} front-end: {caller} may not use or change it \
-         (only its owner, and an administrator through `berth volume`, act on it); use another name",
+         (only its owner, and an administrator through `berth volume`, act on it); use another \
+         name, or have an administrator hand it over: `berth volume handover {volume} --to {caller}`",
         caller = caller.as_str()
     )]
     HeldByOther {

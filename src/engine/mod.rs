@@ -29,6 +29,7 @@ pub mod error;
 mod expand;
 mod group_access;
 mod health;
+mod handover;
 pub mod locks;
 pub mod metrics;
 mod placement;
@@ -175,6 +176,15 @@ pub trait VolumeService: Send + Sync {
         expected: &Owner,
         owner: Owner,
     ) -> Result<Volume, EngineError>;
+    /// Hands a volume that nothing is attached to over to front-end `to`: from then on only
+    /// `to` (and the admin API) acts on it. The data is untouched; an attached volume is
+    /// `InUse`, and only the admin API (or berth itself) may call it. Idempotent.
+    fn handover(
+        &self,
+        caller: Caller,
+        name: &VolumeName,
+        to: OwnerFrontend,
+    ) -> Result<Volume, EngineError>;
     fn get(&self, name: &VolumeName) -> Result<Volume, EngineError>;
     fn list(&self, filter: &VolumeFilter) -> Vec<Volume>;
     /// [`VolumeService::get`] for a front-end, which sees only its own volumes: another
@@ -214,6 +224,14 @@ pub trait VolumeService: Send + Sync {
     fn list_snapshots(&self, source: Option<&VolumeName>) -> Vec<Snapshot>;
     /// Ready when the store answers and the mount table can be read.
     fn probe(&self) -> Result<(), EngineError>;
+    /// Makes (with `create`) or checks the directories from `root` down through `relative`
+    /// by the host's fd-relative walk that follows no symbolic link
+    /// ([`crate::host::Host::dirs_beneath`]): for a front-end that mounts beneath a
+    /// directory its caller names (the Mesos hook's sandboxes and container root
+    /// filesystems), so no path is checked and then used by name.
+    fn dirs_beneath(&self, root: &Path, relative: &Path, create: bool) -> Result<(), EngineError>;
+    /// Sixteen random bytes from the kernel, for ids a front-end makes up.
+    fn random_id(&self) -> Result<[u8; 16], EngineError>;
     /// Counts a request a front-end refused before calling the engine (malformed, bad
     /// options), as a failed `op` of error `kind`, so every refusal shows in the metrics.
     fn record_refused(

@@ -95,6 +95,17 @@ impl<H: Host> VolumeService for Engine<H> {
         })
     }
 
+    fn handover(
+        &self,
+        caller: Caller,
+        name: &VolumeName,
+        to: OwnerFrontend,
+    ) -> Result<Volume, EngineError> {
+        self.observe(caller, "handover", name.as_str(), || {
+            self.do_handover(caller, name, to)
+        })
+    }
+
     fn get(&self, name: &VolumeName) -> Result<Volume, EngineError> {
         self.cached(name).ok_or_else(|| EngineError::NotFound {
             volume: name.to_string(),
@@ -191,6 +202,32 @@ impl<H: Host> VolumeService for Engine<H> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    fn dirs_beneath(&self, root: &Path, relative: &Path, create: bool) -> Result<(), EngineError> {
+        self.host
+            .dirs_beneath(root, relative, create)
+            .map_err(|source| EngineError::Host {
+                volume: "-".into(),
+                operation: if create {
+                    "making mount point directories"
+                } else {
+                    "checking mount point directories"
+                },
+                source,
+            })
+    }
+
+    fn random_id(&self) -> Result<[u8; 16], EngineError> {
+        let mut id = [0u8; 16];
+        self.host
+            .random_bytes(&mut id)
+            .map_err(|source| EngineError::Host {
+                volume: "-".into(),
+                operation: "making a random id",
+                source,
+            })?;
+        Ok(id)
     }
 
     fn probe(&self) -> Result<(), EngineError> {

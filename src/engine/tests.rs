@@ -977,6 +977,97 @@ fn a_front_end_cannot_see_or_change_another_front_ends_volume_and_the_admin_api_
     assert!(e.get(&name("pvc-1")).is_err());
 }
 
+#[test]
+fn a_handover_changes_only_the_owner_durably_and_is_refused_while_published() {
+    let f = Fixture::new();
+    let e = f.open(host());
+    let mesos = by(Frontend::Mesos);
+    let admin = by(Frontend::Admin);
+    let within = std::time::Duration::from_secs(60);
+    let made = e
+        .create_pending(mesos, request("mysql#data#1", Some(GIB)), within)
+        .unwrap();
+    let target = bind("/sandbox/data", false);
+    e.publish(mesos, &name("mysql#data#1"), target.clone())
+        .unwrap();
+
+    // Published: refused, nothing changed.
+    let busy = e
+        .handover(admin, &name("mysql#data#1"), OwnerFrontend::Csi)
+        .unwrap_err();
+    assert!(matches!(busy, EngineError::InUse { .. }), "{busy}");
+    assert_eq!(
+        e.get(&name("mysql#data#1")).unwrap().frontend,
+        OwnerFrontend::Mesos
+    );
+    // A front-end may not hand over, not even its own volume.
+    e.unpublish(mesos, &name("mysql#data#1"), &target).unwrap();
+    for caller in [mesos, CSI, by(Frontend::Docker)] {
+        let refused = e
+            .handover(caller, &name("mysql#data#1"), OwnerFrontend::Csi)
+            .unwrap_err();
+        assert!(
+            matches!(refused, EngineError::Unsupported { .. }),
+            "{refused}"
+        );
+        assert!(
+            refused.to_string().contains("berth volume handover"),
+            "{refused}"
+        );
+    }
+    let calls = mutations(e.host());
+
+    let moved = e
+        .handover(admin, &name("mysql#data#1"), OwnerFrontend::Csi)
+        .unwrap();
+    assert_eq!(moved.frontend, OwnerFrontend::Csi);
+    assert_eq!(
+        moved.placement, made.placement,
+        "the data stays where it is"
+    );
+    assert_eq!(moved.size, made.size);
+    assert_eq!(
+        moved.pending_until, None,
+        "no longer a reservation to roll back"
+    );
+    assert_eq!(mutations(e.host()), calls, "the host is not touched");
+    // Idempotent, and now the new owner's alone.
+    assert_eq!(
+        e.handover(admin, &name("mysql#data#1"), OwnerFrontend::Csi)
+            .unwrap(),
+        moved
+    );
+    assert!(e.get_as(CSI, &name("mysql#data#1")).is_ok());
+    let held = e.get_as(mesos, &name("mysql#data#1")).unwrap_err();
+    assert!(matches!(held, EngineError::HeldByOther { .. }), "{held}");
+    assert!(
+        e.expire_pending_reservations(u64::MAX).is_empty(),
+        "a handed-over volume is never rolled back as an unused reservation"
+    );
+    // Back to Mesos works for a volume made for Marathon; one made elsewhere has no app.
+    e.create(CSI, request("pvc-2", Some(GIB))).unwrap();
+    let no_app = e
+        .handover(admin, &name("pvc-2"), OwnerFrontend::Mesos)
+        .unwrap_err();
+    assert!(
+        matches!(no_app, EngineError::Unsupported { .. }),
+        "{no_app}"
+    );
+    assert!(no_app.to_string().contains("no Marathon app"), "{no_app}");
+    assert_eq!(e.get(&name("pvc-2")).unwrap().frontend, OwnerFrontend::Csi);
+    e.delete(CSI, &name("pvc-2")).unwrap();
+    let missing = e
+        .handover(admin, &name("nothing"), OwnerFrontend::Docker)
+        .unwrap_err();
+    assert!(matches!(missing, EngineError::NotFound { .. }), "{missing}");
+
+    // Durable: the store holds the new owner.
+    drop(e);
+    let store = Store::open(&f.config().store_path).unwrap();
+    let records: Vec<Volume> = store.load_all().unwrap();
+    assert_eq!(records, vec![moved]);
+}
+
 /// A caller through `frontend` that would rather be told a volume is busy.
 fn by(frontend: Frontend) -> Caller {
     Caller {

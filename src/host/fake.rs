@@ -59,6 +59,10 @@ struct Model {
     boots: u32,
     /// device -> errors its filesystem recorded
     fs_errors: BTreeMap<PathBuf, u64>,
+    /// Symbolic links someone planted (`dirs_beneath` refuses them).
+    symlinks: BTreeSet<PathBuf>,
+    /// Bytes handed out by `random_bytes` so far: the next ones differ.
+    random_counter: u64,
 }
 
 impl Model {
@@ -204,6 +208,11 @@ impl FakeHost {
     /// Removes `dir` (and everything beneath) as someone else might, behind berth's back.
     pub fn drop_dir(&self, dir: &Path) {
         self.lock().dirs.retain(|d| !d.starts_with(dir));
+    }
+
+    /// Plants a symbolic link at `p`, as a task or an image could.
+    pub fn add_symlink(&self, p: &Path) {
+        self.lock().symlinks.insert(p.to_path_buf());
     }
 
     /// Adds a directory as if someone else had made it (e.g. a pool path).
@@ -551,6 +560,62 @@ impl Host for FakeHost {
 
     fn sync_path(&self, path: &Path) -> Result<(), HostError> {
         let _m = self.enter("sync_path", path)?;
+        Ok(())
+    }
+
+    /// Refuses a planted link or file anywhere on the way, in both modes (the fake does not
+    /// know every directory that exists on disk, so it does not stop at an unknown one).
+    fn dirs_beneath(&self, root: &Path, relative: &Path, create: bool) -> Result<(), HostError> {
+        // Recorded apart: a check reads, a walk that creates changes the host.
+        let op = if create {
+            "dirs_beneath"
+        } else {
+            "check_dirs_beneath"
+        };
+        let mut m = self.enter(op, root)?;
+        let mut path = root.to_path_buf();
+        let mut walked = vec![path.clone()];
+        for component in relative.components() {
+            let std::path::Component::Normal(name) = component else {
+                return Err(HostError::io(
+                    "mkdir",
+                    &root.join(relative),
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        "only plain names are walked beneath a root",
+                    ),
+                ));
+            };
+            path.push(name);
+            walked.push(path.clone());
+        }
+        for p in &walked {
+            if m.symlinks.contains(p) {
+                return Err(HostError::Symlink { path: p.clone() });
+            }
+            if m.files.contains(p) || m.images.contains_key(p) {
+                return Err(HostError::io(
+                    "open",
+                    p,
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        "exists and is not a directory",
+                    ),
+                ));
+            }
+        }
+        if create {
+            m.dirs.extend(walked.into_iter().skip(1));
+        }
+        Ok(())
+    }
+
+    fn random_bytes(&self, buf: &mut [u8]) -> Result<(), HostError> {
+        let mut m = self.enter("random_bytes", Path::new("getrandom"))?;
+        for b in buf.iter_mut() {
+            m.random_counter += 1;
+            *b = (m.random_counter.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as u8;
+        }
         Ok(())
     }
 

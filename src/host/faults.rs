@@ -178,6 +178,14 @@ impl<H: Host> Host for Faulty<H> {
         self.check("sync_path", path)?;
         self.inner.sync_path(path)
     }
+    fn dirs_beneath(&self, root: &Path, relative: &Path, create: bool) -> Result<(), HostError> {
+        self.check("dirs_beneath", root)?;
+        self.inner.dirs_beneath(root, relative, create)
+    }
+    fn random_bytes(&self, buf: &mut [u8]) -> Result<(), HostError> {
+        self.check("random_bytes", Path::new("getrandom"))?;
+        self.inner.random_bytes(buf)
+    }
     fn copy_image(&self, from: &Path, to: &Path, freeze: Option<&Path>) -> Result<(), HostError> {
         self.check("copy_image", to)?;
         self.inner.copy_image(from, to, freeze)

@@ -293,6 +293,17 @@ pub trait Host: Send + Sync {
     /// Makes `path`'s data and its directory entry durable (`fsync` of the file and its parent).
     fn sync_path(&self, path: &Path) -> Result<(), HostError>;
 
+    /// Walks from the directory `root` down through `relative` (plain names only), each step
+    /// `openat` on the previous directory's fd with `O_NOFOLLOW`, so no path is checked and
+    /// then used by name: a component that is a symbolic link is [`HostError::Symlink`], one
+    /// that is not a directory an error. With `create`, a missing component is made (mode
+    /// 0755, less the umask); without, the walk stops at the first missing one (it is made
+    /// later) and changes nothing. `root` itself must not be a symbolic link.
+    fn dirs_beneath(&self, root: &Path, relative: &Path, create: bool) -> Result<(), HostError>;
+
+    /// Fills `buf` with random bytes from the kernel (`getrandom(2)`).
+    fn random_bytes(&self, buf: &mut [u8]) -> Result<(), HostError>;
+
     // --- Snapshots -----------------------------------------------------------------------
 
     /// Copies the image file `from` to `to` (created, or overwritten when a copy was left

@@ -100,13 +100,17 @@ pub struct DaemonArgs {
     /// The daemon's admin socket.
     #[arg(long, env = "BERTH_ADMIN_SOCKET", default_value = DEFAULT_ADMIN_SOCKET)]
     pub admin_socket: PathBuf,
-    /// The admin bearer token, if the daemon has one (prefer BERTH_TOKEN or --token-file:
-    /// arguments show in `ps`).
+    /// The admin bearer token, if the daemon has one (prefer BERTH_ADMIN_TOKEN, --token-file
+    /// or the daemon's config: arguments show in `ps`).
     #[arg(long, env = "BERTH_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// A file whose first line is the admin token (e.g. the daemon's admin.token_file).
     #[arg(long, env = "BERTH_TOKEN_FILE", conflicts_with = "token")]
     pub token_file: Option<PathBuf>,
+    /// The daemon's config file, where the token is looked for last (default
+    /// /etc/berth/config.toml, if it exists).
+    #[arg(long, env = "BERTH_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Print the daemon's JSON answer instead of a summary.
     #[arg(long)]
     pub json: bool,
@@ -114,6 +118,8 @@ pub struct DaemonArgs {
 
 #[derive(Debug, Error)]
 pub enum MesosCliError {
+    #[error("{0}")]
+    Token(String),
     #[error("reading {path}: {source}")]
     Read {
         path: PathBuf,
@@ -381,17 +387,12 @@ fn call(
         message,
     };
     let body = serde_json::to_vec(request).map_err(|e| connect_err(e.to_string()))?;
-    let token = match (&daemon.token, &daemon.token_file) {
-        (Some(token), _) => Some(token.trim().to_string()),
-        (None, Some(file)) => {
-            let text = std::fs::read_to_string(file).map_err(|source| MesosCliError::Read {
-                path: file.clone(),
-                source,
-            })?;
-            Some(text.lines().next().unwrap_or("").trim().to_string())
-        }
-        (None, None) => None,
-    };
+    let token = crate::admin::token_source::resolve(
+        daemon.token.as_deref(),
+        daemon.token_file.as_deref(),
+        daemon.config.as_deref(),
+    )
+    .map_err(MesosCliError::Token)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -17,7 +17,10 @@
 //! The daemon runs as root and the caller names paths, so the sandbox and every root
 //! filesystem must resolve (links followed) strictly beneath `[mesos] work_dir`, and below
 //! them no existing component may be a symbolic link: an image or a task could otherwise
-//! point a mount at, say, the host's `/etc`. Missing parent directories are created.
+//! point a mount at, say, the host's `/etc`. Missing parent directories are created. Both
+//! the check and the making go through the host layer ([`VolumeService::dirs_beneath`]): a
+//! walk from a descriptor on the root, one `openat(O_NOFOLLOW)` per component, so no path is
+//! checked by name and then used; persistence ids' random part comes from the host too.
 //! - Apps: an alias mount (the `/var/lib/mysql` workaround) at an absolute path goes inside the
 //!   container's root filesystem, a relative one inside the sandbox. Without a root filesystem
 //!   the container shares the host's (Mesos' command executor without an image), so an
@@ -33,8 +36,6 @@
 //! `detached` until a relaunch, a scale-up, or a wipe through the admin API.
 
 use std::collections::BTreeSet;
-use std::io::Read;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
@@ -54,6 +55,7 @@ use crate::engine::types::{
     PublishTarget, Volume, VolumeFilter, VolumeName, VolumeSpec, VolumeState, format_size,
 };
 use crate::engine::{EngineError, VolumeService};
+use crate::host::HostError;
 use crate::server::http::{Reply, Request};
 
 /// A Mesos task launch waits for a busy volume rather than failing.
@@ -142,7 +144,7 @@ enum HookError {
     Forbidden(String),
     /// The definition changes what Marathon cannot change after deploy.
     Changed(String),
-    /// Making a mount point's parent directories failed.
+    /// Looking up the task's user failed.
     Io(String),
     Engine(EngineError),
 }
@@ -219,7 +221,7 @@ fn prepare(
     }
     let mounts = plan_mounts(&config.work_dir, &request, &definition)?;
     for mount in &mounts {
-        check_mount_path(&mount.root, &mount.path)?;
+        check_mount_path(engine, &mount.root, &mount.path)?;
     }
     let ownership = task_ownership(&request)?;
     // Marathon's ids are absolute; `mysql` in a definition is `/mysql`.
@@ -275,7 +277,7 @@ fn prepare(
                 mount.volume
             )));
         };
-        make_parents(&mount.root, &mount.path)?;
+        make_parents(engine, &mount.root, &mount.path)?;
         let target = PublishTarget::Bind {
             path: mount.path.clone(),
             read_only: mount.read_only,
@@ -353,8 +355,7 @@ fn reserve(
             Err(e) => return Err(e.into()),
         }
     }
-    let uuid = random_uuid()
-        .map_err(|e| HookError::Io(format!("reading /dev/urandom for a persistence id: {e}")))?;
+    let uuid = uuid_v4(engine.random_id()?);
     let name = persistence_id(app_id, &pv.name, &uuid)?;
     let owner = Owner {
         framework_id: request.framework_id.clone(),
@@ -783,21 +784,19 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
-/// A random (version 4) UUID, as Marathon uses in persistence ids.
-fn random_uuid() -> std::io::Result<String> {
-    let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+/// A random (version 4) UUID made of `bytes`, as Marathon uses in persistence ids.
+fn uuid_v4(mut bytes: [u8; 16]) -> String {
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    Ok(format!(
+    format!(
         "{}-{}-{}-{}-{}",
         &hex[..8],
         &hex[8..12],
         &hex[12..16],
         &hex[16..20],
         &hex[20..]
-    ))
+    )
 }
 
 /// Resolves a directory the caller names (following links) and checks that it lies strictly
@@ -866,76 +865,63 @@ fn join_beneath(root: &Path, inner: &Path, field: &str) -> Result<PathBuf, HookE
     Ok(joined)
 }
 
-/// Checks the existing part of the path from `root` down to `target`: each component must be
-/// a directory and not a symbolic link. The part that does not exist yet is created later.
-fn check_mount_path(root: &Path, target: &Path) -> Result<(), HookError> {
-    let relative = target.strip_prefix(root).map_err(|_| {
-        HookError::Forbidden(format!(
-            "{} is not beneath {}",
-            target.display(),
-            root.display()
-        ))
-    })?;
-    let mut current = root.to_path_buf();
-    for component in relative.components() {
-        current.push(component);
-        match std::fs::symlink_metadata(&current) {
-            Ok(meta) => check_directory(&current, &meta)?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(HookError::Io(format!("{}: {e}", current.display()))),
-        }
-    }
-    Ok(())
+/// Checks the existing part of the path from `root` down to `target` through the host's
+/// fd-relative walk: each component must be a directory and not a symbolic link. The part
+/// that does not exist yet is made later, by the same walk.
+fn check_mount_path(
+    engine: &dyn VolumeService,
+    root: &Path,
+    target: &Path,
+) -> Result<(), HookError> {
+    let relative = beneath(root, target)?;
+    engine
+        .dirs_beneath(root, relative, false)
+        .map_err(walk_error)
 }
 
 /// Creates the missing directories above `target` (the engine makes `target` itself, and
-/// removes it again on unmount), checking each component as it goes.
-fn make_parents(root: &Path, target: &Path) -> Result<(), HookError> {
+/// removes it again on unmount), walking from `root` by fd without following a link.
+fn make_parents(engine: &dyn VolumeService, root: &Path, target: &Path) -> Result<(), HookError> {
     let Some(parent) = target.parent() else {
         return Ok(());
     };
-    let Ok(relative) = parent.strip_prefix(root) else {
-        return Err(HookError::Forbidden(format!(
-            "{} is not beneath {}",
-            target.display(),
-            root.display()
-        )));
-    };
-    let mut current = root.to_path_buf();
-    for component in relative.components() {
-        current.push(component);
-        match std::fs::DirBuilder::new().mode(0o755).create(&current) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => {
-                return Err(HookError::Io(format!(
-                    "creating the mount point's parent {}: {e}",
-                    current.display()
-                )));
-            }
-        }
-        let meta = std::fs::symlink_metadata(&current)
-            .map_err(|e| HookError::Io(format!("{}: {e}", current.display())))?;
-        check_directory(&current, &meta)?;
-    }
-    Ok(())
+    let relative = beneath(root, parent)?;
+    engine
+        .dirs_beneath(root, relative, true)
+        .map_err(walk_error)
 }
 
-fn check_directory(path: &Path, meta: &std::fs::Metadata) -> Result<(), HookError> {
-    if meta.file_type().is_symlink() {
-        return Err(HookError::Forbidden(format!(
+/// `path` relative to `root`, which it must lie beneath.
+fn beneath<'p>(root: &Path, path: &'p Path) -> Result<&'p Path, HookError> {
+    path.strip_prefix(root).map_err(|_| {
+        HookError::Forbidden(format!(
+            "{} is not beneath {}",
+            path.display(),
+            root.display()
+        ))
+    })
+}
+
+/// A refused walk in the words of a task's author.
+fn walk_error(e: EngineError) -> HookError {
+    match e {
+        EngineError::Host {
+            source: HostError::Symlink { path },
+            ..
+        } => HookError::Forbidden(format!(
             "{} is a symbolic link; berth does not follow links when mounting into a sandbox or \
              a container (a link can point out of it); mount at the path it points to instead",
             path.display()
-        )));
-    }
-    if !meta.is_dir() {
-        return Err(HookError::BadRequest(format!(
+        )),
+        EngineError::Host {
+            source: HostError::Io { path, source, .. },
+            ..
+        } if source.kind() == std::io::ErrorKind::InvalidInput => HookError::BadRequest(format!(
             "{} exists and is not a directory; a volume is mounted on a directory",
             path.display()
-        )));
+        )),
+        other => HookError::Engine(other),
     }
-    Ok(())
 }
 
 #[cfg(test)]

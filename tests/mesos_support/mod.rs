@@ -194,6 +194,8 @@ work_dir = "{work}"
             .arg(&self.socket)
             .arg("--json")
             .env_remove("BERTH_TOKEN")
+            .env_remove("BERTH_ADMIN_TOKEN")
+            .env_remove("BERTH_CONFIG")
             .env_remove("BERTH_TOKEN_FILE")
             .output()
             .unwrap();

@@ -3,7 +3,7 @@
 
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Component, Path};
 
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, RenameFlags};
@@ -11,8 +11,8 @@ use nix::sys::stat::Mode;
 use nix::unistd::{Gid, Uid, UnlinkatFlags};
 
 use super::fd::{
-    cstring, fsync_fd, invalid, nix_err, not_a_dir_error, oflags_dir, open_parent, statx_at,
-    statx_fd,
+    cstring, fsync_fd, invalid, nix_err, not_a_dir_error, oflags_dir, open_dir_nofollow,
+    open_parent, statx_at, statx_fd,
 };
 use crate::host::types::Ownership;
 use crate::host::{FsStats, HostError, TargetKind};
@@ -47,6 +47,38 @@ pub(super) fn make_dir(dir: &Path, ownership: &Ownership) -> Result<(), HostErro
         .map_err(|e| nix_err("chmod", dir, e))?;
     fsync_fd(fd.as_fd(), dir)?;
     fsync_fd(parent.as_fd(), dir)
+}
+
+/// See [`crate::host::Host::dirs_beneath`].
+pub(super) fn dirs_beneath(root: &Path, relative: &Path, create: bool) -> Result<(), HostError> {
+    let mut dir = open_dir_nofollow(root)?;
+    let mut path = root.to_path_buf();
+    for component in relative.components() {
+        let Component::Normal(name) = component else {
+            return Err(invalid(
+                "mkdir",
+                &root.join(relative),
+                "only plain names are walked beneath a root",
+            ));
+        };
+        path.push(name);
+        let c = cstring("mkdir", &path, name.as_bytes())?;
+        if create {
+            match nix::sys::stat::mkdirat(&dir, c.as_c_str(), Mode::from_bits_truncate(0o755)) {
+                Ok(()) | Err(Errno::EEXIST) => {}
+                Err(e) => return Err(nix_err("mkdir", &path, e)),
+            }
+        }
+        dir = match nix::fcntl::openat(&dir, c.as_c_str(), oflags_dir(), Mode::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT) if !create => return Ok(()),
+            Err(Errno::ELOOP | Errno::ENOTDIR) => {
+                return Err(not_a_dir_error("open", dir.as_fd(), &c, &path));
+            }
+            Err(e) => return Err(nix_err("open", &path, e)),
+        };
+    }
+    Ok(())
 }
 
 pub(super) fn rename(from: &Path, to: &Path) -> Result<(), HostError> {

@@ -87,6 +87,7 @@ mod kernel_state;
 mod loopdev;
 mod mount;
 mod quota;
+mod random;
 mod snapshot;
 mod walk;
 
@@ -252,6 +253,14 @@ impl Host for LinuxHost {
 
     fn sync_path(&self, path: &Path) -> Result<(), HostError> {
         sync_path(path)
+    }
+
+    fn dirs_beneath(&self, root: &Path, relative: &Path, create: bool) -> Result<(), HostError> {
+        dirs::dirs_beneath(root, relative, create)
+    }
+
+    fn random_bytes(&self, buf: &mut [u8]) -> Result<(), HostError> {
+        random::fill(buf)
     }
 
     fn copy_image(&self, from: &Path, to: &Path, freeze: Option<&Path>) -> Result<(), HostError> {

@@ -194,8 +194,8 @@ async fn app_prepare_mounts_the_volume_in_the_sandbox_and_the_alias_in_the_rootf
     assert_eq!(agent.mounted(&sandbox.join("mysqldata")), Some(false));
     assert_eq!(agent.mounted(&alias), Some(false));
     assert!(
-        rootfs.join("var/lib").is_dir(),
-        "the alias's parent is made"
+        agent.engine.host().is_dir(&rootfs.join("var/lib")),
+        "the alias's parent is made, by the host layer"
     );
 
     let v = agent.volume(&prepared.volume);
@@ -474,7 +474,16 @@ async fn changing_size_type_or_profile_is_refused_and_changes_nothing() {
             doc["container"]["volumes"][0]["persistent"]["profileName"] = json!("fast")
         }),
     ];
-    let calls = agent.engine.host().call_count();
+    // Checking the mount points reads the host; nothing else may happen.
+    let changes = |agent: &Agent| {
+        let calls = agent.engine.host().calls();
+        calls.len()
+            - calls
+                .iter()
+                .filter(|c| c.op == "check_dirs_beneath")
+                .count()
+    };
+    let calls = changes(&agent);
     for (needle, edit) in cases {
         let changed = edited(MYSQL_APP, edit);
         for task in ["t1", "t2"] {
@@ -496,11 +505,7 @@ async fn changing_size_type_or_profile_is_refused_and_changes_nothing() {
             assert!(error.contains(&url), "{error}");
         }
     }
-    assert_eq!(
-        agent.engine.host().call_count(),
-        calls,
-        "the host was not touched"
-    );
+    assert_eq!(changes(&agent), calls, "the host was not touched");
     assert_eq!(agent.volumes().len(), 1);
     assert_eq!(agent.volume(&name).state(), VolumeState::Detached);
 }
@@ -619,10 +624,9 @@ async fn alias_mounts_need_a_rootfs_unless_host_paths_are_allowed() {
 async fn symbolic_links_below_a_sandbox_or_rootfs_are_refused() {
     let agent = Agent::new();
     let (sandbox, rootfs) = (agent.sandbox("c1"), agent.rootfs("c1"));
-    let host_dir = agent.dir.path().join("host-etc");
-    std::fs::create_dir(&host_dir).unwrap();
-    // An image whose /var/lib points at a host directory.
-    std::os::unix::fs::symlink(&host_dir, rootfs.join("var/lib")).unwrap();
+    // An image whose /var/lib points at a host directory (the host layer's walk finds it;
+    // tests/mesos_symlink.rs plants a real one).
+    agent.engine.host().add_symlink(&rootfs.join("var/lib"));
     let (status, reply) = agent
         .prepare(prepare_body(MYSQL_APP, "t1", &sandbox, Some(&rootfs)))
         .await;
@@ -633,7 +637,7 @@ async fn symbolic_links_below_a_sandbox_or_rootfs_are_refused() {
     );
     // A task that planted a link where its volume goes.
     let rootfs2 = agent.rootfs("c2");
-    std::os::unix::fs::symlink(&host_dir, sandbox.join("mysqldata")).unwrap();
+    agent.engine.host().add_symlink(&sandbox.join("mysqldata"));
     let (status, reply) = agent
         .prepare(prepare_body(MYSQL_APP, "t1", &sandbox, Some(&rootfs2)))
         .await;
@@ -644,8 +648,25 @@ async fn symbolic_links_below_a_sandbox_or_rootfs_are_refused() {
     );
 
     assert!(agent.volumes().is_empty());
-    assert_eq!(agent.engine.host().mount_count(), 0);
-    assert_eq!(std::fs::read_dir(&host_dir).unwrap().count(), 0);
+    let host = agent.engine.host();
+    assert_eq!(host.mount_count(), 0);
+    assert!(
+        !host.is_dir(&rootfs.join("var/lib/mysql")),
+        "nothing made past a link"
+    );
+    // Refused while planning: no persistence id was even drawn.
+    assert!(host.calls().iter().all(|c| c.op != "random_bytes"));
+    // Without the links, the same requests go through, ids drawn from the host.
+    let clean = agent.sandbox("c3");
+    agent
+        .prepare_ok(prepare_body(
+            MYSQL_APP,
+            "t3",
+            &clean,
+            Some(&agent.rootfs("c3")),
+        ))
+        .await;
+    assert!(host.calls().iter().any(|c| c.op == "random_bytes"));
 }
 
 #[tokio::test]
@@ -692,11 +713,12 @@ async fn a_pod_volume_is_shared_by_its_containers_read_only_where_asked() {
         assert_eq!(agent.mounted(path), Some(*read_only), "{}", path.display());
     }
     // The mount points' parents exist on disk (the engine makes only the last component).
+    let host = agent.engine.host();
     assert!(
-        container1.parent().unwrap().is_dir(),
+        host.is_dir(container1.parent().unwrap()),
         "the container's sandbox is made"
     );
-    assert!(rootfs3.join("srv").is_dir());
+    assert!(host.is_dir(&rootfs3.join("srv")));
 
     let mut cleanup = body.clone();
     cleanup.as_object_mut().unwrap().remove("definition");
