@@ -370,17 +370,17 @@ impl CsiService {
         let differs = |what: &str, asked: &str, has: &str| {
             format!("parameters.{what} is {asked:?}, volume {volume} has {has:?}")
         };
-        if let Some(kind) = params.kind
+        if let Some(kind) = params.request.kind
             && kind != v.placement.kind
         {
             problems.push(differs("type", kind.as_str(), v.placement.kind.as_str()));
         }
-        if let Some(pool) = &params.pool
+        if let Some(pool) = &params.request.pool
             && pool != &v.placement.pool
         {
             problems.push(differs("pool", pool, &v.placement.pool));
         }
-        if let Some(profile) = &params.profile
+        if let Some(profile) = &params.request.profile
             && Some(profile) != v.spec.profile.as_ref()
         {
             problems.push(differs(
@@ -456,9 +456,9 @@ impl CsiService {
         let mut spec = params.spec();
         spec.access = access;
         let selector = PoolSelector {
-            pool: params.pool,
-            kind: params.kind,
-            profile: params.profile,
+            pool: params.request.pool,
+            kind: params.request.kind,
+            profile: params.request.profile,
         };
         self.engine(move |e| {
             let pools = e.capacity(&selector);

@@ -27,13 +27,16 @@ mod delete;
 pub mod error;
 mod expand;
 mod group_access;
+pub mod labels;
 pub mod locks;
 pub mod metrics;
 mod placement;
 pub mod pool;
 mod publish;
 mod recovery;
+pub mod request;
 mod room;
+pub mod selector;
 mod service;
 pub mod snapshot;
 pub mod types;
@@ -433,7 +436,8 @@ fn spec_difference(old: &VolumeSpec, new: &VolumeSpec) -> String {
         access,
         source,
         snapshot,
-        reclaim
+        reclaim,
+        selector
     );
     if fields.is_empty() {
         "none".into()

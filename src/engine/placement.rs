@@ -158,6 +158,16 @@ impl<H: Host> Engine<H> {
                     reasons.push(format!("{base_text} in pool {} fails {c}", pool.name));
                     continue;
                 }
+                if let Some(selector) = &spec.selector
+                    && let Some(unmet) = selector.unmet(&pool.labels_at(&base))
+                {
+                    reasons.push(format!(
+                        "{base_text} in pool {} has labels {} and fails the selector's {unmet}",
+                        pool.name,
+                        describe_labels(&pool.labels_at(&base))
+                    ));
+                    continue;
+                }
                 if pool.kind == PoolKind::Mount {
                     if let Some(c) = self.disk_candidate(pool, base, spec, reasons)? {
                         found.push(c);
@@ -353,4 +363,13 @@ impl<H: Host> Engine<H> {
             })
             .collect()
     }
+}
+
+/// Labels as `{a=b, c=d}`, or `none`.
+fn describe_labels(labels: &std::collections::BTreeMap<String, String>) -> String {
+    if labels.is_empty() {
+        return "none".into();
+    }
+    let pairs: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!("{{{}}}", pairs.join(", "))
 }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use serde_json::{Map, Value};
 
 use super::json::*;
-use super::persistent::{check_stateful_scheduling, parse_persistent_info};
+use super::persistent::{VolumeLabels, check_stateful_scheduling, parse_persistent_info};
 use super::{AliasMount, AppSpec, PersistentVolumeSpec, UnmanagedKind, UnmanagedVolume};
 
 const APP_PERSISTENT_VOLUME_FIELDS: &[&str] = &["containerPath", "mode", "persistent"];
@@ -46,6 +46,7 @@ fn app_volume_role(volume: &Map<String, Value>) -> AppVolumeRole<'_> {
 
 pub(super) fn parse_app(root: &Map<String, Value>, findings: &mut Findings) -> Checked<AppSpec> {
     let id = parse_id(root, findings);
+    let labels = VolumeLabels::read(root, findings);
     if root.contains_key("volumes") {
         findings.report(
             "volumes",
@@ -96,7 +97,7 @@ pub(super) fn parse_app(root: &Map<String, Value>, findings: &mut Findings) -> C
                 // resolve and each mistake is reported once.
                 persistent_names.extend(container_path);
                 persistent_volumes.push(parse_app_persistent_volume(
-                    volume, persistent, &path, findings,
+                    volume, persistent, &path, &labels, findings,
                 ));
             }
             AppVolumeRole::Alias => aliases.push((path, volume)),
@@ -110,6 +111,7 @@ pub(super) fn parse_app(root: &Map<String, Value>, findings: &mut Findings) -> C
             .iter()
             .map(|(path, volume)| parse_alias_mount(volume, path, &persistent_names, findings)),
     );
+    labels.check_volumes(&persistent_names, findings);
     if !persistent_volumes.is_empty() {
         check_stateful_scheduling(root, "", "upgradeStrategy", "an app", findings);
     }
@@ -133,6 +135,7 @@ fn parse_app_persistent_volume(
     volume: &Map<String, Value>,
     persistent: &Value,
     path: &str,
+    labels: &VolumeLabels,
     findings: &mut Findings,
 ) -> Checked<PersistentVolumeSpec> {
     let known_fields = reject_unknown_fields(volume, path, APP_PERSISTENT_VOLUME_FIELDS, findings);
@@ -156,6 +159,7 @@ fn parse_app_persistent_volume(
         container_path,
         persistent,
         &field_path(path, "persistent"),
+        labels,
         findings,
     );
     known_fields?;

@@ -166,18 +166,6 @@ pub(super) fn optional_array<'a>(
     }
 }
 
-pub(super) fn mebibytes(value: &Value, path: &str, findings: &mut Findings) -> Checked<u64> {
-    value.as_u64().filter(|&mib| mib > 0).ok_or_else(|| {
-        findings.report(
-            path,
-            format!(
-                "must be a positive integer number of MiB, got {}",
-                describe(value)
-            ),
-        )
-    })
-}
-
 /// Names that become a directory of their own: `data`, not `/data`, `var/data`, `..` or `.`.
 pub(super) fn check_single_segment(
     name: &str,

@@ -11,7 +11,6 @@
 
 mod app;
 mod json;
-mod kinds;
 mod persistent;
 mod pod;
 #[cfg(test)]
@@ -23,7 +22,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 use serde_json::Value;
 
-pub use kinds::{ConstraintOp, InvalidPattern, PathConstraint, VolumeKind};
+use crate::engine::types::VolumeSpec;
 
 use app::parse_app;
 use json::{Findings, describe};
@@ -92,14 +91,17 @@ pub struct PersistentVolumeSpec {
     /// Apps: the `containerPath`, a single path segment that is also the volume's directory in the
     /// sandbox and the name alias mounts refer to. Pods: the volume's `name`, also a single segment.
     pub name: String,
-    pub kind: VolumeKind,
-    pub size_mib: u64,
-    /// Only for [`VolumeKind::Mount`]: the largest mount disk to consider; never below `size_mib`.
-    pub max_size_mib: Option<u64>,
-    /// Marathon's `profileName`: only disks with this profile qualify.
-    pub profile: Option<String>,
-    /// All must hold for a disk path to qualify.
-    pub constraints: Vec<PathConstraint>,
+    /// What the volume asks of the engine, in its one request vocabulary: the `persistent`
+    /// fields (its size always set, its kind Marathon's `root` unless given) and the
+    /// definition's `berth/NAME/KEY` labels.
+    pub spec: VolumeSpec,
+}
+
+impl PersistentVolumeSpec {
+    /// The size in Marathon's MiB, as the definition wrote it.
+    pub fn size_mib(&self) -> u64 {
+        self.spec.size.unwrap_or(0) >> 20
+    }
 }
 
 /// An app volume that mounts a persistent volume of the same app at another path: the documented

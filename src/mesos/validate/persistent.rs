@@ -3,9 +3,10 @@
 
 use serde_json::{Map, Value};
 
+use super::PersistentVolumeSpec;
 use super::json::*;
-use super::kinds::compile_whole_path_pattern;
-use super::{ConstraintOp, PathConstraint, PersistentVolumeSpec, VolumeKind};
+use crate::engine::request;
+use crate::engine::types::VolumeSpec;
 
 /// Marathon's default, and the highest value it accepts, for `minimumHealthCapacity` of a
 /// stateful app: old instances must stop before new ones can take over their volumes.
@@ -13,11 +14,15 @@ const STATEFUL_MAX_MINIMUM_HEALTH_CAPACITY: f64 = 0.5;
 
 const PERSISTENT_INFO_FIELDS: &[&str] = &["type", "size", "maxSize", "profileName", "constraints"];
 
-/// The `persistent` object shared by app and pod volumes.
+/// The `persistent` object shared by app and pod volumes. Each field goes through the
+/// engine's request vocabulary ([`request::MARATHON_PERSISTENT`]) as text, so a bad value is
+/// refused with the same reason a Docker option or a StorageClass parameter gets; only the
+/// JSON shape (a number, a string, an array) is Marathon's own check.
 pub(super) fn parse_persistent_info(
     name: Checked<&str>,
     persistent: &Value,
     path: &str,
+    labels: &VolumeLabels,
     findings: &mut Findings,
 ) -> Checked<PersistentVolumeSpec> {
     let Value::Object(info) = persistent else {
@@ -26,144 +31,138 @@ pub(super) fn parse_persistent_info(
             format!("must be an object, got {}", describe(persistent)),
         ));
     };
-    let known_fields = reject_unknown_fields(info, path, PERSISTENT_INFO_FIELDS, findings);
-
-    let kind = match present(info, "type") {
-        None => Ok(VolumeKind::default()),
-        Some(value) => value
-            .as_str()
-            .and_then(VolumeKind::from_marathon)
-            .ok_or_else(|| {
-                findings.report(
-                    field_path(path, "type"),
-                    format!(
-                        "must be one of \"root\", \"path\", \"mount\", got {}",
-                        describe(value)
-                    ),
-                )
-            }),
-    };
-    let size_mib = required(info, "size", path, findings)
-        .and_then(|size| mebibytes(size, &field_path(path, "size"), findings));
-    let max_size_path = field_path(path, "maxSize");
-    let mut max_size_mib = present(info, "maxSize")
-        .map(|max_size| mebibytes(max_size, &max_size_path, findings))
-        .transpose();
-    if let (Ok(kind), Ok(Some(_))) = (&kind, &max_size_mib)
-        && *kind != VolumeKind::Mount
-    {
-        max_size_mib = Err(findings.report(
-            &max_size_path,
-            format!(
-                "is only allowed for type \"mount\", this volume is type {}",
-                quoted(kind.as_str())
-            ),
-        ));
-    }
-    if let (Ok(size), Ok(Some(max_size))) = (&size_mib, &max_size_mib)
-        && max_size < size
-    {
-        max_size_mib = Err(findings.report(
-            &max_size_path,
-            format!("must not be smaller than size ({size} MiB), got {max_size}"),
-        ));
-    }
-    let profile = match present(info, "profileName") {
-        None => Ok(None),
-        Some(value) => {
-            let profile_path = field_path(path, "profileName");
-            as_string(value, &profile_path, findings)
-                .and_then(|profile| non_empty(profile, &profile_path, findings))
-                .map(|profile| Some(profile.to_owned()))
+    let dialect = &request::MARATHON_PERSISTENT;
+    let mut result = reject_unknown_fields(info, path, PERSISTENT_INFO_FIELDS, findings);
+    let size = required(info, "size", path, findings).map(|_| ());
+    let mut spec = VolumeSpec::default();
+    for (key, value) in info {
+        if value.is_null() || !PERSISTENT_INFO_FIELDS.contains(&key.as_str()) {
+            continue;
         }
-    };
-    let constraints = optional_array(info, "constraints", path, findings).and_then(|items| {
-        let constraints_path = field_path(path, "constraints");
-        all_checked(items.iter().enumerate().map(|(index, item)| {
-            parse_path_constraint(item, &item_path(&constraints_path, index), findings)
-        }))
-    });
-
-    let (Ok(name), Ok(()), Ok(kind), Ok(size_mib), Ok(max_size_mib), Ok(profile), Ok(constraints)) = (
-        name,
-        known_fields,
-        kind,
-        size_mib,
-        max_size_mib,
-        profile,
-        constraints,
-    ) else {
+        let field = field_path(path, key);
+        let text =
+            match (key.as_str(), value) {
+                ("size" | "maxSize", Value::Number(n)) if n.is_u64() || n.is_i64() => n.to_string(),
+                ("size" | "maxSize", other) => {
+                    result = Err(findings.report(
+                        field,
+                        format!("must be an integer number of MiB, got {}", describe(other)),
+                    ));
+                    continue;
+                }
+                ("constraints", Value::Array(_)) => value.to_string(),
+                ("constraints", other) => {
+                    result = Err(findings
+                        .report(field, format!("must be an array, got {}", describe(other))));
+                    continue;
+                }
+                (_, Value::String(text)) => text.clone(),
+                (_, other) => {
+                    result = Err(findings
+                        .report(field, format!("must be a string, got {}", describe(other))));
+                    continue;
+                }
+            };
+        if let Err(e) = dialect.apply(key, &text, &mut spec) {
+            result = Err(findings.report(field, e.reason));
+        }
+    }
+    spec.kind = spec.kind.or(dialect.default_kind);
+    if let (Ok(()), Ok(())) = (&result, &size)
+        && let Err(e) = dialect.check(&spec)
+    {
+        result = Err(findings.report(field_path(path, &e.key), e.reason));
+    }
+    if let Ok(name) = name {
+        for (label_path, key, value) in labels.of(name) {
+            if let Err(e) = request::MARATHON_LABELS.apply(key, value, &mut spec) {
+                result = Err(findings.report(label_path, e.reason));
+            }
+        }
+    }
+    let (Ok(name), Ok(()), Ok(())) = (name, result, size) else {
         return Err(Reported);
     };
     Ok(PersistentVolumeSpec {
         name: name.to_owned(),
-        kind,
-        size_mib,
-        max_size_mib,
-        profile,
-        constraints,
+        spec,
     })
 }
 
-/// One `["path", "LIKE"|"UNLIKE", REGEX]` triple.
-fn parse_path_constraint(
-    constraint: &Value,
-    path: &str,
-    findings: &mut Findings,
-) -> Checked<PathConstraint> {
-    const SHAPE: &str = "[\"path\", \"LIKE\"|\"UNLIKE\", REGEX]";
-    let Value::Array(parts) = constraint else {
-        return Err(findings.report(
-            path,
-            format!("must be a triple {SHAPE}, got {}", describe(constraint)),
-        ));
-    };
-    let [field, op, pattern] = parts.as_slice() else {
-        return Err(findings.report(
-            path,
-            format!("must be a triple {SHAPE}, got {} elements", parts.len()),
-        ));
-    };
+/// The per-volume request keys a definition sets in its `labels`: `"berth/VOLUME/KEY":
+/// "VALUE"` for what the `persistent` object has no field for (`selector`, `pool`, `uid`,
+/// `gid`, `mode`, `reclaim`, `label.KEY`). Marathon passes labels through untouched.
+pub(super) struct VolumeLabels {
+    /// JSON path, volume, key, value.
+    entries: Vec<(String, String, String, String)>,
+}
 
-    let field = match field.as_str() {
-        Some("path") => Ok(()),
-        _ => Err(findings.report(
-            item_path(path, 0),
-            format!(
-                "only \"path\" constraints are supported on volumes, got {}",
-                describe(field)
-            ),
-        )),
-    };
-    let op = op
-        .as_str()
-        .and_then(ConstraintOp::from_marathon)
-        .ok_or_else(|| {
-            findings.report(
-                item_path(path, 1),
-                format!("must be \"LIKE\" or \"UNLIKE\", got {}", describe(op)),
-            )
-        });
-    let pattern_path = item_path(path, 2);
-    let pattern = as_string(pattern, &pattern_path, findings).and_then(|pattern| {
-        compile_whole_path_pattern(pattern)
-            .map(|whole_path| (pattern, whole_path))
-            .map_err(|error| {
+/// The label prefix of a per-volume request key.
+const VOLUME_LABEL_PREFIX: &str = "berth/";
+
+impl VolumeLabels {
+    pub(super) fn read(root: &Map<String, Value>, findings: &mut Findings) -> Self {
+        let mut entries = Vec::new();
+        let labels = match present(root, "labels") {
+            Some(Value::Object(labels)) => labels,
+            Some(other) => {
                 findings.report(
-                    &pattern_path,
-                    format!("is not a valid regular expression: {}", error.reason()),
-                )
-            })
-    });
+                    "labels",
+                    format!("must be an object, got {}", describe(other)),
+                );
+                return Self { entries };
+            }
+            None => return Self { entries },
+        };
+        for (key, value) in labels {
+            let Some(rest) = key.strip_prefix(VOLUME_LABEL_PREFIX) else {
+                continue;
+            };
+            let path = field_path("labels", key);
+            let Some((volume, request_key)) = rest.split_once('/') else {
+                findings.report(
+                    path,
+                    format!("a berth label is {VOLUME_LABEL_PREFIX}VOLUME/KEY, such as berth/data/selector"),
+                );
+                continue;
+            };
+            match value {
+                Value::String(text) => entries.push((
+                    path,
+                    volume.to_owned(),
+                    request_key.to_owned(),
+                    text.clone(),
+                )),
+                other => {
+                    findings.report(path, format!("must be a string, got {}", describe(other)));
+                }
+            }
+        }
+        Self { entries }
+    }
 
-    let (Ok(()), Ok(op), Ok((pattern, whole_path))) = (field, op, pattern) else {
-        return Err(Reported);
-    };
-    Ok(PathConstraint {
-        op,
-        pattern: pattern.to_owned(),
-        whole_path,
-    })
+    /// JSON path, key and value of each label for `volume`.
+    fn of<'l>(&'l self, volume: &'l str) -> impl Iterator<Item = (&'l str, &'l str, &'l str)> {
+        self.entries
+            .iter()
+            .filter(move |(_, v, _, _)| v == volume)
+            .map(|(path, _, key, value)| (path.as_str(), key.as_str(), value.as_str()))
+    }
+
+    /// Reports the labels that name no persistent volume of the definition.
+    pub(super) fn check_volumes(&self, names: &[&str], findings: &mut Findings) {
+        for (path, volume, _, _) in &self.entries {
+            if !names.contains(&volume.as_str()) {
+                findings.report(
+                    path,
+                    format!(
+                        "{} is not a persistent volume of this definition",
+                        quoted(volume)
+                    ),
+                );
+            }
+        }
+    }
 }
 
 /// Marathon's rules for apps and pods with persistent volumes: an unreachable instance keeps its

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use serde_json::{Map, Value};
 
 use super::json::*;
-use super::persistent::{check_stateful_scheduling, parse_persistent_info};
+use super::persistent::{VolumeLabels, check_stateful_scheduling, parse_persistent_info};
 use super::{PodMount, PodSpec, UnmanagedKind, UnmanagedVolume};
 
 const POD_PERSISTENT_VOLUME_FIELDS: &[&str] = &["name", "persistent"];
@@ -20,6 +20,7 @@ struct DeclaredPodVolume {
 
 pub(super) fn parse_pod(root: &Map<String, Value>, findings: &mut Findings) -> Checked<PodSpec> {
     let id = parse_id(root, findings);
+    let labels = VolumeLabels::read(root, findings);
     let volumes = optional_array(root, "volumes", "", findings);
 
     let mut declared: HashMap<&str, DeclaredPodVolume> = HashMap::new();
@@ -61,8 +62,13 @@ pub(super) fn parse_pod(root: &Map<String, Value>, findings: &mut Findings) -> C
             let name = name.and_then(|name| {
                 check_single_segment(name, &name_path, "", findings).map(|()| name)
             });
-            let spec =
-                parse_persistent_info(name, persistent, &field_path(&path, "persistent"), findings);
+            let spec = parse_persistent_info(
+                name,
+                persistent,
+                &field_path(&path, "persistent"),
+                &labels,
+                findings,
+            );
             persistent_volumes.push(known_fields.and(spec));
         } else {
             let kind = if let Some(host) = present(volume, "host") {
@@ -107,6 +113,12 @@ pub(super) fn parse_pod(root: &Map<String, Value>, findings: &mut Findings) -> C
             ),
         )),
     };
+    let persistent_names: Vec<&str> = declared
+        .iter()
+        .filter(|(_, volume)| volume.persistent)
+        .map(|(name, _)| *name)
+        .collect();
+    labels.check_volumes(&persistent_names, findings);
     if !persistent_volumes.is_empty() {
         match present(root, "scheduling") {
             None => {
