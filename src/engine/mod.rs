@@ -447,4 +447,6 @@ fn spec_difference(old: &VolumeSpec, new: &VolumeSpec) -> String {
 }
 
 #[cfg(test)]
+mod selector_placement_tests;
+#[cfg(test)]
 mod tests;
