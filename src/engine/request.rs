@@ -338,3 +338,184 @@ fn constraints(value: &str) -> Result<Vec<PathConstraint>, String> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::types::Ownership;
+
+    fn parse(dialect: &Dialect, pairs: &[(&str, &str)]) -> Result<VolumeSpec, RequestError> {
+        dialect.parse(pairs.iter().copied())
+    }
+
+    #[test]
+    fn every_key_lands_in_the_spec() {
+        let spec = parse(
+            &DOCKER,
+            &[
+                ("size", "1GiB"),
+                ("max_size", "2GiB"),
+                ("type", "mount"),
+                ("pool", "disks"),
+                ("profile", "fast"),
+                ("constraints", r#"[["path","UNLIKE","/mnt/hdd-.*"]]"#),
+                ("uid", "999"),
+                ("gid", "998"),
+                ("mode", "0o750"),
+                ("reclaim", "Retain"),
+                ("selector", "media=ssd,rack in (r1,r2)"),
+                ("label.app.kubernetes.io/name", "mysql"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(spec.size, Some(1 << 30));
+        assert_eq!(spec.max_size, Some(2 << 30));
+        assert_eq!(spec.kind, Some(PoolKind::Mount));
+        assert_eq!(spec.pool.as_deref(), Some("disks"));
+        assert_eq!(spec.profile.as_deref(), Some("fast"));
+        assert_eq!(
+            spec.constraints,
+            [PathConstraint::new(false, "/mnt/hdd-.*").unwrap()]
+        );
+        assert_eq!(
+            spec.ownership,
+            Ownership {
+                uid: Some(999),
+                gid: Some(998),
+                mode: Some(0o750)
+            }
+        );
+        assert_eq!(spec.reclaim, Some(ReclaimPolicy::Retain));
+        assert_eq!(
+            spec.selector.map(|s| s.to_string()).as_deref(),
+            Some("media=ssd,rack in (r1,r2)")
+        );
+        assert_eq!(spec.labels["app.kubernetes.io/name"], "mysql");
+        assert_eq!(parse(&DOCKER, &[]).unwrap(), VolumeSpec::default());
+    }
+
+    #[test]
+    fn marathon_spells_its_own_keys_and_counts_bare_sizes_in_mib() {
+        let spec = parse(
+            &MARATHON_PERSISTENT,
+            &[
+                ("size", "512"),
+                ("maxSize", "1024"),
+                ("type", "mount"),
+                ("profileName", "ssd"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(spec.size, Some(512 << 20));
+        assert_eq!(spec.max_size, Some(1 << 30));
+        assert_eq!(spec.profile.as_deref(), Some("ssd"));
+        // A size with a unit means what it says; a bare one is MiB only for Marathon.
+        assert_eq!(
+            parse(&MARATHON_PERSISTENT, &[("size", "1GiB")])
+                .unwrap()
+                .size,
+            Some(1 << 30)
+        );
+        assert_eq!(parse(&DOCKER, &[("size", "512")]).unwrap().size, Some(512));
+        let huge = parse(&MARATHON_PERSISTENT, &[("size", "18446744073709551615")]);
+        assert!(huge.unwrap_err().reason.contains("size too large"));
+        // Its default kind is root, so a maximum size needs `type: mount`.
+        let error = parse(&MARATHON_PERSISTENT, &[("size", "1"), ("maxSize", "2")]).unwrap_err();
+        assert_eq!(error.key, "maxSize");
+        assert!(error.reason.contains("this volume is type root"), "{error}");
+        let error = parse(&DOCKER, &[("max_size", "2MiB")]).unwrap_err();
+        assert_eq!(error.key, "max_size");
+        assert!(
+            error.reason.contains("this volume is type unset"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn each_front_end_accepts_only_its_own_spelling() {
+        for (dialect, key) in [
+            (&DOCKER, "profileName"),
+            (&CSI_PARAMETERS, "size"),
+            (&CSI_PARAMETERS, "label.team"),
+            (&MARATHON_PERSISTENT, "pool"),
+            (&MARATHON_LABELS, "size"),
+        ] {
+            let error = parse(dialect, &[(key, "x")]).unwrap_err();
+            assert_eq!(error.key, key);
+            assert!(
+                error.reason.starts_with("unknown key; berth accepts "),
+                "{error}"
+            );
+        }
+        assert_eq!(
+            CSI_PARAMETERS.accepted(),
+            "max_size, type, pool, profile, constraints, uid, gid, mode, reclaim, selector and label/<key>"
+        );
+        assert_eq!(
+            parse(&CSI_EPHEMERAL, &[("size", "1Mi")]).unwrap().size,
+            Some(1 << 20)
+        );
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_one_reason_each() {
+        let cases = [
+            (
+                "size",
+                "0",
+                "\"0\" is not a size: a size must be greater than zero",
+            ),
+            ("size", "lots", "\"lots\" is not a size"),
+            (
+                "type",
+                "floppy",
+                "\"floppy\" is not a volume type; use root, path or mount",
+            ),
+            ("pool", " ", "must not be empty"),
+            ("profile", "", "must not be empty"),
+            ("constraints", "path LIKE x", "must be a JSON array of"),
+            (
+                "constraints",
+                r#"[["path","LIKE"]]"#,
+                "constraint 1: must be a triple",
+            ),
+            (
+                "constraints",
+                r#"[["path","LIKE",3]]"#,
+                "constraint 1: the pattern must be a string",
+            ),
+            ("uid", "-3", "\"-3\" is not a numeric id"),
+            ("uid", "+3", "\"+3\" is not a numeric id"),
+            ("gid", "4294967296", "is not a numeric id"),
+            ("mode", "+755", "\"+755\" is not an octal permission mode"),
+            ("mode", "0999", "octal"),
+            ("mode", "17777", "octal"),
+            ("mode", "", "octal"),
+            ("reclaim", "keep", "\"keep\" is not a reclaim policy"),
+            ("selector", "", "at least one requirement"),
+            ("label.", "x", "label key \"\" has an empty name"),
+            ("label.a b", "x", "label key \"a b\""),
+            ("label.team", "a b", "label value \"a b\""),
+            (
+                "colour",
+                "red",
+                "unknown key; berth accepts size, max_size, type",
+            ),
+        ];
+        for (key, value, needle) in cases {
+            let error = parse(&DOCKER, &[(key, value)]).unwrap_err();
+            assert_eq!(error.key, key);
+            assert!(error.reason.contains(needle), "{key}={value:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn the_first_refusal_is_the_same_whatever_the_order() {
+        let pairs = [("uid", "x"), ("gid", "y"), ("mode", "z")];
+        let forward = parse(&DOCKER, &pairs).unwrap_err();
+        let mut reversed = pairs;
+        reversed.reverse();
+        assert_eq!(parse(&DOCKER, &reversed).unwrap_err(), forward);
+        assert_eq!(forward.key, "gid");
+    }
+}

@@ -66,6 +66,43 @@ fn broken_cases() -> Vec<BrokenCase> {
             message_fragment: "must not be empty",
         },
         BrokenCase {
+            name: "label for a volume the app does not have",
+            input: Edited(MYSQL_APP, |doc| {
+                set(
+                    doc,
+                    "",
+                    "labels",
+                    json!({"berth/pgdata/selector": "media=ssd"}),
+                )
+            }),
+            path: "labels.berth/pgdata/selector",
+            message_fragment: "\"pgdata\" is not a persistent volume of this definition",
+        },
+        BrokenCase {
+            name: "label without a key",
+            input: Edited(MYSQL_APP, |doc| {
+                set(doc, "", "labels", json!({"berth/mysqldata": "x"}))
+            }),
+            path: "labels.berth/mysqldata",
+            message_fragment: "a berth label is berth/VOLUME/KEY",
+        },
+        BrokenCase {
+            name: "label setting a persistent field",
+            input: Edited(MYSQL_APP, |doc| {
+                set(doc, "", "labels", json!({"berth/mysqldata/size": "1GiB"}))
+            }),
+            path: "labels.berth/mysqldata/size",
+            message_fragment: "unknown key; berth accepts pool, uid, gid, mode, reclaim, selector and label.<key>",
+        },
+        BrokenCase {
+            name: "label that is not a string",
+            input: Edited(MYSQL_APP, |doc| {
+                set(doc, "", "labels", json!({"berth/mysqldata/uid": 999}))
+            }),
+            path: "labels.berth/mysqldata/uid",
+            message_fragment: "must be a string, got 999",
+        },
+        BrokenCase {
             name: "read-only persistent volume",
             input: Edited(MYSQL_APP, |doc| set(doc, MYSQL_VOLUME, "mode", json!("RO"))),
             path: "container.volumes[0].mode",

@@ -277,6 +277,43 @@ fn profile_name_is_kept() {
 }
 
 #[test]
+fn berth_labels_set_the_rest_of_the_vocabulary_per_volume() {
+    let json = edited(MYSQL_APP, |doc| {
+        set(
+            doc,
+            "",
+            "labels",
+            json!({
+                "berth/mysqldata/selector": "media=ssd,rack in (r1,r2)",
+                "berth/mysqldata/pool": "fast",
+                "berth/mysqldata/uid": "999",
+                "berth/mysqldata/reclaim": "retain",
+                "berth/mysqldata/label.team": "db",
+                "team": "not berth's",
+            }),
+        )
+    });
+    let spec = &app(&json).persistent_volumes[0].spec;
+    assert_eq!(
+        spec.selector.as_ref().map(|s| s.to_string()).as_deref(),
+        Some("media=ssd,rack in (r1,r2)")
+    );
+    assert_eq!(spec.pool.as_deref(), Some("fast"));
+    assert_eq!(spec.ownership.uid, Some(999));
+    assert_eq!(
+        spec.reclaim,
+        Some(crate::engine::types::ReclaimPolicy::Retain)
+    );
+    assert_eq!(spec.labels.len(), 1);
+    assert_eq!(spec.labels["team"], "db");
+    assert_eq!(
+        spec.size,
+        Some(1000 << 20),
+        "the persistent fields still apply"
+    );
+}
+
+#[test]
 fn pattern_invalid_alone_is_rejected_even_if_valid_once_anchored() {
     // `^(?:a)(b)$` compiles; `a)(b` must not.
     let json = edited(POSTGRES_APP, |doc| {
