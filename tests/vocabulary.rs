@@ -478,3 +478,67 @@ fn each_selector_operator_picks_the_same_place_through_every_front_end() {
         "{reply:#}"
     );
 }
+
+/// A loop-backed ext4 disk of 32 MiB mounted at `disks/NAME`.
+fn disk(root: &Path, name: &str) -> PathBuf {
+    use berth::host::Host;
+    let host = berth::host::linux::LinuxHost::new();
+    let images = root.join("images");
+    let mount_point = root.join("disks").join(name);
+    std::fs::create_dir_all(&images).unwrap();
+    std::fs::create_dir_all(&mount_point).unwrap();
+    let image = images.join(format!("{name}.img"));
+    let ext4 = berth::engine::types::FsType::Ext4;
+    host.create_image(&image, 32 << 20, Some(ext4)).unwrap();
+    host.mount_image(&image, &mount_point, ext4).unwrap();
+    mount_point
+}
+
+#[test]
+fn a_selector_picks_a_whole_disk_by_its_own_labels() {
+    require_root();
+    let scratch = Scratch::new("berth-vocab-disks-");
+    let root = scratch.path().canonicalize().unwrap();
+    let ssd = disk(&root, "a");
+    let hdd = disk(&root, "b");
+    let work_dir = root.join("mesos");
+    std::fs::create_dir(&work_dir).unwrap();
+    let pools = format!(
+        r#"[[pools]]
+name = "disks"
+kind = "mount"
+paths = ["{}"]
+labels = {{ rack = "r1" }}
+disk_labels = {{ "{}" = {{ media = "ssd" }}, "{}" = {{ media = "hdd" }} }}
+"#,
+        root.join("disks").display(),
+        ssd.display(),
+        hdd.display()
+    );
+    let daemon = Daemon::start_all_front_ends(&root, &work_dir, &pools);
+    let create = |name: &str, selector: &str| {
+        let body = json!({"Name": name, "Opts": {"type": "mount", "selector": selector}});
+        post(&root.join("docker.sock"), "/VolumeDriver.Create", &body)
+    };
+    // The ssd disk sorts first and is the same size, so only the selector sends this to b.
+    let (status, reply) = create("cold", "media notin (ssd),rack=r1");
+    assert_eq!(status, 200, "{reply:#}");
+    let (_, view) = daemon.volume("cold");
+    let path = PathBuf::from(view["path"].as_str().unwrap());
+    assert!(path.starts_with(&hdd), "{view:#}");
+    // The hdd is taken now: a second cold volume is told why, disk by disk.
+    let (status, reply) = create("cold-2", "media=hdd");
+    assert_eq!(status, 507, "{reply:#}");
+    let message = reply["Err"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("disk {} is held by volume cold", hdd.display())),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!(
+            "{} in pool disks has labels {{media=ssd, rack=r1}} and fails the selector's media=hdd",
+            ssd.display()
+        )),
+        "{message}"
+    );
+}
