@@ -108,6 +108,7 @@ pub(super) fn size_for(
                 pool: spec.pool.clone(),
                 kind: spec.kind,
                 profile: spec.profile.clone(),
+                selector: spec.selector.clone(),
             });
             choose_size(
                 range,
@@ -128,6 +129,7 @@ fn check_fs_type(engine: &dyn VolumeService, spec: &VolumeSpec, fs: &str) -> Res
         pool: spec.pool.clone(),
         kind: spec.kind,
         profile: spec.profile.clone(),
+        selector: spec.selector.clone(),
     });
     let fs_of = |pool: &str| {
         engine
@@ -459,6 +461,7 @@ impl CsiService {
             pool: params.request.pool,
             kind: params.request.kind,
             profile: params.request.profile,
+            selector: params.request.selector,
         };
         self.engine(move |e| {
             let pools = e.capacity(&selector);

@@ -86,6 +86,8 @@ pub struct PoolSelector {
     pub pool: Option<String>,
     pub kind: Option<PoolKind>,
     pub profile: Option<String>,
+    /// Only the disks and paths whose labels satisfy it count.
+    pub selector: Option<selector::LabelSelector>,
 }
 
 /// A place a new volume could go.

@@ -130,3 +130,25 @@ fn the_selector_is_part_of_the_spec_for_idempotency() {
     let error = place(&engine, "v", "media").unwrap_err().to_string();
     assert!(error.contains("different parameters (selector)"), "{error}");
 }
+
+#[test]
+fn capacity_counts_only_the_places_a_selector_picks() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(dir.path());
+    let capacity = |selector: &str| -> Vec<(String, u64)> {
+        let selector = PoolSelector {
+            selector: Some(selector::LabelSelector::parse(selector).unwrap()),
+            ..PoolSelector::default()
+        };
+        engine
+            .capacity(&selector)
+            .into_iter()
+            .map(|c| (c.pool, c.capacity_bytes))
+            .collect()
+    };
+    assert_eq!(capacity("media=ssd"), [("fast".to_string(), 10 * GIB)]);
+    assert_eq!(capacity("tier"), [("mixed".to_string(), 20 * GIB)]);
+    assert_eq!(capacity("rack=r2"), [("mixed".to_string(), 10 * GIB)]);
+    assert_eq!(capacity("media=tape"), []);
+    assert_eq!(engine.capacity(&PoolSelector::default()).len(), 3);
+}
