@@ -10,12 +10,12 @@ use std::path::{Component, Path};
 use berth::config::Config;
 use berth::docker::{Call, Endpoint, Failure, parse_call};
 use berth::engine::EngineError;
+use berth::engine::request;
+use berth::engine::selector::LabelSelector;
 use berth::engine::types::{
     MAX_NAME_LEN, PathConstraint, PublishTarget, VolumeName, format_size, parse_size,
 };
-use berth::mesos::validate::{
-    ConstraintOp, Definition, PathConstraint as MarathonConstraint, parse_definition,
-};
+use berth::mesos::validate::{Definition, parse_definition};
 
 /// `VolumeName::parse`: a name that parses is always exactly one safe path component.
 pub fn volume_name(data: &[u8]) {
@@ -113,12 +113,14 @@ pub fn size(data: &[u8]) {
     }
 }
 
-/// The engine's `PathConstraint::new` + `matches`, against the Marathon validator's own
-/// implementation of the same rule. Input: the pattern on the first line, the path after it.
+/// The engine's `PathConstraint::new` + `matches`, and the same pattern sent as a request's
+/// `constraints` key (how Docker, CSI and Marathon all pass it). Input: the pattern on the
+/// first line, the path after it.
 ///
 /// Properties: a pattern the engine accepts is a valid regular expression by itself (so
 /// wrapping it in `^(?:...)$` cannot change its meaning: `a)|(?:b` must be refused), LIKE
-/// and UNLIKE are exact complements, and the engine and the validator agree on every path.
+/// and UNLIKE are exact complements, and the request vocabulary accepts exactly the patterns
+/// `PathConstraint::new` does, into the same constraint.
 pub fn path_constraint(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
@@ -127,8 +129,13 @@ pub fn path_constraint(data: &[u8]) {
     let like = PathConstraint::new(true, pattern);
     let unlike = PathConstraint::new(false, pattern);
     assert_eq!(like.is_ok(), unlike.is_ok());
-    let marathon = MarathonConstraint::new(ConstraintOp::Like, pattern);
+    let triple = serde_json::json!([["path", "LIKE", pattern]]).to_string();
+    let via_request = request::DOCKER.parse([("constraints", triple.as_str())]);
     let (Ok(like), Ok(unlike)) = (like, unlike) else {
+        assert!(
+            via_request.is_err(),
+            "{pattern:?}: the request took what new refused"
+        );
         return;
     };
     assert!(
@@ -137,10 +144,41 @@ pub fn path_constraint(data: &[u8]) {
     );
     let matched = like.matches(path);
     assert_eq!(matched, !unlike.matches(path), "{pattern:?} {path:?}");
-    match marathon {
-        Ok(m) => assert_eq!(matched, m.matches(path), "{pattern:?} {path:?}"),
-        Err(e) => panic!("the engine accepted {pattern:?}, the validator refused it: {e}"),
+    match via_request {
+        Ok(spec) => assert_eq!(spec.constraints, [like], "{pattern:?}"),
+        Err(e) => panic!("new accepted {pattern:?}, the request refused it: {e}"),
     }
+}
+
+/// `LabelSelector::parse`: never panics; a selector that parses prints in a form that
+/// parses back to the same selector; `unmet` and `matches` agree, on labels taken from the
+/// input itself.
+pub fn selector(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let (selector_text, labels_text) = text.split_once('\n').unwrap_or((text, ""));
+    let parsed = LabelSelector::parse(selector_text);
+    assert_eq!(
+        parsed,
+        LabelSelector::parse(selector_text),
+        "not deterministic"
+    );
+    let Ok(selector) = parsed else {
+        return;
+    };
+    let written = selector.to_string();
+    assert_eq!(
+        LabelSelector::parse(&written).as_ref(),
+        Ok(&selector),
+        "{selector_text:?} printed as {written:?}"
+    );
+    let labels: BTreeMap<String, String> = labels_text
+        .lines()
+        .filter_map(|line| line.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    assert_eq!(selector.matches(&labels), selector.unmet(&labels).is_none());
 }
 
 /// `Config::parse`: a config that parses is valid, serializes back to TOML and parses again
@@ -201,9 +239,10 @@ pub fn marathon(data: &[u8]) {
                 assert!(!name.is_empty() && !name.contains('/'), "{name:?}");
                 assert!(name != "." && name != "..", "{name:?}");
                 assert!(names.insert(name), "volume {name:?} twice");
-                assert!(v.size_mib > 0, "{name:?} has size 0");
-                if let Some(max) = v.max_size_mib {
-                    assert!(max >= v.size_mib, "{name:?}: maxSize below size");
+                let size = v.spec.size.unwrap_or(0);
+                assert!(size > 0, "{name:?} has size 0");
+                if let Some(max) = v.spec.max_size {
+                    assert!(max >= size, "{name:?}: maxSize below size");
                 }
             }
             match &definition {

@@ -846,7 +846,7 @@ async fn each_error_code_names_the_volume_and_the_field() {
     assert_code(
         c.controller.create_volume(bad).await,
         Code::InvalidArgument,
-        &["volume e1", "\"sise\""],
+        &["volume e1", "parameters.sise: unknown key"],
     );
     assert_code(
         c.controller

@@ -199,15 +199,15 @@ fn bad_names_options_and_bodies_are_refused_and_leave_nothing() {
         ),
         (
             json!({"Name": "v", "Opts": {"size": "-1"}}),
-            "option \"size\" for volume v: invalid size \"-1\"",
+            "option \"size\" for volume v: \"-1\" is not a size",
         ),
         (
             json!({"Name": "v", "Opts": {"size": "lots"}}),
-            "option \"size\" for volume v: invalid size \"lots\"",
+            "option \"size\" for volume v: \"lots\" is not a size",
         ),
         (
             json!({"Name": "v", "Opts": {"colour": "red"}}),
-            "option \"colour\" for volume v: unknown option",
+            "option \"colour\" for volume v: unknown key",
         ),
         (
             json!({"Name": "v", "Opts": {"type": "floppy"}}),

@@ -246,17 +246,17 @@ fn bad_names_and_options_are_refused_and_leave_nothing() {
         (
             "v",
             &["size=-1"],
-            "option \"size\" for volume v: invalid size \"-1\"",
+            "option \"size\" for volume v: \"-1\" is not a size",
         ),
         (
             "v",
             &["size=lots"],
-            "option \"size\" for volume v: invalid size \"lots\"",
+            "option \"size\" for volume v: \"lots\" is not a size",
         ),
         (
             "v",
             &["colour=red"],
-            "option \"colour\" for volume v: unknown option; berth accepts size",
+            "option \"colour\" for volume v: unknown key; berth accepts size",
         ),
     ];
     for (name, opts, needle) in cases {

@@ -15,13 +15,14 @@ const MUTATIONS: usize = 150;
 
 type Check = fn(&[u8]);
 
-const TARGETS: [(&str, Check); 6] = [
+const TARGETS: [(&str, Check); 7] = [
     ("volume_name", props::volume_name),
     ("size", props::size),
     ("path_constraint", props::path_constraint),
     ("config", props::config),
     ("marathon", props::marathon),
     ("docker_request", props::docker_request),
+    ("selector", props::selector),
 ];
 
 /// Byte strings that tend to matter to berth's parsers.
@@ -67,6 +68,11 @@ const TOKENS: &[&[u8]] = &[
     b"kind = \"mount\"",
     b"LIKE",
     b"UNLIKE",
+    b" in (",
+    b" notin (",
+    b"!=",
+    b"==",
+    b"!",
 ];
 
 /// xorshift64*: deterministic, so a failure reproduces.

@@ -1135,11 +1135,19 @@ fn docker_requests_that_try_to_escape_touch_nothing() {
         );
     }
     assert_eq!(tree(&daemon.dir), before);
-    // A label key may hold `.` and `/`: it is data, never a path, and the volume lands where
-    // its name says.
+    // A label key that reads as a path is not a label key (Kubernetes' syntax): refused.
     let (status, reply) = docker(
         "/VolumeDriver.Create",
         r#"{"Name":"v","Opts":{"label.../../victim":"x"}}"#,
+    );
+    assert_eq!(status, 400, "{reply}");
+    assert!(reply.contains("DNS subdomain"), "{reply}");
+    assert_eq!(tree(&daemon.dir), before);
+    // A valid one may still hold `.` and `/`: it is data, never a path, and the volume lands
+    // where its name says.
+    let (status, reply) = docker(
+        "/VolumeDriver.Create",
+        r#"{"Name":"v","Opts":{"label.victim.test/x..y":"x"}}"#,
     );
     assert_eq!(status, 200, "{reply}");
     let added: Vec<_> = tree(&daemon.dir).difference(&before).cloned().collect();

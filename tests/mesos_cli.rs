@@ -90,7 +90,7 @@ fn validate_prints_every_violation_with_its_json_path_and_fails() {
     let stdout = text(&out.stdout);
     for line in [
         "container.volumes[0].containerPath: must be a single relative path segment",
-        "container.volumes[0].persistent.size: must be a positive integer number of MiB, got 0",
+        "container.volumes[0].persistent.size: \"0\" is not a size: a size must be greater than zero",
         "container.volumes[1].hostPath: \"nothing\" does not name a persistent volume",
         "unreachableStrategy: must be \"disabled\"",
     ] {

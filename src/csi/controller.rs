@@ -144,6 +144,7 @@ pub(super) fn size_for(
                 pool: spec.pool.clone(),
                 kind: spec.kind,
                 profile: spec.profile.clone(),
+                selector: spec.selector.clone(),
             });
             choose_size(
                 range,
@@ -164,6 +165,7 @@ fn check_fs_type(engine: &dyn VolumeService, spec: &VolumeSpec, fs: &str) -> Res
         pool: spec.pool.clone(),
         kind: spec.kind,
         profile: spec.profile.clone(),
+        selector: spec.selector.clone(),
     });
     let fs_of = |pool: &str| {
         engine
@@ -406,17 +408,17 @@ impl CsiService {
         let differs = |what: &str, asked: &str, has: &str| {
             format!("parameters.{what} is {asked:?}, volume {volume} has {has:?}")
         };
-        if let Some(kind) = params.kind
+        if let Some(kind) = params.request.kind
             && kind != v.placement.kind
         {
             problems.push(differs("type", kind.as_str(), v.placement.kind.as_str()));
         }
-        if let Some(pool) = &params.pool
+        if let Some(pool) = &params.request.pool
             && pool != &v.placement.pool
         {
             problems.push(differs("pool", pool, &v.placement.pool));
         }
-        if let Some(profile) = &params.profile
+        if let Some(profile) = &params.request.profile
             && Some(profile) != v.spec.profile.as_ref()
         {
             problems.push(differs(
@@ -498,9 +500,10 @@ impl CsiService {
         let mut spec = params.spec();
         spec.access = access;
         let selector = PoolSelector {
-            pool: params.pool,
-            kind: params.kind,
-            profile: params.profile,
+            pool: params.request.pool,
+            kind: params.request.kind,
+            profile: params.request.profile,
+            selector: params.request.selector,
         };
         self.engine(move |e| {
             let pools = e.capacity(&selector);

@@ -209,7 +209,7 @@ impl CsiService {
                 ));
             }
             let range = SizeRange {
-                required: params.size.unwrap_or(0),
+                required: params.size().unwrap_or(0),
                 limit: None,
             };
             spec.size = size_for(e, &spec, range, None).map_err(|s| about(name.as_str(), s))?;

@@ -12,9 +12,8 @@ use tonic::Status;
 use super::proto::volume_capability::{AccessType as CsiAccess, access_mode::Mode};
 use super::proto::{CapacityRange, Topology, TopologyRequirement, VolumeCapability};
 use crate::engine::pool::PoolConfig;
-use crate::engine::types::{
-    AccessType, Backend, Ownership, PoolCapacity, PoolKind, ReclaimPolicy, VolumeSpec, parse_size,
-};
+use crate::engine::request;
+use crate::engine::types::{AccessType, Backend, PoolCapacity, VolumeSpec};
 
 /// Keys Kubernetes itself puts into `parameters` and `volume_context`.
 const K8S_PREFIX: &str = "csi.storage.k8s.io/";
@@ -51,47 +50,32 @@ impl ParamSource {
     }
 }
 
-/// What a parameter map asks of the volume.
+/// What a parameter map asks of the volume, in the engine's vocabulary.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct VolumeParameters {
-    pub kind: Option<PoolKind>,
-    pub pool: Option<String>,
-    pub profile: Option<String>,
-    pub reclaim: Option<ReclaimPolicy>,
-    pub labels: BTreeMap<String, String>,
-    pub ownership: Ownership,
-    /// Only from an ephemeral volume's context.
-    pub size: Option<u64>,
+    /// Its size is set only by an ephemeral volume's context.
+    pub request: VolumeSpec,
 }
 
 impl VolumeParameters {
     /// The spec these parameters describe; size, access and source are set by the caller.
     pub fn spec(&self) -> VolumeSpec {
         VolumeSpec {
-            pool: self.pool.clone(),
-            kind: self.kind,
-            profile: self.profile.clone(),
-            labels: self.labels.clone(),
-            ownership: self.ownership.clone(),
-            reclaim: self.reclaim,
-            ..VolumeSpec::default()
+            size: None,
+            ..self.request.clone()
         }
+    }
+
+    /// Only from an ephemeral volume's context.
+    pub fn size(&self) -> Option<u64> {
+        self.request.size
     }
 }
 
-fn accepted_keys(source: ParamSource) -> &'static str {
-    match source {
-        ParamSource::Parameters => "type, pool, profile, reclaim, uid, gid, mode and label/<key>",
-        ParamSource::EphemeralContext => {
-            "size, type, pool, profile, reclaim, uid, gid, mode and label/<key>"
-        }
-    }
-}
-
-/// Parses StorageClass parameters or an ephemeral volume's context. Unknown keys are refused
-/// (a typo must not silently give another kind of volume); Kubernetes' own
-/// `csi.storage.k8s.io/*` keys are accepted, and the claim's or pod's name and namespace are
-/// recorded as labels.
+/// Parses StorageClass parameters or an ephemeral volume's context through the engine's
+/// request vocabulary. Unknown keys are refused (a typo must not silently give another kind
+/// of volume); Kubernetes' own `csi.storage.k8s.io/*` keys are accepted, and the claim's or
+/// pod's name and namespace are recorded as labels.
 pub fn parse_parameters(
     map: &HashMap<String, String>,
     source: ParamSource,
@@ -99,100 +83,34 @@ pub fn parse_parameters(
     let field = source.field();
     let invalid =
         |key: &str, reason: String| Status::invalid_argument(format!("{field}.{key}: {reason}"));
-    let mut out = VolumeParameters::default();
-    // Sorted, so the first bad key reported is the same on every retry.
-    let mut entries: Vec<(&String, &String)> = map.iter().collect();
-    entries.sort();
-    for (key, value) in entries {
-        match key.as_str() {
-            "type" => {
-                out.kind = Some(
-                    value
-                        .parse::<PoolKind>()
-                        .map_err(|e| invalid(key, reason_of(e.to_string())))?,
-                );
-            }
-            "pool" | "profile" => {
-                if value.is_empty() {
-                    return Err(invalid(
-                        key,
-                        "must not be empty; leave it out instead".into(),
-                    ));
-                }
-                if key == "pool" {
-                    out.pool = Some(value.clone());
-                } else {
-                    out.profile = Some(value.clone());
-                }
-            }
-            "reclaim" => {
-                out.reclaim = Some(
-                    value
-                        .parse::<ReclaimPolicy>()
-                        .map_err(|e| invalid(key, reason_of(e.to_string())))?,
-                );
-            }
-            "uid" | "gid" => {
-                let id: u32 = value.parse().map_err(|_| {
-                    invalid(
-                        key,
-                        format!("{value:?} is not a numeric id (0 to 4294967295)"),
-                    )
-                })?;
-                if key == "uid" {
-                    out.ownership.uid = Some(id);
-                } else {
-                    out.ownership.gid = Some(id);
-                }
-            }
-            "mode" => out.ownership.mode = Some(parse_mode(value).map_err(|r| invalid(key, r))?),
-            "size" if source == ParamSource::EphemeralContext => {
-                out.size = Some(parse_size(value).map_err(|e| invalid(key, e.to_string()))?);
-            }
-            k if RECORDED_KEYS.contains(&k) => {
-                out.labels.insert(k.to_string(), value.clone());
-            }
-            k if k.starts_with(K8S_PREFIX) => {}
-            k => {
-                let Some(label) = k.strip_prefix(LABEL_PREFIX) else {
-                    return Err(Status::invalid_argument(format!(
-                        "{field}: unknown key {k:?}; berth accepts {}",
-                        accepted_keys(source)
-                    )));
-                };
-                if label.is_empty() {
-                    return Err(invalid(k, "a label needs a key after \"label/\"".into()));
-                }
-                if label.starts_with(K8S_PREFIX) {
-                    return Err(invalid(
-                        k,
-                        format!("labels under {K8S_PREFIX} are Kubernetes' own; use another key"),
-                    ));
-                }
-                out.labels.insert(label.to_string(), value.clone());
-            }
+    let dialect = match source {
+        ParamSource::Parameters => &request::CSI_PARAMETERS,
+        ParamSource::EphemeralContext => &request::CSI_EPHEMERAL,
+    };
+    let mut recorded = BTreeMap::new();
+    let mut shared = Vec::new();
+    for (key, value) in map {
+        if RECORDED_KEYS.contains(&key.as_str()) {
+            recorded.insert(key.clone(), value.clone());
+        } else if key.starts_with(K8S_PREFIX) {
+            // Kubernetes' own context keys: nothing to act on.
+        } else if key
+            .strip_prefix(LABEL_PREFIX)
+            .is_some_and(|label| label.starts_with(K8S_PREFIX))
+        {
+            return Err(invalid(
+                key,
+                format!("labels under {K8S_PREFIX} are Kubernetes' own; use another key"),
+            ));
+        } else {
+            shared.push((key.as_str(), value.as_str()));
         }
     }
-    Ok(out)
-}
-
-/// The part of an engine input error after "invalid <field>: ", which the caller re-prefixes.
-fn reason_of(message: String) -> String {
-    message
-        .split_once(": ")
-        .map(|(_, reason)| reason.to_string())
-        .unwrap_or(message)
-}
-
-/// An octal permission mode: `0750`, `750` or `0o750`.
-fn parse_mode(raw: &str) -> Result<u32, String> {
-    let digits = raw.strip_prefix("0o").unwrap_or(raw);
-    match u32::from_str_radix(digits, 8) {
-        Ok(mode) if mode <= 0o7777 && !digits.is_empty() => Ok(mode),
-        _ => Err(format!(
-            "{raw:?} is not a permission mode; use octal such as 0750"
-        )),
-    }
+    let mut request = dialect
+        .parse(shared)
+        .map_err(|e| invalid(&e.key, e.reason))?;
+    request.labels.extend(recorded);
+    Ok(VolumeParameters { request })
 }
 
 /// How a capability asks to use the volume.
@@ -513,7 +431,7 @@ fn describe(node: &BTreeMap<String, String>) -> String {
 mod tests {
     use super::*;
     use crate::csi::proto::volume_capability::{AccessMode, BlockVolume, MountVolume};
-    use crate::engine::types::FsType;
+    use crate::engine::types::{FsType, Ownership, PoolKind, ReclaimPolicy};
     use std::path::Path;
     use tonic::Code;
 
@@ -543,26 +461,27 @@ mod tests {
             ParamSource::Parameters,
         )
         .unwrap();
-        assert_eq!(p.kind, Some(PoolKind::Path));
-        assert_eq!(p.pool.as_deref(), Some("ssd"));
-        assert_eq!(p.profile.as_deref(), Some("fast"));
-        assert_eq!(p.reclaim, Some(ReclaimPolicy::Retain));
+        assert_eq!(p.request.kind, Some(PoolKind::Path));
+        assert_eq!(p.request.pool.as_deref(), Some("ssd"));
+        assert_eq!(p.request.profile.as_deref(), Some("fast"));
+        assert_eq!(p.request.reclaim, Some(ReclaimPolicy::Retain));
         assert_eq!(
-            p.ownership,
+            p.request.ownership,
             Ownership {
                 uid: Some(1000),
                 gid: Some(2000),
                 mode: Some(0o750)
             }
         );
-        assert_eq!(p.labels.get("team").map(String::as_str), Some("db"));
+        assert_eq!(p.request.labels.get("team").map(String::as_str), Some("db"));
         assert_eq!(
-            p.labels
+            p.request
+                .labels
                 .get("csi.storage.k8s.io/pvc/namespace")
                 .map(String::as_str),
             Some("prod")
         );
-        assert!(!p.labels.contains_key("csi.storage.k8s.io/pv/name"));
+        assert!(!p.request.labels.contains_key("csi.storage.k8s.io/pv/name"));
         let spec = p.spec();
         assert_eq!(spec.pool.as_deref(), Some("ssd"));
         assert_eq!(spec.size, None);
@@ -571,7 +490,7 @@ mod tests {
     #[test]
     fn bad_parameters_name_the_key() {
         let cases = [
-            (vec![("colour", "red")], "unknown key \"colour\""),
+            (vec![("colour", "red")], "parameters.colour: unknown key"),
             (vec![("type", "disk")], "parameters.type"),
             (vec![("reclaim", "keep")], "parameters.reclaim"),
             (vec![("uid", "-1")], "parameters.uid"),
@@ -584,7 +503,7 @@ mod tests {
                 vec![("label/csi.storage.k8s.io/ephemeral", "true")],
                 "Kubernetes' own",
             ),
-            (vec![("size", "1Gi")], "unknown key \"size\""),
+            (vec![("size", "1Gi")], "parameters.size: unknown key"),
         ];
         for (pairs, needle) in cases {
             let err = parse_parameters(&map(&pairs), ParamSource::Parameters).unwrap_err();
@@ -611,8 +530,8 @@ mod tests {
             ParamSource::EphemeralContext,
         )
         .unwrap();
-        assert_eq!(p.size, Some(64 << 20));
-        assert_eq!(p.labels.len(), 2, "{:?}", p.labels);
+        assert_eq!(p.size(), Some(64 << 20));
+        assert_eq!(p.request.labels.len(), 2, "{:?}", p.request.labels);
         let err =
             parse_parameters(&map(&[("size", "-1")]), ParamSource::EphemeralContext).unwrap_err();
         assert!(err.message().contains("volume_context.size"), "{err}");

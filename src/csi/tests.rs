@@ -512,7 +512,11 @@ async fn create_refuses_bad_input_naming_the_field_and_makes_nothing() {
         (multi_node, Code::InvalidArgument, "MULTI_NODE_MULTI_WRITER"),
         (mixed, Code::InvalidArgument, "mix block and mount"),
         (bad_flag, Code::InvalidArgument, "noexec"),
-        (unknown, Code::InvalidArgument, "\"colour\""),
+        (
+            unknown,
+            Code::InvalidArgument,
+            "parameters.colour: unknown key",
+        ),
         (bad_type, Code::InvalidArgument, "parameters.type"),
         (no_pool, Code::InvalidArgument, "no pool named \"nope\""),
         (snapshot, Code::NotFound, "snapshot s1 not found"),
@@ -1282,7 +1286,7 @@ async fn ephemeral_volumes_live_as_long_as_their_publication() {
     assert_code(
         h.node.node_publish_volume(publish(bad)).await,
         Code::InvalidArgument,
-        "volume_context: unknown key \"colour\"",
+        "volume_context.colour: unknown key",
     );
     // An ephemeral volume cannot take over a persistent volume's id.
     h.create(request("csi-taken", GIB, 0)).await.unwrap();

@@ -276,7 +276,7 @@ async fn bad_names_options_and_bodies_are_refused_and_change_nothing() {
         (json!({"Name": ""}), "cannot be empty"),
         (
             json!({"Name": "v", "Opts": {"size": "-1"}}),
-            "option \"size\" for volume v: invalid size \"-1\"",
+            "option \"size\" for volume v: \"-1\" is not a size",
         ),
         (
             json!({"Name": "v", "Opts": {"size": "lots"}}),
@@ -284,7 +284,7 @@ async fn bad_names_options_and_bodies_are_refused_and_change_nothing() {
         ),
         (
             json!({"Name": "v", "Opts": {"colour": "red"}}),
-            "option \"colour\" for volume v: unknown option; berth accepts size, type",
+            "option \"colour\" for volume v: unknown key; berth accepts size, max_size, type",
         ),
         (
             json!({"Name": "v", "Opts": {"pool": "nope"}}),

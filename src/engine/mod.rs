@@ -30,13 +30,16 @@ mod expand;
 mod group_access;
 mod health;
 mod handover;
+pub mod labels;
 pub mod locks;
 pub mod metrics;
 mod placement;
 pub mod pool;
 mod publish;
 mod recovery;
+pub mod request;
 mod room;
+pub mod selector;
 mod service;
 pub mod snapshot;
 pub mod types;
@@ -87,6 +90,8 @@ pub struct PoolSelector {
     pub pool: Option<String>,
     pub kind: Option<PoolKind>,
     pub profile: Option<String>,
+    /// Only the disks and paths whose labels satisfy it count.
+    pub selector: Option<selector::LabelSelector>,
 }
 
 /// A place a new volume could go.
@@ -469,7 +474,8 @@ fn spec_difference(old: &VolumeSpec, new: &VolumeSpec) -> String {
         access,
         source,
         snapshot,
-        reclaim
+        reclaim,
+        selector
     );
     if fields.is_empty() {
         "none".into()
@@ -478,5 +484,7 @@ fn spec_difference(old: &VolumeSpec, new: &VolumeSpec) -> String {
     }
 }
 
+#[cfg(test)]
+mod selector_placement_tests;
 #[cfg(test)]
 mod tests;

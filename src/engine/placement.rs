@@ -158,6 +158,16 @@ impl<H: Host> Engine<H> {
                     reasons.push(format!("{base_text} in pool {} fails {c}", pool.name));
                     continue;
                 }
+                if let Some(selector) = &spec.selector
+                    && let Some(unmet) = selector.unmet(&pool.labels_at(&base))
+                {
+                    reasons.push(format!(
+                        "{base_text} in pool {} has labels {} and fails the selector's {unmet}",
+                        pool.name,
+                        describe_labels(&pool.labels_at(&base))
+                    ));
+                    continue;
+                }
                 if pool.kind == PoolKind::Mount {
                     if let Some(c) = self.disk_candidate(pool, base, spec, reasons)? {
                         found.push(c);
@@ -303,17 +313,32 @@ impl<H: Host> Engine<H> {
             profile: selector.profile.clone(),
             ..VolumeSpec::default()
         };
+        let selected = |pool: &PoolConfig, base: &PathBuf| {
+            selector
+                .selector
+                .as_ref()
+                .is_none_or(|s| s.matches(&pool.labels_at(base)))
+        };
         self.pools
             .iter()
             .filter(|pool| pool.mismatch(&spec).is_none())
-            .map(|pool| {
-                let mut capacity = 0u64;
-                let mut reserved = 0u64;
-                let mut available = 0u64;
-                let bases = match pool.kind {
+            .filter_map(|pool| {
+                let mut bases = match pool.kind {
                     PoolKind::Mount => self.disks(pool).unwrap_or_default(),
                     _ => pool.paths.clone(),
                 };
+                if selector.selector.is_some() {
+                    bases.retain(|base| selected(pool, base));
+                    if bases.is_empty() {
+                        return None;
+                    }
+                }
+                Some((pool, bases))
+            })
+            .map(|(pool, bases)| {
+                let mut capacity = 0u64;
+                let mut reserved = 0u64;
+                let mut available = 0u64;
                 for base in &bases {
                     let cap = self.capacity_of(pool, base).unwrap_or(0);
                     let res = self.reserved_on(base);
@@ -353,4 +378,13 @@ impl<H: Host> Engine<H> {
             })
             .collect()
     }
+}
+
+/// Labels as `{a=b, c=d}`, or `none`.
+fn describe_labels(labels: &std::collections::BTreeMap<String, String>) -> String {
+    if labels.is_empty() {
+        return "none".into();
+    }
+    let pairs: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!("{{{}}}", pairs.join(", "))
 }

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+use super::labels::{key_error as label_key_error, value_error as label_value_error};
 use super::types::{Backend, FsType, PoolKind, ReclaimPolicy, Volume, VolumeSpec, parse_size};
 
 /// The size the embedded default pool gives a request that names none: a volume made
@@ -48,6 +49,10 @@ pub struct PoolConfig {
     pub profiles: Vec<String>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Labels of one disk (a mount pool's disk mount point) or base path, added to the
+    /// pool's own for a request's `selector`: `"/mnt/disks/d1" = { media = "ssd" }`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub disk_labels: BTreeMap<String, BTreeMap<String, String>>,
     #[serde(default)]
     pub reclaim: ReclaimPolicy,
     /// Size for requests that name none (`512MiB`, `1GiB`, bytes).
@@ -97,6 +102,7 @@ impl PoolConfig {
             fs: FsType::Ext4,
             profiles: Vec::new(),
             labels: BTreeMap::new(),
+            disk_labels: BTreeMap::new(),
             reclaim: ReclaimPolicy::Delete,
             default_size: None,
             capacity: None,
@@ -152,7 +158,37 @@ impl PoolConfig {
                 ));
             }
         }
+        for (path, labels) in
+            std::iter::once((&String::new(), &self.labels)).chain(&self.disk_labels)
+        {
+            let field = if path.is_empty() {
+                format!("pools.{}.labels", self.name)
+            } else {
+                if !Path::new(path).is_absolute() {
+                    return Err(format!(
+                        "pools.{}.disk_labels: {path:?} must be an absolute path",
+                        self.name
+                    ));
+                }
+                format!("pools.{}.disk_labels.{path:?}", self.name)
+            };
+            for (key, value) in labels {
+                if let Some(why) = label_key_error(key).or_else(|| label_value_error(value)) {
+                    return Err(format!("{field}: {why}"));
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// The labels a selector sees at `base` (a disk or base path): the pool's, with that
+    /// disk's own on top.
+    pub fn labels_at(&self, base: &Path) -> BTreeMap<String, String> {
+        let mut labels = self.labels.clone();
+        if let Some(own) = self.disk_labels.get(base.to_string_lossy().as_ref()) {
+            labels.extend(own.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        labels
     }
 
     /// The backend a volume gets in this pool, given the pool's resolved enforcing backend:

@@ -10,6 +10,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use super::error::InputError;
+use super::selector::LabelSelector;
 pub use crate::host::types::{FsType, Ownership};
 
 /// The longest volume name berth accepts. Kubernetes PV names (`pvc-<uuid>`, 40 bytes) and
@@ -298,7 +299,10 @@ impl PathConstraint {
     pub fn new(like: bool, pattern: &str) -> Result<Self, InputError> {
         whole_path_regex(pattern).map_err(|e| InputError::Invalid {
             field: "constraints".into(),
-            reason: format!("{pattern:?} is not a valid regular expression: {e}"),
+            reason: format!(
+                "{pattern:?} is not a valid regular expression: {}",
+                regex_reason(&e)
+            ),
         })?;
         Ok(Self {
             like,
@@ -320,6 +324,19 @@ impl PathConstraint {
 fn whole_path_regex(pattern: &str) -> Result<regex::Regex, regex::Error> {
     regex::Regex::new(pattern)?;
     regex::Regex::new(&format!("^(?:{pattern})$"))
+}
+
+/// What is wrong with a pattern, on one line: a syntax error repeats the pattern over
+/// several lines with a caret; its last line ("error: ...") is the part that reads well.
+fn regex_reason(error: &regex::Error) -> String {
+    match error {
+        regex::Error::Syntax(text) => text
+            .lines()
+            .rev()
+            .find_map(|line| line.strip_prefix("error: "))
+            .map_or_else(|| text.replace('\n', " "), str::to_owned),
+        other => other.to_string(),
+    }
 }
 
 impl fmt::Display for PathConstraint {
@@ -360,6 +377,9 @@ pub struct VolumeSpec {
     pub snapshot: Option<VolumeName>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reclaim: Option<ReclaimPolicy>,
+    /// Only pools and disks whose labels satisfy it qualify.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
 }
 
 /// A request to create (reserve and carve) a volume.

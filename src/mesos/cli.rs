@@ -19,7 +19,7 @@ use super::api::{
     PrepareRequest, TaskLayout,
 };
 use super::validate::{Definition, Violation, parse_definition};
-use crate::engine::types::format_size;
+use crate::engine::types::{PoolKind, format_size};
 
 /// The admin socket of a default install.
 pub const DEFAULT_ADMIN_SOCKET: &str = "/run/berth/admin.sock";
@@ -281,19 +281,28 @@ fn describe(definition: &Definition) -> String {
     let _ = writeln!(out, "valid {kind} {id}");
     for pv in definition.persistent_volumes() {
         let mut extra = String::new();
-        if let Some(max) = pv.max_size_mib {
-            let _ = write!(extra, ", up to {max} MiB");
+        if let Some(max) = pv.spec.max_size {
+            let _ = write!(extra, ", up to {} MiB", max >> 20);
         }
-        if let Some(profile) = &pv.profile {
+        if let Some(profile) = &pv.spec.profile {
             let _ = write!(extra, ", profile {profile}");
         }
-        for c in &pv.constraints {
-            let _ = write!(extra, ", path {} {}", c.op(), c.pattern());
+        for c in &pv.spec.constraints {
+            let _ = write!(extra, ", path {c}");
+        }
+        if let Some(pool) = &pv.spec.pool {
+            let _ = write!(extra, ", pool {pool}");
+        }
+        if let Some(selector) = &pv.spec.selector {
+            let _ = write!(extra, ", selector {selector}");
         }
         let _ = writeln!(
             out,
             "  persistent volume {}: {}, {} MiB{extra}, at $MESOS_SANDBOX/{}",
-            pv.name, pv.kind, pv.size_mib, pv.name
+            pv.name,
+            pv.spec.kind.map_or("root", PoolKind::as_str),
+            pv.size_mib(),
+            pv.name
         );
     }
     let mode = |read_only: bool| if read_only { "ro" } else { "rw" };

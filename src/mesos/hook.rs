@@ -46,13 +46,11 @@ use super::api::{
     CLEANUP_PATH, CleanedVolume, CleanupReply, CleanupRequest, ErrorReply, MountPoint, Origin,
     PREPARE_PATH, PrepareReply, PrepareRequest, PreparedVolume, TaskLayout,
 };
-use super::validate::{
-    self, ConstraintOp, Definition, PersistentVolumeSpec, Violation, VolumeKind,
-};
+use super::validate::{self, Definition, PersistentVolumeSpec, Violation};
 use crate::config::MesosConfig;
 use crate::engine::types::{
-    Caller, CreateRequest, Frontend, MAX_NAME_LEN, Owner, Ownership, PathConstraint, PoolKind,
-    PublishTarget, Volume, VolumeFilter, VolumeName, VolumeSpec, VolumeState, format_size,
+    Caller, CreateRequest, Frontend, MAX_NAME_LEN, Owner, Ownership, PoolKind, PublishTarget,
+    Volume, VolumeFilter, VolumeName, VolumeSpec, VolumeState, format_size,
 };
 use crate::engine::{EngineError, VolumeService};
 use crate::host::HostError;
@@ -237,7 +235,7 @@ fn prepare(
     // Everything is checked before the first volume is touched.
     let mut wanted = Vec::new();
     for pv in definition.persistent_volumes() {
-        let spec = volume_spec(pv, ownership.clone())?;
+        let spec = volume_spec(pv, ownership.clone());
         let reservations: Vec<Volume> = existing
             .iter()
             .filter(|v| {
@@ -393,34 +391,17 @@ fn task_ownership(request: &PrepareRequest) -> Result<Ownership, HookError> {
     })
 }
 
-fn volume_spec(pv: &PersistentVolumeSpec, ownership: Ownership) -> Result<VolumeSpec, HookError> {
-    let bytes = |mib: u64, field: &str| {
-        mib.checked_mul(1 << 20).ok_or_else(|| {
-            HookError::BadRequest(format!(
-                "persistent volume {:?}: persistent.{field} of {mib} MiB is too large",
-                pv.name
-            ))
-        })
-    };
-    let constraints = pv
-        .constraints
-        .iter()
-        .map(|c| PathConstraint::new(c.op() == ConstraintOp::Like, c.pattern()))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(EngineError::from)?;
-    Ok(VolumeSpec {
-        size: Some(bytes(pv.size_mib, "size")?),
-        max_size: pv.max_size_mib.map(|m| bytes(m, "maxSize")).transpose()?,
-        kind: Some(match pv.kind {
-            VolumeKind::Root => PoolKind::Root,
-            VolumeKind::Path => PoolKind::Path,
-            VolumeKind::Mount => PoolKind::Mount,
-        }),
-        profile: pv.profile.clone(),
-        constraints,
-        ownership,
-        ..VolumeSpec::default()
-    })
+fn volume_spec(pv: &PersistentVolumeSpec, ownership: Ownership) -> VolumeSpec {
+    // Ownership the definition's labels ask for wins over the task user's.
+    let asked = &pv.spec.ownership;
+    VolumeSpec {
+        ownership: Ownership {
+            uid: asked.uid.or(ownership.uid),
+            gid: asked.gid.or(ownership.gid),
+            mode: asked.mode.or(ownership.mode),
+        },
+        ..pv.spec.clone()
+    }
 }
 
 /// Refuses a definition that changes an existing reservation's size, type or profile.

@@ -99,6 +99,21 @@ impl Daemon {
 
     /// With `tables` (TOML tables: `[[pools]]`, `[admin]`, ...) after the common settings.
     pub fn start_with(scratch: &Path, work_dir: &Path, tables: &str) -> Self {
+        Self::launch(scratch, work_dir, "csi = \"\"\ndocker = \"\"", tables)
+    }
+
+    /// [`Daemon::start_with`], also serving CSI at `csi.sock` and the Docker plugin at
+    /// `docker.sock` in `scratch`: all three front-ends of one daemon.
+    pub fn start_all_front_ends(scratch: &Path, work_dir: &Path, tables: &str) -> Self {
+        let listen = format!(
+            "csi = \"unix://{}\"\ndocker = \"{}\"",
+            scratch.join("csi.sock").display(),
+            scratch.join("docker.sock").display()
+        );
+        Self::launch(scratch, work_dir, &listen, tables)
+    }
+
+    fn launch(scratch: &Path, work_dir: &Path, listen: &str, tables: &str) -> Self {
         let socket = scratch.join("admin.sock");
         let config = scratch.join("berth.toml");
         std::fs::write(
@@ -108,8 +123,7 @@ impl Daemon {
 node_id = "mesos-test"
 
 [listen]
-csi = ""
-docker = ""
+{listen}
 admin = "{socket}"
 
 [mesos]
