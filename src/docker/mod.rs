@@ -64,7 +64,7 @@ pub const CONTENT_TYPE: &str = "application/vnd.docker.plugins.v1.2+json";
 /// The largest request body accepted; Docker's requests are a name and a few options.
 pub const MAX_BODY: usize = 64 << 10;
 /// The reference held by `Mount` calls without an `ID`.
-pub const ANONYMOUS_HOLDER: &str = "docker";
+pub const ANONYMOUS_HOLDER: &str = crate::engine::types::DOCKER_HOLDER;
 /// The longest caller `ID` accepted (dockerd sends 64 hex digits).
 const MAX_ID_LEN: usize = 256;
 
