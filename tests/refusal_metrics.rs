@@ -2,7 +2,7 @@
 //! batch of bad CSI requests over the real CSI socket and bad Mesos hook calls over the real
 //! admin socket, then `berth_operation_errors_total` read back from the same daemon. Refusals
 //! made by a front-end before the engine and refusals made by the engine are each counted
-//! once.
+//! once. Every metric family served is listed in the README.
 
 #[path = "support/csi_daemon.rs"]
 mod csi_daemon;
@@ -175,6 +175,19 @@ async fn bad_csi_requests_and_bad_mesos_hook_calls_are_counted_by_reason_and_fro
 
     let (status, metrics) = http(&admin, "GET", "/metrics", "");
     assert_eq!(status, 200, "{metrics}");
+    // The README's table lists every metric family the daemon serves.
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    for family in metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+    {
+        assert!(
+            readme.contains(&format!("`{family}`")),
+            "README does not list {family}"
+        );
+    }
     let expected = [
         ("csi", "create", "invalid_input", 3),
         ("csi", "delete", "invalid_input", 1),
