@@ -248,7 +248,27 @@ pub(super) fn refuse_discards(device: &Path) -> Result<(), HostError> {
     if read_sys(&limit).is_ok_and(|v| v == "0") {
         return Ok(());
     }
-    std::fs::write(&limit, "0").map_err(|e| HostError::io("write", &limit, e))
+    match std::fs::write(&limit, "0") {
+        Ok(()) => Ok(()),
+        // A read-only /sys (berth in a container without it): the volume works, and each
+        // mount, grow and start fills again what a trim took.
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EROFS | libc::EACCES | libc::EPERM)
+            ) =>
+        {
+            tracing::warn!(
+                device = %device.display(),
+                error = %e,
+                "cannot make the loop device refuse discards: an fstrim inside the volume \
+                 punches holes in its image until the next mount or grow; give berth a \
+                 writable /sys"
+            );
+            Ok(())
+        }
+        Err(e) => Err(HostError::io("write", &limit, e)),
+    }
 }
 
 pub(super) fn clear_loop(fd: BorrowedFd<'_>, device: &Path) -> Result<(), HostError> {
