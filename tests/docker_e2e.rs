@@ -349,3 +349,71 @@ fn a_stopped_berth_leaves_no_socket_for_docker_volume_ls_to_wait_on() {
         "docker volume ls took {took:?}"
     );
 }
+
+/// What dockerd sends as `VolumeDriver.Mount`'s `ID` is an id it makes for the mount, not the
+/// container's id, and `docker ps` does not show it: a refusal naming a Docker attachment
+/// says so and names the `docker ps` filter, which does find the container.
+#[test]
+fn a_refusal_names_a_docker_attachment_so_the_container_can_be_found() {
+    let env = Env::start();
+    env.create("held", &["size=16MiB"]);
+    env.start_container("holder", "held", "/data");
+    let container = env
+        .docker
+        .docker_ok(&["inspect", "--format", "{{.Id}}", "holder"]);
+    let published = env.published_to("held");
+    let reference = published[0].as_str().unwrap_or_default().to_string();
+    let mount_id = reference
+        .strip_prefix("reference \"docker:")
+        .and_then(|r| r.strip_suffix('"'))
+        .unwrap_or_else(|| panic!("a Docker reference with an ID: {published}"))
+        .to_string();
+    assert_ne!(
+        mount_id, container,
+        "dockerd's Mount ID is not the container id"
+    );
+    assert!(
+        !container.starts_with(&mount_id[..12]),
+        "{mount_id} {container}"
+    );
+
+    let berth_cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+            .arg("volume")
+            .arg("--admin-socket")
+            .arg(env.berth.admin_socket())
+            .args(args)
+            .env_remove("BERTH_TOKEN")
+            .env_remove("BERTH_TOKEN_FILE")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} was refused");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    // The CLI's own check (wipe) and the engine's refusal through the admin API (rm).
+    for args in [&["wipe", "held", "--yes"][..], &["rm", "held"][..]] {
+        let message = berth_cli(args);
+        eprintln!("berth volume {args:?}: {message}");
+        assert!(
+            message.contains(&format!("mount id {mount_id}")),
+            "{args:?}: {message}"
+        );
+        assert!(
+            message.contains("docker ps -a --filter volume=held"),
+            "{args:?}: {message}"
+        );
+        assert!(!message.contains("reference \""), "{args:?}: {message}");
+    }
+    // What the message says to run finds the container.
+    let found = env.docker.docker_ok(&[
+        "ps",
+        "-a",
+        "--no-trunc",
+        "--format",
+        "{{.ID}}",
+        "--filter",
+        "volume=held",
+    ]);
+    assert_eq!(found, container);
+    env.docker.docker_ok(&["rm", "-f", "holder"]);
+}

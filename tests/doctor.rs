@@ -171,6 +171,7 @@ fn a_healthy_node_passes_and_prints_a_table() {
         "admin socket",
         "store",
         "daemon health",
+        "reservations",
     ] {
         let c = check(&report, name);
         assert!(c["status"] == "ok" || c["status"] == "skip", "{c}");
@@ -252,6 +253,14 @@ fn a_pool_on_a_full_filesystem_fails() {
         "{space}"
     );
     assert_eq!(failed(&report).len(), 1, "{report:#?}");
+    // The daemon's figures: nothing reserved, yet nothing available.
+    let room = check(&report, "reservations");
+    assert_eq!(room["status"], "warn", "{room}");
+    let detail = room["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("0B reserved of 8MiB; 0B available for new volumes: no new volume fits"),
+        "{room}"
+    );
 }
 
 #[test]

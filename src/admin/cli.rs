@@ -19,8 +19,7 @@ use thiserror::Error;
 use super::handover::{HandoverView, to_yaml};
 use super::snapshots::SnapshotView;
 use super::views::{DataOutcome, DeleteView, ErrorView, VolumeList, VolumeView, parse_rfc3339};
-use crate::docker::ANONYMOUS_HOLDER;
-use crate::engine::types::{OwnerFrontend, PublishTarget, VolumeName, VolumeState, format_size};
+use crate::engine::types::{OwnerFrontend, VolumeName, VolumeState, format_size};
 
 /// Where `berth volume` finds the API unless told otherwise.
 pub const DEFAULT_ENDPOINT: &str = "/run/berth/admin.sock";
@@ -352,31 +351,6 @@ pub fn run_on(
     }
 }
 
-/// Where a volume is attached, in terms its user can look up. dockerd's `Mount` carries a
-/// mount id it generates per container mount, not the container's id, so for Docker the
-/// text says so and names the `docker ps` filter that finds the container.
-fn attachment(volume: &VolumeName, target: &PublishTarget) -> String {
-    let find = format!("`docker ps -a --filter volume={volume}` shows the container");
-    match target {
-        PublishTarget::Reference { holder } if holder == ANONYMOUS_HOLDER => {
-            format!("mounted by Docker without a mount id; {find}")
-        }
-        PublishTarget::Reference { holder } => {
-            match holder
-                .strip_prefix(ANONYMOUS_HOLDER)
-                .and_then(|h| h.strip_prefix(':'))
-            {
-                Some(mount_id) => format!(
-                    "mounted by Docker, mount id {mount_id} (dockerd's id for the mount, not the \
-                     container's); {find}"
-                ),
-                None => format!("held by {holder}"),
-            }
-        }
-        PublishTarget::Bind { path, .. } => format!("mounted at {}", path.display()),
-    }
-}
-
 fn wipe(client: &Client, console: &mut Console<'_>, id: &str, yes: bool) -> Result<(), CliError> {
     let name = parse_id(id)?;
     let view: VolumeView = client.call("GET", &volume_path(&name))?.json()?;
@@ -384,7 +358,7 @@ fn wipe(client: &Client, console: &mut Console<'_>, id: &str, yes: bool) -> Resu
         let targets: Vec<String> = view
             .publications
             .iter()
-            .map(|p| attachment(&name, &p.target))
+            .map(|p| p.target.describe(&name))
             .collect();
         return Err(CliError::Refused(format!(
             "volume {name} is attached ({}); unpublish it (stop its container or pod) first",
@@ -829,30 +803,6 @@ fn dechunk(mut body: &[u8]) -> Option<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn an_attachment_is_named_as_its_user_can_find_it() {
-        let db = VolumeName::parse("db").unwrap();
-        let docker = attachment(
-            &db,
-            &PublishTarget::Reference {
-                holder: "docker:c9f491e7".into(),
-            },
-        );
-        assert!(docker.contains("mount id c9f491e7"), "{docker}");
-        assert!(
-            docker.contains("docker ps -a --filter volume=db"),
-            "{docker}"
-        );
-        let csi = attachment(
-            &db,
-            &PublishTarget::Bind {
-                path: "/var/lib/kubelet/pods/uid/volumes/x/mount".into(),
-                read_only: false,
-            },
-        );
-        assert_eq!(csi, "mounted at /var/lib/kubelet/pods/uid/volumes/x/mount");
-    }
-
     use super::*;
 
     #[test]

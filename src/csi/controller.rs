@@ -16,7 +16,7 @@ use super::proto::list_volumes_response::{Entry, VolumeStatus};
 use super::proto::validate_volume_capabilities_response::Confirmed;
 use super::proto::volume_content_source::{self, SnapshotSource, VolumeSource};
 use super::proto::*;
-use super::{CALLER, CsiService, Failure, about, reply, required, volume_id};
+use super::{CALLER, CsiService, Failure, about, required, volume_id};
 use crate::engine::types::{
     AccessType, Backend, CreateRequest, Owner, PublishTarget, Volume as EngineVolume, VolumeName,
     VolumeSpec,
@@ -287,12 +287,12 @@ impl CsiService {
             .engine(move |e| -> Result<EngineVolume, Failure> {
                 let source_size = match (source, snapshot) {
                     (Some(source), _) => {
-                        let s = e.get_as(CALLER, &source)?;
+                        let s = e.get_as(CALLER, &source).map_err(Failure::Lookup)?;
                         spec.source = Some(source);
                         s.size
                     }
                     (None, Some(snapshot)) => {
-                        let s = e.get_snapshot(&snapshot)?;
+                        let s = e.get_snapshot(&snapshot).map_err(Failure::Lookup)?;
                         spec.snapshot = Some(snapshot);
                         spec.pool = spec.pool.or(Some(s.pool));
                         s.source_size
@@ -338,9 +338,9 @@ impl CsiService {
                 // A name another front-end holds: CSI's answer to a name taken by an
                 // incompatible volume.
                 e.create(CALLER, request).map_err(|err| match err {
-                    EngineError::HeldByOther { .. } => {
-                        about(&volume, Status::already_exists(err.to_string()))
-                    }
+                    EngineError::HeldByOther { .. } => Failure::Rephrased(Status::already_exists(
+                        format!("volume {volume}: {err}"),
+                    )),
                     other => other.into(),
                 })
             })
@@ -392,7 +392,10 @@ impl CsiService {
         }
         let params = parse_parameters(&req.parameters, ParamSource::Parameters)
             .map_err(|s| about(&volume, s))?;
-        let v = self.engine(move |e| e.get_as(CALLER, &name)).await??;
+        let v = self
+            .engine(move |e| e.get_as(CALLER, &name))
+            .await?
+            .map_err(Failure::Lookup)?;
         let mut problems = Vec::new();
         for (i, c) in req.volume_capabilities.iter().enumerate() {
             let field = format!("volume_capabilities[{i}]");
@@ -552,7 +555,7 @@ impl CsiService {
                 let v = match e.get_as(CALLER, &name) {
                     Ok(v) => v,
                     Err(EngineError::NotFound { .. }) => return Ok(None),
-                    Err(other) => return Err(other.into()),
+                    Err(other) => return Err(Failure::Lookup(other)),
                 };
                 if let Some(cap) = &cap {
                     check_fits(cap, &v, "volume_capability")
@@ -591,14 +594,16 @@ impl Controller for CsiService {
         &self,
         request: Request<CreateVolumeRequest>,
     ) -> Result<Response<CreateVolumeResponse>, Status> {
-        reply("CreateVolume", self.create(request.into_inner()).await)
+        self.answer("CreateVolume", self.create(request.into_inner()))
+            .await
     }
 
     async fn delete_volume(
         &self,
         request: Request<DeleteVolumeRequest>,
     ) -> Result<Response<DeleteVolumeResponse>, Status> {
-        reply("DeleteVolume", self.delete(request.into_inner()).await)
+        self.answer("DeleteVolume", self.delete(request.into_inner()))
+            .await
     }
 
     async fn controller_publish_volume(
@@ -619,24 +624,27 @@ impl Controller for CsiService {
         &self,
         request: Request<ValidateVolumeCapabilitiesRequest>,
     ) -> Result<Response<ValidateVolumeCapabilitiesResponse>, Status> {
-        reply(
+        self.answer(
             "ValidateVolumeCapabilities",
-            self.validate(request.into_inner()).await,
+            self.validate(request.into_inner()),
         )
+        .await
     }
 
     async fn list_volumes(
         &self,
         request: Request<ListVolumesRequest>,
     ) -> Result<Response<ListVolumesResponse>, Status> {
-        reply("ListVolumes", self.list(request.into_inner()).await)
+        self.answer("ListVolumes", self.list(request.into_inner()))
+            .await
     }
 
     async fn get_capacity(
         &self,
         request: Request<GetCapacityRequest>,
     ) -> Result<Response<GetCapacityResponse>, Status> {
-        reply("GetCapacity", self.capacity(request.into_inner()).await)
+        self.answer("GetCapacity", self.capacity(request.into_inner()))
+            .await
     }
 
     async fn controller_get_capabilities(
@@ -659,50 +667,49 @@ impl Controller for CsiService {
         &self,
         request: Request<CreateSnapshotRequest>,
     ) -> Result<Response<CreateSnapshotResponse>, Status> {
-        reply(
+        self.answer(
             "CreateSnapshot",
-            self.create_snapshot_rpc(request.into_inner()).await,
+            self.create_snapshot_rpc(request.into_inner()),
         )
+        .await
     }
 
     async fn delete_snapshot(
         &self,
         request: Request<DeleteSnapshotRequest>,
     ) -> Result<Response<DeleteSnapshotResponse>, Status> {
-        reply(
+        self.answer(
             "DeleteSnapshot",
-            self.delete_snapshot_rpc(request.into_inner()).await,
+            self.delete_snapshot_rpc(request.into_inner()),
         )
+        .await
     }
 
     async fn list_snapshots(
         &self,
         request: Request<ListSnapshotsRequest>,
     ) -> Result<Response<ListSnapshotsResponse>, Status> {
-        reply(
+        self.answer(
             "ListSnapshots",
-            self.list_snapshots_rpc(request.into_inner()).await,
+            self.list_snapshots_rpc(request.into_inner()),
         )
+        .await
     }
 
     async fn get_snapshot(
         &self,
         request: Request<GetSnapshotRequest>,
     ) -> Result<Response<GetSnapshotResponse>, Status> {
-        reply(
-            "GetSnapshot",
-            self.get_snapshot_rpc(request.into_inner()).await,
-        )
+        self.answer("GetSnapshot", self.get_snapshot_rpc(request.into_inner()))
+            .await
     }
 
     async fn controller_expand_volume(
         &self,
         request: Request<ControllerExpandVolumeRequest>,
     ) -> Result<Response<ControllerExpandVolumeResponse>, Status> {
-        reply(
-            "ControllerExpandVolume",
-            self.expand(request.into_inner()).await,
-        )
+        self.answer("ControllerExpandVolume", self.expand(request.into_inner()))
+            .await
     }
 
     async fn controller_get_volume(

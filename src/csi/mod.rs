@@ -91,12 +91,18 @@ impl CsiService {
     }
 }
 
-/// Why an RPC failed: the engine refused (it has logged that already), or this front-end
-/// refused the request before calling the engine.
+/// Why an RPC failed. Every refusal is counted once in the metrics: the engine counts the
+/// operations it runs, [`CsiService::answer`] the rest.
 #[derive(Debug)]
 enum Failure {
+    /// The engine refused an operation (it has logged and counted that).
     Engine(EngineError),
+    /// The engine refused a lookup (`get`, `usage`, a snapshot), which it does not count.
+    Lookup(EngineError),
+    /// This front-end refused the request before calling the engine.
     Refused(Status),
+    /// An engine refusal (counted there) in CSI's words.
+    Rephrased(Status),
 }
 
 impl From<EngineError> for Failure {
@@ -178,11 +184,69 @@ fn status_of(e: &EngineError) -> Status {
     Status::new(code, e.to_string())
 }
 
+/// The metrics' `op` of an RPC: the engine operation it is.
+fn operation(rpc: &str) -> &'static str {
+    match rpc {
+        "CreateVolume" => "create",
+        "DeleteVolume" => "delete",
+        "ControllerExpandVolume" | "NodeExpandVolume" => "expand",
+        "NodeStageVolume" | "NodePublishVolume" => "publish",
+        "NodeUnstageVolume" | "NodeUnpublishVolume" => "unpublish",
+        "CreateSnapshot" => "snapshot",
+        "DeleteSnapshot" => "delete_snapshot",
+        "GetSnapshot" | "ListSnapshots" => "get_snapshot",
+        "ValidateVolumeCapabilities" => "get",
+        "ListVolumes" => "list",
+        "GetCapacity" => "capacity",
+        "NodeGetVolumeStats" => "usage",
+        _ => "other",
+    }
+}
+
+/// The metrics' error `kind` of a refusal made here, in the engine's vocabulary where one
+/// fits.
+fn refusal_kind(code: Code) -> &'static str {
+    match code {
+        Code::InvalidArgument => "invalid_input",
+        Code::OutOfRange => "out_of_range",
+        Code::NotFound => "not_found",
+        Code::AlreadyExists => "already_exists",
+        Code::FailedPrecondition => "failed_precondition",
+        Code::ResourceExhausted => "no_capacity",
+        Code::Aborted => "busy",
+        Code::Unimplemented => "unsupported",
+        _ => "internal",
+    }
+}
+
+impl CsiService {
+    /// Runs one RPC and answers it, counting a refusal the engine did not count.
+    async fn answer<T>(
+        &self,
+        rpc: &'static str,
+        work: impl Future<Output = Result<T, Failure>>,
+    ) -> Result<tonic::Response<T>, Status> {
+        let started = std::time::Instant::now();
+        let outcome = work.await;
+        let kind = match &outcome {
+            Err(Failure::Refused(status)) => Some(refusal_kind(status.code())),
+            Err(Failure::Lookup(e)) => Some(e.kind()),
+            Ok(_) | Err(Failure::Engine(_) | Failure::Rephrased(_)) => None,
+        };
+        if let Some(kind) = kind {
+            self.engine
+                .record_refused(Frontend::Csi, operation(rpc), started.elapsed(), kind);
+        }
+        reply(rpc, outcome)
+    }
+}
+
 /// Turns an RPC's outcome into tonic's, logging refusals made here once.
 fn reply<T>(rpc: &'static str, outcome: Result<T, Failure>) -> Result<tonic::Response<T>, Status> {
     match outcome {
         Ok(value) => Ok(tonic::Response::new(value)),
-        Err(Failure::Engine(e)) => Err(status_of(&e)),
+        Err(Failure::Engine(e) | Failure::Lookup(e)) => Err(status_of(&e)),
+        Err(Failure::Rephrased(status)) => Err(status),
         Err(Failure::Refused(status)) => {
             if status.code() == Code::Internal {
                 tracing::warn!(rpc, code = ?status.code(), message = status.message(), "CSI request failed");

@@ -20,7 +20,7 @@ use super::proto::node_server::Node;
 use super::proto::node_service_capability::{self, Rpc, rpc};
 use super::proto::volume_usage::Unit;
 use super::proto::*;
-use super::{CALLER, CsiService, Failure, about, path_field, reply, required, volume_id};
+use super::{CALLER, CsiService, Failure, about, path_field, required, volume_id};
 use crate::engine::EngineError;
 use crate::engine::types::{
     AccessType, CreateRequest, Owner, PublicationState, PublishTarget, Volume as EngineVolume,
@@ -90,7 +90,7 @@ impl CsiService {
         let staging = path_field(&req.staging_target_path, "staging_target_path", &name)?;
         let cap = stage_capability(req.volume_capability.as_ref(), &name)?;
         self.engine(move |e| -> Result<(), Failure> {
-            let v = e.get_as(CALLER, &name)?;
+            let v = e.get_as(CALLER, &name).map_err(Failure::Lookup)?;
             fits(&cap, &v, Code::FailedPrecondition)?;
             if let Some(gid) = cap.mount_group {
                 e.grant_group(CALLER, &name, gid)?;
@@ -113,7 +113,7 @@ impl CsiService {
         let name = volume_id(&req.volume_id, "volume_id")?;
         let staging = path_field(&req.staging_target_path, "staging_target_path", &name)?;
         self.engine(move |e| -> Result<(), Failure> {
-            let v = e.get_as(CALLER, &name)?;
+            let v = e.get_as(CALLER, &name).map_err(Failure::Lookup)?;
             e.unpublish(CALLER, &name, &bind(staged_path(&v, &staging), false))?;
             Ok(())
         })
@@ -150,7 +150,7 @@ impl CsiService {
         }
         let staging = path_field(&req.staging_target_path, "staging_target_path", &name)?;
         self.engine(move |e| -> Result<(), Failure> {
-            let v = e.get_as(CALLER, &name)?;
+            let v = e.get_as(CALLER, &name).map_err(Failure::Lookup)?;
             fits(&cap, &v, Code::FailedPrecondition)?;
             let staged = staged_path(&v, &staging);
             if staged == target {
@@ -265,7 +265,7 @@ impl CsiService {
         let name = volume_id(&req.volume_id, "volume_id")?;
         let path = PathBuf::from(required(&req.volume_path, "volume_path")?);
         self.engine(move |e| -> Result<NodeGetVolumeStatsResponse, Failure> {
-            let v = e.get_as(CALLER, &name)?;
+            let v = e.get_as(CALLER, &name).map_err(Failure::Lookup)?;
             if !available_at(&v, &path) {
                 return Err(about(
                     name.as_str(),
@@ -292,7 +292,7 @@ impl CsiService {
                         }),
                     });
                 }
-                Err(other) => return Err(other.into()),
+                Err(other) => return Err(Failure::Lookup(other)),
             };
             let mut entries = vec![VolumeUsage {
                 available: bytes(usage.bytes_available),
@@ -332,7 +332,7 @@ impl CsiService {
             .map_err(|e| about(&volume, e.status(Code::InvalidArgument)))?;
         let size = self
             .engine(move |e| -> Result<Option<u64>, Failure> {
-                let v = e.get_as(CALLER, &name)?;
+                let v = e.get_as(CALLER, &name).map_err(Failure::Lookup)?;
                 if !available_at(&v, &path) {
                     return Err(about(
                         name.as_str(),
@@ -372,54 +372,48 @@ impl Node for CsiService {
         &self,
         request: Request<NodeStageVolumeRequest>,
     ) -> Result<Response<NodeStageVolumeResponse>, Status> {
-        reply("NodeStageVolume", self.stage(request.into_inner()).await)
+        self.answer("NodeStageVolume", self.stage(request.into_inner()))
+            .await
     }
 
     async fn node_unstage_volume(
         &self,
         request: Request<NodeUnstageVolumeRequest>,
     ) -> Result<Response<NodeUnstageVolumeResponse>, Status> {
-        reply(
-            "NodeUnstageVolume",
-            self.unstage(request.into_inner()).await,
-        )
+        self.answer("NodeUnstageVolume", self.unstage(request.into_inner()))
+            .await
     }
 
     async fn node_publish_volume(
         &self,
         request: Request<NodePublishVolumeRequest>,
     ) -> Result<Response<NodePublishVolumeResponse>, Status> {
-        reply(
-            "NodePublishVolume",
-            self.publish(request.into_inner()).await,
-        )
+        self.answer("NodePublishVolume", self.publish(request.into_inner()))
+            .await
     }
 
     async fn node_unpublish_volume(
         &self,
         request: Request<NodeUnpublishVolumeRequest>,
     ) -> Result<Response<NodeUnpublishVolumeResponse>, Status> {
-        reply(
-            "NodeUnpublishVolume",
-            self.unpublish(request.into_inner()).await,
-        )
+        self.answer("NodeUnpublishVolume", self.unpublish(request.into_inner()))
+            .await
     }
 
     async fn node_get_volume_stats(
         &self,
         request: Request<NodeGetVolumeStatsRequest>,
     ) -> Result<Response<NodeGetVolumeStatsResponse>, Status> {
-        reply("NodeGetVolumeStats", self.stats(request.into_inner()).await)
+        self.answer("NodeGetVolumeStats", self.stats(request.into_inner()))
+            .await
     }
 
     async fn node_expand_volume(
         &self,
         request: Request<NodeExpandVolumeRequest>,
     ) -> Result<Response<NodeExpandVolumeResponse>, Status> {
-        reply(
-            "NodeExpandVolume",
-            self.node_expand(request.into_inner()).await,
-        )
+        self.answer("NodeExpandVolume", self.node_expand(request.into_inner()))
+            .await
     }
 
     async fn node_get_capabilities(

@@ -76,7 +76,10 @@ impl CsiService {
         req: GetSnapshotRequest,
     ) -> Result<GetSnapshotResponse, Failure> {
         let name = snapshot_id(&req.snapshot_id, "snapshot_id")?;
-        let snapshot = self.engine(move |e| e.get_snapshot(&name)).await??;
+        let snapshot = self
+            .engine(move |e| e.get_snapshot(&name))
+            .await?
+            .map_err(Failure::Lookup)?;
         Ok(GetSnapshotResponse {
             snapshot: Some(csi_snapshot(&snapshot)),
         })

@@ -64,7 +64,7 @@ pub const CONTENT_TYPE: &str = "application/vnd.docker.plugins.v1.2+json";
 /// The largest request body accepted; Docker's requests are a name and a few options.
 pub const MAX_BODY: usize = 64 << 10;
 /// The reference held by `Mount` calls without an `ID`.
-pub const ANONYMOUS_HOLDER: &str = "docker";
+pub const ANONYMOUS_HOLDER: &str = crate::engine::types::DOCKER_HOLDER;
 /// The longest caller `ID` accepted (dockerd sends 64 hex digits).
 const MAX_ID_LEN: usize = 256;
 
@@ -391,6 +391,12 @@ struct Status {
     size_bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     used_bytes: Option<u64>,
+    /// What the volume holds and has left, as `df` inside it and CSI's NodeGetVolumeStats
+    /// show (for a loopfs volume a little more than `sizeBytes`: see the README).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    total_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    available_bytes: Option<u64>,
     /// Set when `usedBytes` comes from a slow measurement reused for a while.
     #[serde(skip_serializing_if = "Option::is_none")]
     usage_age_seconds: Option<u64>,
@@ -589,10 +595,7 @@ impl Plugin {
                 let volume = engine.get_as(CALLER, &name)?;
                 let (measured, measured_name) = (Arc::clone(&self.engine), name.clone());
                 let reading = self.usage.read(&name, usage::BUDGET, move || {
-                    measured
-                        .usage(&measured_name)
-                        .map(|u| u.bytes_used)
-                        .map_err(|e| e.to_string())
+                    measured.usage(&measured_name).map_err(|e| e.to_string())
                 });
                 json_reply(&GetReply {
                     volume: describe(&volume, Some(reading)),
@@ -737,7 +740,7 @@ fn mountpoint_reply(volume: &Volume) -> Reply {
 /// A volume as Docker shows it; `usage` is measured for `Get` and left out of `List`.
 fn describe(v: &Volume, usage: Option<usage::Reading>) -> VolumeInfo {
     let created = UNIX_EPOCH + Duration::from_millis(v.created_at);
-    let (mut used_bytes, mut usage_note, mut usage_age_seconds) = (None, None, None);
+    let (mut measured, mut usage_note, mut usage_age_seconds) = (None, None, None);
     match usage {
         None => {}
         Some(usage::Reading::Pending) => {
@@ -745,7 +748,7 @@ fn describe(v: &Volume, usage: Option<usage::Reading>) -> VolumeInfo {
         }
         Some(usage::Reading::Measured { outcome, age }) => {
             match outcome {
-                Ok(bytes) => used_bytes = Some(bytes),
+                Ok(usage) => measured = Some(usage),
                 Err(e) => usage_note = Some(e),
             }
             usage_age_seconds = Some(age.as_secs()).filter(|&s| s > 0);
@@ -763,7 +766,9 @@ fn describe(v: &Volume, usage: Option<usage::Reading>) -> VolumeInfo {
             profile: v.spec.profile.clone(),
             size: v.size.map_or_else(|| "unlimited".to_string(), format_size),
             size_bytes: v.size,
-            used_bytes,
+            used_bytes: measured.map(|u| u.bytes_used),
+            total_bytes: measured.map(|u| u.bytes_total),
+            available_bytes: measured.map(|u| u.bytes_available),
             usage_age_seconds,
             usage_note,
             labels: v.spec.labels.clone(),

@@ -178,7 +178,11 @@ async fn the_whole_lifecycle_with_reference_counted_mounts() {
     let (code, message) = f.err("VolumeDriver.Remove", json!({"Name": "v"})).await;
     assert_eq!(code, 409);
     assert!(message.contains("volume v is in use"), "{message}");
-    assert!(message.contains("docker:c2"), "{message}");
+    assert!(message.contains("mount id c2"), "{message}");
+    assert!(
+        message.contains("docker ps -a --filter volume=v"),
+        "{message}"
+    );
     assert!(
         message.contains("stop and remove the containers"),
         "{message}"

@@ -12,15 +12,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::engine::types::VolumeName;
+use crate::engine::types::{Usage, VolumeName};
 
 /// How long `Get` waits for a measurement.
 pub const BUDGET: Duration = Duration::from_millis(100);
 /// How long a measurement that took longer than [`BUDGET`] is reused.
 pub const REUSE_SLOW_FOR: Duration = Duration::from_secs(60);
 
-/// Bytes used, or why they could not be measured.
-pub type Outcome = Result<u64, String>;
+/// The volume's usage (the engine's figures), or why it could not be measured.
+pub type Outcome = Result<Usage, String>;
 
 /// What `Get` can say about a volume's usage.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -171,6 +171,13 @@ mod tests {
         VolumeName::parse(s).unwrap()
     }
 
+    fn used(bytes_used: u64) -> Usage {
+        Usage {
+            bytes_used,
+            ..Usage::default()
+        }
+    }
+
     /// A measurement that counts its runs, takes `delay` and returns `value`.
     fn counted(
         runs: &Arc<AtomicUsize>,
@@ -190,9 +197,13 @@ mod tests {
         let meter = UsageMeter::default();
         let runs = Arc::new(AtomicUsize::new(0));
         for value in [5, 7] {
-            let reading = meter.read(&name("v"), SHORT, counted(&runs, Duration::ZERO, Ok(value)));
+            let reading = meter.read(
+                &name("v"),
+                SHORT,
+                counted(&runs, Duration::ZERO, Ok(used(value))),
+            );
             assert!(
-                matches!(reading, Reading::Measured { outcome: Ok(v), .. } if v == value),
+                matches!(reading, Reading::Measured { outcome: Ok(v), .. } if v.bytes_used == value),
                 "{reading:?}"
             );
         }
@@ -211,7 +222,7 @@ mod tests {
         let runs = Arc::new(AtomicUsize::new(0));
         let slow = Duration::from_secs(1);
         let started = Instant::now();
-        let first = meter.read(&name("big"), SHORT, counted(&runs, slow, Ok(42)));
+        let first = meter.read(&name("big"), SHORT, counted(&runs, slow, Ok(used(42))));
         assert_eq!(first, Reading::Pending);
         assert!(
             started.elapsed() < Duration::from_millis(800),
@@ -219,19 +230,30 @@ mod tests {
             started.elapsed()
         );
         // Asked again while it runs: no second walk, still no figure.
-        let second = meter.read(&name("big"), SHORT, counted(&runs, slow, Ok(0)));
+        let second = meter.read(&name("big"), SHORT, counted(&runs, slow, Ok(used(0))));
         assert_eq!(second, Reading::Pending);
         assert_eq!(runs.load(Ordering::SeqCst), 1);
         // Another volume is measured independently.
-        let other = meter.read(&name("small"), SHORT, counted(&runs, Duration::ZERO, Ok(1)));
+        let other = meter.read(
+            &name("small"),
+            SHORT,
+            counted(&runs, Duration::ZERO, Ok(used(1))),
+        );
         assert!(
-            matches!(other, Reading::Measured { outcome: Ok(1), .. }),
+            matches!(
+                other,
+                Reading::Measured {
+                    outcome: Ok(Usage { bytes_used: 1, .. }),
+                    ..
+                }
+            ),
             "{other:?}"
         );
 
         // Once it has finished, its result is reused without measuring again.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while meter.read(&name("big"), SHORT, counted(&runs, slow, Ok(0))) == Reading::Pending {
+        while meter.read(&name("big"), SHORT, counted(&runs, slow, Ok(used(0)))) == Reading::Pending
+        {
             assert!(
                 Instant::now() < deadline,
                 "the slow measurement never finished"
@@ -239,12 +261,12 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
         }
         for _ in 0..3 {
-            let reused = meter.read(&name("big"), SHORT, counted(&runs, slow, Ok(0)));
+            let reused = meter.read(&name("big"), SHORT, counted(&runs, slow, Ok(used(0))));
             assert!(
                 matches!(
                     reused,
                     Reading::Measured {
-                        outcome: Ok(42),
+                        outcome: Ok(Usage { bytes_used: 42, .. }),
                         ..
                     }
                 ),
@@ -265,10 +287,16 @@ mod tests {
         let reading = meter.read(
             &name("v"),
             Duration::from_secs(5),
-            counted(&runs, Duration::from_millis(100), Ok(9)),
+            counted(&runs, Duration::from_millis(100), Ok(used(9))),
         );
         assert!(
-            matches!(reading, Reading::Measured { outcome: Ok(9), .. }),
+            matches!(
+                reading,
+                Reading::Measured {
+                    outcome: Ok(Usage { bytes_used: 9, .. }),
+                    ..
+                }
+            ),
             "{reading:?}"
         );
     }

@@ -48,7 +48,7 @@ pub enum EngineError {
     #[error("volume {volume} is busy: another operation on it is in progress; retry")]
     Busy { volume: String },
 
-    #[error("volume {volume} is attached at {targets}; unpublish it first")]
+    #[error("volume {volume} is attached ({targets}); unpublish it first")]
     InUse { volume: String, targets: String },
 
     #[error("volume {volume} is being {phase}; retry once that has finished")]

@@ -443,16 +443,17 @@ impl<H: Host> Engine<H> {
     }
 }
 
-/// `InUse` for a volume that still has publications, naming them.
-fn in_use(v: &Volume) -> EngineError {
+/// `InUse` for a volume that still has publications, naming them as its users can look
+/// them up.
+pub(super) fn in_use(v: &Volume) -> EngineError {
     EngineError::InUse {
         volume: v.name.to_string(),
         targets: v
             .publications
             .iter()
-            .map(|p| p.target.to_string())
+            .map(|p| p.target.describe(&v.name))
             .collect::<Vec<_>>()
-            .join(", "),
+            .join("; "),
     }
 }
 

@@ -44,13 +44,15 @@ impl<H: Host> Engine<H> {
                 Phase::Ready => {}
             }
             let mut v = v;
-            if let (Some(image), Some(fs)) = (&v.placement.image, v.placement.fs)
-                && !mounted.contains(v.placement.dir.as_path())
-            {
+            if let (Some(image), Some(fs)) = (&v.placement.image, v.placement.fs) {
+                // Also where it is still mounted: the mount fills holes a grow cut short by
+                // the crash left in the image, so the reservation is a guarantee again.
                 self.host
                     .mount_image(image, &v.placement.dir, fs)
                     .map_err(Self::host_err(&v.name, "re-mounting the volume filesystem"))?;
-                report.remounted.push(v.name.to_string());
+                if !mounted.contains(v.placement.dir.as_path()) {
+                    report.remounted.push(v.name.to_string());
+                }
             }
             let before = v.publications.len();
             let mut changed = false;

@@ -227,15 +227,7 @@ impl<H: Host> Engine<H> {
             )));
         }
         if source.spec.access == AccessType::Block && !source.publications.is_empty() {
-            return Err(EngineError::InUse {
-                volume: source.name.to_string(),
-                targets: source
-                    .publications
-                    .iter()
-                    .map(|p| p.target.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            });
+            return Err(super::in_use(source));
         }
         let dir = p.base.join(SNAPSHOTS_DIR);
         let image = source.spec.access == AccessType::Block || p.backend == Backend::Loopfs;

@@ -413,6 +413,35 @@ impl PublishTarget {
     }
 }
 
+/// The reference Docker's `Mount` calls hold: `docker:<ID>`, or just `docker` without an ID.
+pub const DOCKER_HOLDER: &str = "docker";
+
+impl PublishTarget {
+    /// Where `volume` is attached, in terms its user can look up. dockerd's `Mount` carries
+    /// an id it makes for each mount, not the container's id (`docker ps` never shows it),
+    /// so a Docker attachment says so and names the `docker ps` filter that finds the
+    /// container.
+    pub fn describe(&self, volume: &VolumeName) -> String {
+        let find = format!("`docker ps -a --filter volume={volume}` shows the container");
+        match self {
+            Self::Bind { path, .. } => format!("mounted at {}", path.display()),
+            Self::Reference { holder } if holder == DOCKER_HOLDER => {
+                format!("mounted by Docker without a mount id; {find}")
+            }
+            Self::Reference { holder } => match holder
+                .strip_prefix(DOCKER_HOLDER)
+                .and_then(|h| h.strip_prefix(':'))
+            {
+                Some(mount_id) => format!(
+                    "mounted by Docker, mount id {mount_id} (dockerd's id for the mount, not the \
+                     container's); {find}"
+                ),
+                None => format!("held by {holder}"),
+            },
+        }
+    }
+}
+
 impl fmt::Display for PublishTarget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -736,6 +765,40 @@ impl FromStr for OwnerFrontend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_attachment_is_named_as_its_user_can_find_it() {
+        let db = VolumeName::parse("db").unwrap();
+        let docker = PublishTarget::Reference {
+            holder: "docker:c9f491e7".into(),
+        }
+        .describe(&db);
+        assert!(docker.contains("mount id c9f491e7"), "{docker}");
+        assert!(docker.contains("not the container's"), "{docker}");
+        assert!(
+            docker.contains("docker ps -a --filter volume=db"),
+            "{docker}"
+        );
+        let anonymous = PublishTarget::Reference {
+            holder: DOCKER_HOLDER.into(),
+        }
+        .describe(&db);
+        assert!(
+            anonymous.contains("docker ps -a --filter volume=db"),
+            "{anonymous}"
+        );
+        let csi = PublishTarget::Bind {
+            path: "/var/lib/kubelet/pods/uid/volumes/x/mount".into(),
+            read_only: false,
+        }
+        .describe(&db);
+        assert_eq!(csi, "mounted at /var/lib/kubelet/pods/uid/volumes/x/mount");
+        let other = PublishTarget::Reference {
+            holder: "task-7".into(),
+        }
+        .describe(&db);
+        assert_eq!(other, "held by task-7");
+    }
 
     #[test]
     fn names_are_single_safe_components() {

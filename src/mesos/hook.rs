@@ -77,30 +77,47 @@ pub async fn handle(
         return None;
     }
     let post = req.method == hyper::Method::POST;
-    let reply = match (path, post) {
+    let started = std::time::Instant::now();
+    let (reply, refused) = match (path, post) {
         (PREPARE_PATH, true) => run(engine, config, &req.body, prepare).await,
         (CLEANUP_PATH, true) => run(engine, config, &req.body, cleanup).await,
-        (PREPARE_PATH | CLEANUP_PATH, false) => error_reply(
-            405,
-            "method_not_allowed",
-            format!("{path} takes POST, not {}", req.method),
+        (PREPARE_PATH | CLEANUP_PATH, false) => (
+            error_reply(
+                405,
+                "method_not_allowed",
+                format!("{path} takes POST, not {}", req.method),
+            ),
+            Some("method_not_allowed"),
         ),
-        _ => error_reply(
-            404,
-            "not_found",
-            format!("{path}: no such endpoint; use POST {PREPARE_PATH} or POST {CLEANUP_PATH}"),
+        _ => (
+            error_reply(
+                404,
+                "not_found",
+                format!("{path}: no such endpoint; use POST {PREPARE_PATH} or POST {CLEANUP_PATH}"),
+            ),
+            Some("not_found"),
         ),
     };
+    if let Some(kind) = refused {
+        // Prepare mounts a task's volumes, cleanup unmounts them.
+        let op = if path == CLEANUP_PATH {
+            "unpublish"
+        } else {
+            "publish"
+        };
+        engine.record_refused(Frontend::Mesos, op, started.elapsed(), kind);
+    }
     Some(reply)
 }
 
-/// Parses the body, runs the blocking operation off the async threads, encodes the answer.
+/// Parses the body, runs the blocking operation off the async threads, encodes the answer;
+/// with it, the kind of a refusal the engine did not count.
 async fn run<Q, A>(
     engine: &Arc<dyn VolumeService>,
     config: &MesosConfig,
     body: &[u8],
     operation: fn(&dyn VolumeService, &MesosConfig, Q) -> Result<A, HookError>,
-) -> Reply
+) -> (Reply, Option<&'static str>)
 where
     Q: DeserializeOwned + Send + 'static,
     A: Serialize + Send + 'static,
@@ -109,14 +126,21 @@ where
         Ok(request) => request,
         Err(e) => {
             tracing::debug!(error = %e, "malformed Mesos hook request");
-            return error_reply(400, "invalid_input", format!("malformed request body: {e}"));
+            let reply = error_reply(400, "invalid_input", format!("malformed request body: {e}"));
+            return (reply, Some("malformed_request"));
         }
     };
     let config = config.clone();
     match crate::server::call_engine(engine, move |e| operation(e, &config, request)).await {
-        Ok(Ok(answer)) => Reply::json(200, &answer),
-        Ok(Err(e)) => e.into_reply(),
-        Err(e) => error_reply(500, "internal", format!("the Mesos hook failed: {e}")),
+        Ok(Ok(answer)) => (Reply::json(200, &answer), None),
+        Ok(Err(e)) => {
+            let uncounted = e.uncounted_kind();
+            (e.into_reply(), uncounted)
+        }
+        Err(e) => (
+            error_reply(500, "internal", format!("the Mesos hook failed: {e}")),
+            Some("internal"),
+        ),
     }
 }
 
@@ -144,7 +168,10 @@ enum HookError {
     Changed(String),
     /// Looking up the task's user failed.
     Io(String),
+    /// The engine refused an operation (it has counted that).
     Engine(EngineError),
+    /// The engine refused a lookup, which it does not count.
+    Lookup(EngineError),
 }
 
 impl From<EngineError> for HookError {
@@ -154,6 +181,19 @@ impl From<EngineError> for HookError {
 }
 
 impl HookError {
+    /// The error kind of a refusal the engine has not counted (made here, or a lookup).
+    fn uncounted_kind(&self) -> Option<&'static str> {
+        match self {
+            Self::BadRequest(_) => Some("invalid_input"),
+            Self::Definition(_) => Some("invalid_definition"),
+            Self::Forbidden(_) => Some("forbidden"),
+            Self::Changed(_) => Some("immutable_after_deploy"),
+            Self::Io(_) => Some("host"),
+            Self::Lookup(e) => Some(e.kind()),
+            Self::Engine(_) => None,
+        }
+    }
+
     fn into_reply(self) -> Reply {
         match self {
             Self::BadRequest(message) => error_reply(400, "invalid_input", message),
@@ -171,7 +211,9 @@ impl HookError {
             Self::Forbidden(message) => error_reply(403, "forbidden", message),
             Self::Changed(message) => error_reply(409, "immutable_after_deploy", message),
             Self::Io(message) => error_reply(500, "host", message),
-            Self::Engine(e) => error_reply(engine_status(&e), e.kind(), e.to_string()),
+            Self::Engine(e) | Self::Lookup(e) => {
+                error_reply(engine_status(&e), e.kind(), e.to_string())
+            }
         }
     }
 }
@@ -680,7 +722,7 @@ fn cleanup(
     }
     let mut cleaned = Vec::new();
     for v in volumes {
-        let after = engine.get_as(CALLER, &v.name)?;
+        let after = engine.get_as(CALLER, &v.name).map_err(HookError::Lookup)?;
         cleaned.push(CleanedVolume {
             volume: v.name.to_string(),
             container_path: v.owner.container_path.clone(),

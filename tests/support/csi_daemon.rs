@@ -35,6 +35,8 @@ pub struct Daemon {
     pub node_id: String,
     extra_config: String,
     log_level: String,
+    /// Whether the admin API listens too (on [`Daemon::admin_socket`]).
+    admin: bool,
 }
 
 impl Daemon {
@@ -52,7 +54,7 @@ impl Daemon {
     /// it and detaches the device like every other mount under the directory.
     pub fn start_with_btrfs(extra: &str) -> Self {
         let level = std::env::var("BERTH_LOG").unwrap_or_else(|_| "info".into());
-        Self::start_prepared(extra, &level, |dir| {
+        Self::start_prepared(extra, &level, false, |dir| {
             let image = dir.join("btrfs.img");
             File::create(&image)
                 .and_then(|f| f.set_len(2 << 30))
@@ -79,14 +81,24 @@ impl Daemon {
         })
     }
 
+    /// [`Daemon::start`] with the admin API on [`Daemon::admin_socket`] too.
+    pub fn start_with_admin(extra: &str) -> Self {
+        Self::start_prepared(extra, "info", true, |_| String::new())
+    }
+
     /// [`Daemon::start`] with the daemon's log level (`BERTH_LOG`) given.
     pub fn start_logging(extra: &str, log_level: &str) -> Self {
-        Self::start_prepared(extra, log_level, |_| String::new())
+        Self::start_prepared(extra, log_level, false, |_| String::new())
     }
 
     /// Makes the directory, runs `prepare` in it (which returns more config to append),
-    /// then writes the config and starts berth.
-    fn start_prepared(extra: &str, log_level: &str, prepare: impl FnOnce(&Path) -> String) -> Self {
+    /// then writes the config (with the admin API when `admin`) and starts berth.
+    fn start_prepared(
+        extra: &str,
+        log_level: &str,
+        admin: bool,
+        prepare: impl FnOnce(&Path) -> String,
+    ) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("berth-csi-")
             .tempdir_in(std::env::var("BERTH_TEST_DIR").unwrap_or_else(|_| "/var/tmp".into()))
@@ -107,6 +119,7 @@ impl Daemon {
             node_id,
             extra_config: extra.to_string(),
             log_level: log_level.to_string(),
+            admin,
         };
         for sub in ["pool", "plain", "xfs", "k8s"] {
             std::fs::create_dir_all(daemon.path().join(sub)).expect("dirs");
@@ -130,6 +143,11 @@ impl Daemon {
         format!("unix://{}", self.socket().display())
     }
 
+    /// The admin API's socket, when started with [`Daemon::start_with_admin`].
+    pub fn admin_socket(&self) -> PathBuf {
+        self.path().join("admin.sock")
+    }
+
     pub fn config_path(&self) -> PathBuf {
         self.path().join("berth.toml")
     }
@@ -149,6 +167,11 @@ impl Daemon {
 
     fn write_config(&self) {
         let d = self.path().display();
+        let admin = if self.admin {
+            self.admin_socket().display().to_string()
+        } else {
+            String::new()
+        };
         let config = format!(
             r#"state_dir = "{d}/state"
 node_id = "{node}"
@@ -156,7 +179,7 @@ node_id = "{node}"
 [listen]
 csi = "unix://{d}/csi.sock"
 docker = ""
-admin = ""
+admin = "{admin}"
 
 [[pools]]
 name = "default"

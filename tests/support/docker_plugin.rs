@@ -71,7 +71,7 @@ impl Berth {
 node_id = "test-node"
 [listen]
 csi = ""
-admin = ""
+admin = "{dir}/admin.sock"
 docker = "{socket}"
 [[pools]]
 name = "default"
@@ -189,6 +189,11 @@ paths = ["{dir}/pool"]
     pub fn socket(&self) -> &Path {
         &self.socket
     }
+    /// The admin API's socket (for `berth volume --admin-socket`).
+    pub fn admin_socket(&self) -> PathBuf {
+        self.dir.join("admin.sock")
+    }
+
     pub fn pool(&self) -> PathBuf {
         self.dir.join("pool")
     }

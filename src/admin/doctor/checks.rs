@@ -38,6 +38,7 @@ pub fn run_checks(config: &Config, kubelet_dir: &Path) -> Vec<Check> {
     kubelet(config, kubelet_dir, &mut report);
     store_clock(config, &mut report);
     daemon_health(config, &mut report);
+    reservations(config, &pools, &mut report);
     report
 }
 
@@ -385,4 +386,114 @@ fn daemon_health(config: &Config, report: &mut Vec<Check>) {
         Err(e) => Check::new(name, Status::Fail, e.to_string())
             .fix("start berth (systemctl start berth) and read its log if it stops"),
     });
+}
+
+/// A pool's gauge in the daemon's `/metrics` text.
+fn pool_gauge(metrics: &str, metric: &str, pool: &str) -> Option<u64> {
+    let prefix = format!("{metric}{{pool=\"{pool}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Each pool's reservations against what its filesystem can still hold, as the running
+/// daemon counts them (its `/metrics`): a full pool, or a configured capacity the disk's free
+/// space no longer backs (requests below the nominal room are refused), is a warning.
+fn reservations(config: &Config, pools: &[PoolConfig], report: &mut Vec<Check>) {
+    let skip = |report: &mut Vec<Check>, why: String| {
+        for pool in pools {
+            let name = format!("pool {}: reservations", pool.name);
+            report.push(Check::new(name, Status::Skip, why.clone()));
+        }
+    };
+    if config.listen.admin.is_empty() {
+        return skip(report, "the admin socket is off".into());
+    }
+    let answer = Client::new(&config.listen.admin, None).and_then(|c| c.call("GET", "/metrics"));
+    let metrics = match answer {
+        Ok(r) if r.status == 200 => String::from_utf8_lossy(&r.body).into_owned(),
+        Ok(r) => return skip(report, format!("/metrics answered {}", r.status)),
+        Err(e) => return skip(report, format!("the daemon does not answer: {e}")),
+    };
+    for pool in pools {
+        let name = format!("pool {}: reservations", pool.name);
+        let gauge = |metric: &str| pool_gauge(&metrics, metric, &pool.name);
+        let (Some(capacity), Some(reserved), Some(available)) = (
+            gauge("berth_pool_capacity_bytes"),
+            gauge("berth_pool_reserved_bytes"),
+            gauge("berth_pool_available_bytes"),
+        ) else {
+            report.push(Check::new(
+                name,
+                Status::Skip,
+                "the daemon does not report it",
+            ));
+            continue;
+        };
+        report.push(reservation_check(pool, name, capacity, reserved, available));
+    }
+}
+
+/// The verdict on one pool's daemon figures.
+fn reservation_check(
+    pool: &PoolConfig,
+    name: String,
+    capacity: u64,
+    reserved: u64,
+    available: u64,
+) -> Check {
+    let left = capacity.saturating_sub(reserved);
+    let detail = format!(
+        "{} reserved of {}; {} available for new volumes",
+        format_size(reserved),
+        format_size(capacity),
+        format_size(available)
+    );
+    if available == 0 {
+        Check::new(name, Status::Warn, format!("{detail}: no new volume fits"))
+            .fix("free space on that filesystem, or delete volumes no longer needed")
+    } else if pool.capacity.is_some() && available < left {
+        // A configured capacity is a promise the filesystem no longer backs.
+        Check::new(
+            name,
+            Status::Warn,
+            format!(
+                "{detail}: its filesystem holds less than the {} its capacity still allows",
+                format_size(left)
+            ),
+        )
+        .fix("free space on that filesystem, or lower the pool's capacity; larger requests are refused")
+    } else {
+        Check::new(name, Status::Ok, detail)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reservations_warn_on_a_full_pool_and_on_a_capacity_the_disk_does_not_back() {
+        const MIB: u64 = 1 << 20;
+        let mut pool = PoolConfig::default_root(Path::new("/srv/berth"));
+        let check = |pool: &PoolConfig, available| {
+            reservation_check(pool, "r".into(), 1024 * MIB, 256 * MIB, available)
+        };
+        // On a shared disk without a configured capacity, others' files are not a warning.
+        assert_eq!(check(&pool, 100 * MIB).status, Status::Ok);
+        assert_eq!(check(&pool, 0).status, Status::Warn);
+        assert!(check(&pool, 0).detail.ends_with("no new volume fits"));
+        pool.capacity = Some(1024 * MIB);
+        let short = check(&pool, 100 * MIB);
+        assert_eq!(short.status, Status::Warn);
+        assert!(
+            short
+                .detail
+                .contains("holds less than the 768MiB its capacity still allows"),
+            "{}",
+            short.detail
+        );
+        assert_eq!(check(&pool, 768 * MIB).status, Status::Ok);
+    }
 }

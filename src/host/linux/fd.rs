@@ -181,6 +181,27 @@ pub(super) fn open_nofollow(path: &Path) -> Result<(OwnedFd, Meta), HostError> {
     Ok((fd, meta))
 }
 
+/// Opens the regular file `path` (an image) read-write without following a symlink; `op`
+/// names the operation in the refusal of anything else.
+pub(super) fn open_regular_rw(op: &'static str, path: &Path) -> Result<(OwnedFd, Meta), HostError> {
+    let fd = nix::fcntl::open(
+        path,
+        OFlag::O_RDWR | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| match e {
+        Errno::ELOOP => HostError::Symlink {
+            path: path.to_path_buf(),
+        },
+        e => nix_err("open", path, e),
+    })?;
+    let meta = statx_fd(fd.as_fd()).map_err(|e| nix_err("stat", path, e))?;
+    if !meta.is_file() {
+        return Err(invalid(op, path, "not a regular file"));
+    }
+    Ok((fd, meta))
+}
+
 /// Classifies an `ELOOP`/`ENOTDIR` from an `O_NOFOLLOW|O_DIRECTORY` open of `name` in `dir`.
 pub(super) fn not_a_dir_error(
     op: &'static str,

@@ -7,13 +7,12 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
 
 use nix::errno::Errno;
-use nix::fcntl::OFlag;
 use nix::mount::{MntFlags, MsFlags};
-use nix::sys::stat::Mode;
 
 use super::dirs::fs_stats;
 use super::fd::{
-    fd_path, fsync_fd, invalid, mount_by_id, nix_err, open_nofollow, read_mountinfo, statx_fd,
+    fd_path, fsync_fd, invalid, mount_by_id, nix_err, open_nofollow, open_regular_rw,
+    read_mountinfo,
 };
 use super::fs_size;
 use super::image::{allocate, run, run_tool};
@@ -43,21 +42,7 @@ fn grow_image_once(
     size: u64,
     mounted: Option<(&Path, FsType)>,
 ) -> Result<Option<u64>, HostError> {
-    let fd = nix::fcntl::open(
-        image,
-        OFlag::O_RDWR | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| match e {
-        Errno::ELOOP => HostError::Symlink {
-            path: image.to_path_buf(),
-        },
-        e => nix_err("open", image, e),
-    })?;
-    let meta = statx_fd(fd.as_fd()).map_err(|e| nix_err("stat", image, e))?;
-    if !meta.is_file() {
-        return Err(invalid("grow", image, "not a regular file"));
-    }
+    let (fd, meta) = open_regular_rw("grow", image)?;
     // A filesystem image carries its metadata beside the size its filesystem shows.
     // Unmounted, only the image grows (its filesystem is grown where it is mounted).
     let filesystem = match mounted {
@@ -65,8 +50,13 @@ fn grow_image_once(
         None => None,
     };
     let (shown, target) = match filesystem {
-        // Already showing the size (a retried grow): nothing to do.
-        Some((_, usable)) if usable >= size => return Ok(Some(usable)),
+        // Already showing the size (a retried grow): only the allocation may be missing,
+        // if the grow that was cut short had resized but not yet allocated.
+        Some((_, usable)) if usable >= size => {
+            allocate(&fd, image, 0, meta.size)?;
+            fsync_fd(fd.as_fd(), image)?;
+            return Ok(Some(usable));
+        }
         Some((_, usable)) => (usable, fs_size::grown_image_size(meta.size, usable, size)),
         None => (meta.size, size),
     };

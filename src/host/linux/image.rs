@@ -15,10 +15,11 @@ use nix::mount::MsFlags;
 use nix::sys::stat::Mode;
 
 use super::fd::{
-    fd_path, fsync_fd, invalid, mount_by_id, nix_err, open_nofollow, open_parent, statx_fd,
+    fd_path, fsync_fd, invalid, mount_by_id, nix_err, open_nofollow, open_parent, open_regular_rw,
+    statx_fd,
 };
 use super::fs_size;
-use super::loopdev::{attach, clear_loop, loops_of, open_device};
+use super::loopdev::{attach, clear_loop, loops_of, open_device, refuse_discards};
 use crate::host::HostError;
 use crate::host::types::FsType;
 
@@ -230,7 +231,27 @@ pub(super) fn allocate(
     .map_err(|e| nix_err("fallocate", image, e))
 }
 
+/// Allocates every block of an existing image again: fills any hole punched since (a grow
+/// cut short by a crash between its resize and its allocation), and changes nothing where
+/// all is allocated.
+pub(super) fn allocate_whole(image: &Path) -> Result<(), HostError> {
+    let (fd, meta) = open_regular_rw("allocate", image)?;
+    allocate(&fd, image, 0, meta.size)?;
+    fsync_fd(fd.as_fd(), image)
+}
+
 pub(super) fn mount_image(image: &Path, target: &Path, fs: FsType) -> Result<(), HostError> {
+    // Every mount (a publish, a recovery) restores the guarantee first. A host disk too
+    // full for it does not keep the user from their data: mounted all the same, and said.
+    match allocate_whole(image) {
+        Err(e) if e.errno() == Some(libc::ENOSPC) => tracing::warn!(
+            image = %image.display(),
+            error = %e,
+            "the image has holes and the host disk has no room to fill them: writes inside \
+             the volume may fail before it is full; free space on the host disk"
+        ),
+        other => other?,
+    }
     let (target_fd, target_meta) = open_nofollow(target)?;
     if !target_meta.is_dir() {
         return Err(invalid("mount", target, "not a directory"));
@@ -239,8 +260,9 @@ pub(super) fn mount_image(image: &Path, target: &Path, fs: FsType) -> Result<(),
     if target_meta.mount_root {
         let entry = mount_by_id(target_meta.mnt_id)?;
         if let Some(entry) = entry {
-            if ours.iter().any(|l| l.devnum == entry.device) {
-                return Ok(()); // already mounted here
+            if let Some(l) = ours.iter().find(|l| l.devnum == entry.device) {
+                // Already mounted here (perhaps by a berth that let discards through).
+                return refuse_discards(&l.device);
             }
             return Err(invalid(
                 "mount",
@@ -257,6 +279,7 @@ pub(super) fn mount_image(image: &Path, target: &Path, fs: FsType) -> Result<(),
     let mut device = None;
     for l in &ours {
         if let Some(fd) = open_device(&l.device)? {
+            refuse_discards(&l.device)?;
             device = Some((fd, l.device.clone(), false));
             break;
         }

@@ -1,5 +1,8 @@
 //! Loop devices through `LOOP_CTL_GET_FREE` and `LOOP_CONFIGURE`: finding the devices an
 //! image is attached to, attaching, clearing.
+//!
+//! A device refuses discards: the loop driver turns a discard (`fstrim`, a `discard` mount)
+//! into a hole punched in the image, and an image with holes no longer guarantees its size.
 
 use std::io::{self, ErrorKind};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -10,7 +13,7 @@ use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::stat::{Mode, SFlag};
 
-use super::fd::{invalid, nix_err, statx_fd, statx_path};
+use super::fd::{invalid, nix_err, open_regular_rw, statx_path};
 use crate::host::HostError;
 
 /// How many times to ask for another free loop device when one is taken under our feet.
@@ -159,21 +162,7 @@ fn open_loop_node(number: i32) -> Result<(OwnedFd, PathBuf), HostError> {
 /// Attaches `image` to a fresh loop device; returns the open device (keep it open until the
 /// device has another user when `autoclear` is set) and its path.
 pub(super) fn attach(image: &Path, autoclear: bool) -> Result<(OwnedFd, PathBuf), HostError> {
-    let backing = nix::fcntl::open(
-        image,
-        OFlag::O_RDWR | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| match e {
-        Errno::ELOOP => HostError::Symlink {
-            path: image.to_path_buf(),
-        },
-        e => nix_err("open", image, e),
-    })?;
-    let meta = statx_fd(backing.as_fd()).map_err(|e| nix_err("stat", image, e))?;
-    if !meta.is_file() {
-        return Err(invalid("attach", image, "not a regular file"));
-    }
+    let (backing, _) = open_regular_rw("attach", image)?;
     let control_path = Path::new("/dev/loop-control");
     let control = nix::fcntl::open(
         control_path,
@@ -222,7 +211,13 @@ pub(super) fn attach(image: &Path, autoclear: bool) -> Result<(OwnedFd, PathBuf)
             // fds. The kernel takes its own reference to the backing file.
             let result = unsafe { ioctl::loop_configure(device_fd.as_raw_fd(), &config) };
             match result {
-                Ok(_) => return Ok((device_fd, device)),
+                Ok(_) => {
+                    if let Err(e) = refuse_discards(&device) {
+                        let _ = clear_loop(device_fd.as_fd(), &device);
+                        return Err(e);
+                    }
+                    return Ok((device_fd, device));
+                }
                 Err(Errno::EINVAL) if flags & LO_FLAGS_DIRECT_IO != 0 => {
                     // The backing filesystem can not do O_DIRECT: buffered it is.
                     flags &= !LO_FLAGS_DIRECT_IO;
@@ -237,6 +232,43 @@ pub(super) fn attach(image: &Path, autoclear: bool) -> Result<(OwnedFd, PathBuf)
         }
     }
     Err(last_error.unwrap_or_else(|| nix_err("LOOP_CONFIGURE", image, Errno::EBUSY)))
+}
+
+/// Makes `device` (`/dev/loopN`) refuse discards by lowering its discard limit to nothing
+/// (`queue/discard_max_bytes`, the limit an administrator may set): `fstrim` then says the
+/// operation is not supported instead of punching holes in the image. Setting it again
+/// changes nothing.
+pub(super) fn refuse_discards(device: &Path) -> Result<(), HostError> {
+    let Some(name) = device.file_name() else {
+        return Err(invalid("refuse discards", device, "not a device path"));
+    };
+    let limit = Path::new("/sys/block")
+        .join(name)
+        .join("queue/discard_max_bytes");
+    if read_sys(&limit).is_ok_and(|v| v == "0") {
+        return Ok(());
+    }
+    match std::fs::write(&limit, "0") {
+        Ok(()) => Ok(()),
+        // A read-only /sys (berth in a container without it): the volume works, and each
+        // mount, grow and start fills again what a trim took.
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EROFS | libc::EACCES | libc::EPERM)
+            ) =>
+        {
+            tracing::warn!(
+                device = %device.display(),
+                error = %e,
+                "cannot make the loop device refuse discards: an fstrim inside the volume \
+                 punches holes in its image until the next mount or grow; give berth a \
+                 writable /sys"
+            );
+            Ok(())
+        }
+        Err(e) => Err(HostError::io("write", &limit, e)),
+    }
 }
 
 pub(super) fn clear_loop(fd: BorrowedFd<'_>, device: &Path) -> Result<(), HostError> {
@@ -259,6 +291,7 @@ pub(super) fn open_device(device: &Path) -> Result<Option<OwnedFd>, HostError> {
 pub(super) fn attach_loop(image: &Path) -> Result<PathBuf, HostError> {
     let ours = loops_of(image)?;
     if let Some(l) = ours.iter().find(|l| !l.autoclear) {
+        refuse_discards(&l.device)?;
         return Ok(l.device.clone());
     }
     if let Some(l) = ours.first() {
