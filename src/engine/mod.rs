@@ -7,10 +7,15 @@
 //! [`EngineError`] to their own statuses. The engine imports no protocol crate.
 //!
 //! # Crash safety
-//! Every state change is one durable store commit, made *before* the host work it announces
+//! Every state change makes one durable store commit, *before* the host work it announces
 //! when that work allocates or destroys something (create: `Creating`; delete and wipe: a
-//! `Deleting` tombstone; publish: a `Publishing` publication), and after it otherwise. At
-//! start, [`Engine::open`] reconciles the store with the mount table: half-made volumes are
+//! `Deleting` tombstone; publish: a `Publishing` publication), and after it otherwise. The
+//! record that completes such an operation (`Ready`, `Published`, the tombstone's removal) is
+//! committed without waiting for the disk: a crash that loses it leaves the durable intent,
+//! and recovery finishes the operation from the host's state (a plain directory's interrupted
+//! create is completed, a publication whose mount exists is confirmed, a tombstoned delete
+//! finished), so what an answer said survives a crash, at one `fsync` per operation.
+//! Concurrent commits share one `fsync` (see [`crate::store`]). At start, [`Engine::open`] reconciles the store with the mount table: half-made volumes are
 //! rolled back, tombstoned ones finished, publications whose mount vanished dropped, loop
 //! filesystems re-mounted after a reboot, and mounts berth did not record reported.
 //! Every operation is idempotent, so a caller that lost its answer can simply retry.
@@ -99,6 +104,8 @@ struct Candidate<'p> {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RecoveryReport {
     pub rolled_back_creates: Vec<String>,
+    /// Plain directory volumes whose create was interrupted, made whole.
+    pub completed_creates: Vec<String>,
     pub finished_deletes: Vec<String>,
     /// Tombstoned volumes whose delete failed again at start (volume, error): they stay
     /// tombstoned, so a retried delete or wipe can finish them, and berth starts anyway.
@@ -303,27 +310,60 @@ impl<H: Host> Engine<H> {
         self.cache().get(name).cloned()
     }
 
-    /// Commits a record and updates the cache.
+    /// Commits a record durably and updates the cache.
     fn save(&self, volume: &Volume, operation: &'static str) -> Result<(), EngineError> {
-        self.store
-            .put(volume.name.as_str(), volume)
-            .map_err(|source| EngineError::Store {
-                volume: volume.name.to_string(),
-                operation,
-                source,
-            })?;
+        self.commit(volume, operation, Store::put::<Volume>)
+    }
+
+    /// Commits the record that completes an operation whose durable intent was committed
+    /// before its host work, without waiting for the disk (see "Crash safety" above): a
+    /// crash that loses it leaves the intent, which recovery finishes from the host's state.
+    fn save_completion(&self, volume: &Volume, operation: &'static str) -> Result<(), EngineError> {
+        self.commit(volume, operation, Store::put_unsynced::<Volume>)
+    }
+
+    fn commit(
+        &self,
+        volume: &Volume,
+        operation: &'static str,
+        put: fn(&Store, &str, &Volume) -> Result<(), StoreError>,
+    ) -> Result<(), EngineError> {
+        put(&self.store, volume.name.as_str(), volume).map_err(|source| EngineError::Store {
+            volume: volume.name.to_string(),
+            operation,
+            source,
+        })?;
         self.cache().insert(volume.name.clone(), volume.clone());
         Ok(())
     }
 
+    /// Durably removes a record and drops it from the cache.
     fn forget(&self, name: &VolumeName, operation: &'static str) -> Result<(), EngineError> {
-        self.store
-            .remove(name.as_str())
-            .map_err(|source| EngineError::Store {
-                volume: name.to_string(),
-                operation,
-                source,
-            })?;
+        self.drop_record(name, operation, Store::remove)
+    }
+
+    /// Removes the record of a volume whose `Deleting` tombstone is durable, without waiting
+    /// for the disk: a crash that loses the removal leaves the tombstone, and recovery
+    /// finishes the delete.
+    fn forget_completion(
+        &self,
+        name: &VolumeName,
+        operation: &'static str,
+    ) -> Result<(), EngineError> {
+        self.drop_record(name, operation, Store::remove_unsynced)
+    }
+
+    fn drop_record(
+        &self,
+        name: &VolumeName,
+        operation: &'static str,
+        remove: fn(&Store, &str) -> Result<(), StoreError>,
+    ) -> Result<(), EngineError> {
+        remove(&self.store, name.as_str()).map_err(|source| EngineError::Store {
+            volume: name.to_string(),
+            operation,
+            source,
+        })?;
         self.cache().remove(name);
         Ok(())
     }

@@ -949,3 +949,5 @@ fn by(frontend: Frontend) -> Caller {
         wait_if_busy: false,
     }
 }
+
+mod commits;
