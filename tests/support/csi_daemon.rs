@@ -35,6 +35,8 @@ pub struct Daemon {
     pub node_id: String,
     extra_config: String,
     log_level: String,
+    /// Serve the admin API on `admin.sock` (off unless asked: most tests do not need it).
+    admin: bool,
 }
 
 impl Daemon {
@@ -48,6 +50,15 @@ impl Daemon {
 
     /// [`Daemon::start`] with the daemon's log level (`BERTH_LOG`) given.
     pub fn start_logging(extra: &str, log_level: &str) -> Self {
+        Self::start_with(extra, log_level, false)
+    }
+
+    /// [`Daemon::start_logging`] with the admin API on [`Daemon::admin_socket`] too.
+    pub fn start_with_admin(extra: &str, log_level: &str) -> Self {
+        Self::start_with(extra, log_level, true)
+    }
+
+    fn start_with(extra: &str, log_level: &str, admin: bool) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("berth-csi-")
             .tempdir_in(std::env::var("BERTH_TEST_DIR").unwrap_or_else(|_| "/var/tmp".into()))
@@ -68,6 +79,7 @@ impl Daemon {
             node_id,
             extra_config: extra.to_string(),
             log_level: log_level.to_string(),
+            admin,
         };
         for sub in ["pool", "plain", "xfs", "k8s"] {
             std::fs::create_dir_all(daemon.path().join(sub)).expect("dirs");
@@ -89,6 +101,11 @@ impl Daemon {
         format!("unix://{}", self.socket().display())
     }
 
+    /// The admin API's socket (served only by [`Daemon::start_with_admin`]).
+    pub fn admin_socket(&self) -> PathBuf {
+        self.path().join("admin.sock")
+    }
+
     pub fn config_path(&self) -> PathBuf {
         self.path().join("berth.toml")
     }
@@ -108,6 +125,11 @@ impl Daemon {
 
     fn write_config(&self) {
         let d = self.path().display();
+        let admin = if self.admin {
+            self.admin_socket().display().to_string()
+        } else {
+            String::new()
+        };
         let config = format!(
             r#"state_dir = "{d}/state"
 node_id = "{node}"
@@ -115,7 +137,7 @@ node_id = "{node}"
 [listen]
 csi = "unix://{d}/csi.sock"
 docker = ""
-admin = ""
+admin = "{admin}"
 
 [[pools]]
 name = "default"
