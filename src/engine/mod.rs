@@ -41,6 +41,7 @@ mod recovery;
 mod room;
 mod service;
 pub mod snapshot;
+mod table;
 pub mod types;
 mod usage;
 
@@ -59,6 +60,7 @@ use locks::VolumeLocks;
 use metrics::{Metrics, MetricsSnapshot};
 use pool::PoolConfig;
 use snapshot::{Snapshot, SnapshotBook, SnapshotRequest};
+use table::VolumeTable;
 use types::*;
 
 /// Directory names inside each pool path that are berth's own, never volumes.
@@ -229,7 +231,7 @@ pub struct Engine<H: Host> {
     pools: Vec<PoolConfig>,
     node: NodeInfo,
     /// The store's records, kept in memory for listing and capacity sums.
-    volumes: Mutex<BTreeMap<VolumeName, Volume>>,
+    volumes: Mutex<VolumeTable>,
     locks: VolumeLocks,
     snapshots: SnapshotBook,
     /// Serializes "is there room?" with "reserve it", so concurrent creates never over-commit.
@@ -286,7 +288,7 @@ impl<H: Host> Engine<H> {
             store,
             pools: config.pools,
             node: config.node,
-            volumes: Mutex::new(records.into_iter().map(|v| (v.name.clone(), v)).collect()),
+            volumes: Mutex::new(VolumeTable::new(records)),
             locks: VolumeLocks::default(),
             snapshots: SnapshotBook::new(snapshots),
             placement: Mutex::new(()),
@@ -302,7 +304,7 @@ impl<H: Host> Engine<H> {
         &self.host
     }
 
-    fn cache(&self) -> MutexGuard<'_, BTreeMap<VolumeName, Volume>> {
+    fn cache(&self) -> MutexGuard<'_, VolumeTable> {
         self.volumes.lock().unwrap_or_else(|e| e.into_inner())
     }
 

@@ -306,13 +306,7 @@ impl<H: Host> Engine<H> {
     }
 
     pub(super) fn reserved_on(&self, base: &Path) -> u64 {
-        let volumes: u64 = self
-            .cache()
-            .values()
-            .filter(|v| v.placement.base == base)
-            .filter_map(|v| v.size)
-            .sum();
-        volumes + self.snapshots.bytes_on(base)
+        self.cache().reserved_on(base).bytes + self.snapshots.bytes_on(base)
     }
 
     pub(super) fn do_capacity(&self, selector: &PoolSelector) -> Vec<PoolCapacity> {
@@ -354,11 +348,7 @@ impl<H: Host> Engine<H> {
                         available += self.room_on(pool, base).map(|r| r.available()).unwrap_or(0);
                     }
                 }
-                let volumes = self
-                    .cache()
-                    .values()
-                    .filter(|v| v.placement.pool == pool.name)
-                    .count();
+                let volumes = self.cache().in_pool(&pool.name);
                 PoolCapacity {
                     pool: pool.name.clone(),
                     kind: pool.kind,

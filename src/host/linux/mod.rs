@@ -80,6 +80,7 @@ mod group;
 mod grow;
 mod image;
 mod loopdev;
+mod memory;
 mod mount;
 mod quota;
 mod snapshot;
@@ -105,6 +106,7 @@ pub use group::{group_id, set_group};
 use grow::grow_image;
 use image::{create_image, mount_image};
 use loopdev::{attach_loop, detach_loop, sys_loops};
+pub use memory::{limit_allocator_arenas, release_free_memory};
 use mount::{bind_mount, unmount};
 use walk::{remove_tree, tree_usage};
 
