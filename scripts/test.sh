@@ -16,6 +16,11 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --locked --no-fail-fast 2>&1 | tee "$log"
 
+# The benchmarks in quick mode (small counts, debug build, the binaries cargo test just
+# built), so they cannot rot: they print their figures and assert only counts (store commits
+# per operation, nothing committed by a call with nothing to do), never a timing.
+BERTH_BENCH_QUICK=1 cargo test --locked --bench engine_lifecycle --bench csi_lifecycle
+
 # Bounded fuzzing of every parser from the seed corpus in fuzz/corpus (fails on any crash).
 ./fuzz/run.sh 15
 

@@ -147,6 +147,10 @@ fn exit_code(err: &anyhow::Error) -> u8 {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Serve { .. }) {
+        // Before the runtime starts its threads: see host::linux::memory.
+        berth::host::linux::limit_allocator_arenas();
+    }
     if !matches!(cli.command, Command::Serve { .. })
         && let Err(e) = berth::host::signals::restore_default_sigpipe()
     {

@@ -206,6 +206,29 @@ pub fn render(s: &Scrape<'_>) -> String {
         sample(&mut out, &format!("{histogram}_count"), &base, stats.count);
     }
 
+    let store = &s.operations.store;
+    let store_counters = [
+        (
+            "berth_store_durable_commits_total",
+            "Store transactions committed with an fsync; concurrent changes share one.",
+            store.durable_commits,
+        ),
+        (
+            "berth_store_unsynced_commits_total",
+            "Store transactions committed without an fsync (made durable by the next one).",
+            store.unsynced_commits,
+        ),
+        (
+            "berth_store_changes_total",
+            "Record changes written to the store.",
+            store.changes,
+        ),
+    ];
+    for (name, help, value) in store_counters {
+        family(&mut out, name, "counter", help);
+        sample(&mut out, name, &[], value);
+    }
+
     family(
         &mut out,
         "berth_stray_mounts",

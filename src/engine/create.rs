@@ -58,7 +58,11 @@ impl<H: Host> Engine<H> {
         }
         let mut ready = volume;
         ready.phase = Phase::Ready;
-        self.save(&ready, "create")?;
+        if ready.completes_at_start() {
+            self.save_completion(&ready, "create")?;
+        } else {
+            self.save(&ready, "create")?;
+        }
         Ok(ready)
     }
 

@@ -183,7 +183,7 @@ impl<H: Host> Engine<H> {
     ) -> Result<RemovalStats, EngineError> {
         let retain = !wipe && v.reclaim == ReclaimPolicy::Retain;
         let stats = self.destroy(v, retain)?;
-        self.forget(&v.name, if wipe { "wipe" } else { "delete" })?;
+        self.forget_completion(&v.name, if wipe { "wipe" } else { "delete" })?;
         Ok(stats)
     }
 }

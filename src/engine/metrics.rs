@@ -6,6 +6,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use super::types::Frontend;
+use crate::store::StoreStats;
 
 /// Upper bounds of the latency buckets, in seconds (Prometheus `le`).
 pub const LATENCY_BUCKETS: [f64; 12] = [
@@ -26,6 +27,8 @@ pub struct OpStats {
 pub struct MetricsSnapshot {
     pub ops: BTreeMap<(&'static str, &'static str), OpStats>,
     pub errors: BTreeMap<(&'static str, &'static str, &'static str), u64>,
+    /// What the store has committed since start (filled in by the engine).
+    pub store: StoreStats,
 }
 
 #[derive(Default)]

@@ -7,12 +7,18 @@
 //! [`EngineError`] to their own statuses. The engine imports no protocol crate.
 //!
 //! # Crash safety
-//! Every state change is one durable store commit, made *before* the host work it announces
+//! Every state change makes one durable store commit, *before* the host work it announces
 //! when that work allocates or destroys something (create: `Creating`; delete and wipe: a
-//! `Deleting` tombstone; publish: a `Publishing` publication), and after it otherwise. At
-//! start, [`Engine::open`] reconciles the store with the mount table: half-made volumes are
-//! rolled back, tombstoned ones finished, publications whose mount vanished dropped (and
-//! references, which no mount backs, taken in an earlier boot: by boot id), loop
+//! `Deleting` tombstone; publish: a `Publishing` publication), and after it otherwise. The
+//! record that completes such an operation (`Ready`, `Published`, the tombstone's removal) is
+//! committed without waiting for the disk: a crash that loses it leaves the durable intent,
+//! and recovery finishes the operation from the host's state (a plain directory's interrupted
+//! create is completed, a publication whose mount exists is confirmed, a tombstoned delete
+//! finished), so what an answer said survives a crash, at one `fsync` per operation.
+//! Concurrent commits share one `fsync` (see [`crate::store`]). At start, [`Engine::open`]
+//! reconciles the store with the mount table: half-made volumes are rolled back, tombstoned
+//! ones finished, publications whose mount vanished dropped (and references, which no mount
+//! backs, taken in an earlier boot: by boot id), loop
 //! filesystems re-mounted after a reboot, and mounts berth did not record reported.
 //! Every operation is idempotent, so a caller that lost its answer can simply retry.
 //!
@@ -28,8 +34,8 @@ mod delete;
 pub mod error;
 mod expand;
 mod group_access;
-mod health;
 mod handover;
+mod health;
 pub mod labels;
 pub mod locks;
 pub mod metrics;
@@ -42,6 +48,7 @@ mod room;
 pub mod selector;
 mod service;
 pub mod snapshot;
+mod table;
 pub mod types;
 mod usage;
 
@@ -61,6 +68,7 @@ use locks::VolumeLocks;
 use metrics::{Metrics, MetricsSnapshot};
 use pool::PoolConfig;
 use snapshot::{Snapshot, SnapshotBook, SnapshotRequest};
+use table::VolumeTable;
 use types::*;
 
 /// Directory names inside each pool path that are berth's own, never volumes.
@@ -108,6 +116,8 @@ struct Candidate<'p> {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RecoveryReport {
     pub rolled_back_creates: Vec<String>,
+    /// Plain directory volumes whose create was interrupted, made whole.
+    pub completed_creates: Vec<String>,
     pub finished_deletes: Vec<String>,
     /// Tombstoned volumes whose delete failed again at start (volume, error): they stay
     /// tombstoned, so a retried delete or wipe can finish them, and berth starts anyway.
@@ -255,7 +265,7 @@ pub struct Engine<H: Host> {
     pools: Vec<PoolConfig>,
     node: NodeInfo,
     /// The store's records, kept in memory for listing and capacity sums.
-    volumes: Mutex<BTreeMap<VolumeName, Volume>>,
+    volumes: Mutex<VolumeTable>,
     locks: VolumeLocks,
     snapshots: SnapshotBook,
     /// Serializes "is there room?" with "reserve it", so concurrent creates never over-commit.
@@ -320,7 +330,7 @@ impl<H: Host> Engine<H> {
             store,
             pools: config.pools,
             node: config.node,
-            volumes: Mutex::new(records.into_iter().map(|v| (v.name.clone(), v)).collect()),
+            volumes: Mutex::new(VolumeTable::new(records)),
             locks: VolumeLocks::default(),
             snapshots: SnapshotBook::new(snapshots),
             placement: Mutex::new(()),
@@ -336,7 +346,7 @@ impl<H: Host> Engine<H> {
         &self.host
     }
 
-    fn cache(&self) -> MutexGuard<'_, BTreeMap<VolumeName, Volume>> {
+    fn cache(&self) -> MutexGuard<'_, VolumeTable> {
         self.volumes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -344,27 +354,60 @@ impl<H: Host> Engine<H> {
         self.cache().get(name).cloned()
     }
 
-    /// Commits a record and updates the cache.
+    /// Commits a record durably and updates the cache.
     fn save(&self, volume: &Volume, operation: &'static str) -> Result<(), EngineError> {
-        self.store
-            .put(volume.name.as_str(), volume)
-            .map_err(|source| EngineError::Store {
-                volume: volume.name.to_string(),
-                operation,
-                source,
-            })?;
+        self.commit(volume, operation, Store::put::<Volume>)
+    }
+
+    /// Commits the record that completes an operation whose durable intent was committed
+    /// before its host work, without waiting for the disk (see "Crash safety" above): a
+    /// crash that loses it leaves the intent, which recovery finishes from the host's state.
+    fn save_completion(&self, volume: &Volume, operation: &'static str) -> Result<(), EngineError> {
+        self.commit(volume, operation, Store::put_unsynced::<Volume>)
+    }
+
+    fn commit(
+        &self,
+        volume: &Volume,
+        operation: &'static str,
+        put: fn(&Store, &str, &Volume) -> Result<(), StoreError>,
+    ) -> Result<(), EngineError> {
+        put(&self.store, volume.name.as_str(), volume).map_err(|source| EngineError::Store {
+            volume: volume.name.to_string(),
+            operation,
+            source,
+        })?;
         self.cache().insert(volume.name.clone(), volume.clone());
         Ok(())
     }
 
+    /// Durably removes a record and drops it from the cache.
     fn forget(&self, name: &VolumeName, operation: &'static str) -> Result<(), EngineError> {
-        self.store
-            .remove(name.as_str())
-            .map_err(|source| EngineError::Store {
-                volume: name.to_string(),
-                operation,
-                source,
-            })?;
+        self.drop_record(name, operation, Store::remove)
+    }
+
+    /// Removes the record of a volume whose `Deleting` tombstone is durable, without waiting
+    /// for the disk: a crash that loses the removal leaves the tombstone, and recovery
+    /// finishes the delete.
+    fn forget_completion(
+        &self,
+        name: &VolumeName,
+        operation: &'static str,
+    ) -> Result<(), EngineError> {
+        self.drop_record(name, operation, Store::remove_unsynced)
+    }
+
+    fn drop_record(
+        &self,
+        name: &VolumeName,
+        operation: &'static str,
+        remove: fn(&Store, &str) -> Result<(), StoreError>,
+    ) -> Result<(), EngineError> {
+        remove(&self.store, name.as_str()).map_err(|source| EngineError::Store {
+            volume: name.to_string(),
+            operation,
+            source,
+        })?;
         self.cache().remove(name);
         Ok(())
     }

@@ -10,7 +10,26 @@ use crate::host::Host;
 
 impl<H: Host> Engine<H> {
     /// Picks a pool and base path (or disk) with room, and records the volume as `Creating`.
+    /// The placement lock covers only the choice and the in-memory reservation; the durable
+    /// commit is made after it, so concurrent creates share their `fsync`s.
     pub(super) fn reserve(
+        &self,
+        request: &CreateRequest,
+        placement_spec: &VolumeSpec,
+        frontend: OwnerFrontend,
+        pending_until: Option<u64>,
+    ) -> Result<Volume, EngineError> {
+        let volume = self.place(request, placement_spec, frontend, pending_until)?;
+        if let Err(e) = self.save(&volume, "create") {
+            self.cache().remove(&volume.name);
+            return Err(e);
+        }
+        Ok(volume)
+    }
+
+    /// Chooses where the volume goes and holds its room in the cache, under the placement
+    /// lock.
+    fn place(
         &self,
         request: &CreateRequest,
         placement_spec: &VolumeSpec,
@@ -119,7 +138,7 @@ impl<H: Host> Engine<H> {
             detached_at: None,
             pending_until,
         };
-        self.save(&volume, "create")?;
+        self.cache().insert(name.clone(), volume.clone());
         Ok(volume)
     }
 
@@ -297,13 +316,7 @@ impl<H: Host> Engine<H> {
     }
 
     pub(super) fn reserved_on(&self, base: &Path) -> u64 {
-        let volumes: u64 = self
-            .cache()
-            .values()
-            .filter(|v| v.placement.base == base)
-            .filter_map(|v| v.size)
-            .sum();
-        volumes + self.snapshots.bytes_on(base)
+        self.cache().reserved_on(base).bytes + self.snapshots.bytes_on(base)
     }
 
     pub(super) fn do_capacity(&self, selector: &PoolSelector) -> Vec<PoolCapacity> {
@@ -360,11 +373,7 @@ impl<H: Host> Engine<H> {
                         available += self.room_on(pool, base).map(|r| r.available()).unwrap_or(0);
                     }
                 }
-                let volumes = self
-                    .cache()
-                    .values()
-                    .filter(|v| v.placement.pool == pool.name)
-                    .count();
+                let volumes = self.cache().in_pool(&pool.name);
                 PoolCapacity {
                     pool: pool.name.clone(),
                     kind: pool.kind,

@@ -99,12 +99,18 @@ impl<H: Host> Engine<H> {
             v.publications.retain(|p| !p.target.same_place(&target));
         }
         publication.state = PublicationState::Published;
+        let bind = matches!(target, PublishTarget::Bind { .. });
         v.publications.push(publication);
         if first {
             v.attached_at = Some(now_ms());
         }
         v.pending_until = None;
-        self.save(&v, "publish")?;
+        if bind {
+            // The durable `Publishing` intent and the mount itself let recovery confirm it.
+            self.save_completion(&v, "publish")?;
+        } else {
+            self.save(&v, "publish")?;
+        }
         Ok(v)
     }
 

@@ -24,6 +24,23 @@ impl<H: Host> Engine<H> {
         let records: Vec<Volume> = self.cache().values().cloned().collect();
         for v in records {
             match v.phase {
+                Phase::Creating if v.completes_at_start() => {
+                    // Its answer may have gone out with a `Ready` record the crash lost.
+                    match self.carve(&v, None) {
+                        Ok(()) => {
+                            let mut ready = v;
+                            ready.phase = Phase::Ready;
+                            self.save(&ready, "recovery")?;
+                            report.completed_creates.push(ready.name.to_string());
+                        }
+                        Err(e) => {
+                            tracing::warn!(volume = %v.name, error = %e, "could not complete an interrupted create; rolling it back");
+                            self.undo_create(&v)?;
+                            report.rolled_back_creates.push(v.name.to_string());
+                        }
+                    }
+                    continue;
+                }
                 Phase::Creating => {
                     self.undo_create(&v)?;
                     report.rolled_back_creates.push(v.name.to_string());
@@ -77,6 +94,9 @@ impl<H: Host> Engine<H> {
                             .confirmed_publications
                             .push((v.name.to_string(), path.display().to_string()));
                         p.state = PublicationState::Published;
+                        // What the lost `Published` record also said.
+                        v.attached_at = v.attached_at.or(Some(p.published_at));
+                        v.pending_until = None;
                         changed = true;
                     }
                     kept.push(p);
@@ -116,6 +136,9 @@ impl<H: Host> Engine<H> {
         // Read again: the rollbacks and deletes above unmounted their volumes.
         let mounts = self.host.mounts().map_err(host_err)?;
         self.find_strays(&mounts, &mut report)?;
+        for name in &report.completed_creates {
+            tracing::warn!(volume = %name, "completed a create interrupted by a crash");
+        }
         for name in &report.rolled_back_creates {
             tracing::warn!(volume = %name, "rolled back a create interrupted by a crash");
         }

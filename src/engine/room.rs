@@ -9,7 +9,7 @@
 use std::path::Path;
 
 use super::pool::PoolConfig;
-use super::types::{Backend, format_size};
+use super::types::format_size;
 use super::{Engine, EngineError};
 use crate::host::Host;
 
@@ -38,7 +38,7 @@ impl Room {
 }
 
 impl<H: Host> Engine<H> {
-    /// One `statvfs` of the base path's filesystem and a sum over the cached records.
+    /// One `statvfs` of the base path's filesystem and the table's running sums.
     pub(super) fn room_on(&self, pool: &PoolConfig, base: &Path) -> Result<Room, EngineError> {
         let stats = self
             .host
@@ -49,18 +49,8 @@ impl<H: Host> Engine<H> {
                 source,
             })?;
         let capacity = pool.capacity.unwrap_or(stats.bytes_total);
-        let (reserved, not_on_disk) = self
-            .cache()
-            .values()
-            .filter(|v| v.placement.base == base)
-            .filter_map(|v| v.size.map(|size| (size, v.placement.backend)))
-            .fold((0u64, 0u64), |(reserved, pending), (size, backend)| {
-                let pending = match backend {
-                    Backend::Loopfs => pending,
-                    _ => pending.saturating_add(size),
-                };
-                (reserved.saturating_add(size), pending)
-            });
+        let reserved = self.cache().reserved_on(base);
+        let (reserved, not_on_disk) = (reserved.bytes, reserved.not_on_disk);
         Ok(Room {
             // Snapshots hold their size like volumes; their copies are on disk already.
             by_reservation: capacity

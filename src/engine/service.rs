@@ -155,7 +155,10 @@ impl<H: Host> VolumeService for Engine<H> {
     }
 
     fn metrics(&self) -> MetricsSnapshot {
-        self.metrics.snapshot()
+        MetricsSnapshot {
+            store: self.store.stats(),
+            ..self.metrics.snapshot()
+        }
     }
     fn record_refused(
         &self,

@@ -1139,3 +1139,5 @@ fn a_published_block_volume_is_abnormal_when_its_loop_device_is_detached() {
     e.host().drop_loop(&device);
     abnormal_about(health_of(&e, "raw"), "no longer holds its image");
 }
+
+mod commits;

@@ -586,6 +586,17 @@ pub struct Volume {
 }
 
 impl Volume {
+    /// Whether an interrupted create of this volume is completed at start rather than rolled
+    /// back: a plain directory volume, made from nothing, whose making is two idempotent
+    /// `mkdir`s (so its `Ready` record need not be durable before the answer).
+    pub fn completes_at_start(&self) -> bool {
+        self.placement.backend == Backend::None
+            && self.placement.image.is_none()
+            && self.spec.access == AccessType::Filesystem
+            && self.spec.source.is_none()
+            && self.spec.snapshot.is_none()
+    }
+
     /// A pending reservation whose deadline has passed without a publication.
     pub fn pending_expired(&self, now_ms: u64) -> bool {
         self.phase == Phase::Ready

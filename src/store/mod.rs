@@ -16,11 +16,15 @@
 //! Snapshots have their own table, keyed by snapshot name: their namespace is separate from
 //! the volumes' (a snapshot may share a name with a volume).
 
+mod group;
 pub mod migrate;
 
 use std::path::{Path, PathBuf};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+
+pub use group::StoreStats;
+use group::{Change, GroupCommit};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use thiserror::Error;
@@ -68,7 +72,13 @@ fn txn_err(e: impl Into<redb::Error>) -> StoreError {
 pub struct Store {
     db: Database,
     path: PathBuf,
+    commits: GroupCommit,
 }
+
+/// redb's page cache. Records are read once at start (the engine keeps them in memory) and
+/// written one at a time, so a small cache costs nothing and keeps a daemon holding many
+/// volumes small; redb's default would grow towards a gigabyte as the file is read.
+const CACHE_BYTES: usize = 4 << 20;
 
 impl Store {
     /// Opens (or creates) the store file. redb holds an exclusive lock on it, so a second
@@ -87,10 +97,14 @@ impl Store {
             path: path.to_path_buf(),
             source: Box::new(e),
         };
-        let db = Database::create(path).map_err(|e| open_err(e.into()))?;
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(|e| open_err(e.into()))?;
         let store = Self {
             db,
             path: path.to_path_buf(),
+            commits: GroupCommit::default(),
         };
         store.check_schema(rewrote)?;
         Ok(store)
@@ -101,8 +115,12 @@ impl Store {
     }
 
     /// Creates the tables of a new store, or migrates an older one to [`SCHEMA_VERSION`] in
-    /// one durable transaction.
+    /// one durable transaction. A store already at this version is only read: a restart
+    /// commits nothing.
     fn check_schema(&self, rewrote: &mut dyn FnMut(usize)) -> Result<(), StoreError> {
+        if self.is_current()? {
+            return Ok(());
+        }
         let mut txn = self.db.begin_write().map_err(txn_err)?;
         txn.set_durability(Durability::Immediate).map_err(txn_err)?;
         {
@@ -135,6 +153,31 @@ impl Store {
                 .map_err(txn_err)?;
         }
         txn.commit().map_err(txn_err)
+    }
+
+    /// Whether the store is at [`SCHEMA_VERSION`] with every table in place.
+    fn is_current(&self) -> Result<bool, StoreError> {
+        let txn = self.db.begin_read().map_err(txn_err)?;
+        let meta = match txn.open_table(META) {
+            Ok(meta) => meta,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
+            Err(e) => return Err(txn_err(e)),
+        };
+        let version = meta
+            .get("schema_version")
+            .map_err(txn_err)?
+            .map(|v| v.value());
+        if version != Some(SCHEMA_VERSION) {
+            return Ok(false);
+        }
+        for table in [VOLUMES, SNAPSHOTS] {
+            match txn.open_table(table) {
+                Ok(_) => {}
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
+                Err(e) => return Err(txn_err(e)),
+            }
+        }
+        Ok(true)
     }
 
     /// Version 1 → 2 inside the caller's transaction: every record gains its `frontend`.
@@ -186,12 +229,14 @@ impl Store {
 
     /// Writes the snapshot record under `key` durably.
     pub fn put_snapshot<T: Serialize>(&self, key: &str, record: &T) -> Result<(), StoreError> {
-        self.put_in(SNAPSHOTS, key, record)
+        self.commits
+            .commit(&self.db, Self::put_change(SNAPSHOTS, key, record)?)
     }
 
     /// Removes the snapshot record under `key` durably; a missing record is fine.
     pub fn remove_snapshot(&self, key: &str) -> Result<(), StoreError> {
-        self.write(SNAPSHOTS, |table| table.remove(key).map(|_| ()))
+        self.commits
+            .commit(&self.db, Self::remove_change(SNAPSHOTS, key))
     }
 
     fn load<T: DeserializeOwned>(&self, definition: Table) -> Result<Vec<T>, StoreError> {
@@ -210,43 +255,56 @@ impl Store {
         Ok(records)
     }
 
-    /// Writes the record under `key` durably.
+    /// Writes the record under `key` durably. Concurrent writes share one commit (see
+    /// [`group`]); this returns once the record is on disk.
     pub fn put<T: Serialize>(&self, key: &str, record: &T) -> Result<(), StoreError> {
-        self.put_in(VOLUMES, key, record)
+        self.commits
+            .commit(&self.db, Self::put_change(VOLUMES, key, record)?)
     }
 
-    fn put_in<T: Serialize>(
-        &self,
-        definition: Table,
-        key: &str,
-        record: &T,
-    ) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(record).map_err(|e| StoreError::Corrupt {
-            key: key.to_string(),
-            reason: e.to_string(),
-        })?;
-        self.write(definition, |table| {
-            table.insert(key, bytes.as_slice()).map(|_| ())
-        })
+    /// Writes the record under `key` without waiting for the disk: readers see it at once, it
+    /// becomes durable with the next durable commit, and a crash before that may lose it. For
+    /// an intent whose loss recovery can do without.
+    pub fn put_unsynced<T: Serialize>(&self, key: &str, record: &T) -> Result<(), StoreError> {
+        self.commits
+            .commit_unsynced(&self.db, Self::put_change(VOLUMES, key, record)?)
     }
 
     /// Removes the record under `key` durably; a missing record is fine.
     pub fn remove(&self, key: &str) -> Result<(), StoreError> {
-        self.write(VOLUMES, |table| table.remove(key).map(|_| ()))
+        self.commits
+            .commit(&self.db, Self::remove_change(VOLUMES, key))
     }
 
-    fn write(
-        &self,
-        definition: Table,
-        change: impl FnOnce(&mut redb::Table<&str, &[u8]>) -> Result<(), redb::StorageError>,
-    ) -> Result<(), StoreError> {
-        let mut txn = self.db.begin_write().map_err(txn_err)?;
-        txn.set_durability(Durability::Immediate).map_err(txn_err)?;
-        {
-            let mut table = txn.open_table(definition).map_err(txn_err)?;
-            change(&mut table).map_err(txn_err)?;
+    /// Removes the record under `key` without waiting for the disk, like
+    /// [`Store::put_unsynced`].
+    pub fn remove_unsynced(&self, key: &str) -> Result<(), StoreError> {
+        self.commits
+            .commit_unsynced(&self.db, Self::remove_change(VOLUMES, key))
+    }
+
+    fn put_change<T: Serialize>(table: Table, key: &str, record: &T) -> Result<Change, StoreError> {
+        let bytes = serde_json::to_vec(record).map_err(|e| StoreError::Corrupt {
+            key: key.to_string(),
+            reason: e.to_string(),
+        })?;
+        Ok(Change::Put {
+            table,
+            key: key.to_string(),
+            bytes,
+        })
+    }
+
+    fn remove_change(table: Table, key: &str) -> Change {
+        Change::Remove {
+            table,
+            key: key.to_string(),
         }
-        txn.commit().map_err(txn_err)
+    }
+
+    /// What this store has written since it was opened.
+    pub fn stats(&self) -> StoreStats {
+        self.commits.stats()
     }
 
     /// A read that proves the store answers (for readiness probes).

@@ -91,6 +91,11 @@ impl Daemon {
         Self::start_prepared(extra, log_level, false, |_| String::new())
     }
 
+    /// [`Daemon::start_logging`] with the admin API on [`Daemon::admin_socket`] too.
+    pub fn start_logging_with_admin(extra: &str, log_level: &str) -> Self {
+        Self::start_prepared(extra, log_level, true, |_| String::new())
+    }
+
     /// Makes the directory, runs `prepare` in it (which returns more config to append),
     /// then writes the config (with the admin API when `admin`) and starts berth.
     fn start_prepared(

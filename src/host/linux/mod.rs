@@ -85,6 +85,7 @@ mod grow;
 mod image;
 mod kernel_state;
 mod loopdev;
+mod memory;
 mod mount;
 mod quota;
 mod random;
@@ -111,6 +112,7 @@ pub use group::{group_id, set_group};
 use grow::grow_image;
 use image::{create_image, mount_image};
 use loopdev::{attach_loop, detach_loop, loops_of, sys_loops};
+pub use memory::{limit_allocator_arenas, release_free_memory};
 use mount::{bind_mount, unmount};
 use walk::{remove_tree, tree_usage};
 
