@@ -1020,7 +1020,7 @@ async fn a_handover_is_refused_on_bad_input_or_while_attached_and_then_changes_o
             "POST",
             "/v1/volumes/db/handover?to=docker",
             409,
-            "is attached at /pod/db",
+            "is attached (mounted at /pod/db)",
         ),
     ] {
         let (got, body) = call(&f, method, uri).await;
