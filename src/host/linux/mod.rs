@@ -116,10 +116,12 @@ pub const MAX_OPEN_DIRS: usize = 64;
 /// The kernel, for real. Every method reads the state it needs from the kernel; the only
 /// state kept is a lock that serializes loop-device work within this process, so two
 /// concurrent calls can not both find an image unattached and attach it twice (the engine is
-/// expected to serialize work on one volume anyway; across processes nothing is locked).
+/// expected to serialize work on one volume anyway; across processes nothing is locked), and
+/// a first guess of each image size that held its filesystem's asked size.
 #[derive(Debug, Default)]
 pub struct LinuxHost {
     loops: Mutex<()>,
+    image_sizes: fs_size::SizeMemory,
 }
 
 impl LinuxHost {
@@ -179,7 +181,7 @@ impl Host for LinuxHost {
     }
 
     fn create_image(&self, image: &Path, size: u64, fs: Option<FsType>) -> Result<(), HostError> {
-        create_image(image, size, fs)
+        create_image(image, size, fs, &self.image_sizes)
     }
 
     fn mount_image(&self, image: &Path, target: &Path, fs: FsType) -> Result<(), HostError> {
