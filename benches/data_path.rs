@@ -17,35 +17,44 @@
 //! command (prints, asserts nothing about time). `BERTH_BENCH_ROUNDS` sets the rounds
 //! (default 3). Needs root and fio (scripts/test-deps.sh).
 //!
-//! # Findings (2 cores, virtio disk, host ext4, kernel 6.18, loaded by other builds)
-//! Medians of 3 rounds; absolute figures vary 2x between runs, the ratios much less.
-//! - **Loop direct I/O is the lever that mattered.** With `LO_FLAGS_DIRECT_IO` (what berth
-//!   did before) every request the loop device passes to the image waited about one
-//!   scheduler tick (4 ms at HZ=250): 4k random reads inside ext4 reached 0.04x of the plain
-//!   directory (250 against 6,500 IOPS; fio on the bare loop device shows the same, while
-//!   `O_DIRECT` reads of the image file itself are as fast as the directory). Fsync'd 4k
-//!   writes were 1.8x (the image is allocated, so the host fsync commits no metadata).
-//!   Buffered (no direct I/O): fsync'd writes about 0.7-0.9x, random reads 0.9x or more,
-//!   sequential writes 1.2x. Buffered meets every target; direct I/O misses reads by 20x.
-//!   Buffered is as crash-safe: the loop driver turns the inner filesystem's flush and FUA
-//!   into `vfs_fsync` of the image, so a journal commit inside is durable on the host disk
-//!   when it returns. Its cost is memory: image pages sit in the host page cache too (clean
-//!   after a flush, so reclaimable).
-//! - **Logical block size 4096** with direct I/O: reads 1.5-2x better than 512 but still a
-//!   tick-bound 0.1x; buffered it changes nothing measurable. Left at 512 (the image's own
-//!   block size is what the inner filesystem aligns to).
-//! - **Image fully allocated**: berth already `fallocate`s every block at create (a
-//!   reservation is a guarantee); the first write to each block still converts an unwritten
-//!   extent on the host, which is why fsync'd writes into fresh space cost more than
-//!   rewrites.
-//! - **ext4 lazy init**: zeroing the inode tables and journal at format made no difference
-//!   to any job (the journal is written before use either way) and costs format time; berth
-//!   keeps lazy init and mounts with `noinit_itable` (see `image.rs` for why).
-//! - **xfs log size**: a 64 MiB log against mkfs's default for 1 GiB made no difference to
-//!   fsync'd 4k writes (each commit is small); default kept.
+//! # Findings (2 cores, virtio disk, host ext4, kernel 6.18, other builds running)
+//! `BERTH_BENCH_LEVERS=1 BERTH_BENCH_ROUNDS=2`, medians, ratios to the plain directory
+//! (fsync'd 4k random writes / 4k random reads / 1 MiB sequential writes):
 //!
-//! What berth keeps: buffered loop devices, 512-byte logical blocks, allocated images, lazy
-//! ext4 init; barriers and journal ordering untouched.
+//! | variant | fsync'd 4k writes | 4k reads | 1 MiB writes |
+//! |---|---|---|---|
+//! | berth ext4 (buffered loop, lazy init) | 0.87x | 1.81x | 0.88x |
+//! | berth xfs (buffered loop) | 2.48x | 0.65x | 1.03x |
+//! | ext4, loop direct I/O (berth before) | 2.59x | 0.06x | 1.57x |
+//! | ext4, direct I/O, 4096-byte loop blocks | 2.09x | 0.16x | 1.35x |
+//! | ext4, buffered, 4096-byte loop blocks | 0.96x | 0.90x | 0.89x |
+//! | ext4, buffered, inode tables and journal zeroed at format | 1.07x | 0.51x | 1.15x |
+//! | xfs, loop direct I/O | 2.43x | 0.04x | 3.88x |
+//! | xfs, buffered, 64 MiB log | 2.91x | 0.35x | 0.84x |
+//!
+//! - **Loop direct I/O** decides the reads. With `LO_FLAGS_DIRECT_IO` (berth's way before)
+//!   every request the loop device passed to the image waited about one scheduler tick (4 ms
+//!   at HZ=250; fio on the bare loop device shows the same 250 IOPS at queue depth 1, while
+//!   `O_DIRECT` reads of the image file itself run at the directory's 6,000): 4k random reads
+//!   inside a volume 0.04-0.16x, whatever the block size. Writes do well with it (an
+//!   allocated image's fsync commits no host metadata). Buffered reads go through the host's
+//!   page cache and readahead of the image, so they vary from run to run (0.35-1.8x in
+//!   these runs; 0.6-5x in others) but never fall to the tick-bound floor. Buffered is as
+//!   crash-safe: the loop driver turns the inner filesystem's flush and FUA into
+//!   `vfs_fsync` of the image, so a journal commit inside is on the disk when it returns.
+//!   Its cost is memory: the image's pages sit in the host page cache too (clean after a
+//!   flush, so reclaimable). berth now attaches buffered.
+//! - **Loop logical block size 4096** (`LOOP_CONFIGURE` `block_size`): 2-3x better direct
+//!   reads, still tick-bound; buffered within the run-to-run spread. Left at 512.
+//! - **Image fully allocated**: berth already `fallocate`s every block at create (a
+//!   reservation is a guarantee), so no variant here runs on a sparse image.
+//! - **ext4 lazy init** against `lazy_itable_init=0,lazy_journal_init=0`: within the spread
+//!   (the journal is written before it is read either way) and the eager format writes the
+//!   whole inode tables; berth keeps lazy init, mounted `noinit_itable` (see `image.rs`).
+//! - **xfs log size**: a 64 MiB log against mkfs's default made no difference beyond the
+//!   spread (each fsync'd commit is small).
+//!
+//! Barriers and the inner journal's ordering are never touched.
 
 #[path = "../tests/support/host.rs"]
 mod host_support;

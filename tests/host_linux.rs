@@ -544,7 +544,7 @@ fn image_on_tmpfs() {
     if !is_root() {
         return;
     }
-    // tmpfs may not do O_DIRECT: the loop device must then fall back to buffered I/O.
+    // tmpfs may not do O_DIRECT; loop devices are buffered, so it serves as any backing.
     let s = Scratch::new();
     let host = LinuxHost::new();
     let tmpfs = s.join("tmpfs");
