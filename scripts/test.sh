@@ -23,3 +23,6 @@ cargo test --locked --no-fail-fast 2>&1 | tee "$log"
 # script on a crash).
 passed=$(awk '/^test result: ok\./ { n += $4 } END { print n + 0 }' "$log")
 echo "berth: ${passed} passed, 0 failed"
+BERTH_BENCH_QUICK=1 cargo bench --locked --profile dev --bench data_path  # prints, asserts no timing
+BERTH_BENCH_QUICK=1 cargo bench --locked --profile dev --bench loopfs_lifecycle  # prints, asserts no timing
+BERTH_BENCH_QUICK=1 cargo bench --locked --profile dev --bench docker_volumes  # prints, asserts no timing
