@@ -184,6 +184,16 @@ mod tests {
     }
 
     #[test]
+    fn a_size_that_held_is_the_next_first_guess_for_that_filesystem_and_size_only() {
+        let memory = SizeMemory::default();
+        assert_eq!(memory.first_guess(FsType::Ext4, 16 * MIB), 16 * MIB);
+        memory.remember(FsType::Ext4, 16 * MIB, 18 * MIB);
+        assert_eq!(memory.first_guess(FsType::Ext4, 16 * MIB), 18 * MIB);
+        assert_eq!(memory.first_guess(FsType::Ext4, 32 * MIB), 32 * MIB);
+        assert_eq!(memory.first_guess(FsType::Xfs, 16 * MIB), 16 * MIB);
+    }
+
+    #[test]
     fn sizes_step_up_by_the_shortfall_and_keep_the_overhead_on_growth() {
         assert_eq!(next_image_size(16 * MIB, 14 * MIB, 16 * MIB), 18 * MIB);
         assert_eq!(next_image_size(16 * MIB, 16 * MIB - 1, 16 * MIB), 17 * MIB);
