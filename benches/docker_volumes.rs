@@ -5,7 +5,8 @@
 //! Prints the median round for `local`, for berth without a size (a plain directory) and
 //! for berth with `--opt size=16MiB` (its own loop-mounted ext4), and each berth figure as a
 //! ratio of `local`. Variants are interleaved round by round so drift hits all alike.
-//! `BERTH_BENCH_ROUNDS` sets the rounds (default 20). Needs root, docker.io and
+//! `BERTH_BENCH_ROUNDS` sets the rounds (default 20; 3 with `BERTH_BENCH_QUICK=1`, the test
+//! command's mode, which prints and asserts nothing about time). Needs root, docker.io and
 //! busybox-static, like the end-to-end tests.
 
 #[path = "../tests/support/docker_plugin.rs"]
@@ -55,11 +56,12 @@ fn median(samples: &[Duration]) -> Duration {
 }
 
 fn main() {
+    let quick = std::env::var("BERTH_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
     let rounds: usize = std::env::var("BERTH_BENCH_ROUNDS")
         .ok()
         .and_then(|s| s.parse().ok())
         .filter(|&n| n > 0)
-        .unwrap_or(20);
+        .unwrap_or(if quick { 3 } else { 20 });
     // Declared first so it is dropped last: dockerd's teardown may still call the plugin.
     let berth = Berth::start();
     let docker = Dockerd::start().unwrap_or_else(|e| panic!("{e}"));

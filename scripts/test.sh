@@ -19,7 +19,8 @@ cargo test --locked --no-fail-fast 2>&1 | tee "$log"
 # The benchmarks in quick mode (small counts, debug build, the binaries cargo test just
 # built), so they cannot rot: they print their figures and assert only counts (store commits
 # per operation, nothing committed by a call with nothing to do), never a timing.
-BERTH_BENCH_QUICK=1 cargo test --locked --bench engine_lifecycle --bench csi_lifecycle
+BERTH_BENCH_QUICK=1 cargo test --locked --bench engine_lifecycle --bench csi_lifecycle \
+    --bench data_path --bench loopfs_lifecycle --bench docker_volumes
 
 # Bounded fuzzing of every parser from the seed corpus in fuzz/corpus (fails on any crash).
 ./fuzz/run.sh 15
@@ -28,3 +29,4 @@ BERTH_BENCH_QUICK=1 cargo test --locked --bench engine_lifecycle --bench csi_lif
 # script on a crash).
 passed=$(awk '/^test result: ok\./ { n += $4 } END { print n + 0 }' "$log")
 echo "berth: ${passed} passed, 0 failed"
+

@@ -18,7 +18,7 @@ use super::fd::{
     fd_path, fsync_fd, invalid, mount_by_id, nix_err, open_nofollow, open_parent, open_regular_rw,
     statx_fd,
 };
-use super::fs_size;
+use super::fs_size::{self, SizeMemory};
 use super::loopdev::{attach, clear_loop, loops_of, open_device, refuse_discards};
 use crate::host::HostError;
 use crate::host::types::FsType;
@@ -136,7 +136,12 @@ fn mkfs(image: &Path, fs: FsType) -> Result<(), HostError> {
     }
 }
 
-pub(super) fn create_image(image: &Path, size: u64, fs: Option<FsType>) -> Result<(), HostError> {
+pub(super) fn create_image(
+    image: &Path,
+    size: u64,
+    fs: Option<FsType>,
+    sizes: &SizeMemory,
+) -> Result<(), HostError> {
     let (parent, name) = open_parent(image)?;
     let fd = nix::fcntl::openat(
         &parent,
@@ -185,13 +190,15 @@ pub(super) fn create_image(image: &Path, size: u64, fs: Option<FsType>) -> Resul
                 ));
             }
             None => {
-                // Made, measured, and made again larger until the filesystem holds `size`.
-                let mut image_size = size;
+                // Made, measured, and made again larger until the filesystem holds `size`;
+                // the size that held it last time is tried first.
+                let mut image_size = sizes.first_guess(fs, size);
                 for _ in 0..8 {
                     set_len(image_size)?;
                     mkfs(image, fs)?;
                     let usable = fs_size::usable_bytes(image, fs)?;
                     if usable >= size {
+                        sizes.remember(fs, size, image_size);
                         break;
                     }
                     image_size = fs_size::next_image_size(image_size, usable, size);

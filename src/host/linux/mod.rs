@@ -26,8 +26,10 @@
 //!   close, so it may be visible in `/sys` a moment later). `LOOP_CLR_FD` on a device that is
 //!   still open elsewhere only marks it autoclear and returns success; it goes on last close.
 //!   `EBUSY` from `LOOP_CONFIGURE` means another process took the "free" device first: berth
-//!   asks for the next one. `LO_FLAGS_DIRECT_IO` is asked for and dropped on `EINVAL` (backing
-//!   filesystems without `O_DIRECT`, like tmpfs).
+//!   asks for the next one. Devices are buffered, without `LO_FLAGS_DIRECT_IO`: on the
+//!   kernels measured, direct I/O through a loop device cost a scheduler tick per request
+//!   (benches/data_path.rs); the inner filesystem's flushes still reach the disk, as an fsync
+//!   of the image.
 //! - Two loop devices over one image file are two independent block devices: mounting both
 //!   would corrupt the filesystem. So every path that needs a device first looks for one
 //!   already backed by the image (matched by device and inode of the backing file).
@@ -122,10 +124,12 @@ pub const MAX_OPEN_DIRS: usize = 64;
 /// The kernel, for real. Every method reads the state it needs from the kernel; the only
 /// state kept is a lock that serializes loop-device work within this process, so two
 /// concurrent calls can not both find an image unattached and attach it twice (the engine is
-/// expected to serialize work on one volume anyway; across processes nothing is locked).
+/// expected to serialize work on one volume anyway; across processes nothing is locked), and
+/// a first guess of each image size that held its filesystem's asked size.
 #[derive(Debug, Default)]
 pub struct LinuxHost {
     loops: Mutex<()>,
+    image_sizes: fs_size::SizeMemory,
 }
 
 impl LinuxHost {
@@ -191,7 +195,7 @@ impl Host for LinuxHost {
     }
 
     fn create_image(&self, image: &Path, size: u64, fs: Option<FsType>) -> Result<(), HostError> {
-        create_image(image, size, fs)
+        create_image(image, size, fs, &self.image_sizes)
     }
 
     fn mount_image(&self, image: &Path, target: &Path, fs: FsType) -> Result<(), HostError> {
