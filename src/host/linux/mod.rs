@@ -74,16 +74,19 @@
 mod btrfs;
 mod copy;
 mod dirs;
+mod export;
 mod fd;
 mod fs_size;
 mod group;
 mod grow;
 mod image;
+mod import;
 mod loopdev;
 mod mount;
 mod quota;
 mod snapshot;
 mod walk;
+mod xattr;
 
 use std::collections::BTreeSet;
 use std::io::ErrorKind;
@@ -96,7 +99,8 @@ use nix::sys::stat::Mode;
 
 use crate::host::types::{FsType, Ownership};
 use crate::host::{
-    FsKind, FsStats, Host, HostError, LoopDevice, MountEntry, RemovalStats, TargetKind, TreeUsage,
+    ArchiveStats, FsKind, FsStats, Host, HostError, LoopDevice, MountEntry, RemovalStats,
+    TargetKind, TreeUsage,
 };
 use copy::copy_tree;
 use dirs::{fs_stats, make_dir, prepare_target, remove_target, rename, sync_path};
@@ -146,6 +150,22 @@ impl Host for LinuxHost {
 
     fn copy_tree(&self, from: &Path, to: &Path) -> Result<(), HostError> {
         copy_tree(from, to)
+    }
+
+    fn export_tree(
+        &self,
+        root: &Path,
+        out: &mut dyn std::io::Write,
+    ) -> Result<ArchiveStats, HostError> {
+        export::export_tree(root, out)
+    }
+
+    fn import_tree(
+        &self,
+        root: &Path,
+        input: &mut dyn std::io::Read,
+    ) -> Result<ArchiveStats, HostError> {
+        import::import_tree(root, input)
     }
 
     fn prepare_target(&self, target: &Path, kind: TargetKind) -> Result<bool, HostError> {
