@@ -36,7 +36,7 @@ impl<H: Host> Engine<H> {
                 Phase::Creating => self.undo_create(&existing)?,
             }
         }
-        let restore = self.restore_source(&name, &request.spec)?;
+        let restore = self.restore_source(caller, &name, &request.spec)?;
         // A restore goes to its snapshot's pool, with at least the snapshot's size.
         let mut placement_spec = request.spec.clone();
         if let Some((snapshot, _)) = &restore {
