@@ -36,6 +36,7 @@ mod recovery;
 mod room;
 mod service;
 pub mod snapshot;
+pub mod transfer;
 pub mod types;
 mod usage;
 
@@ -47,13 +48,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::host::{Host, HostError};
 use crate::store::{Store, StoreError};
 
-pub use crate::host::{MountEntry, RemovalStats};
+pub use crate::host::{ArchiveStats, MountEntry, RemovalStats};
 use backend::resolve_backend;
 pub use error::{EngineError, InputError};
 use locks::VolumeLocks;
 use metrics::{Metrics, MetricsSnapshot};
 use pool::PoolConfig;
 use snapshot::{Snapshot, SnapshotBook, SnapshotRequest};
+use transfer::{ExportPlan, ImportRequest};
 use types::*;
 
 /// Directory names inside each pool path that are berth's own, never volumes.
@@ -202,6 +204,22 @@ pub trait VolumeService: Send + Sync {
     fn get_snapshot(&self, name: &VolumeName) -> Result<Snapshot, EngineError>;
     /// Every snapshot in name order, or those of `source`.
     fn list_snapshots(&self, source: Option<&VolumeName>) -> Vec<Snapshot>;
+    /// Writes volume or snapshot `name` to `out` as a tar archive; `started` is told what
+    /// is read before the first byte. See [`transfer`].
+    fn export(
+        &self,
+        caller: Caller,
+        name: &VolumeName,
+        started: &mut dyn FnMut(&ExportPlan),
+        out: &mut dyn std::io::Write,
+    ) -> Result<ArchiveStats, EngineError>;
+    /// Makes a new volume holding the tar archive read from `input`. See [`transfer`].
+    fn import(
+        &self,
+        caller: Caller,
+        request: ImportRequest,
+        input: &mut dyn std::io::Read,
+    ) -> Result<Volume, EngineError>;
     /// Ready when the store answers and the mount table can be read.
     fn probe(&self) -> Result<(), EngineError>;
     /// Counts a request a front-end refused before calling the engine (malformed, bad
