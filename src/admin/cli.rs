@@ -137,6 +137,24 @@ pub enum VolumeCommand {
     Restore { snapshot: String, new_name: String },
     /// Delete a snapshot.
     RmSnapshot { snapshot: String },
+    /// Write volume or snapshot NAME to stdout as a tar archive (an attached volume is read
+    /// from a snapshot taken for the purpose where its backend can take one).
+    Export { id: String },
+    /// Make a new volume NAME from a tar archive on stdin (as `export` writes it).
+    Import {
+        id: String,
+        /// The volume's size (e.g. 10GiB); default: the exported volume's size, else its
+        /// data's size with headroom.
+        #[arg(long)]
+        size: Option<String>,
+        /// The pool to place it in.
+        #[arg(long)]
+        pool: Option<String>,
+        /// The front-end that will own it: csi, docker or mesos (default docker, like
+        /// every volume an operator makes).
+        #[arg(long)]
+        frontend: Option<String>,
+    },
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -307,6 +325,20 @@ pub fn run_on(
             let view: VolumeView = client.call("POST", &path)?.json()?;
             write_out(console.out, &format!("{}\n", view.id))
         }
+        VolumeCommand::Export { id } => {
+            super::cli_transfer::export(client, console, &parse_id(&id)?)
+        }
+        VolumeCommand::Import {
+            id,
+            size,
+            pool,
+            frontend,
+        } => super::cli_transfer::import(
+            client,
+            console,
+            &parse_id(&id)?,
+            &[("size", size), ("pool", pool), ("frontend", frontend)],
+        ),
         VolumeCommand::RmSnapshot { snapshot } => {
             let snapshot = parse_id(&snapshot)?;
             let path = format!("/v1/snapshots/{}", url_encode(snapshot.as_str()));
@@ -451,7 +483,7 @@ fn parse_id(id: &str) -> Result<VolumeName, CliError> {
     VolumeName::parse(id).map_err(|e| CliError::Usage(e.to_string()))
 }
 
-fn volume_path(name: &VolumeName) -> String {
+pub(super) fn volume_path(name: &VolumeName) -> String {
     format!("/v1/volumes/{}", url_encode(name.as_str()))
 }
 
@@ -464,7 +496,7 @@ fn pretty(value: &impl serde::Serialize) -> Result<String, CliError> {
 }
 
 /// Percent-encodes everything but unreserved characters.
-fn url_encode(text: &str) -> String {
+pub(super) fn url_encode(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for b in text.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
@@ -611,6 +643,11 @@ impl Response {
     }
 }
 
+/// A connection to the admin API.
+pub trait Duplex: Read + Write {}
+impl Duplex for std::os::unix::net::UnixStream {}
+impl Duplex for std::net::TcpStream {}
+
 /// A one-request-per-connection HTTP/1.1 client for the admin API.
 #[derive(Clone, Debug)]
 pub struct Client {
@@ -631,6 +668,47 @@ impl Client {
             endpoint: Endpoint::parse(endpoint)?,
             token: token.map(str::to_string),
         })
+    }
+
+    /// Connects and sends the head of a request (`extra` headers added, no
+    /// `Content-Length`); returns the connection, to write a body to and read the reply
+    /// from, and the endpoint's name.
+    pub(super) fn open(
+        &self,
+        method: &str,
+        path: &str,
+        extra: &[(&str, &str)],
+    ) -> Result<(Box<dyn Duplex>, String), CliError> {
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: berth-cli\r\nConnection: close\r\n"
+        );
+        for (name, value) in extra {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        if let Some(token) = &self.token {
+            head.push_str(&format!("Authorization: Bearer {token}\r\n"));
+        }
+        head.push_str("\r\n");
+        let endpoint = self.endpoint.describe();
+        let connect = |source| CliError::Connect {
+            endpoint: endpoint.clone(),
+            source,
+        };
+        let mut stream: Box<dyn Duplex> = match &self.endpoint {
+            Endpoint::Unix(path) => {
+                Box::new(std::os::unix::net::UnixStream::connect(path).map_err(connect)?)
+            }
+            Endpoint::Tcp(address) => {
+                Box::new(std::net::TcpStream::connect(address).map_err(connect)?)
+            }
+        };
+        stream
+            .write_all(head.as_bytes())
+            .map_err(|source| CliError::Io {
+                endpoint: endpoint.clone(),
+                source,
+            })?;
+        Ok((stream, endpoint))
     }
 
     /// Sends one request without a body and reads the whole reply.
@@ -669,7 +747,7 @@ impl Client {
 }
 
 /// Parses a whole HTTP/1.1 response (`Content-Length`, chunked, or until close).
-fn parse_response(raw: &[u8]) -> Result<Response, CliError> {
+pub(super) fn parse_response(raw: &[u8]) -> Result<Response, CliError> {
     let bad = |what: &str| CliError::Protocol(what.to_string());
     let split = raw
         .windows(4)
@@ -713,7 +791,7 @@ fn parse_response(raw: &[u8]) -> Result<Response, CliError> {
     Ok(Response { status, body })
 }
 
-fn dechunk(mut body: &[u8]) -> Option<Vec<u8>> {
+pub(super) fn dechunk(mut body: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     loop {
         let line_end = body.windows(2).position(|w| w == b"\r\n")?;

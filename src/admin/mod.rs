@@ -12,6 +12,8 @@
 //!   the same, Marathon-shaped, for the volumes a task owns (`appId` may contain slashes).
 //! - `POST /v1/mesos/prepare` and `POST /v1/mesos/cleanup`: the Mesos hook, answered by
 //!   [`crate::mesos::hook`] (`berth mesos prepare|cleanup` call them).
+//! - `GET /v1/volumes/{id}/export`, `POST /v1/volumes/{id}/import`: a volume or snapshot
+//!   as a streamed tar archive, and a new volume from one ([`transfer`]).
 //! - `GET /healthz` (no token needed, so a Marathon health check or a Kubernetes liveness
 //!   probe can call it; it says only "ok" or "unhealthy" to a caller without the token) and
 //!   `GET /metrics` (Prometheus text).
@@ -28,10 +30,12 @@
 //! (in `spawn_blocking`) and maps [`EngineError`] in one place, [`status_of`].
 
 pub mod cli;
+mod cli_transfer;
 pub mod doctor;
 mod marathon;
 pub mod prometheus;
 pub mod snapshots;
+mod transfer;
 pub mod views;
 
 use std::collections::BTreeMap;
@@ -231,7 +235,7 @@ impl Admin {
     }
 
     /// Answers one request.
-    pub async fn handle(self: Arc<Self>, req: Request) -> Reply {
+    pub async fn handle(self: Arc<Self>, mut req: Request) -> Reply {
         let authorized = self
             .token
             .as_ref()
@@ -281,6 +285,20 @@ impl Admin {
                     "GET" => self.get(&id, &query).await,
                     "DELETE" => self.delete(&id, &query).await,
                     _ => method_not_allowed("GET, DELETE"),
+                }
+            }
+            ["v1", "volumes", id, "export"] => {
+                match (check_method(&req, "GET"), percent_decode(id)) {
+                    (Some(refused), _) => refused,
+                    (None, Ok(id)) => self.export(&id, &query).await,
+                    (None, Err(e)) => bad_request(&e),
+                }
+            }
+            ["v1", "volumes", id, "import"] => {
+                match (check_method(&req, "POST"), percent_decode(id)) {
+                    (Some(refused), _) => refused,
+                    (None, Ok(id)) => self.import(&id, &query, req.upload.take()).await,
+                    (None, Err(e)) => bad_request(&e),
                 }
             }
             ["v1", "snapshots"] => match check_method(&req, "GET") {

@@ -23,7 +23,7 @@ use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, UnlinkatFlags};
 
 use super::fd::{cstring, nix_err, not_a_dir_error, oflags_dir, open_dir_nofollow};
-use super::xattr::{XattrTarget, write_xattr};
+use super::xattr::{XattrTarget, Xattrs, write_xattr};
 use crate::host::{ArchiveStats, HostError};
 
 const XATTR_PREFIX: &str = "SCHILY.xattr.";
@@ -55,7 +55,7 @@ struct EntryMeta {
     mtime: TimeSpec,
     link: Option<Vec<u8>>,
     rdev: u64,
-    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    xattrs: Xattrs,
 }
 
 /// Unpacks the archive read from `input` beneath the existing directory `root`; see the

@@ -27,6 +27,9 @@ impl XattrTarget<'_> {
     }
 }
 
+/// Extended attributes as (name, value) pairs.
+pub(super) type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Calls `call` with a buffer grown until the value fits (the size may change between the
 /// sizing call and the read).
 fn read_sized(mut call: impl FnMut(&mut [u8]) -> isize) -> Result<Vec<u8>, Errno> {
@@ -46,10 +49,7 @@ fn read_sized(mut call: impl FnMut(&mut [u8]) -> isize) -> Result<Vec<u8>, Errno
 
 /// Every extended attribute of `target` as (name, value), in the order the kernel lists
 /// them. A filesystem without xattr support has none.
-pub(super) fn read_xattrs(
-    target: XattrTarget<'_>,
-    path: &Path,
-) -> Result<Vec<(Vec<u8>, Vec<u8>)>, HostError> {
+pub(super) fn read_xattrs(target: XattrTarget<'_>, path: &Path) -> Result<Xattrs, HostError> {
     let at = match target {
         XattrTarget::At(dir, name) => Some(XattrTarget::proc_path(dir, name, path)?),
         XattrTarget::Fd(_) => None,
