@@ -310,6 +310,7 @@ impl<H: Host> Engine<H> {
                 let mut capacity = 0u64;
                 let mut reserved = 0u64;
                 let mut available = 0u64;
+                let mut snapshot_bytes = 0u64;
                 let bases = match pool.kind {
                     PoolKind::Mount => self.disks(pool).unwrap_or_default(),
                     _ => pool.paths.clone(),
@@ -319,6 +320,7 @@ impl<H: Host> Engine<H> {
                     let res = self.reserved_on(base);
                     capacity += cap;
                     reserved += res;
+                    snapshot_bytes += self.snapshots.bytes_on(base);
                     if pool.kind == PoolKind::Mount {
                         let free = self
                             .disk_candidate(
@@ -349,6 +351,8 @@ impl<H: Host> Engine<H> {
                     reserved_bytes: reserved,
                     available_bytes: available,
                     volumes,
+                    snapshots: self.snapshots.count_in(&pool.name),
+                    snapshot_bytes,
                 }
             })
             .collect()

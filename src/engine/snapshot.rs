@@ -670,6 +670,9 @@ mod tests {
         assert_eq!(s.path, Path::new("/pool/volumes/.snapshots/s.img"));
         assert!(e.host().has_image(&s.path));
         assert_eq!(snap(&e, "s", "v").unwrap(), s, "idempotent by name");
+        let pool = &e.capacity(&crate::engine::PoolSelector::default())[0];
+        assert_eq!((pool.snapshots, pool.snapshot_bytes), (1, 3 * GIB));
+        assert_eq!(pool.reserved_bytes, 6 * GIB, "the volume and its snapshot");
         create(&e, "w", 2 * GIB, None);
         assert!(matches!(
             snap(&e, "s", "w"),
