@@ -42,6 +42,14 @@ impl<H: Host> Engine<H> {
         if let Some((snapshot, _)) = &restore {
             placement_spec.pool = Some(snapshot.pool.clone());
             placement_spec.size = placement_spec.size.or(snapshot.source_size);
+            // A btrfs snapshot is restored as a snapshot of it, which the kernel makes only
+            // on the same filesystem: the volume goes to the snapshot's pool path.
+            if snapshot.backend == Backend::Btrfs && !snapshot.is_image() {
+                placement_spec.constraints.push(PathConstraint {
+                    like: true,
+                    pattern: regex::escape(&snapshot.base.to_string_lossy()),
+                });
+            }
         }
         let source = self.validate_spec(&name, &placement_spec)?;
         let owner = OwnerFrontend::of_creator(caller.frontend);
