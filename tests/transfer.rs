@@ -484,3 +484,66 @@ fn an_import_killed_mid_way_is_rolled_back_at_the_next_start() {
         b"complete"
     );
 }
+
+#[test]
+fn an_export_killed_mid_way_leaves_no_copy_after_the_restart() {
+    let mut a = Node::new("exportcrash");
+    let data = a.seed(|e| create(e, "big", "loop", Some(256 << 20)));
+    let block: Vec<u8> = (0..1 << 20)
+        .map(|i: u32| (i * 7 + i / 4096) as u8)
+        .collect();
+    let mut f = std::fs::File::create(data.join("big.bin")).unwrap();
+    for _ in 0..64 {
+        f.write_all(&block).unwrap();
+    }
+    drop(f);
+    a.start();
+    let mounted = a.docker("/VolumeDriver.Mount", r#"{"Name":"big","ID":"c1"}"#);
+    assert_eq!(mounted["Err"], "", "{mounted}");
+    // A reader that never reads: the export stalls with its copy mounted.
+    let mut export = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["volume", "export", "big"])
+        .env("BERTH_ADMIN_SOCKET", a.socket())
+        .env("BERTH_TOKEN_FILE", a.dir.join("token"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let dir = a.dir.clone();
+    let copy_mounted = || {
+        mounts_beneath(&dir)
+            .iter()
+            .any(|m| m.to_string_lossy().contains("berth-export"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !copy_mounted() {
+        assert!(
+            Instant::now() < deadline,
+            "the export never mounted its copy:\n{}",
+            a.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    a.kill();
+    let _ = export.kill();
+    let _ = export.wait();
+    assert!(
+        !a.leftovers().is_empty(),
+        "the crash left the copy for recovery"
+    );
+    a.start();
+    assert!(a.leftovers().is_empty(), "{:?}\n{}", a.leftovers(), a.log());
+    assert!(!copy_mounted(), "{:?}", mounts_beneath(&dir));
+    assert_eq!(
+        loops_beneath(&a.dir).len(),
+        1,
+        "only the volume's own loop device"
+    );
+    // The volume itself is untouched and exports whole.
+    let (ok, _, err) = sh(&format!(
+        "{} | tar -tvf - | grep -c big.bin",
+        a.cli("export big")
+    ));
+    assert!(ok, "{err}");
+}
