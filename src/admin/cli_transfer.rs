@@ -277,3 +277,52 @@ pub fn import(
         .write_all(format!("{}\n", view.id).as_bytes())
         .map_err(CliError::Output)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_is_drawn_on_a_terminal_only() {
+        let mut err = Vec::new();
+        let mut quiet = Progress::new(false, "exporting", Some(1 << 20));
+        quiet.add(1 << 19, &mut err).unwrap();
+        quiet.finish(&mut err).unwrap();
+        assert!(err.is_empty(), "nothing on a pipe");
+        let mut shown = Progress::new(true, "exporting", Some(1 << 20));
+        shown.add(1 << 19, &mut err).unwrap();
+        let line = String::from_utf8(err.clone()).unwrap();
+        assert!(
+            line.starts_with("\r\x1b[2Kexporting 512KiB of ~1MiB (50%), "),
+            "{line:?}"
+        );
+        // Past the estimate it never claims to be done.
+        shown.drawn = None;
+        shown.add(1 << 20, &mut err).unwrap();
+        assert!(String::from_utf8_lossy(&err).contains("(99%)"));
+        shown.finish(&mut err).unwrap();
+        assert!(
+            err.ends_with(b"\r\x1b[2K"),
+            "the line is cleared at the end"
+        );
+    }
+
+    #[test]
+    fn a_chunked_archive_cut_off_is_an_error() {
+        let mut progress = Progress::new(false, "exporting", None);
+        let mut out = Vec::new();
+        let whole = b"5\r\nhello\r\n3\r\nabc\r\n0\r\n\r\n";
+        copy_chunked(&mut &whole[..], &mut out, &mut progress, &mut Vec::new()).unwrap();
+        assert_eq!(out, b"helloabc");
+        for cut in [whole.len() - 5, 12, 6] {
+            let err = copy_chunked(
+                &mut &whole[..cut],
+                &mut Vec::new(),
+                &mut progress,
+                &mut Vec::new(),
+            )
+            .unwrap_err();
+            assert!(err.to_string().contains("cut off"), "{cut}: {err}");
+        }
+    }
+}
