@@ -39,6 +39,18 @@ struct Node {
 
 impl Node {
     fn new(name: &str) -> Self {
+        Self::with_pools(name, "")
+    }
+
+    /// A node with a pool `btrfs` too: a btrfs filesystem on a loop device of its own.
+    fn with_btrfs(name: &str) -> Self {
+        Self::with_pools(
+            name,
+            "[[pools]]\nname = \"btrfs\"\nkind = \"root\"\npaths = [\"{d}/btrfs\"]\nbackend = \"btrfs\"\ncapacity = \"1GiB\"\n",
+        )
+    }
+
+    fn with_pools(name: &str, extra: &str) -> Self {
         assert!(
             nix::unistd::geteuid().is_root(),
             "the transfer tests need root (loop devices, mounts, owners)"
@@ -50,6 +62,30 @@ impl Node {
             .keep();
         std::fs::write(dir.join("token"), format!("{SECRET}\n")).unwrap();
         let d = dir.display();
+        let extra = extra.replace("{d}", &d.to_string());
+        if !extra.is_empty() {
+            let image = dir.join("btrfs.img");
+            std::fs::File::create(&image)
+                .unwrap()
+                .set_len(1 << 30)
+                .unwrap();
+            let made = Command::new("mkfs.btrfs")
+                .args(["-q", "-f"])
+                .arg(&image)
+                .status();
+            assert!(
+                made.is_ok_and(|s| s.success()),
+                "mkfs.btrfs failed: install btrfs-progs (scripts/test-deps.sh)"
+            );
+            std::fs::create_dir(dir.join("btrfs")).unwrap();
+            let mounted = Command::new("mount")
+                .args(["-o", "loop"])
+                .arg(&image)
+                .arg(dir.join("btrfs"))
+                .status()
+                .unwrap();
+            assert!(mounted.success(), "mounting the btrfs image");
+        }
         let text = format!(
             r#"
 state_dir = "{d}/state"
@@ -75,7 +111,8 @@ name = "plain"
 kind = "root"
 paths = ["{d}/plain"]
 backend = "none"
-"#
+
+{extra}"#
         );
         let path = dir.join("config.toml");
         std::fs::write(&path, text).unwrap();
@@ -184,7 +221,7 @@ backend = "none"
     /// Files beneath the pools that an export or a failed import would leave.
     fn leftovers(&self) -> Vec<PathBuf> {
         let mut found = Vec::new();
-        for pool in ["loop", "plain"] {
+        for pool in ["loop", "plain", "btrfs"] {
             let snaps = self.dir.join(pool).join(".snapshots");
             for e in std::fs::read_dir(&snaps).into_iter().flatten().flatten() {
                 found.push(e.path());
@@ -546,4 +583,38 @@ fn an_export_killed_mid_way_leaves_no_copy_after_the_restart() {
         a.cli("export big")
     ));
     assert!(ok, "{err}");
+}
+
+#[test]
+fn an_attached_btrfs_volume_is_exported_from_a_snapshot_of_it() {
+    let mut a = Node::with_btrfs("btrfs-a");
+    let mut b = Node::new("btrfs-b");
+    let outside = a.dir.join("outside");
+    let data = a.seed(|e| create(e, "sub", "btrfs", Some(128 << 20)));
+    sample_tree(&data, &outside);
+    a.start();
+    b.start();
+    let (_, view) = a.call("GET", "/v1/volumes/sub");
+    assert_eq!(view["backend"], "btrfs", "{view}");
+    let mounted = a.docker("/VolumeDriver.Mount", r#"{"Name":"sub","ID":"c1"}"#);
+    assert_eq!(mounted["Err"], "", "{mounted}");
+    let (ok, _, err) = sh(&format!(
+        "{} | {}",
+        a.cli("export sub"),
+        b.cli("import sub")
+    ));
+    assert!(ok, "{err}\n{}", a.log());
+    assert!(err.is_empty(), "{err}");
+    assert!(
+        a.log()
+            .contains("exporting a snapshot taken for the export"),
+        "{}",
+        a.log()
+    );
+    assert_eq!(describe(&data), describe(&b.data_of("sub")));
+    assert_eq!(
+        get_xattr(&b.data_of("sub").join("sub"), "trusted.berth").as_deref(),
+        Some(&b"\x00binary\xff"[..])
+    );
+    assert!(a.leftovers().is_empty(), "{:?}", a.leftovers());
 }
