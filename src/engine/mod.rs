@@ -1,7 +1,8 @@
 //! The one volume service every front-end calls.
 //!
 //! [`VolumeService`] is the whole contract: create, publish, unpublish, delete, wipe,
-//! expand, get, list, usage, capacity. [`Engine`] implements it over a [`Host`] (the kernel)
+//! expand, get, list, usage, capacity, snapshots ([`snapshot`]), export and import
+//! ([`transfer`]). [`Engine`] implements it over a [`Host`] (the kernel)
 //! and a [`Store`] (the durable reservations). Front-ends parse their protocol into
 //! [`types`], call the service (blocking: wrap calls in `spawn_blocking`), and map
 //! [`EngineError`] to their own statuses. The engine imports no protocol crate.

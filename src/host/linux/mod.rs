@@ -56,6 +56,9 @@
 //! - **Snapshots**: `snapshot` copies loopfs images (`FICLONE`, else a sparse copy) with the
 //!   volume's filesystem frozen (`FIFREEZE`/`FITHAW`); `btrfs` makes read-only subvolume
 //!   snapshots (`BTRFS_IOC_SNAP_CREATE_V2`).
+//! - **Archives**: `export` writes a tree as tar through the tree walker, `import` unpacks
+//!   one, opening every directory of every entry fd-relative with `O_NOFOLLOW` from the
+//!   top; `xattr` reads and writes extended attributes without following links.
 //!
 //! Path resolution: the final component of every path berth acts on (a directory it makes, a
 //! target, an image, a tree's top) is never followed, and neither is the directory it acts
@@ -66,7 +69,8 @@
 //! the orchestrator's, never a container's. Below a tree's top every component is opened
 //! fd-relative with `O_NOFOLLOW`.
 //!
-//! Tree walks ([`Host::remove_tree`], [`Host::copy_tree`], [`Host::tree_usage`]) use an
+//! Tree walks ([`Host::remove_tree`], [`Host::copy_tree`], [`Host::tree_usage`],
+//! [`Host::export_tree`]) use an
 //! explicit stack and keep at most [`MAX_OPEN_DIRS`] directory fds open; a directory whose fd
 //! was closed is reopened through `..` of its child (checked by device and inode), so neither
 //! the native stack nor the fd table limits the depth of a tree.
