@@ -139,9 +139,13 @@ pub enum VolumeCommand {
     RmSnapshot { snapshot: String },
     /// Write volume or snapshot NAME to stdout as a tar archive (an attached volume is read
     /// from a snapshot taken for the purpose where its backend can take one).
-    Export { id: String },
+    Export {
+        /// The volume or snapshot id.
+        id: String,
+    },
     /// Make a new volume NAME from a tar archive on stdin (as `export` writes it).
     Import {
+        /// The new volume's id.
         id: String,
         /// The volume's size (e.g. 10GiB); default: the exported volume's size, else its
         /// data's size with headroom.
