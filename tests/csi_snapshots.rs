@@ -1,7 +1,8 @@
 //! CSI snapshots and restores through the real `berth` binary, as root on the real kernel,
 //! for a loopfs pool (ext4 images) and a plain-directory pool: the data round trip (write,
 //! snapshot, write more, restore gives exactly the snapshot), clones independent of their
-//! source, and every snapshot and clone spec of csi-test's `pkg/sanity/controller.go`.
+//! source, and every snapshot and clone spec of csi-test's `pkg/sanity/controller.go`, those
+//! also on a btrfs pool on a loop device.
 
 #[path = "support/csi_daemon.rs"]
 mod csi_daemon;
@@ -23,6 +24,9 @@ use tonic::Code;
 const MIB: i64 = 1 << 20;
 /// The loopfs pool and the plain-directory pool of the test daemon.
 const POOLS: [&str; 2] = ["default", "plain"];
+/// The pools csi-test's specs run on: those and the btrfs pool of
+/// [`Daemon::start_with_btrfs`].
+const SANITY_POOLS: [&str; 3] = ["default", "plain", "btrfs"];
 
 macro_rules! needs_root {
     () => {
@@ -339,9 +343,9 @@ async fn the_controller_advertises_snapshots_and_clones() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sanity_snapshot_specs_pass() {
     needs_root!();
-    let daemon = Daemon::start("");
+    let daemon = Daemon::start_with_btrfs("");
     let mut c = daemon.clients().await;
-    for pool in POOLS {
+    for pool in SANITY_POOLS {
         let size = size_in(pool);
         let vol = format!("CreateSnapshot-volume-1-{pool}");
         let other = format!("CreateSnapshot-volume-2-{pool}");
@@ -488,10 +492,10 @@ async fn the_sanity_snapshot_specs_pass() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sanity_list_snapshot_specs_pass() {
     needs_root!();
-    let daemon = Daemon::start("");
+    let daemon = Daemon::start_with_btrfs("");
     let mut c = daemon.clients().await;
     let mut made = Vec::new();
-    for (i, pool) in POOLS.iter().cycle().take(5).enumerate() {
+    for (i, pool) in SANITY_POOLS.iter().cycle().take(5).enumerate() {
         let vol = format!("listSnapshots-volume-{i}");
         create(&mut c, create_request(&vol, pool, size_in(pool))).await;
         made.push(take(&mut c, &format!("listSnapshots-snapshot-{i}"), &vol).await);

@@ -353,6 +353,42 @@ fn volumes_and_mount_references_survive_a_restart() {
 }
 
 #[test]
+fn mount_references_from_before_a_reboot_are_dropped_at_start() {
+    let mut berth = Berth::start();
+    berth.ok("/VolumeDriver.Create", json!({"Name": "boot"}));
+    berth.ok("/VolumeDriver.Mount", json!({"Name": "boot", "ID": "c1"}));
+    berth.stop();
+    // The kernel's boot id changes only with a reboot: make the stored reference belong to
+    // another boot instead, as one recorded before a reboot would.
+    {
+        use berth::engine::types::Volume;
+        let store_path = berth.pool().parent().unwrap().join("state/berth.redb");
+        let store = berth::store::Store::open(&store_path).unwrap();
+        let mut v = store
+            .load_all::<Volume>()
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name.as_str() == "boot")
+            .unwrap();
+        assert!(v.publications[0].boot_id.is_some(), "the boot id is stored");
+        v.publications[0].boot_id = Some("00000000-0000-0000-0000-000000000000".into());
+        store.put("boot", &v).unwrap();
+    }
+    berth.launch();
+
+    let got = berth.ok("/VolumeDriver.Get", json!({"Name": "boot"}));
+    assert_eq!(got["Volume"]["Status"]["state"], "detached");
+    assert!(got["Volume"]["Status"]["publishedTo"].is_null(), "{got}");
+    assert!(
+        berth.log().contains("an earlier boot took"),
+        "the drop is logged:\n{}",
+        berth.log()
+    );
+    berth.ok("/VolumeDriver.Remove", json!({"Name": "boot"}));
+    assert_nothing_mounted_under(&berth.pool());
+}
+
+#[test]
 fn a_stale_socket_is_replaced_and_a_live_one_is_not_taken() {
     let mut berth = Berth::start();
     berth.ok("/VolumeDriver.Create", json!({"Name": "v"}));

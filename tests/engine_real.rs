@@ -169,6 +169,191 @@ fn a_publication_whose_mount_vanished_is_dropped_at_restart() {
 }
 
 #[test]
+fn references_from_an_earlier_boot_are_dropped_at_start() {
+    let scene = Scene::new();
+    let holder = PublishTarget::Reference {
+        holder: "docker:c1".into(),
+    };
+    let this_boot = fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    {
+        let e = scene.open();
+        create(&e, "v", None);
+        let v = e.publish(CALLER, &name("v"), holder.clone()).unwrap();
+        assert_eq!(v.publications[0].boot_id.as_deref(), Some(this_boot.trim()));
+    }
+    {
+        // A restart in the same boot keeps it: the container may still run.
+        let e = scene.open();
+        assert!(e.recovery_report().dropped_publications.is_empty());
+        assert_eq!(e.get(&name("v")).unwrap().state(), VolumeState::Attached);
+    }
+    // The kernel's boot id cannot be changed without a reboot: make the stored reference
+    // belong to another boot instead, as a record written before a reboot would.
+    {
+        let store = berth::store::Store::open(&scene.dir.path().join("berth.redb")).unwrap();
+        let mut v: Volume = store
+            .load_all::<Volume>()
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == name("v"))
+            .unwrap();
+        v.publications[0].boot_id = Some("00000000-0000-0000-0000-000000000000".into());
+        store.put("v", &v).unwrap();
+    }
+    let e = scene.open();
+    assert_eq!(
+        e.recovery_report().dropped_publications,
+        vec![("v".to_string(), holder.to_string())]
+    );
+    let v = e.get(&name("v")).unwrap();
+    assert!(v.publications.is_empty());
+    assert_eq!(v.state(), VolumeState::Detached);
+    e.delete(CALLER, &name("v")).unwrap();
+}
+
+#[test]
+fn a_pool_path_swapped_for_a_symlink_after_create_is_refused_at_publish() {
+    let scene = Scene::new();
+    let a = scene.target("a");
+    let e = scene.open();
+    let v = create(&e, "v", None);
+    let pool = scene.dir.path().join("volumes");
+    let real = scene.dir.path().join("volumes.real");
+    let decoy = scene.dir.path().join("decoy");
+    fs::create_dir_all(decoy.join("v/data")).unwrap();
+    fs::rename(&pool, &real).unwrap();
+    symlink(&decoy, &pool).unwrap();
+
+    let err = e.publish(CALLER, &name("v"), bind(&a, false)).unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains(&format!("{} is a symbolic link", pool.display())),
+        "{message}"
+    );
+    assert!(scene.mounts_under().is_empty(), "nothing was mounted");
+    assert!(!a.exists(), "the target berth made is gone again");
+    assert!(e.get(&name("v")).unwrap().publications.is_empty());
+
+    fs::remove_file(&pool).unwrap();
+    fs::rename(&real, &pool).unwrap();
+    e.publish(CALLER, &name("v"), bind(&a, false)).unwrap();
+    fs::write(a.join("x"), b"x").unwrap();
+    assert!(v.placement.data.join("x").exists());
+    assert!(!decoy.join("v/data/x").exists());
+    e.unpublish(CALLER, &name("v"), &bind(&a, false)).unwrap();
+}
+
+/// Runs `program` and returns its standard output; a missing program fails the test naming
+/// the package to install.
+fn run(program: &str, package: &str, args: &[&std::ffi::OsStr]) -> String {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program} runs ({e}): install {package}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_loopfs_volume_whose_filesystem_recorded_errors_is_abnormal() {
+    use berth::engine::VolumeHealth;
+    use std::ffi::OsStr;
+    use std::io::{Seek, SeekFrom};
+    let scene = Scene::new();
+    let e = scene.open();
+    let v = create(&e, "hurt", Some(32 << 20));
+    assert_eq!(v.placement.backend, Backend::Loopfs);
+    assert_eq!(
+        e.health(std::slice::from_ref(&v)),
+        vec![VolumeHealth::Normal]
+    );
+    // A directory with a block of its own, on disk.
+    let dir = v.placement.data.join("d");
+    fs::create_dir(&dir).unwrap();
+    for i in 0..8 {
+        fs::write(dir.join(format!("file-{i}")), b"x").unwrap();
+    }
+    run("sync", "coreutils", &[]);
+    let image = v.placement.image.clone().unwrap();
+    let blocks = run(
+        "debugfs",
+        "e2fsprogs",
+        &[
+            OsStr::new("-R"),
+            OsStr::new("blocks /data/d"),
+            image.as_os_str(),
+        ],
+    );
+    let block: u64 = blocks
+        .split_whitespace()
+        .next()
+        .and_then(|b| b.parse().ok())
+        .unwrap_or_else(|| panic!("debugfs blocks: {blocks:?}"));
+    let header = run(
+        "dumpe2fs",
+        "e2fsprogs",
+        &[OsStr::new("-h"), image.as_os_str()],
+    );
+    let block_size: u64 = header
+        .lines()
+        .find_map(|l| l.strip_prefix("Block size:"))
+        .and_then(|b| b.trim().parse().ok())
+        .unwrap_or_else(|| panic!("dumpe2fs -h: {header}"));
+    let device = fs::read_dir("/sys/block")
+        .unwrap()
+        .flatten()
+        .find(|entry| {
+            fs::read_to_string(entry.path().join("loop/backing_file"))
+                .is_ok_and(|b| std::path::Path::new(b.trim()) == image)
+        })
+        .map(|entry| PathBuf::from("/dev").join(entry.file_name()))
+        .expect("the volume's loop device");
+    // Damage that block on the device, then drop the device's cached buffers so the
+    // filesystem reads it again, and list the directory: ext4 finds a bad checksum and
+    // records an error.
+    {
+        let mut disk = fs::OpenOptions::new().write(true).open(&device).unwrap();
+        disk.seek(SeekFrom::Start(block * block_size)).unwrap();
+        disk.write_all(&vec![0xa5; block_size as usize]).unwrap();
+        disk.sync_all().unwrap();
+    }
+    run(
+        "blockdev",
+        "util-linux",
+        &[OsStr::new("--flushbufs"), device.as_os_str()],
+    );
+    // (ext4 skips or refuses a directory block that fails its checks: the files vanish from the
+    // listing, or the listing fails.)
+    let listed = fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0);
+    assert!(
+        listed < 8,
+        "the damaged directory still lists its {listed} files"
+    );
+    // ext4 writes its error count to the superblock from a worker: wait for it briefly.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let health = loop {
+        let health = e.health(std::slice::from_ref(&v));
+        if health != vec![VolumeHealth::Normal] || std::time::Instant::now() > deadline {
+            break health;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    match &health[..] {
+        [VolumeHealth::Abnormal(message)] => {
+            assert!(message.contains("recorded"), "{message}");
+            assert!(message.contains(&device.display().to_string()), "{message}");
+        }
+        other => panic!("expected abnormal, got {other:?}"),
+    }
+    // Not wiped: a wipe measures the data by walking it, which the damaged directory
+    // refuses; the scene unmounts the filesystem and the temp dir takes the image.
+}
+
+#[test]
 fn a_mount_berth_did_not_record_is_reported() {
     let scene = Scene::new();
     let v = create(&scene.open(), "v", None);

@@ -161,7 +161,8 @@ fn delete_refuses_mounts_and_nested_subvolumes() {
     // Published: a bind mount of its data elsewhere.
     let target = s.join("pod-target");
     host.prepare_target(&target, TargetKind::Directory).unwrap();
-    host.bind_mount(&vol.join("data"), &target, false).unwrap();
+    host.bind_mount(Path::new("/"), &vol.join("data"), &target, false)
+        .unwrap();
     let err = host.btrfs_delete_subvolume(&vol).unwrap_err();
     assert!(
         err.to_string().contains(&target.display().to_string()),
@@ -173,7 +174,7 @@ fn delete_refuses_mounts_and_nested_subvolumes() {
     // Something mounted inside it (the kernel would silently detach it).
     let source = s.join("source");
     fs::create_dir(&source).unwrap();
-    host.bind_mount(&source, &vol.join("data/mnt"), true)
+    host.bind_mount(Path::new("/"), &source, &vol.join("data/mnt"), true)
         .unwrap();
     let err = host.btrfs_delete_subvolume(&vol).unwrap_err();
     assert!(matches!(err, HostError::CrossesMount { .. }), "{err}");
@@ -183,8 +184,9 @@ fn delete_refuses_mounts_and_nested_subvolumes() {
     // The same, seen through a second mount of the filesystem.
     let second = s.join("second-view");
     host.prepare_target(&second, TargetKind::Directory).unwrap();
-    host.bind_mount(&fs_root, &second, false).unwrap();
-    host.bind_mount(&source, &second.join("vol/data/mnt"), true)
+    host.bind_mount(Path::new("/"), &fs_root, &second, false)
+        .unwrap();
+    host.bind_mount(Path::new("/"), &source, &second.join("vol/data/mnt"), true)
         .unwrap();
     let err = host.btrfs_delete_subvolume(&vol).unwrap_err();
     assert!(

@@ -52,10 +52,10 @@ fn bind_mount_rw_two_targets_then_unmount() {
         0o750
     );
 
-    host.bind_mount(&data, &a, false).unwrap();
-    host.bind_mount(&data, &b, false).unwrap();
+    host.bind_mount(Path::new("/"), &data, &a, false).unwrap();
+    host.bind_mount(Path::new("/"), &data, &b, false).unwrap();
     let before = host.mounts().unwrap().len();
-    host.bind_mount(&data, &a, false).unwrap(); // idempotent: no second mount
+    host.bind_mount(Path::new("/"), &data, &a, false).unwrap(); // idempotent: no second mount
     assert_eq!(host.mounts().unwrap().len(), before);
 
     fs::write(a.join("hello"), b"through a").unwrap();
@@ -91,7 +91,7 @@ fn bind_mount_read_only() {
     fs::write(data.join("f"), b"x").unwrap();
     let ro = s.join("ro");
     host.prepare_target(&ro, TargetKind::Directory).unwrap();
-    host.bind_mount(&data, &ro, true).unwrap();
+    host.bind_mount(Path::new("/"), &data, &ro, true).unwrap();
 
     let err = fs::write(ro.join("new"), b"no").unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
@@ -110,10 +110,10 @@ fn bind_mount_read_only() {
     fs::write(data.join("g"), b"y").unwrap();
 
     // Asking again with another mode remounts in place.
-    host.bind_mount(&data, &ro, false).unwrap();
+    host.bind_mount(Path::new("/"), &data, &ro, false).unwrap();
     assert!(!mount_of(&ro).unwrap().is_read_only());
     fs::write(ro.join("now-rw"), b"ok").unwrap();
-    host.bind_mount(&data, &ro, true).unwrap();
+    host.bind_mount(Path::new("/"), &data, &ro, true).unwrap();
     assert!(mount_of(&ro).unwrap().is_read_only());
     let count = host
         .mounts()
@@ -144,18 +144,26 @@ fn bind_mount_refuses_symlinks() {
     std::os::unix::fs::symlink("/", &to_root).unwrap();
 
     let before = host.mounts().unwrap();
-    let err = host.bind_mount(&data, &to_dir, false).unwrap_err();
+    let err = host
+        .bind_mount(Path::new("/"), &data, &to_dir, false)
+        .unwrap_err();
     assert!(matches!(err, HostError::Symlink { .. }), "{err}");
-    let err = host.bind_mount(&data, &to_dir, true).unwrap_err();
+    let err = host
+        .bind_mount(Path::new("/"), &data, &to_dir, true)
+        .unwrap_err();
     assert!(matches!(err, HostError::Symlink { .. }), "{err}");
-    let err = host.bind_mount(&data, &to_root, false).unwrap_err();
+    let err = host
+        .bind_mount(Path::new("/"), &data, &to_root, false)
+        .unwrap_err();
     assert!(matches!(err, HostError::Symlink { .. }), "{err}");
     // A symlinked source is refused too.
     let src_link = s.join("src-link");
     std::os::unix::fs::symlink(&data, &src_link).unwrap();
     let target = s.join("target");
     host.prepare_target(&target, TargetKind::Directory).unwrap();
-    let err = host.bind_mount(&src_link, &target, false).unwrap_err();
+    let err = host
+        .bind_mount(Path::new("/"), &src_link, &target, false)
+        .unwrap_err();
     assert!(matches!(err, HostError::Symlink { .. }), "{err}");
 
     let after = host.mounts().unwrap();
@@ -179,6 +187,67 @@ fn bind_mount_refuses_symlinks() {
     assert!(matches!(err, HostError::Symlink { .. }), "{err}");
     host.unmount(&to_root).unwrap();
     assert!(to_root.symlink_metadata().unwrap().file_type().is_symlink());
+}
+
+#[test]
+fn bind_source_is_opened_beneath_its_root_without_links() {
+    if !is_root() {
+        return;
+    }
+    let s = Scratch::new();
+    let host = LinuxHost::new();
+    let pool = s.join("pool");
+    host.make_dir(&pool, &Ownership::default()).unwrap();
+    host.make_dir(&pool.join("v"), &Ownership::default())
+        .unwrap();
+    host.make_dir(&pool.join("v/data"), &Ownership::default())
+        .unwrap();
+    let target = s.join("target");
+    host.prepare_target(&target, TargetKind::Directory).unwrap();
+
+    // The pool root swapped for a link to a look-alike tree: refused, naming the root.
+    let real = s.join("pool.real");
+    std::fs::rename(&pool, &real).unwrap();
+    let decoy = s.join("decoy");
+    std::fs::create_dir_all(decoy.join("v/data")).unwrap();
+    std::os::unix::fs::symlink(&decoy, &pool).unwrap();
+    let err = host
+        .bind_mount(&pool, &pool.join("v/data"), &target, false)
+        .unwrap_err();
+    assert!(
+        matches!(&err, HostError::Symlink { path } if *path == pool),
+        "{err}"
+    );
+    std::fs::remove_file(&pool).unwrap();
+    std::fs::rename(&real, &pool).unwrap();
+
+    // A link between the root and the source: refused, naming the link.
+    let v = pool.join("v");
+    std::fs::rename(&v, pool.join("v.real")).unwrap();
+    std::os::unix::fs::symlink(decoy.join("v"), &v).unwrap();
+    let err = host
+        .bind_mount(&pool, &v.join("data"), &target, false)
+        .unwrap_err();
+    assert!(
+        matches!(&err, HostError::Symlink { path } if *path == v),
+        "{err}"
+    );
+    // A source outside the root is refused.
+    let err = host
+        .bind_mount(&pool, &decoy.join("v/data"), &target, false)
+        .unwrap_err();
+    assert!(matches!(err, HostError::OutsideRoot { .. }), "{err}");
+    assert!(s.mounts_beneath().is_empty(), "nothing was mounted");
+
+    // The real tree binds.
+    std::fs::remove_file(&v).unwrap();
+    std::fs::rename(pool.join("v.real"), &v).unwrap();
+    host.bind_mount(&pool, &v.join("data"), &target, false)
+        .unwrap();
+    std::fs::write(target.join("x"), b"x").unwrap();
+    assert!(v.join("data/x").exists());
+    assert!(!decoy.join("v/data/x").exists());
+    host.unmount(&target).unwrap();
 }
 
 #[test]
@@ -293,12 +362,18 @@ fn remove_tree_does_not_cross_mounts() {
     fs::write(source.join("survivor"), b"still here").unwrap();
     let mnt = vol.join("a/mnt");
     fs::create_dir_all(&mnt).unwrap();
-    host.bind_mount(&source, &mnt, false).unwrap();
+    host.bind_mount(Path::new("/"), &source, &mnt, false)
+        .unwrap();
     // A file bind-mounted onto a file inside the tree.
     fs::write(s.join("file-src"), b"file source").unwrap();
     fs::write(vol.join("file-target"), b"").unwrap();
-    host.bind_mount(&s.join("file-src"), &vol.join("file-target"), false)
-        .unwrap();
+    host.bind_mount(
+        Path::new("/"),
+        &s.join("file-src"),
+        &vol.join("file-target"),
+        false,
+    )
+    .unwrap();
 
     let err = host.remove_tree(&root, &vol).unwrap_err();
     match &err {
@@ -608,8 +683,10 @@ fn block_volume_attach_bind_detach() {
     assert!(host.prepare_target(&target, TargetKind::File).unwrap());
     assert!(!host.prepare_target(&target, TargetKind::File).unwrap());
     assert!(host.prepare_target(&target, TargetKind::Directory).is_err());
-    host.bind_mount(&device, &target, false).unwrap();
-    host.bind_mount(&device, &target, false).unwrap();
+    host.bind_mount(Path::new("/"), &device, &target, false)
+        .unwrap();
+    host.bind_mount(Path::new("/"), &device, &target, false)
+        .unwrap();
     let meta = fs::metadata(&target).unwrap();
     assert!(meta.file_type().is_block_device());
     assert_eq!(meta.rdev(), fs::metadata(&device).unwrap().rdev());
@@ -767,7 +844,8 @@ fn tree_usage_and_copy_tree() {
     fs::create_dir_all(&mounted).unwrap();
     fs::write(mounted.join("not-copied"), b"x").unwrap();
     fs::create_dir_all(from.join("mnt")).unwrap();
-    host.bind_mount(&mounted, &from.join("mnt"), true).unwrap();
+    host.bind_mount(Path::new("/"), &mounted, &from.join("mnt"), true)
+        .unwrap();
     let to2 = s.join("to2");
     host.make_dir(&to2, &Ownership::default()).unwrap();
     let err = host.copy_tree(&from, &to2).unwrap_err();
@@ -887,7 +965,7 @@ fn ext4_grow_offline_fallback() {
     let publication = s.join("pod-target");
     host.prepare_target(&publication, TargetKind::Directory)
         .unwrap();
-    host.bind_mount(&mnt.join("data"), &publication, false)
+    host.bind_mount(Path::new("/"), &mnt.join("data"), &publication, false)
         .unwrap();
     let online = has_capability(CAP_SYS_RESOURCE);
     let result = host.grow_image(&image, 48 * MIB, Some((&mnt, FsType::Ext4)));

@@ -1,6 +1,8 @@
 //! The Controller service: create, delete, validate, list, capacity and expansion. berth
-//! volumes need no attach step, so ControllerPublish/Unpublish are not offered. The snapshot
-//! RPCs live in `snapshots`; everything advertised in [`CAPABILITIES`] is implemented.
+//! volumes need no attach step, so ControllerPublish/Unpublish are not offered; ListVolumes
+//! reports this node as a volume's published node while it is staged or published here, and
+//! the engine's health of it as its condition. The snapshot RPCs live in `snapshots`;
+//! everything advertised in [`CAPABILITIES`] is implemented.
 
 use tonic::{Code, Request, Response, Status};
 
@@ -10,20 +12,23 @@ use super::params::{
 };
 use super::proto::controller_server::Controller;
 use super::proto::controller_service_capability::{self, Rpc, rpc};
-use super::proto::list_volumes_response::Entry;
+use super::proto::list_volumes_response::{Entry, VolumeStatus};
 use super::proto::validate_volume_capabilities_response::Confirmed;
 use super::proto::volume_content_source::{self, SnapshotSource, VolumeSource};
 use super::proto::*;
 use super::{CALLER, CsiService, Failure, about, reply, required, volume_id};
 use crate::engine::types::{
-    AccessType, Backend, CreateRequest, Owner, Volume as EngineVolume, VolumeName, VolumeSpec,
+    AccessType, Backend, CreateRequest, Owner, PublishTarget, Volume as EngineVolume, VolumeName,
+    VolumeSpec,
 };
-use crate::engine::{EngineError, NodeInfo, PoolSelector, VolumeService};
+use crate::engine::{EngineError, NodeInfo, PoolSelector, VolumeHealth, VolumeService};
 
 /// What the controller does, and nothing more.
-const CAPABILITIES: [rpc::Type; 8] = [
+const CAPABILITIES: [rpc::Type; 10] = [
     rpc::Type::CreateDeleteVolume,
     rpc::Type::ListVolumes,
+    rpc::Type::ListVolumesPublishedNodes,
+    rpc::Type::VolumeCondition,
     rpc::Type::GetCapacity,
     rpc::Type::CloneVolume,
     rpc::Type::ExpandVolume,
@@ -90,6 +95,37 @@ pub(super) fn csi_volume(v: &EngineVolume, node: &NodeInfo) -> Volume {
             (None, None) => None,
         },
         accessible_topology: vec![topology_of(&node.topology)],
+    }
+}
+
+/// The engine's health of a volume as CSI's `VolumeCondition`.
+pub(super) fn condition_of(health: Option<VolumeHealth>) -> VolumeCondition {
+    match health {
+        Some(VolumeHealth::Abnormal(message)) => VolumeCondition {
+            abnormal: true,
+            message,
+        },
+        Some(VolumeHealth::Normal) | None => VolumeCondition {
+            abnormal: false,
+            message: "the volume's data is in place".into(),
+        },
+    }
+}
+
+/// A listed volume's status: the node it is staged or published on (this one, or none:
+/// berth volumes are node-local) and its condition.
+fn status_of(v: &EngineVolume, health: VolumeHealth, node: &NodeInfo) -> VolumeStatus {
+    let published = v
+        .publications
+        .iter()
+        .any(|p| matches!(p.target, PublishTarget::Bind { .. }));
+    VolumeStatus {
+        published_node_ids: if published {
+            vec![node.node_id.clone()]
+        } else {
+            Vec::new()
+        },
+        volume_condition: Some(condition_of(Some(health))),
     }
 }
 
@@ -409,11 +445,16 @@ impl CsiService {
 
     async fn list(&self, req: ListVolumesRequest) -> Result<ListVolumesResponse, Failure> {
         let (limit, after) = page_request(req.max_entries, &req.starting_token)?;
-        let mut page = self
-            .engine(move |e| e.list_after(CALLER, after.as_ref(), limit.saturating_add(1)))
+        let (mut page, mut health) = self
+            .engine(move |e| {
+                let page = e.list_after(CALLER, after.as_ref(), limit.saturating_add(1));
+                let health = e.health(&page);
+                (page, health)
+            })
             .await?;
         let next_token = if page.len() > limit {
             page.truncate(limit);
+            health.truncate(limit);
             page.last()
                 .map(|v| format!("{TOKEN_PREFIX}{}", v.name))
                 .unwrap_or_default()
@@ -424,9 +465,10 @@ impl CsiService {
         Ok(ListVolumesResponse {
             entries: page
                 .iter()
-                .map(|v| Entry {
+                .zip(health)
+                .map(|(v, health)| Entry {
                     volume: Some(csi_volume(v, node)),
-                    status: None,
+                    status: Some(status_of(v, health, node)),
                 })
                 .collect(),
             next_token,

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use tonic::{Code, Request, Response, Status};
 
-use super::controller::{bytes, grow, size_for};
+use super::controller::{bytes, condition_of, grow, size_for};
 use super::params::{
     Capability, EPHEMERAL_KEY, ParamSource, SizeRange, check_fits, parse_capability,
     parse_parameters, parse_range, read_only_block, topology_of,
@@ -275,15 +275,20 @@ impl CsiService {
                     )),
                 ));
             }
+            let condition = condition_of(e.health(std::slice::from_ref(&v)).pop());
             let usage = match e.usage(&name) {
                 Ok(usage) => usage,
                 // The data cannot be measured: its directory or filesystem is gone.
                 Err(err @ EngineError::Host { .. }) => {
                     return Ok(NodeGetVolumeStatsResponse {
                         usage: Vec::new(),
-                        volume_condition: Some(VolumeCondition {
-                            abnormal: true,
-                            message: err.to_string(),
+                        volume_condition: Some(if condition.abnormal {
+                            condition
+                        } else {
+                            VolumeCondition {
+                                abnormal: true,
+                                message: err.to_string(),
+                            }
                         }),
                     });
                 }
@@ -305,10 +310,7 @@ impl CsiService {
             }
             Ok(NodeGetVolumeStatsResponse {
                 usage: entries,
-                volume_condition: Some(VolumeCondition {
-                    abnormal: false,
-                    message: "the volume's data is in place".into(),
-                }),
+                volume_condition: Some(condition),
             })
         })
         .await?

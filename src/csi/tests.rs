@@ -351,6 +351,8 @@ async fn identity_names_berth_and_advertises_what_it_does() {
     let expected = [
         rpc::Type::CreateDeleteVolume,
         rpc::Type::ListVolumes,
+        rpc::Type::ListVolumesPublishedNodes,
+        rpc::Type::VolumeCondition,
         rpc::Type::GetCapacity,
         rpc::Type::CloneVolume,
         rpc::Type::ExpandVolume,

@@ -590,6 +590,9 @@ impl VolumeService for Slow {
         std::thread::sleep(self.delay);
         self.inner.usage(n)
     }
+    fn health(&self, volumes: &[crate::engine::types::Volume]) -> Vec<crate::engine::VolumeHealth> {
+        self.inner.health(volumes)
+    }
     fn capacity(&self, s: &crate::engine::PoolSelector) -> Vec<crate::engine::types::PoolCapacity> {
         self.inner.capacity(s)
     }

@@ -12,7 +12,8 @@
 //! when that work allocates or destroys something (create: `Creating`; delete and wipe: a
 //! `Deleting` tombstone; publish: a `Publishing` publication), and after it otherwise. At
 //! start, [`Engine::open`] reconciles the store with the mount table: half-made volumes are
-//! rolled back, tombstoned ones finished, publications whose mount vanished dropped, loop
+//! rolled back, tombstoned ones finished, publications whose mount vanished dropped (and
+//! references, which no mount backs, taken in an earlier boot: by boot id), loop
 //! filesystems re-mounted after a reboot, and mounts berth did not record reported.
 //! Every operation is idempotent, so a caller that lost its answer can simply retry.
 //!
@@ -28,6 +29,7 @@ mod delete;
 pub mod error;
 mod expand;
 mod group_access;
+mod health;
 pub mod locks;
 pub mod metrics;
 mod placement;
@@ -52,6 +54,7 @@ use crate::store::{Store, StoreError};
 pub use crate::host::{ArchiveStats, MountEntry, RemovalStats};
 use backend::resolve_backend;
 pub use error::{EngineError, InputError};
+pub use health::VolumeHealth;
 use locks::VolumeLocks;
 use metrics::{Metrics, MetricsSnapshot};
 use pool::PoolConfig;
@@ -107,6 +110,8 @@ pub struct RecoveryReport {
     /// tombstoned, so a retried delete or wipe can finish them, and berth starts anyway.
     pub unfinished_deletes: Vec<(String, String)>,
     pub remounted: Vec<String>,
+    /// (volume, target): bind publications whose mount is gone, references from an
+    /// earlier boot.
     pub dropped_publications: Vec<(String, String)>,
     pub confirmed_publications: Vec<(String, String)>,
     /// Mounts of berth's volumes or under its pools that the store does not know.
@@ -192,6 +197,11 @@ pub trait VolumeService: Send + Sync {
     /// `after` (all names when `None`): one page of a listing.
     fn list_after(&self, caller: Caller, after: Option<&VolumeName>, limit: usize) -> Vec<Volume>;
     fn usage(&self, name: &VolumeName) -> Result<Usage, EngineError>;
+    /// Whether each of `volumes` (records from `get` or `list`) is whole on the host now:
+    /// its data in place, a loopfs volume's filesystem mounted on a loop device over its
+    /// image and without recorded errors, a published block volume's loop device attached.
+    /// See [`health`].
+    fn health(&self, volumes: &[Volume]) -> Vec<VolumeHealth>;
     fn capacity(&self, selector: &PoolSelector) -> Vec<PoolCapacity>;
     fn node(&self) -> &NodeInfo;
     fn pools(&self) -> &[PoolConfig];
@@ -251,6 +261,8 @@ pub struct Engine<H: Host> {
     /// Each pool's size-enforcing backend, resolved at start from its config and the
     /// filesystem under it.
     enforcing: HashMap<String, Backend>,
+    /// The kernel's boot id, read at start: references taken in another boot are dropped.
+    boot_id: String,
 }
 
 /// The first project id berth hands out; lower ids are left to the operator.
@@ -292,8 +304,14 @@ impl<H: Host> Engine<H> {
         for pool in &config.pools {
             enforcing.insert(pool.name.clone(), resolve_backend(&host, pool)?);
         }
+        let boot_id = host.boot_id().map_err(|source| EngineError::Host {
+            volume: "-".into(),
+            operation: "reading the boot id",
+            source,
+        })?;
         let engine = Self {
             enforcing,
+            boot_id,
             host,
             store,
             pools: config.pools,

@@ -69,6 +69,10 @@ impl<H: Host> Engine<H> {
             created_target: false,
             device: None,
             published_at: now_ms(),
+            boot_id: match &target {
+                PublishTarget::Reference { .. } => Some(self.boot_id.clone()),
+                PublishTarget::Bind { .. } => None,
+            },
         };
         if let PublishTarget::Bind { path, read_only } = &target {
             // The intent says whether berth is about to create the target, so that a crash
@@ -149,18 +153,22 @@ impl<H: Host> Engine<H> {
             }
             e
         };
-        let (source, device) = match (v.spec.access, &v.placement.image) {
+        // The source is opened beneath the pool path, so a pool path swapped for a symlink
+        // since the volume was made is refused rather than followed; a loop device is opened
+        // beneath /dev likewise.
+        let (root, source, device) = match (v.spec.access, &v.placement.image) {
             (AccessType::Block, Some(image)) => {
                 let dev = self
                     .host
                     .attach_loop(image)
                     .map_err(err("attaching the loop device"))
                     .map_err(undo_target)?;
-                (dev.clone(), Some(dev))
+                let dev_dir = dev.parent().unwrap_or(Path::new("/")).to_path_buf();
+                (dev_dir, dev.clone(), Some(dev))
             }
-            _ => (v.placement.data.clone(), None),
+            _ => (v.placement.base.clone(), v.placement.data.clone(), None),
         };
-        if let Err(e) = self.host.bind_mount(&source, target, read_only) {
+        if let Err(e) = self.host.bind_mount(&root, &source, target, read_only) {
             if device.is_some()
                 && !v
                     .publications

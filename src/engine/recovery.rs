@@ -57,7 +57,16 @@ impl<H: Host> Engine<H> {
             let mut kept = Vec::new();
             for mut p in std::mem::take(&mut v.publications) {
                 let PublishTarget::Bind { path, .. } = &p.target else {
-                    kept.push(p);
+                    // A reference leaves no mount to look for; the boot id it was taken in
+                    // tells whether its holder (a container) can still be running.
+                    if p.boot_id.as_ref().is_some_and(|b| *b != self.boot_id) {
+                        changed = true;
+                        report
+                            .dropped_publications
+                            .push((v.name.to_string(), p.target.to_string()));
+                    } else {
+                        kept.push(p);
+                    }
                     continue;
                 };
                 if mounted.contains(path.as_path()) {
@@ -115,7 +124,7 @@ impl<H: Host> Engine<H> {
             tracing::error!(volume = %name, error = %error, "could not finish a delete interrupted by a crash; the volume stays in state deleting until a retried delete or wipe succeeds");
         }
         for (name, target) in &report.dropped_publications {
-            tracing::warn!(volume = %name, target = %target, "dropped a publication whose mount is gone");
+            tracing::warn!(volume = %name, target = %target, "dropped a publication whose mount is gone or that an earlier boot took");
         }
         for path in &report.stray_mounts {
             tracing::warn!(mount = %path.display(), "a mount under berth's pools that the store does not know; left in place");

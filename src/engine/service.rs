@@ -127,6 +127,10 @@ impl<H: Host> VolumeService for Engine<H> {
         self.do_usage(name)
     }
 
+    fn health(&self, volumes: &[Volume]) -> Vec<VolumeHealth> {
+        self.do_health(volumes)
+    }
+
     fn capacity(&self, selector: &PoolSelector) -> Vec<PoolCapacity> {
         self.do_capacity(selector)
     }

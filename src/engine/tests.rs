@@ -298,6 +298,21 @@ fn restart_rolls_back_half_creates_and_finishes_tombstoned_deletes() {
     );
 }
 
+/// A fresh host with the pool, volume `v`'s directory and its 1 GiB image, nothing mounted:
+/// what a restart of the machine (or of a host model) leaves.
+fn host_keeping_v() -> FakeHost {
+    let h = host();
+    h.make_dir(Path::new("/pool/volumes/v"), &Ownership::default())
+        .unwrap();
+    h.create_image(
+        Path::new("/pool/volumes/.images/v.img"),
+        GIB,
+        Some(FsType::Ext4),
+    )
+    .unwrap();
+    h
+}
+
 #[test]
 fn after_a_reboot_filesystems_are_remounted_and_vanished_publications_dropped() {
     let f = Fixture::new();
@@ -315,26 +330,46 @@ fn after_a_reboot_filesystems_are_remounted_and_vanished_publications_dropped() 
         )
         .unwrap();
     }
-    // A fresh host with the pool and the image, nothing mounted: what a reboot leaves.
-    let h = host();
-    h.make_dir(Path::new("/pool/volumes/v"), &Ownership::default())
-        .unwrap();
-    h.create_image(
-        Path::new("/pool/volumes/.images/v.img"),
-        GIB,
-        Some(FsType::Ext4),
-    )
-    .unwrap();
+    // A fresh host with the pool and the image, nothing mounted, another boot id: what a
+    // reboot leaves.
+    let h = host_keeping_v();
+    h.reboot();
     let e = f.open(h);
     let report = e.recovery_report();
     assert_eq!(report.remounted, vec!["v".to_string()]);
     assert_eq!(
         report.dropped_publications,
-        vec![("v".to_string(), "/t/a".to_string())]
+        vec![
+            ("v".to_string(), "/t/a".to_string()),
+            ("v".to_string(), "reference \"docker:1\"".to_string())
+        ]
     );
     let v = e.get(&name("v")).unwrap();
-    assert_eq!(v.publications.len(), 1, "the reference is kept");
+    assert!(v.publications.is_empty(), "{:?}", v.publications);
+    assert_eq!(v.state(), VolumeState::Detached);
     assert!(e.host().mounted_at(Path::new("/pool/volumes/v")).is_some());
+}
+
+#[test]
+fn references_survive_a_restart_in_the_same_boot() {
+    let f = Fixture::new();
+    let h = host();
+    let holder = PublishTarget::Reference {
+        holder: "docker:1".into(),
+    };
+    {
+        let e = f.open(h);
+        e.create(CSI, request("v", Some(GIB))).unwrap();
+        e.publish(CSI, &name("v"), holder.clone()).unwrap();
+    }
+    // Same boot (a berth restart, say an upgrade): the container may still run.
+    let h = host_keeping_v();
+    let e = f.open(h);
+    assert!(e.recovery_report().dropped_publications.is_empty());
+    let v = e.get(&name("v")).unwrap();
+    assert_eq!(v.publications.len(), 1);
+    assert!(v.publications[0].target.same_place(&holder));
+    assert_eq!(v.publications[0].boot_id.as_deref(), Some("fake-boot-0"));
 }
 
 #[test]
@@ -985,4 +1020,68 @@ fn by(frontend: Frontend) -> Caller {
         frontend,
         wait_if_busy: false,
     }
+}
+
+fn health_of(e: &Engine<FakeHost>, n: &str) -> VolumeHealth {
+    e.health(&[e.get(&name(n)).unwrap()]).remove(0)
+}
+
+fn abnormal_about(health: VolumeHealth, words: &str) {
+    match health {
+        VolumeHealth::Abnormal(message) => assert!(message.contains(words), "{message}"),
+        VolumeHealth::Normal => panic!("expected abnormal ({words}), got normal"),
+    }
+}
+
+#[test]
+fn a_loopfs_volume_is_abnormal_when_its_mount_loop_or_filesystem_fails() {
+    let f = Fixture::new();
+    let e = f.open(host());
+    let v = e.create(CSI, request("v", Some(GIB))).unwrap();
+    e.publish(CSI, &name("v"), bind("/t/a", false)).unwrap();
+    assert_eq!(health_of(&e, "v"), VolumeHealth::Normal);
+    let device = e.host().loop_devices().unwrap().remove(0).device;
+
+    e.host().set_fs_errors(&device, 2);
+    abnormal_about(health_of(&e, "v"), "recorded 2 error(s)");
+    e.host().set_fs_errors(&device, 0);
+    assert_eq!(health_of(&e, "v"), VolumeHealth::Normal);
+
+    e.host().drop_loop(&device);
+    abnormal_about(health_of(&e, "v"), "it was detached");
+
+    e.host().unmount(&v.placement.dir).unwrap();
+    abnormal_about(health_of(&e, "v"), "no longer mounted at /pool/volumes/v");
+}
+
+#[test]
+fn a_plain_volume_is_abnormal_when_its_directory_vanished() {
+    let mut f = Fixture::new();
+    f.pools[0].backend = BackendChoice::None;
+    let e = f.open(host());
+    let v = e.create(CSI, request("p", None)).unwrap();
+    let other = e.create(CSI, request("q", None)).unwrap();
+    e.host().drop_dir(&v.placement.dir);
+    let health = e.health(&[e.get(&name("p")).unwrap(), other]);
+    abnormal_about(health[0].clone(), "/pool/volumes/p/data is gone");
+    assert_eq!(
+        health[1],
+        VolumeHealth::Normal,
+        "only the one whose data went"
+    );
+}
+
+#[test]
+fn a_published_block_volume_is_abnormal_when_its_loop_device_is_detached() {
+    let f = Fixture::new();
+    let e = f.open(host());
+    let mut r = request("raw", Some(GIB));
+    r.spec.access = AccessType::Block;
+    e.create(CSI, r).unwrap();
+    assert_eq!(health_of(&e, "raw"), VolumeHealth::Normal, "not published");
+    let v = e.publish(CSI, &name("raw"), bind("/t/dev", false)).unwrap();
+    assert_eq!(health_of(&e, "raw"), VolumeHealth::Normal);
+    let device = v.publications[0].device.clone().unwrap();
+    e.host().drop_loop(&device);
+    abnormal_about(health_of(&e, "raw"), "no longer holds its image");
 }

@@ -422,6 +422,11 @@ pub struct Publication {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<PathBuf>,
     pub published_at: u64,
+    /// For a reference (which no mount backs, so the mount table cannot tell whether it
+    /// outlived a reboot): the kernel boot id it was taken in. A start in another boot
+    /// drops it. `None` in records written before berth kept it; those are kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
 }
 
 /// A volume's lifecycle phase as stored. Attached/detached are derived from publications.

@@ -55,6 +55,10 @@ struct Model {
     projects: BTreeMap<PathBuf, (u32, u64)>,
     /// ids "in /etc/projid"
     reserved_project_ids: BTreeSet<u32>,
+    /// Counts reboots: the boot id is derived from it.
+    boots: u32,
+    /// device -> errors its filesystem recorded
+    fs_errors: BTreeMap<PathBuf, u64>,
 }
 
 impl Model {
@@ -179,11 +183,27 @@ impl FakeHost {
         self.lock().loops.len()
     }
 
-    /// Drops every mount and loop device, as a reboot does.
+    /// Drops every mount and loop device and changes the boot id, as a reboot does.
     pub fn reboot(&self) {
         let mut m = self.lock();
         m.mounts.clear();
         m.loops.clear();
+        m.boots += 1;
+    }
+
+    /// The filesystem on `device` has recorded `count` errors.
+    pub fn set_fs_errors(&self, device: &Path, count: u64) {
+        self.lock().fs_errors.insert(device.to_path_buf(), count);
+    }
+
+    /// Detaches loop device `device` as an operator's `losetup -d` would, behind berth's back.
+    pub fn drop_loop(&self, device: &Path) {
+        self.lock().loops.remove(device);
+    }
+
+    /// Removes `dir` (and everything beneath) as someone else might, behind berth's back.
+    pub fn drop_dir(&self, dir: &Path) {
+        self.lock().dirs.retain(|d| !d.starts_with(dir));
     }
 
     /// Adds a directory as if someone else had made it (e.g. a pool path).
@@ -403,8 +423,20 @@ impl Host for FakeHost {
         Ok(())
     }
 
-    fn bind_mount(&self, source: &Path, target: &Path, read_only: bool) -> Result<(), HostError> {
+    fn bind_mount(
+        &self,
+        root: &Path,
+        source: &Path,
+        target: &Path,
+        read_only: bool,
+    ) -> Result<(), HostError> {
         let mut m = self.enter("bind_mount", target)?;
+        if !source.starts_with(root) {
+            return Err(HostError::OutsideRoot {
+                path: source.to_path_buf(),
+                root: root.to_path_buf(),
+            });
+        }
         if !m.dirs.contains(target) && !m.files.contains(target) {
             return Err(not_found("mount", target));
         }
@@ -509,6 +541,33 @@ impl Host for FakeHost {
                 backing_file: i.clone(),
             })
             .collect())
+    }
+
+    fn image_loops(&self, image: &Path) -> Result<Vec<PathBuf>, HostError> {
+        let m = self.enter("image_loops", image)?;
+        Ok(m.loops
+            .iter()
+            .filter(|(_, backing)| *backing == image)
+            .map(|(device, _)| device.clone())
+            .collect())
+    }
+
+    fn is_mount_point(&self, path: &Path) -> Result<bool, HostError> {
+        let m = self.enter("is_mount_point", path)?;
+        Ok(m.mounts.contains_key(path))
+    }
+
+    fn fs_error_count(&self, device: &Path) -> Result<Option<u64>, HostError> {
+        let m = self.enter("fs_error_count", device)?;
+        Ok(m.loops
+            .contains_key(device)
+            .then(|| m.fs_errors.get(device).copied().unwrap_or(0)))
+    }
+
+    fn boot_id(&self) -> Result<String, HostError> {
+        // Not recorded as a call: reading it changes nothing, and counting it would shift
+        // the call indices `fail_at_call` tests rely on.
+        Ok(format!("fake-boot-{}", self.lock().boots))
     }
 
     fn fs_stats(&self, path: &Path) -> Result<FsStats, HostError> {
@@ -764,7 +823,7 @@ mod tests {
         );
         host.btrfs_delete_subvolume(inner).expect("inner");
         host.add_dir(Path::new("/target"));
-        host.bind_mount(vol, Path::new("/target"), false)
+        host.bind_mount(Path::new("/"), vol, Path::new("/target"), false)
             .expect("bind");
         assert!(host.btrfs_delete_subvolume(vol).is_err());
         host.unmount(Path::new("/target")).expect("unmount");

@@ -120,9 +120,15 @@ impl<H: Host> Host for Faulty<H> {
         self.check("remove_target", target)?;
         self.inner.remove_target(target, kind)
     }
-    fn bind_mount(&self, source: &Path, target: &Path, read_only: bool) -> Result<(), HostError> {
+    fn bind_mount(
+        &self,
+        root: &Path,
+        source: &Path,
+        target: &Path,
+        read_only: bool,
+    ) -> Result<(), HostError> {
         self.check("bind_mount", target)?;
-        self.inner.bind_mount(source, target, read_only)
+        self.inner.bind_mount(root, source, target, read_only)
     }
     fn unmount(&self, target: &Path) -> Result<(), HostError> {
         self.check("unmount", target)?;
@@ -160,6 +166,21 @@ impl<H: Host> Host for Faulty<H> {
     fn loop_devices(&self) -> Result<Vec<LoopDevice>, HostError> {
         self.check("loop_devices", Path::new("/sys/block"))?;
         self.inner.loop_devices()
+    }
+    fn image_loops(&self, image: &Path) -> Result<Vec<PathBuf>, HostError> {
+        self.check("image_loops", image)?;
+        self.inner.image_loops(image)
+    }
+    fn is_mount_point(&self, path: &Path) -> Result<bool, HostError> {
+        self.check("is_mount_point", path)?;
+        self.inner.is_mount_point(path)
+    }
+    fn fs_error_count(&self, device: &Path) -> Result<Option<u64>, HostError> {
+        self.check("fs_error_count", device)?;
+        self.inner.fs_error_count(device)
+    }
+    fn boot_id(&self) -> Result<String, HostError> {
+        self.inner.boot_id()
     }
     fn fs_stats(&self, path: &Path) -> Result<FsStats, HostError> {
         self.check("fs_stats", path)?;

@@ -242,7 +242,17 @@ pub trait Host: Send + Sync {
     fn remove_target(&self, target: &Path, kind: TargetKind) -> Result<(), HostError>;
 
     /// Bind-mounts `source` onto `target` (read-only if asked), refusing a symlinked target.
-    fn bind_mount(&self, source: &Path, target: &Path, read_only: bool) -> Result<(), HostError>;
+    /// `source` must lie beneath the directory `root` (a pool path) and is opened from it
+    /// without following any symlink: a `root` that is a symlink, or a link anywhere between
+    /// `root` and `source`, is refused ([`HostError::Symlink`]), as is a `source` outside
+    /// `root` ([`HostError::OutsideRoot`]).
+    fn bind_mount(
+        &self,
+        root: &Path,
+        source: &Path,
+        target: &Path,
+        read_only: bool,
+    ) -> Result<(), HostError>;
 
     /// Unmounts `target` (without following a symlink). Not mounted is success.
     fn unmount(&self, target: &Path) -> Result<(), HostError>;
@@ -282,6 +292,23 @@ pub trait Host: Send + Sync {
 
     /// All attached loop devices and their backing files.
     fn loop_devices(&self) -> Result<Vec<LoopDevice>, HostError>;
+
+    /// The loop devices backed by the file `image` (matched by device and inode, so a
+    /// replaced or deleted file does not match, and a path reached through a symlinked
+    /// ancestor does).
+    fn image_loops(&self, image: &Path) -> Result<Vec<PathBuf>, HostError>;
+
+    /// Whether `path` (not followed if a symlink) is the root of a mount.
+    fn is_mount_point(&self, path: &Path) -> Result<bool, HostError>;
+
+    /// How many errors the ext4 filesystem on the block device `device` has recorded since it
+    /// was made (`/sys/fs/ext4/<device>/errors_count`, kept in its superblock). `None` when
+    /// the kernel keeps no such count for it (not ext4, or not mounted).
+    fn fs_error_count(&self, device: &Path) -> Result<Option<u64>, HostError>;
+
+    /// The kernel's boot id (`/proc/sys/kernel/random/boot_id`): a random value fixed for
+    /// one boot, new after every reboot.
+    fn boot_id(&self) -> Result<String, HostError>;
 
     /// `statvfs(2)` of the filesystem holding `path`.
     fn fs_stats(&self, path: &Path) -> Result<FsStats, HostError>;

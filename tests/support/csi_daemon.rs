@@ -46,8 +46,47 @@ impl Daemon {
         Self::start_logging(extra, &level)
     }
 
+    /// [`Daemon::start`] with one more pool, `btrfs` (kind `path`, backend `btrfs`,
+    /// capacity 1536 MiB), on a btrfs that `mkfs.btrfs` makes in a 2 GiB sparse image inside
+    /// the daemon's directory, mounted through a loop device at `btrfs/`; the guard unmounts
+    /// it and detaches the device like every other mount under the directory.
+    pub fn start_with_btrfs(extra: &str) -> Self {
+        let level = std::env::var("BERTH_LOG").unwrap_or_else(|_| "info".into());
+        Self::start_prepared(extra, &level, |dir| {
+            let image = dir.join("btrfs.img");
+            File::create(&image)
+                .and_then(|f| f.set_len(2 << 30))
+                .expect("a sparse image");
+            let made = Command::new("mkfs.btrfs")
+                .args(["-q", "-f"])
+                .arg(&image)
+                .status()
+                .expect("mkfs.btrfs runs: install btrfs-progs");
+            assert!(made.success(), "mkfs.btrfs {}", image.display());
+            let mnt = dir.join("btrfs");
+            std::fs::create_dir_all(&mnt).expect("mount point");
+            let mounted = Command::new("mount")
+                .args(["-o", "loop"])
+                .arg(&image)
+                .arg(&mnt)
+                .status()
+                .expect("mount runs: install util-linux");
+            assert!(mounted.success(), "mount -o loop {}", image.display());
+            format!(
+                "\n[[pools]]\nname = \"btrfs\"\nkind = \"path\"\npaths = [\"{}\"]\nbackend = \"btrfs\"\ncapacity = \"1536MiB\"\n",
+                mnt.display()
+            )
+        })
+    }
+
     /// [`Daemon::start`] with the daemon's log level (`BERTH_LOG`) given.
     pub fn start_logging(extra: &str, log_level: &str) -> Self {
+        Self::start_prepared(extra, log_level, |_| String::new())
+    }
+
+    /// Makes the directory, runs `prepare` in it (which returns more config to append),
+    /// then writes the config and starts berth.
+    fn start_prepared(extra: &str, log_level: &str, prepare: impl FnOnce(&Path) -> String) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("berth-csi-")
             .tempdir_in(std::env::var("BERTH_TEST_DIR").unwrap_or_else(|_| "/var/tmp".into()))
@@ -72,6 +111,8 @@ impl Daemon {
         for sub in ["pool", "plain", "xfs", "k8s"] {
             std::fs::create_dir_all(daemon.path().join(sub)).expect("dirs");
         }
+        let more = prepare(daemon.path());
+        daemon.extra_config.push_str(&more);
         daemon.write_config();
         daemon.spawn();
         daemon

@@ -53,6 +53,10 @@
 //!   through `BTRFS_IOC_*` ioctls) and `quota` (xfs/ext4 project quotas through
 //!   `FS_IOC_FSSETXATTR` and `quotactl(2)`). Their module docs list the kernel behaviour they
 //!   rely on. `fs_kind` is `fstatfs(2)`'s `f_type`.
+//! - **Boot id and filesystem errors**: `kernel_state` reads
+//!   `/proc/sys/kernel/random/boot_id` and ext4's `/sys/fs/ext4/<device>/errors_count`.
+//! - **Bind sources** are opened beneath their pool path with `openat2(2)`
+//!   (`RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`, 5.6+) and mounted from that fd.
 //! - **Snapshots**: `snapshot` copies loopfs images (`FICLONE`, else a sparse copy) with the
 //!   volume's filesystem frozen (`FIFREEZE`/`FITHAW`); `btrfs` makes read-only subvolume
 //!   snapshots (`BTRFS_IOC_SNAP_CREATE_V2`).
@@ -85,6 +89,7 @@ mod group;
 mod grow;
 mod image;
 mod import;
+mod kernel_state;
 mod loopdev;
 mod mount;
 mod quota;
@@ -108,11 +113,11 @@ use crate::host::{
 };
 use copy::copy_tree;
 use dirs::{fs_stats, make_dir, prepare_target, remove_target, rename, sync_path};
-use fd::{fd_kind, nix_err, read_mountinfo};
+use fd::{fd_kind, nix_err, read_mountinfo, statx_path};
 pub use group::{group_id, set_group};
 use grow::grow_image;
 use image::{create_image, mount_image};
-use loopdev::{attach_loop, detach_loop, sys_loops};
+use loopdev::{attach_loop, detach_loop, loops_of, sys_loops};
 use mount::{bind_mount, unmount};
 use walk::{remove_tree, tree_usage};
 
@@ -188,8 +193,14 @@ impl Host for LinuxHost {
         remove_target(target, kind)
     }
 
-    fn bind_mount(&self, source: &Path, target: &Path, read_only: bool) -> Result<(), HostError> {
-        bind_mount(source, target, read_only)
+    fn bind_mount(
+        &self,
+        root: &Path,
+        source: &Path,
+        target: &Path,
+        read_only: bool,
+    ) -> Result<(), HostError> {
+        bind_mount(root, source, target, read_only)
     }
 
     fn unmount(&self, target: &Path) -> Result<(), HostError> {
@@ -237,6 +248,22 @@ impl Host for LinuxHost {
                 backing_file: l.backing,
             })
             .collect())
+    }
+
+    fn image_loops(&self, image: &Path) -> Result<Vec<PathBuf>, HostError> {
+        Ok(loops_of(image)?.into_iter().map(|l| l.device).collect())
+    }
+
+    fn is_mount_point(&self, path: &Path) -> Result<bool, HostError> {
+        Ok(statx_path(path)?.mount_root)
+    }
+
+    fn fs_error_count(&self, device: &Path) -> Result<Option<u64>, HostError> {
+        kernel_state::fs_error_count(Path::new(kernel_state::EXT4_SYSFS), device)
+    }
+
+    fn boot_id(&self) -> Result<String, HostError> {
+        kernel_state::boot_id()
     }
 
     fn fs_stats(&self, path: &Path) -> Result<FsStats, HostError> {

@@ -1,5 +1,5 @@
-//! Bind mounts onto `/proc/self/fd/N`, read-only remounts, and unmounts that never follow a
-//! symlink.
+//! Bind mounts from a source opened beneath its pool root onto `/proc/self/fd/N`, read-only
+//! remounts, and unmounts that never follow a symlink.
 //!
 //! A busy unmount is retried briefly: a child that berth (or another thread of it) has forked
 //! holds copies of every descriptor until its `exec` closes the close-on-exec ones, so a
@@ -8,14 +8,18 @@
 //! is reported as busy after [`BUSY_RETRIES`] tries.
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 use nix::errno::Errno;
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
 use nix::mount::{MntFlags, MsFlags};
 use nix::sys::statvfs::FsFlags;
 
-use super::fd::{fd_path, invalid, mount_by_id, nix_err, open_nofollow};
+use super::fd::{
+    Meta, fd_path, invalid, mount_by_id, nix_err, open_dir_nofollow, open_nofollow, statx_fd,
+    statx_path,
+};
 use crate::host::HostError;
 
 /// Remounts the bind mount `fd` is the root of, read-only or not, keeping its other
@@ -50,8 +54,67 @@ fn remount(fd: BorrowedFd<'_>, read_only: bool, target: &Path) -> Result<(), Hos
     .map_err(|e| nix_err("remount", target, e))
 }
 
-pub(super) fn bind_mount(source: &Path, target: &Path, read_only: bool) -> Result<(), HostError> {
-    let (src_fd, src_meta) = open_nofollow(source)?;
+/// Opens `source` (`O_PATH`) beneath the directory `root`: `root` itself must not be a
+/// symlink (its ancestors resolve normally, see the module docs of `linux`), and below it
+/// `openat2(2)` follows no symlink at all (`RESOLVE_NO_SYMLINKS`) and never leaves `root`
+/// (`RESOLVE_BENEATH`). What is returned is exactly the object beneath `root` now, so a pool
+/// root swapped for a link to elsewhere after the volume was made is refused, not followed.
+fn open_beneath(root: &Path, source: &Path) -> Result<(OwnedFd, Meta), HostError> {
+    let outside = || HostError::OutsideRoot {
+        path: source.to_path_buf(),
+        root: root.to_path_buf(),
+    };
+    let rel = source.strip_prefix(root).map_err(|_| outside())?;
+    let rel = if rel.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        rel
+    };
+    let root_fd = open_dir_nofollow(root)?;
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+        .resolve(
+            ResolveFlag::RESOLVE_BENEATH
+                | ResolveFlag::RESOLVE_NO_SYMLINKS
+                | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+        );
+    let fd = match nix::fcntl::openat2(&root_fd, rel, how) {
+        Ok(fd) => fd,
+        Err(Errno::ELOOP) => return Err(first_symlink(root, rel, source)),
+        Err(Errno::EXDEV) => return Err(outside()),
+        Err(e) => return Err(nix_err("open", source, e)),
+    };
+    let meta = statx_fd(fd.as_fd()).map_err(|e| nix_err("stat", source, e))?;
+    if meta.is_symlink() {
+        return Err(HostError::Symlink {
+            path: source.to_path_buf(),
+        });
+    }
+    Ok((fd, meta))
+}
+
+/// The symlink that made a no-symlinks resolution of `rel` beneath `root` fail, for the
+/// message (`source` itself if it cannot be found again: it may have changed since).
+fn first_symlink(root: &Path, rel: &Path, source: &Path) -> HostError {
+    let mut path = root.to_path_buf();
+    for part in rel.components() {
+        path.push(part);
+        if statx_path(&path).is_ok_and(|m| m.is_symlink()) {
+            return HostError::Symlink { path };
+        }
+    }
+    HostError::Symlink {
+        path: source.to_path_buf(),
+    }
+}
+
+pub(super) fn bind_mount(
+    root: &Path,
+    source: &Path,
+    target: &Path,
+    read_only: bool,
+) -> Result<(), HostError> {
+    let (src_fd, src_meta) = open_beneath(root, source)?;
     let (tgt_fd, tgt_meta) = open_nofollow(target)?;
     if tgt_meta.mount_root && tgt_meta.same_inode(&src_meta) {
         // Already bound (the top mount at target shows the source's inode).
