@@ -30,6 +30,7 @@ apt_packages=(
   binutils         # readelf on the release binary
   qemu-system-x86  # the VM test (XFS/ext4 project quotas need a kernel that has them)
   fio              # the data-path benchmark
+  tar              # GNU tar reads berth's exports (tests/transfer.rs)
 )
 # Packages that must come from the same suite as an installed sibling: "package:sibling".
 same_suite_as=(

@@ -151,9 +151,19 @@ fn main() -> ExitCode {
         // Before the runtime starts its threads: see host::linux::memory.
         berth::host::linux::limit_allocator_arenas();
     }
-    if !matches!(cli.command, Command::Serve { .. })
-        && let Err(e) = berth::host::signals::restore_default_sigpipe()
-    {
+    // `volume import` keeps SIGPIPE ignored: a server that refuses an archive closes the
+    // connection while it is being sent, and the import must live to read why.
+    let keeps_sigpipe_ignored = match &cli.command {
+        Command::Serve { .. } => true,
+        Command::Volume(args) => {
+            matches!(
+                args.command,
+                berth::admin::cli::VolumeCommand::Import { .. }
+            )
+        }
+        _ => false,
+    };
+    if !keeps_sigpipe_ignored && let Err(e) = berth::host::signals::restore_default_sigpipe() {
         eprintln!("berth: restoring the default SIGPIPE action: {e}");
     }
     berth::logging::init(berth::logging::LogStyle::detect(cli.log_json));

@@ -162,6 +162,28 @@ pub enum VolumeCommand {
         #[arg(long = "label", short = 'l')]
         labels: Vec<String>,
     },
+    /// Write volume or snapshot NAME to stdout as a tar archive (an attached volume is read
+    /// from a snapshot taken for the purpose where its backend can take one).
+    Export {
+        /// The volume or snapshot id.
+        id: String,
+    },
+    /// Make a new volume NAME from a tar archive on stdin (as `export` writes it).
+    Import {
+        /// The new volume's id.
+        id: String,
+        /// The volume's size (e.g. 10GiB); default: the exported volume's size, else its
+        /// data's size with headroom.
+        #[arg(long)]
+        size: Option<String>,
+        /// The pool to place it in.
+        #[arg(long)]
+        pool: Option<String>,
+        /// The front-end that will own it: csi, docker or mesos (default docker, like
+        /// every volume an operator makes).
+        #[arg(long)]
+        frontend: Option<String>,
+    },
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -342,6 +364,20 @@ pub fn run_on(
             };
             handover(client, console, &id, &to, pv)
         }
+        VolumeCommand::Export { id } => {
+            super::cli_transfer::export(client, console, &parse_id(&id)?)
+        }
+        VolumeCommand::Import {
+            id,
+            size,
+            pool,
+            frontend,
+        } => super::cli_transfer::import(
+            client,
+            console,
+            &parse_id(&id)?,
+            &[("size", size), ("pool", pool), ("frontend", frontend)],
+        ),
         VolumeCommand::RmSnapshot { snapshot } => {
             let snapshot = parse_id(&snapshot)?;
             let path = format!("/v1/snapshots/{}", url_encode(snapshot.as_str()));
@@ -524,7 +560,7 @@ fn parse_id(id: &str) -> Result<VolumeName, CliError> {
     VolumeName::parse(id).map_err(|e| CliError::Usage(e.to_string()))
 }
 
-fn volume_path(name: &VolumeName) -> String {
+pub(super) fn volume_path(name: &VolumeName) -> String {
     format!("/v1/volumes/{}", url_encode(name.as_str()))
 }
 
@@ -537,7 +573,7 @@ fn pretty(value: &impl serde::Serialize) -> Result<String, CliError> {
 }
 
 /// Percent-encodes everything but unreserved characters.
-fn url_encode(text: &str) -> String {
+pub(super) fn url_encode(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for b in text.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
@@ -684,6 +720,11 @@ impl Response {
     }
 }
 
+/// A connection to the admin API.
+pub trait Duplex: Read + Write {}
+impl Duplex for std::os::unix::net::UnixStream {}
+impl Duplex for std::net::TcpStream {}
+
 /// A one-request-per-connection HTTP/1.1 client for the admin API.
 #[derive(Clone, Debug)]
 pub struct Client {
@@ -704,6 +745,47 @@ impl Client {
             endpoint: Endpoint::parse(endpoint)?,
             token: token.map(str::to_string),
         })
+    }
+
+    /// Connects and sends the head of a request (`extra` headers added, no
+    /// `Content-Length`); returns the connection, to write a body to and read the reply
+    /// from, and the endpoint's name.
+    pub(super) fn open(
+        &self,
+        method: &str,
+        path: &str,
+        extra: &[(&str, &str)],
+    ) -> Result<(Box<dyn Duplex>, String), CliError> {
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: berth-cli\r\nConnection: close\r\n"
+        );
+        for (name, value) in extra {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        if let Some(token) = &self.token {
+            head.push_str(&format!("Authorization: Bearer {token}\r\n"));
+        }
+        head.push_str("\r\n");
+        let endpoint = self.endpoint.describe();
+        let connect = |source| CliError::Connect {
+            endpoint: endpoint.clone(),
+            source,
+        };
+        let mut stream: Box<dyn Duplex> = match &self.endpoint {
+            Endpoint::Unix(path) => {
+                Box::new(std::os::unix::net::UnixStream::connect(path).map_err(connect)?)
+            }
+            Endpoint::Tcp(address) => {
+                Box::new(std::net::TcpStream::connect(address).map_err(connect)?)
+            }
+        };
+        stream
+            .write_all(head.as_bytes())
+            .map_err(|source| CliError::Io {
+                endpoint: endpoint.clone(),
+                source,
+            })?;
+        Ok((stream, endpoint))
     }
 
     /// Sends one request without a body and reads the whole reply.
@@ -742,7 +824,7 @@ impl Client {
 }
 
 /// Parses a whole HTTP/1.1 response (`Content-Length`, chunked, or until close).
-fn parse_response(raw: &[u8]) -> Result<Response, CliError> {
+pub(super) fn parse_response(raw: &[u8]) -> Result<Response, CliError> {
     let bad = |what: &str| CliError::Protocol(what.to_string());
     let split = raw
         .windows(4)
@@ -786,7 +868,7 @@ fn parse_response(raw: &[u8]) -> Result<Response, CliError> {
     Ok(Response { status, body })
 }
 
-fn dechunk(mut body: &[u8]) -> Option<Vec<u8>> {
+pub(super) fn dechunk(mut body: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     loop {
         let line_end = body.windows(2).position(|w| w == b"\r\n")?;

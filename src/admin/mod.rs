@@ -15,6 +15,8 @@
 //!   the same, Marathon-shaped, for the volumes a task owns (`appId` may contain slashes).
 //! - `POST /v1/mesos/prepare` and `POST /v1/mesos/cleanup`: the Mesos hook, answered by
 //!   [`crate::mesos::hook`] (`berth mesos prepare|cleanup` call them).
+//! - `GET /v1/volumes/{id}/export`, `POST /v1/volumes/{id}/import`: a volume or snapshot
+//!   as a streamed tar archive, and a new volume from one ([`transfer`]).
 //! - `GET /healthz` (no token needed, so a Marathon health check or a Kubernetes liveness
 //!   probe can call it; it says only "ok" or "unhealthy" to a caller without the token) and
 //!   `GET /metrics` (Prometheus text).
@@ -33,12 +35,14 @@
 //! (in `spawn_blocking`) and maps [`EngineError`] in one place, [`status_of`].
 
 pub mod cli;
+mod cli_transfer;
 pub mod doctor;
 pub mod handover;
 mod marathon;
 pub mod prometheus;
 pub mod snapshots;
 pub mod token_source;
+mod transfer;
 pub mod views;
 
 use std::collections::BTreeMap;
@@ -252,7 +256,7 @@ impl Admin {
     }
 
     /// Answers one request.
-    pub async fn handle(self: Arc<Self>, req: Request) -> Reply {
+    pub async fn handle(self: Arc<Self>, mut req: Request) -> Reply {
         let authorized = self
             .token
             .as_ref()
@@ -311,6 +315,20 @@ impl Admin {
                     Err(e) => bad_request(&e),
                 },
             },
+            ["v1", "volumes", id, "export"] => {
+                match (check_method(&req, "GET"), percent_decode(id)) {
+                    (Some(refused), _) => refused,
+                    (None, Ok(id)) => self.export(&id, &query).await,
+                    (None, Err(e)) => bad_request(&e),
+                }
+            }
+            ["v1", "volumes", id, "import"] => {
+                match (check_method(&req, "POST"), percent_decode(id)) {
+                    (Some(refused), _) => refused,
+                    (None, Ok(id)) => self.import(&id, &query, req.upload.take()).await,
+                    (None, Err(e)) => bad_request(&e),
+                }
+            }
             ["v1", "snapshots"] => match check_method(&req, "GET") {
                 Some(refused) => refused,
                 None => self.list_snapshots(&query).await,

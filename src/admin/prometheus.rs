@@ -106,7 +106,7 @@ pub fn render(s: &Scrape<'_>) -> String {
         }
     }
 
-    let pool_gauges: [PoolGauge; 3] = [
+    let pool_gauges: [PoolGauge; 5] = [
         (
             "berth_pool_capacity_bytes",
             "Bytes the pool may reserve in all.",
@@ -114,13 +114,21 @@ pub fn render(s: &Scrape<'_>) -> String {
         ),
         (
             "berth_pool_reserved_bytes",
-            "Bytes reserved by the pool's volumes (their sizes).",
+            "Bytes reserved by the pool's volumes (their sizes) and snapshots.",
             |p| p.reserved_bytes,
         ),
         (
             "berth_pool_available_bytes",
             "Bytes the pool can still reserve.",
             |p| p.available_bytes,
+        ),
+        ("berth_pool_snapshots", "Snapshots kept in the pool.", |p| {
+            p.snapshots as u64
+        }),
+        (
+            "berth_pool_snapshot_bytes",
+            "Bytes the pool's snapshots hold against its capacity.",
+            |p| p.snapshot_bytes,
         ),
     ];
     for (name, help, value) in pool_gauges {

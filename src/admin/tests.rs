@@ -123,6 +123,7 @@ fn request(method: &str, uri: &str, token: Option<&str>) -> Request {
         uri: uri.parse().unwrap(),
         headers,
         body: Bytes::new(),
+        upload: None,
     }
 }
 

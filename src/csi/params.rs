@@ -707,6 +707,8 @@ mod tests {
             reserved_bytes: 0,
             available_bytes: 0,
             volumes: 0,
+            snapshots: 0,
+            snapshot_bytes: 0,
         };
         let all = [
             candidate("ext4", Backend::Loopfs),

@@ -71,6 +71,7 @@ impl Fixture {
                 uri: path.parse().unwrap(),
                 headers: hyper::HeaderMap::new(),
                 body: bytes::Bytes::copy_from_slice(body),
+                upload: None,
             })
             .await;
         assert_eq!(reply.content_type, CONTENT_TYPE);
@@ -647,6 +648,23 @@ impl VolumeService for Slow {
     ) -> Vec<crate::engine::snapshot::Snapshot> {
         self.inner.list_snapshots(source)
     }
+    fn export(
+        &self,
+        caller: Caller,
+        name: &VolumeName,
+        started: &mut dyn FnMut(&crate::engine::transfer::ExportPlan),
+        out: &mut dyn std::io::Write,
+    ) -> Result<crate::engine::ArchiveStats, EngineError> {
+        self.inner.export(caller, name, started, out)
+    }
+    fn import(
+        &self,
+        caller: Caller,
+        request: crate::engine::transfer::ImportRequest,
+        input: &mut dyn std::io::Read,
+    ) -> Result<Volume, EngineError> {
+        self.inner.import(caller, request, input)
+    }
     fn probe(&self) -> Result<(), EngineError> {
         self.inner.probe()
     }
@@ -675,6 +693,7 @@ async fn post(plugin: &Plugin, path: &str, body: Value) -> (u16, Value) {
             uri: path.parse().unwrap(),
             headers: hyper::HeaderMap::new(),
             body: bytes::Bytes::from(body.to_string()),
+            upload: None,
         })
         .await;
     (reply.status, serde_json::from_slice(&reply.body).unwrap())

@@ -36,12 +36,20 @@ impl<H: Host> Engine<H> {
                 Phase::Creating => self.undo_create(&existing)?,
             }
         }
-        let restore = self.restore_source(&name, &request.spec)?;
+        let restore = self.restore_source(caller, &name, &request.spec)?;
         // A restore goes to its snapshot's pool, with at least the snapshot's size.
         let mut placement_spec = request.spec.clone();
         if let Some((snapshot, _)) = &restore {
             placement_spec.pool = Some(snapshot.pool.clone());
             placement_spec.size = placement_spec.size.or(snapshot.source_size);
+            // A btrfs snapshot is restored as a snapshot of it, which the kernel makes only
+            // on the same filesystem: the volume goes to the snapshot's pool path.
+            if snapshot.backend == Backend::Btrfs && !snapshot.is_image() {
+                placement_spec.constraints.push(PathConstraint {
+                    like: true,
+                    pattern: regex::escape(&snapshot.base.to_string_lossy()),
+                });
+            }
         }
         let source = self.validate_spec(&name, &placement_spec)?;
         let owner = OwnerFrontend::of_creator(caller.frontend);

@@ -1,7 +1,8 @@
 //! The one volume service every front-end calls.
 //!
 //! [`VolumeService`] is the whole contract: create, publish, unpublish, delete, wipe,
-//! expand, get, list, usage, capacity. [`Engine`] implements it over a [`Host`] (the kernel)
+//! expand, get, list, usage, capacity, snapshots ([`snapshot`]), export and import
+//! ([`transfer`]). [`Engine`] implements it over a [`Host`] (the kernel)
 //! and a [`Store`] (the durable reservations). Front-ends parse their protocol into
 //! [`types`], call the service (blocking: wrap calls in `spawn_blocking`), and map
 //! [`EngineError`] to their own statuses. The engine imports no protocol crate.
@@ -49,6 +50,7 @@ pub mod selector;
 mod service;
 pub mod snapshot;
 mod table;
+pub mod transfer;
 pub mod types;
 mod usage;
 
@@ -60,7 +62,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::host::{Host, HostError};
 use crate::store::{Store, StoreError};
 
-pub use crate::host::{MountEntry, RemovalStats};
+pub use crate::host::{ArchiveStats, MountEntry, RemovalStats};
 use backend::resolve_backend;
 pub use error::{EngineError, InputError};
 pub use health::VolumeHealth;
@@ -69,6 +71,7 @@ use metrics::{Metrics, MetricsSnapshot};
 use pool::PoolConfig;
 use snapshot::{Snapshot, SnapshotBook, SnapshotRequest};
 use table::VolumeTable;
+use transfer::{ExportPlan, ImportRequest};
 use types::*;
 
 /// Directory names inside each pool path that are berth's own, never volumes.
@@ -237,6 +240,22 @@ pub trait VolumeService: Send + Sync {
     fn get_snapshot(&self, name: &VolumeName) -> Result<Snapshot, EngineError>;
     /// Every snapshot in name order, or those of `source`.
     fn list_snapshots(&self, source: Option<&VolumeName>) -> Vec<Snapshot>;
+    /// Writes volume or snapshot `name` to `out` as a tar archive; `started` is told what
+    /// is read before the first byte. See [`transfer`].
+    fn export(
+        &self,
+        caller: Caller,
+        name: &VolumeName,
+        started: &mut dyn FnMut(&ExportPlan),
+        out: &mut dyn std::io::Write,
+    ) -> Result<ArchiveStats, EngineError>;
+    /// Makes a new volume holding the tar archive read from `input`. See [`transfer`].
+    fn import(
+        &self,
+        caller: Caller,
+        request: ImportRequest,
+        input: &mut dyn std::io::Read,
+    ) -> Result<Volume, EngineError>;
     /// Ready when the store answers and the mount table can be read.
     fn probe(&self) -> Result<(), EngineError>;
     /// Makes (with `create`) or checks the directories from `root` down through `relative`

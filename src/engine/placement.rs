@@ -352,11 +352,13 @@ impl<H: Host> Engine<H> {
                 let mut capacity = 0u64;
                 let mut reserved = 0u64;
                 let mut available = 0u64;
+                let mut snapshot_bytes = 0u64;
                 for base in &bases {
                     let cap = self.capacity_of(pool, base).unwrap_or(0);
                     let res = self.reserved_on(base);
                     capacity += cap;
                     reserved += res;
+                    snapshot_bytes += self.snapshots.bytes_on(base);
                     if pool.kind == PoolKind::Mount {
                         let free = self
                             .disk_candidate(
@@ -383,6 +385,8 @@ impl<H: Host> Engine<H> {
                     reserved_bytes: reserved,
                     available_bytes: available,
                     volumes,
+                    snapshots: self.snapshots.count_in(&pool.name),
+                    snapshot_bytes,
                 }
             })
             .collect()

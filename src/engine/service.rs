@@ -200,6 +200,30 @@ impl<H: Host> VolumeService for Engine<H> {
         self.do_list_snapshots(source)
     }
 
+    fn export(
+        &self,
+        caller: Caller,
+        name: &VolumeName,
+        started: &mut dyn FnMut(&transfer::ExportPlan),
+        out: &mut dyn std::io::Write,
+    ) -> Result<ArchiveStats, EngineError> {
+        self.observe(caller, "export", name.as_str(), || {
+            self.do_export(caller, name, started, out)
+        })
+    }
+
+    fn import(
+        &self,
+        caller: Caller,
+        request: transfer::ImportRequest,
+        input: &mut dyn std::io::Read,
+    ) -> Result<Volume, EngineError> {
+        let name = request.name.to_string();
+        self.observe(caller, "import", &name, || {
+            self.do_import(caller, request, input)
+        })
+    }
+
     fn recovery_report(&self) -> RecoveryReport {
         self.recovery
             .lock()

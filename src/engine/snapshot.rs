@@ -29,7 +29,8 @@ use serde::{Deserialize, Serialize};
 
 use super::locks::{VolumeGuard, VolumeLocks};
 use super::types::{
-    AccessType, Backend, Caller, FsType, Ownership, PoolKind, Volume, VolumeName, VolumeSpec,
+    AccessType, Backend, Caller, Frontend, FsType, OwnerFrontend, Ownership, PoolKind, Volume,
+    VolumeName, VolumeSpec,
 };
 use super::{Engine, EngineError, now_ms};
 use crate::host::Host;
@@ -75,12 +76,22 @@ pub struct Snapshot {
     pub phase: SnapshotPhase,
     /// Unix milliseconds.
     pub created_at: u64,
+    /// The front-end whose caller took it (an operator's snapshots are Docker's, as their
+    /// volumes are): only that front-end and an operator may restore, export or delete
+    /// it. `None` for a snapshot taken before berth recorded it: any front-end may.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frontend: Option<OwnerFrontend>,
 }
 
 impl Snapshot {
     /// The copy is an image file, not a directory tree.
     pub fn is_image(&self) -> bool {
         matches!(self.backend, Backend::Loopfs) || self.access == AccessType::Block
+    }
+
+    /// Where an export mounts its temporary copy of an image (`transfer`).
+    pub fn view_dir(&self) -> PathBuf {
+        self.path.with_extension("view")
     }
 }
 
@@ -95,7 +106,7 @@ pub struct SnapshotRequest {
 #[derive(Default)]
 pub struct SnapshotBook {
     records: Mutex<BTreeMap<VolumeName, Snapshot>>,
-    locks: VolumeLocks,
+    pub(super) locks: VolumeLocks,
 }
 
 impl SnapshotBook {
@@ -136,7 +147,32 @@ impl<H: Host> Engine<H> {
         self.snapshots.cache().get(name).cloned()
     }
 
-    fn save_snapshot(&self, s: &Snapshot, operation: &'static str) -> Result<(), EngineError> {
+    /// Whether `caller` may restore, export or delete `s`; see [`Snapshot::frontend`].
+    pub(super) fn check_snapshot_access(
+        &self,
+        caller: Caller,
+        s: &Snapshot,
+    ) -> Result<(), EngineError> {
+        match s.frontend {
+            Some(owner)
+                if !matches!(caller.frontend, Frontend::Admin | Frontend::Internal)
+                    && OwnerFrontend::of_creator(caller.frontend) != owner =>
+            {
+                Err(EngineError::HeldByOther {
+                    volume: format!("snapshot {}", s.name),
+                    owner,
+                    caller: caller.frontend,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    pub(super) fn save_snapshot(
+        &self,
+        s: &Snapshot,
+        operation: &'static str,
+    ) -> Result<(), EngineError> {
         self.store
             .put_snapshot(s.name.as_str(), s)
             .map_err(|source| EngineError::Store {
@@ -196,7 +232,8 @@ impl<H: Host> Engine<H> {
         }
         let _volume_guard = self.locks.acquire(&request.source, caller.wait_if_busy)?;
         let source = self.ready_volume(&request.source)?;
-        let mut snapshot = self.reserve_snapshot(name, &source)?;
+        super::access::check(caller, &source)?;
+        let mut snapshot = self.reserve_snapshot(caller, name, &source)?;
         if let Err(e) = self.copy_for_snapshot(&source, &snapshot) {
             if let Err(undo) = self.remove_snapshot_copy(&snapshot) {
                 tracing::error!(snapshot = %name, error = %undo, "rolling back a failed snapshot");
@@ -212,6 +249,7 @@ impl<H: Host> Engine<H> {
     /// `Creating`.
     fn reserve_snapshot(
         &self,
+        caller: Caller,
         name: &VolumeName,
         source: &Volume,
     ) -> Result<Snapshot, EngineError> {
@@ -282,6 +320,7 @@ impl<H: Host> Engine<H> {
             source_size: source.size,
             phase: SnapshotPhase::Creating,
             created_at: now_ms(),
+            frontend: Some(OwnerFrontend::of_creator(caller.frontend)),
         };
         self.save_snapshot(&snapshot, "snapshot")?;
         Ok(snapshot)
@@ -314,7 +353,7 @@ impl<H: Host> Engine<H> {
     }
 
     /// Removes a snapshot's copy (whatever of it exists), then its record.
-    fn remove_snapshot_copy(&self, s: &Snapshot) -> Result<(), EngineError> {
+    pub(super) fn remove_snapshot_copy(&self, s: &Snapshot) -> Result<(), EngineError> {
         let err = |op| Self::snapshot_host_err(&s.name, op);
         if s.phase == SnapshotPhase::Creating
             && let Some(source) = self.cached(&s.source)
@@ -332,6 +371,16 @@ impl<H: Host> Engine<H> {
             self.save_snapshot(&tombstone, "deleting a snapshot")?;
         }
         let dir = s.base.join(SNAPSHOTS_DIR);
+        if s.is_image() {
+            // An export's copy may be mounted for reading (`transfer`).
+            let view = s.view_dir();
+            self.host
+                .unmount(&view)
+                .map_err(err("unmounting the export's copy"))?;
+            self.host
+                .remove_tree(&dir, &view)
+                .map_err(err("removing the export's mount point"))?;
+        }
         if s.backend == Backend::Btrfs && !s.is_image() {
             self.host
                 .btrfs_delete_subvolume(&s.path)
@@ -352,7 +401,10 @@ impl<H: Host> Engine<H> {
         let _guard = self.snapshots.locks.acquire(name, caller.wait_if_busy)?;
         match self.snapshot_cached(name) {
             None => Ok(()),
-            Some(s) => self.remove_snapshot_copy(&s),
+            Some(s) => {
+                self.check_snapshot_access(caller, &s)?;
+                self.remove_snapshot_copy(&s)
+            }
         }
     }
 
@@ -378,6 +430,7 @@ impl<H: Host> Engine<H> {
     /// is `Busy`) until the create is done; checks the request can take it.
     pub(super) fn restore_source(
         &self,
+        caller: Caller,
         name: &VolumeName,
         spec: &VolumeSpec,
     ) -> Result<Option<(Snapshot, VolumeGuard<'_>)>, EngineError> {
@@ -398,6 +451,7 @@ impl<H: Host> Engine<H> {
         }
         let guard = self.snapshots.locks.acquire(snapshot_name, false)?;
         let snapshot = self.do_get_snapshot(snapshot_name)?;
+        self.check_snapshot_access(caller, &snapshot)?;
         if spec.access != snapshot.access {
             return Err(EngineError::Unsupported {
                 volume: name.to_string(),
@@ -608,6 +662,9 @@ mod tests {
         assert_eq!(s.path, Path::new("/pool/volumes/.snapshots/s.img"));
         assert!(e.host().has_image(&s.path));
         assert_eq!(snap(&e, "s", "v").unwrap(), s, "idempotent by name");
+        let pool = &e.capacity(&crate::engine::PoolSelector::default())[0];
+        assert_eq!((pool.snapshots, pool.snapshot_bytes), (1, 3 * GIB));
+        assert_eq!(pool.reserved_bytes, 6 * GIB, "the volume and its snapshot");
         create(&e, "w", 2 * GIB, None);
         assert!(matches!(
             snap(&e, "s", "w"),
@@ -649,6 +706,63 @@ mod tests {
                 .any(|c| c.op == "copy_image" && Some(&c.path) == r.placement.image.as_ref())
         );
         assert_eq!(e.list_snapshots(Some(&name("v"))), vec![s]);
+    }
+
+    #[test]
+    fn a_snapshot_is_its_front_ends_and_the_operators() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Engine::open(config(dir.path()), host()).unwrap();
+        let as_ = |frontend| Caller {
+            frontend,
+            wait_if_busy: false,
+        };
+        let request = |n: &str, snapshot: Option<&str>| CreateRequest {
+            name: name(n),
+            spec: VolumeSpec {
+                size: Some(GIB),
+                snapshot: snapshot.map(name),
+                ..VolumeSpec::default()
+            },
+            owner: Owner::default(),
+        };
+        e.create(as_(Frontend::Csi), request("v", None)).unwrap();
+        let take = |frontend, n: &str| {
+            e.snapshot(
+                as_(frontend),
+                SnapshotRequest {
+                    name: name(n),
+                    source: name("v"),
+                },
+            )
+        };
+        let refused = take(Frontend::Docker, "s").unwrap_err();
+        assert!(
+            matches!(refused, EngineError::HeldByOther { .. }),
+            "{refused}"
+        );
+        let s = take(Frontend::Csi, "s").unwrap();
+        assert_eq!(s.frontend, Some(OwnerFrontend::Csi));
+        for other in [Frontend::Docker, Frontend::Mesos] {
+            let refused = e.create(as_(other), request("r", Some("s"))).unwrap_err();
+            assert!(
+                matches!(refused, EngineError::HeldByOther { .. }),
+                "{refused}"
+            );
+            let refused = e.delete_snapshot(as_(other), &name("s")).unwrap_err();
+            assert!(
+                matches!(refused, EngineError::HeldByOther { .. }),
+                "{refused}"
+            );
+        }
+        // The operator restores it; the volume is the caller's front-end's (an operator's
+        // volumes are Docker's), and CSI restores its own.
+        let r = e.create(CALLER, request("r", Some("s"))).unwrap();
+        assert_eq!(r.frontend, OwnerFrontend::Docker);
+        let r2 = e
+            .create(as_(Frontend::Csi), request("r2", Some("s")))
+            .unwrap();
+        assert_eq!(r2.frontend, OwnerFrontend::Csi);
+        e.delete_snapshot(CALLER, &name("s")).unwrap();
     }
 
     #[test]

@@ -878,6 +878,43 @@ fn btrfs_pools_make_subvolumes_with_qgroup_limits() {
 }
 
 #[test]
+fn a_btrfs_snapshot_is_restored_on_its_own_filesystem() {
+    let mut f = prjquota_fixture(BackendChoice::Auto);
+    f.pools[0].paths = vec![PathBuf::from("/pool/a"), PathBuf::from("/pool/b")];
+    let h = FakeHost::new(100 * GIB);
+    h.add_dir(Path::new("/pool/a"));
+    h.add_dir(Path::new("/pool/b"));
+    h.set_fs_kind(Path::new("/pool"), crate::host::FsKind::Btrfs);
+    let e = f.open(h);
+    let v = e.create(CSI, request("v", Some(GIB))).unwrap();
+    assert_eq!(v.placement.base, Path::new("/pool/a"));
+    e.snapshot(
+        CSI,
+        crate::engine::snapshot::SnapshotRequest {
+            name: name("s"),
+            source: name("v"),
+        },
+    )
+    .unwrap();
+    // /pool/b now has the most room, but the restore stays with its snapshot.
+    let mut restore = request("r", Some(GIB));
+    restore.spec.snapshot = Some(name("s"));
+    let r = e.create(CSI, restore).unwrap();
+    assert_eq!(r.placement.base, Path::new("/pool/a"));
+    assert_eq!(
+        r.spec.constraints,
+        Vec::new(),
+        "the pin is not part of the request"
+    );
+    let other = e.create(CSI, request("w", Some(GIB))).unwrap();
+    assert_eq!(
+        other.placement.base,
+        Path::new("/pool/b"),
+        "room decides otherwise"
+    );
+}
+
+#[test]
 fn retained_project_quota_data_keeps_its_id_taken() {
     let mut f = prjquota_fixture(BackendChoice::Prjquota);
     f.pools[0].reclaim = ReclaimPolicy::Retain;

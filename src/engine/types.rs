@@ -646,6 +646,10 @@ pub struct PoolCapacity {
     pub reserved_bytes: u64,
     pub available_bytes: u64,
     pub volumes: usize,
+    /// Snapshots kept in the pool, and the bytes they hold against its capacity (part of
+    /// `reserved_bytes`).
+    pub snapshots: usize,
+    pub snapshot_bytes: u64,
 }
 
 /// Filters for listing volumes; every field that is set must match.

@@ -372,6 +372,43 @@ impl Host for FakeHost {
         Ok(())
     }
 
+    /// Writes the directory's path (the fake has no file contents), so a test can see what
+    /// was exported.
+    fn export_tree(
+        &self,
+        root: &Path,
+        out: &mut dyn std::io::Write,
+    ) -> Result<crate::host::ArchiveStats, HostError> {
+        let m = self.enter("export_tree", root)?;
+        if !m.dirs.contains(root) {
+            return Err(not_found("export_tree", root));
+        }
+        let text = root.as_os_str().as_encoded_bytes();
+        out.write_all(text)
+            .map_err(|e| HostError::io("write", root, e))?;
+        Ok(crate::host::ArchiveStats {
+            entries: 0,
+            bytes: text.len() as u64,
+        })
+    }
+
+    /// Reads the input to its end.
+    fn import_tree(
+        &self,
+        root: &Path,
+        input: &mut dyn std::io::Read,
+    ) -> Result<crate::host::ArchiveStats, HostError> {
+        {
+            let m = self.enter("import_tree", root)?;
+            if !m.dirs.contains(root) {
+                return Err(not_found("import_tree", root));
+            }
+        }
+        let bytes = std::io::copy(input, &mut std::io::sink())
+            .map_err(|e| HostError::io("read the archive", root, e))?;
+        Ok(crate::host::ArchiveStats { entries: 0, bytes })
+    }
+
     fn prepare_target(&self, target: &Path, kind: TargetKind) -> Result<bool, HostError> {
         let mut m = self.enter("prepare_target", target)?;
         let set = match kind {

@@ -92,6 +92,22 @@ impl<H: Host> Host for Faulty<H> {
         self.check("copy_tree", from)?;
         self.inner.copy_tree(from, to)
     }
+    fn export_tree(
+        &self,
+        root: &Path,
+        out: &mut dyn std::io::Write,
+    ) -> Result<crate::host::ArchiveStats, HostError> {
+        self.check("export_tree", root)?;
+        self.inner.export_tree(root, out)
+    }
+    fn import_tree(
+        &self,
+        root: &Path,
+        input: &mut dyn std::io::Read,
+    ) -> Result<crate::host::ArchiveStats, HostError> {
+        self.check("import_tree", root)?;
+        self.inner.import_tree(root, input)
+    }
     fn prepare_target(&self, target: &Path, kind: TargetKind) -> Result<bool, HostError> {
         self.check("prepare_target", target)?;
         self.inner.prepare_target(target, kind)

@@ -130,6 +130,15 @@ pub struct RemovalStats {
     pub image_bytes: u64,
 }
 
+/// What an export or an import of a tree moved.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ArchiveStats {
+    /// Archive entries, the top directory not counted.
+    pub entries: u64,
+    /// Archive bytes written or read.
+    pub bytes: u64,
+}
+
 /// What kind of filesystem holds a path: `statfs(2)`'s `f_type` (the superblock magic).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum FsKind {
@@ -202,6 +211,23 @@ pub trait Host: Send + Sync {
     /// Copies the tree at `from` into the existing directory `to`: files, directories and
     /// symlinks (as links), with modes and owners; never follows links or crosses mounts.
     fn copy_tree(&self, from: &Path, to: &Path) -> Result<(), HostError>;
+
+    /// Writes the tree at `root` to `out` as a tar archive (GNU tar with pax extended
+    /// headers): directories, files, symlinks as links (never followed), hard links,
+    /// FIFOs and device nodes, with numeric owners, modes, mtimes and extended attributes
+    /// (`SCHILY.xattr.*`); the first entry, `./`, is `root` itself. Read fd-relative beneath
+    /// `root`; other mounts are not entered. A failed export ends `out` without an
+    /// end-of-archive block, so no reader takes it for whole.
+    fn export_tree(&self, root: &Path, out: &mut dyn io::Write) -> Result<ArchiveStats, HostError>;
+
+    /// Unpacks the tar archive read from `input` beneath the existing directory `root`,
+    /// fd-relative and without following any link: an entry with an absolute name, a `..`
+    /// component or a name through a symlink is refused ([`HostError::OutsideRoot`],
+    /// [`HostError::Symlink`]) before anything of it is written. Owners, modes, mtimes and
+    /// `SCHILY.xattr.*` records are applied. Reads `input` to its end; an archive cut off
+    /// before its end-of-archive block is an error.
+    fn import_tree(&self, root: &Path, input: &mut dyn io::Read)
+    -> Result<ArchiveStats, HostError>;
 
     /// Makes sure `target` exists as `kind`; returns whether it was created. A symlink at
     /// `target` is refused.

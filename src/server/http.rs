@@ -7,14 +7,21 @@
 //! longer than [`HttpLimits::request_timeout`] gets 503, and at most
 //! [`HttpLimits::max_connections`] connections are served at once (the rest wait in the
 //! listen backlog). Handlers see the whole body as bytes and return a [`Reply`].
+//!
+//! Two exceptions stream instead, for archives of any size: a request whose
+//! `Content-Type` is [`TAR`] is not collected (nor bound by `max_body`): its handler reads
+//! it from [`Request::upload`]; and a [`Reply`] with a [`Download`] sends what its producer
+//! puts in the channel, chunked, as it comes. A producer that fails sends an error, which
+//! ends the response without its final chunk, so the client sees it cut off.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
-use hyper::body::{Body, Incoming};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited, StreamBody};
+use hyper::body::{Body, Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -42,13 +49,49 @@ impl Default for HttpLimits {
     }
 }
 
+/// The content type whose request bodies are streamed to the handler.
+pub const TAR: &str = "application/x-tar";
+
 /// A request as handlers see it.
 pub struct Request {
     pub method: hyper::Method,
     pub uri: hyper::Uri,
     pub headers: hyper::HeaderMap,
     pub body: Bytes,
+    /// The body, unread, of a [`TAR`] request (`body` is then empty).
+    pub upload: Option<Incoming>,
 }
+
+/// The chunks of a streamed reply body, as its producer sends them.
+pub type Chunks = tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>;
+
+/// A streamed reply body. It is taken once, when the reply is sent; clones share it.
+#[derive(Clone)]
+pub struct Download(Arc<Mutex<Option<Chunks>>>);
+
+impl Download {
+    pub fn new(chunks: Chunks) -> Self {
+        Self(Arc::new(Mutex::new(Some(chunks))))
+    }
+
+    fn take(&self) -> Option<Chunks> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+impl std::fmt::Debug for Download {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Download(..)")
+    }
+}
+
+impl PartialEq for Download {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Download {}
 
 /// A response: status, content type, body and any extra headers.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,6 +101,8 @@ pub struct Reply {
     pub body: Vec<u8>,
     /// Extra headers (lower-case names), e.g. `www-authenticate` on a 401.
     pub headers: Vec<(&'static str, String)>,
+    /// A streamed body, sent instead of `body`.
+    pub download: Option<Download>,
 }
 
 impl Reply {
@@ -67,7 +112,15 @@ impl Reply {
             content_type,
             body: body.into(),
             headers: Vec::new(),
+            download: None,
         }
+    }
+
+    /// A 200 reply whose body `chunks` streams.
+    pub fn streamed(content_type: &'static str, chunks: Chunks) -> Self {
+        let mut reply = Self::new(200, content_type, Vec::new());
+        reply.download = Some(Download::new(chunks));
+        reply
     }
 
     /// Adds a header; `name` is lower-case (`www-authenticate`).
@@ -130,7 +183,7 @@ pub async fn serve<S, A, AF, H, HF>(
                 let handle = handle.clone();
                 async move {
                     let reply = answer(req, &handle, limits, on_error).await;
-                    let mut response = hyper::Response::new(Full::new(Bytes::from(reply.body)));
+                    let mut response = hyper::Response::new(body_of(&reply));
                     *response.status_mut() = hyper::StatusCode::from_u16(reply.status)
                         .unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
                     response.headers_mut().insert(
@@ -163,6 +216,23 @@ pub async fn serve<S, A, AF, H, HF>(
     }
 }
 
+type ReplyBody = BoxBody<Bytes, std::io::Error>;
+
+fn body_of(reply: &Reply) -> ReplyBody {
+    match reply.download.as_ref().and_then(Download::take) {
+        Some(chunks) => {
+            let frames = tokio_stream::StreamExt::map(
+                tokio_stream::wrappers::ReceiverStream::new(chunks),
+                |chunk| chunk.map(Frame::data),
+            );
+            BodyExt::boxed(StreamBody::new(frames))
+        }
+        None => Full::new(Bytes::from(reply.body.clone()))
+            .map_err(|never| match never {})
+            .boxed(),
+    }
+}
+
 async fn answer<H, HF>(
     req: hyper::Request<Incoming>,
     handle: &H,
@@ -174,6 +244,20 @@ where
     HF: Future<Output = Reply>,
 {
     let (parts, body) = req.into_parts();
+    let tar = parts
+        .headers
+        .get(hyper::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(TAR.as_bytes()));
+    if tar {
+        let request = Request {
+            method: parts.method,
+            uri: parts.uri,
+            headers: parts.headers,
+            body: Bytes::new(),
+            upload: Some(body),
+        };
+        return run_handler(request, handle, limits, on_error).await;
+    }
     let too_large = || {
         on_error(
             413,
@@ -210,7 +294,21 @@ where
         uri: parts.uri,
         headers: parts.headers,
         body,
+        upload: None,
     };
+    run_handler(request, handle, limits, on_error).await
+}
+
+async fn run_handler<H, HF>(
+    request: Request,
+    handle: &H,
+    limits: HttpLimits,
+    on_error: fn(u16, &str) -> Reply,
+) -> Reply
+where
+    H: Fn(Request) -> HF,
+    HF: Future<Output = Reply>,
+{
     match tokio::time::timeout(limits.request_timeout, handle(request)).await {
         Ok(reply) => reply,
         Err(_) => on_error(

@@ -162,11 +162,7 @@ pub(super) fn prepare_target(target: &Path, kind: TargetKind) -> Result<bool, Ho
             TargetKind::File => match nix::fcntl::openat(
                 &parent,
                 c.as_c_str(),
-                OFlag::O_WRONLY
-                    | OFlag::O_CREAT
-                    | OFlag::O_EXCL
-                    | OFlag::O_NOFOLLOW
-                    | OFlag::O_CLOEXEC,
+                super::fd::oflags_create_new(),
                 Mode::from_bits_truncate(0o600),
             ) {
                 Ok(fd) => {

@@ -62,6 +62,9 @@
 //! - **Snapshots**: `snapshot` copies loopfs images (`FICLONE`, else a sparse copy) with the
 //!   volume's filesystem frozen (`FIFREEZE`/`FITHAW`); `btrfs` makes read-only subvolume
 //!   snapshots (`BTRFS_IOC_SNAP_CREATE_V2`).
+//! - **Archives**: `export` writes a tree as tar through the tree walker, `import` unpacks
+//!   one, opening every directory of every entry fd-relative with `O_NOFOLLOW` from the
+//!   top; `xattr` reads and writes extended attributes without following links.
 //!
 //! Path resolution: the final component of every path berth acts on (a directory it makes, a
 //! target, an image, a tree's top) is never followed, and neither is the directory it acts
@@ -72,7 +75,8 @@
 //! the orchestrator's, never a container's. Below a tree's top every component is opened
 //! fd-relative with `O_NOFOLLOW`.
 //!
-//! Tree walks ([`Host::remove_tree`], [`Host::copy_tree`], [`Host::tree_usage`]) use an
+//! Tree walks ([`Host::remove_tree`], [`Host::copy_tree`], [`Host::tree_usage`],
+//! [`Host::export_tree`]) use an
 //! explicit stack and keep at most [`MAX_OPEN_DIRS`] directory fds open; a directory whose fd
 //! was closed is reopened through `..` of its child (checked by device and inode), so neither
 //! the native stack nor the fd table limits the depth of a tree.
@@ -80,11 +84,13 @@
 mod btrfs;
 mod copy;
 mod dirs;
+mod export;
 mod fd;
 mod fs_size;
 mod group;
 mod grow;
 mod image;
+mod import;
 mod kernel_state;
 mod loopdev;
 mod memory;
@@ -93,6 +99,7 @@ mod quota;
 mod random;
 mod snapshot;
 mod walk;
+mod xattr;
 
 use std::collections::BTreeSet;
 use std::io::ErrorKind;
@@ -105,7 +112,8 @@ use nix::sys::stat::Mode;
 
 use crate::host::types::{FsType, Ownership};
 use crate::host::{
-    FsKind, FsStats, Host, HostError, LoopDevice, MountEntry, RemovalStats, TargetKind, TreeUsage,
+    ArchiveStats, FsKind, FsStats, Host, HostError, LoopDevice, MountEntry, RemovalStats,
+    TargetKind, TreeUsage,
 };
 use copy::copy_tree;
 use dirs::{fs_stats, make_dir, prepare_target, remove_target, rename, sync_path};
@@ -158,6 +166,22 @@ impl Host for LinuxHost {
 
     fn copy_tree(&self, from: &Path, to: &Path) -> Result<(), HostError> {
         copy_tree(from, to)
+    }
+
+    fn export_tree(
+        &self,
+        root: &Path,
+        out: &mut dyn std::io::Write,
+    ) -> Result<ArchiveStats, HostError> {
+        export::export_tree(root, out)
+    }
+
+    fn import_tree(
+        &self,
+        root: &Path,
+        input: &mut dyn std::io::Read,
+    ) -> Result<ArchiveStats, HostError> {
+        import::import_tree(root, input)
     }
 
     fn prepare_target(&self, target: &Path, kind: TargetKind) -> Result<bool, HostError> {

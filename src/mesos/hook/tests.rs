@@ -90,6 +90,7 @@ impl Agent {
             uri: path.parse().unwrap(),
             headers: hyper::HeaderMap::new(),
             body: body.into(),
+            upload: None,
         };
         let reply = handle(&engine, &self.config, &request).await?;
         assert_eq!(reply.content_type, "application/json");
