@@ -335,14 +335,19 @@ fn beneath<'a>(root: &Path, path: &'a Path) -> Result<Vec<&'a OsStr>, HostError>
     Ok(names)
 }
 
-pub(super) fn remove_tree(root: &Path, path: &Path) -> Result<RemovalStats, HostError> {
+/// Counts into `stats` as it goes, so a walk stopped by an error still says what it
+/// removed.
+pub(super) fn remove_tree(
+    root: &Path,
+    path: &Path,
+    stats: &mut RemovalStats,
+) -> Result<(), HostError> {
     let names = beneath(root, path)?;
-    let mut stats = RemovalStats::default();
     // `root` is berth's configuration: its ancestors are resolved normally, `root` itself
     // (a pool root) must not be a symlink, and nothing below it is followed.
     let mut dir = match open_dir_nofollow(root) {
         Ok(fd) => fd,
-        Err(e) if e.errno() == Some(libc::ENOENT) => return Ok(stats),
+        Err(e) if e.errno() == Some(libc::ENOENT) => return Ok(()),
         Err(e) => return Err(e),
     };
     let mut walked = root.to_path_buf();
@@ -354,7 +359,7 @@ pub(super) fn remove_tree(root: &Path, path: &Path) -> Result<RemovalStats, Host
         let c = cstring("open", &walked, name.as_bytes())?;
         dir = match nix::fcntl::openat(&dir, c.as_c_str(), oflags_dir(), Mode::empty()) {
             Ok(fd) => fd,
-            Err(Errno::ENOENT) => return Ok(stats),
+            Err(Errno::ENOENT) => return Ok(()),
             Err(Errno::ELOOP | Errno::ENOTDIR) => {
                 return Err(not_a_dir_error("open", dir.as_fd(), &c, &walked));
             }
@@ -364,7 +369,7 @@ pub(super) fn remove_tree(root: &Path, path: &Path) -> Result<RemovalStats, Host
     let last_c = cstring("remove", path, last.as_bytes())?;
     let meta = match statx_at(dir.as_fd(), &last_c) {
         Ok(m) => m,
-        Err(Errno::ENOENT) => return Ok(stats),
+        Err(Errno::ENOENT) => return Ok(()),
         Err(e) => return Err(nix_err("stat", path, e)),
     };
     if meta.is_symlink() {
@@ -379,14 +384,14 @@ pub(super) fn remove_tree(root: &Path, path: &Path) -> Result<RemovalStats, Host
         });
     }
     if !meta.is_dir() {
-        unlink_counted(dir.as_fd(), &last_c, &meta, &mut stats)
+        unlink_counted(dir.as_fd(), &last_c, &meta, stats)
             .map_err(|e| nix_err("unlink", path, e))?;
         fsync_fd(dir.as_fd(), path)?;
-        return Ok(stats);
+        return Ok(());
     }
     let top = match nix::fcntl::openat(&dir, last_c.as_c_str(), oflags_dir(), Mode::empty()) {
         Ok(fd) => fd,
-        Err(Errno::ENOENT) => return Ok(stats),
+        Err(Errno::ENOENT) => return Ok(()),
         Err(Errno::ELOOP | Errno::ENOTDIR) => {
             return Err(not_a_dir_error("open", dir.as_fd(), &last_c, path));
         }
@@ -409,7 +414,7 @@ pub(super) fn remove_tree(root: &Path, path: &Path) -> Result<RemovalStats, Host
                 } else if meta.is_dir() {
                     walker.descend(&name, &meta, None)?;
                 } else {
-                    unlink_counted(walker.dir()?, &name, &meta, &mut stats)
+                    unlink_counted(walker.dir()?, &name, &meta, stats)
                         .map_err(|e| nix_err("unlink", &walker.path_of(&name), e))?;
                 }
             }
@@ -439,7 +444,7 @@ pub(super) fn remove_tree(root: &Path, path: &Path) -> Result<RemovalStats, Host
     fsync_fd(dir.as_fd(), path)?;
     match crossing {
         Some(path) => Err(HostError::CrossesMount { path }),
-        None => Ok(stats),
+        None => Ok(()),
     }
 }
 
