@@ -354,8 +354,8 @@ fn a_loopfs_volume_whose_filesystem_recorded_errors_is_abnormal() {
         other => panic!("expected abnormal, got {other:?}"),
     }
 
-    // The operator wipes it: the walk that counts the data stops at the damaged directory,
-    // the wipe goes on and says its count is partial.
+    // The operator wipes it: the walk that counts the data cannot remove the damaged
+    // directory; it counts the rest, and the wipe goes on and says its count is partial.
     let removed = e.wipe(CALLER, &name("hurt")).unwrap();
     let why = removed
         .incomplete

@@ -213,9 +213,10 @@ pub trait Host: Send + Sync {
         Ok(removed)
     }
 
-    /// [`Host::remove_tree`], counting into `removed` as it goes: when the walk stops at an
-    /// entry it cannot read or remove (a damaged filesystem answers `EIO`, `EUCLEAN` or
-    /// `ENOTEMPTY`), `removed` still says what went before the error.
+    /// [`Host::remove_tree`], counting into `removed` as it goes. An entry the walk cannot
+    /// read or remove (a damaged filesystem answers `EIO`, `EUCLEAN` or `ENOTEMPTY`) does not
+    /// stop it: everything else still goes and is counted, and the first such error is
+    /// returned at the end, with `removed` saying what went.
     fn remove_tree_counting(
         &self,
         root: &Path,

@@ -406,45 +406,74 @@ pub(super) fn remove_tree(
     let mounts = mounts_beneath(top.as_fd(), path)?;
     let mut walker = Walker::new(path, top, top_meta, None, mounts)?;
     let mut crossing: Option<PathBuf> = None;
-    while let Some(step) = walker.next()? {
-        match step {
+    // An entry that cannot be read or removed (a damaged filesystem answers EIO, EUCLEAN or
+    // ENOTEMPTY) does not stop the walk: the rest still goes and is counted, and the first
+    // such error is returned at the end. Each failing step has already consumed its entry,
+    // so the walk always moves on.
+    let mut failed: Option<HostError> = None;
+    loop {
+        let step = match walker.next() {
+            Ok(Some(step)) => step,
+            Ok(None) => break,
+            Err(e) => {
+                failed.get_or_insert(e);
+                continue;
+            }
+        };
+        let done = match step {
             Step::Entry { name, meta } => {
                 if walker.crosses(&name, &meta) {
                     crossing.get_or_insert_with(|| walker.path_of(&name));
+                    Ok(())
                 } else if meta.is_dir() {
-                    walker.descend(&name, &meta, None)?;
+                    walker.descend(&name, &meta, None)
                 } else {
-                    unlink_counted(walker.dir()?, &name, &meta, stats)
-                        .map_err(|e| nix_err("unlink", &walker.path_of(&name), e))?;
+                    walker.dir().and_then(|parent| {
+                        unlink_counted(parent, &name, &meta, stats)
+                            .map_err(|e| nix_err("unlink", &walker.path_of(&name), e))
+                    })
                 }
             }
             Step::Leave { name, .. } => {
-                let (parent, name) = if walker.is_empty() {
-                    (dir.as_fd(), last_c.as_c_str())
+                let parent = if walker.is_empty() {
+                    Ok((dir.as_fd(), last_c.as_c_str()))
                 } else {
-                    (walker.dir()?, name.as_c_str())
+                    walker.dir().map(|fd| (fd, name.as_c_str()))
                 };
-                match nix::unistd::unlinkat(parent, name, UnlinkatFlags::RemoveDir) {
-                    Ok(()) => stats.dirs += 1,
-                    Err(Errno::ENOENT) => {}
-                    // Holds the mount point we did not cross: reported below.
-                    Err(Errno::ENOTEMPTY | Errno::EEXIST | Errno::EBUSY) if crossing.is_some() => {}
-                    Err(e) => {
-                        let entry_path = if walker.is_empty() {
-                            path.to_path_buf()
-                        } else {
-                            walker.path_of(name)
-                        };
-                        return Err(nix_err("rmdir", &entry_path, e));
+                parent.and_then(|(parent, name)| {
+                    match nix::unistd::unlinkat(parent, name, UnlinkatFlags::RemoveDir) {
+                        Ok(()) => {
+                            stats.dirs += 1;
+                            Ok(())
+                        }
+                        Err(Errno::ENOENT) => Ok(()),
+                        // Holds the mount point we did not cross: reported below.
+                        Err(Errno::ENOTEMPTY | Errno::EEXIST | Errno::EBUSY)
+                            if crossing.is_some() =>
+                        {
+                            Ok(())
+                        }
+                        Err(e) => {
+                            let entry_path = if walker.is_empty() {
+                                path.to_path_buf()
+                            } else {
+                                walker.path_of(name)
+                            };
+                            Err(nix_err("rmdir", &entry_path, e))
+                        }
                     }
-                }
+                })
             }
+        };
+        if let Err(e) = done {
+            failed.get_or_insert(e);
         }
     }
     fsync_fd(dir.as_fd(), path)?;
-    match crossing {
-        Some(path) => Err(HostError::CrossesMount { path }),
-        None => Ok(()),
+    match (crossing, failed) {
+        (Some(path), _) => Err(HostError::CrossesMount { path }),
+        (None, Some(e)) => Err(e),
+        (None, None) => Ok(()),
     }
 }
 
