@@ -113,8 +113,9 @@ impl<H: Host> Engine<H> {
     /// Removes a loopfs volume's data inside its mounted filesystem, counting what the user
     /// had. The image goes afterwards whatever its inside holds, so a filesystem that cannot
     /// be read (damaged, or no longer mounted) does not stop the wipe: the count says it is
-    /// partial and why. Only a mount found inside the volume stops it (the unmount after
-    /// would fail on it anyway, less clearly).
+    /// partial and why. What is not the filesystem failing still stops it: a mount found
+    /// inside the volume (the unmount after would fail on it anyway, less clearly) or a
+    /// symlink where the data directory should be.
     fn remove_data_inside(&self, v: &Volume, stats: &mut RemovalStats) -> Result<(), EngineError> {
         let p = &v.placement;
         match self.host.is_mount_point(&p.dir) {
