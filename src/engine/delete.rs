@@ -127,11 +127,15 @@ impl<H: Host> Engine<H> {
                 ));
                 return Ok(());
             }
-            Err(e) => {
+            Err(e) if e.is_not_found() => {
                 stats.incomplete = Some(format!(
-                    "its directory could not be read ({e}), so the data in its image was not counted"
+                    "its directory {} was already gone, so the data in its image was not counted",
+                    p.dir.display()
                 ));
                 return Ok(());
+            }
+            Err(e) => {
+                return Err(Self::host_err(&v.name, "looking for the volume filesystem")(e));
             }
         }
         match self.host.remove_tree_counting(&p.dir, &p.data, stats) {

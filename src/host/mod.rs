@@ -83,6 +83,11 @@ impl HostError {
         }
     }
 
+    /// Whether this is an I/O failure because the path does not exist (`ENOENT`).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Self::Io { source, .. } if source.kind() == io::ErrorKind::NotFound)
+    }
+
     /// The errno behind an I/O failure, if there is one.
     pub fn errno(&self) -> Option<i32> {
         match self {
