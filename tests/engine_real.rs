@@ -265,8 +265,12 @@ fn a_loopfs_volume_whose_filesystem_recorded_errors_is_abnormal() {
     use std::io::{Seek, SeekFrom};
     let scene = Scene::new();
     let e = scene.open();
+    let neighbour = create(&e, "neighbour", Some(32 << 20));
+    fs::write(neighbour.placement.data.join("keep"), b"neighbour's").unwrap();
     let v = create(&e, "hurt", Some(32 << 20));
     assert_eq!(v.placement.backend, Backend::Loopfs);
+    // Beside the directory to be damaged: a file the wipe can still read and count.
+    fs::write(v.placement.data.join("readable"), b"12345").unwrap();
     assert_eq!(
         e.health(std::slice::from_ref(&v)),
         vec![VolumeHealth::Normal]
@@ -349,8 +353,51 @@ fn a_loopfs_volume_whose_filesystem_recorded_errors_is_abnormal() {
         }
         other => panic!("expected abnormal, got {other:?}"),
     }
-    // Not wiped: a wipe measures the data by walking it, which the damaged directory
-    // refuses; the scene unmounts the filesystem and the temp dir takes the image.
+
+    // The operator wipes it: the walk that counts the data cannot remove the damaged
+    // directory; it counts the rest, and the wipe goes on and says its count is partial.
+    let removed = e.wipe(CALLER, &name("hurt")).unwrap();
+    let why = removed
+        .incomplete
+        .as_deref()
+        .expect("the count is marked partial");
+    assert!(why.contains("could not all be read"), "{why}");
+    assert!(removed.files >= 1 && removed.bytes >= 5, "{removed:?}");
+    assert!(removed.image_bytes >= 32 << 20, "{removed:?}");
+    assert!(e.get(&name("hurt")).is_err(), "the record is gone");
+    assert!(!image.exists(), "the image is removed");
+    assert!(!v.placement.dir.exists(), "the volume directory is removed");
+    let dir_text = v.placement.dir.display().to_string();
+    assert!(
+        !scene.mounts_under().contains(&dir_text),
+        "its filesystem is unmounted"
+    );
+    // The loop device is released when its filesystem is unmounted (autoclear), which the
+    // kernel may finish just after umount returns.
+    let backing = |dev: &Path| {
+        let name = dev.file_name().unwrap();
+        fs::read_to_string(Path::new("/sys/block").join(name).join("loop/backing_file"))
+            .map(|b| b.trim().to_string())
+            .unwrap_or_default()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while Path::new(&backing(&device)).starts_with(scene.dir.path())
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        !Path::new(&backing(&device)).starts_with(scene.dir.path()),
+        "{} still holds {}",
+        device.display(),
+        backing(&device)
+    );
+    // Nothing of the other volume was touched.
+    assert_eq!(
+        fs::read(neighbour.placement.data.join("keep")).unwrap(),
+        b"neighbour's"
+    );
+    assert!(neighbour.placement.image.as_ref().unwrap().exists());
 }
 
 #[test]

@@ -346,6 +346,53 @@ fn remove_tree_refuses_outside_root_and_symlinked_paths() {
     assert!(outside.join("file").exists());
 }
 
+/// `chattr FLAG path`; a missing program fails the test naming its package.
+fn chattr(flag: &str, path: &Path) {
+    let status = std::process::Command::new("chattr")
+        .arg(flag)
+        .arg(path)
+        .status()
+        .unwrap_or_else(|e| panic!("chattr runs ({e}): install e2fsprogs"));
+    assert!(status.success(), "chattr {flag} {}", path.display());
+}
+
+#[test]
+fn remove_tree_goes_past_an_entry_it_cannot_remove_and_counts_the_rest() {
+    assert!(
+        is_root(),
+        "an immutable file needs root (CAP_LINUX_IMMUTABLE)"
+    );
+    let s = Scratch::new();
+    let host = LinuxHost::new();
+    let root = s.join("root");
+    let vol = root.join("vol");
+    for d in ["a", "b", "c"] {
+        fs::create_dir_all(vol.join(d)).unwrap();
+        fs::write(vol.join(d).join("f"), b"1234").unwrap();
+    }
+    // Stands for an entry a damaged filesystem will not let go of, wherever the walk
+    // meets it among its siblings.
+    let stuck = vol.join("b/f");
+    chattr("+i", &stuck);
+    let mut removed = berth::host::RemovalStats::default();
+    let result = host.remove_tree_counting(&root, &vol, &mut removed);
+    chattr("-i", &stuck);
+    let err = result.unwrap_err();
+    assert_eq!(err.errno(), Some(libc::EPERM), "{err}");
+    assert!(err.to_string().contains("b/f"), "{err}");
+    assert_eq!(
+        (removed.files, removed.dirs, removed.bytes),
+        (2, 2, 8),
+        "a/f, c/f, a and c went: {removed:?}"
+    );
+    assert!(!vol.join("a").exists() && !vol.join("c").exists());
+    assert!(stuck.exists());
+    // Once it can go, a retry finishes the job.
+    let rest = host.remove_tree(&root, &vol).unwrap();
+    assert_eq!((rest.files, rest.dirs), (1, 2), "{rest:?}");
+    assert!(!vol.exists());
+}
+
 #[test]
 fn remove_tree_does_not_cross_mounts() {
     if !is_root() {

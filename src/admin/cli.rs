@@ -478,7 +478,7 @@ fn wipe(client: &Client, console: &mut Console<'_>, id: &str, yes: bool) -> Resu
     write_out(
         console.out,
         &format!(
-            "wiped {}: removed {} files, {} directories, {} symlinks, {}{} in {:.1}s\n",
+            "wiped {}: removed {} files, {} directories, {} symlinks, {}{} in {:.1}s{}\n",
             done.id,
             removed.files,
             removed.dirs,
@@ -488,7 +488,11 @@ fn wipe(client: &Client, console: &mut Console<'_>, id: &str, yes: bool) -> Resu
                 0 => String::new(),
                 image => format!(" (and its {} image)", format_size(image)),
             },
-            started.elapsed().as_secs_f64()
+            started.elapsed().as_secs_f64(),
+            match &removed.incomplete {
+                None => String::new(),
+                Some(why) => format!("\n  the count is partial: {why}"),
+            }
         ),
     )
 }

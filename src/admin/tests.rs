@@ -43,6 +43,11 @@ fn pools() -> Vec<PoolConfig> {
 }
 
 fn fixture(token: Option<&str>) -> Fixture {
+    fixture_with_host(token).0
+}
+
+/// The fixture, and its engine with the fake host reachable.
+fn fixture_with_host(token: Option<&str>) -> (Fixture, Arc<Engine<FakeHost>>) {
     let dir = tempfile::tempdir().unwrap();
     let host = FakeHost::new(100 * GIB);
     host.add_dir(Path::new("/pool/fast"));
@@ -59,13 +64,15 @@ fn fixture(token: Option<&str>) -> Fixture {
         host,
     )
     .unwrap();
-    let engine: Arc<dyn VolumeService> = Arc::new(engine);
+    let concrete = Arc::new(engine);
+    let engine: Arc<dyn VolumeService> = concrete.clone();
     let admin = Admin::new(Arc::clone(&engine), token.map(|t| Token::new(t).unwrap()));
-    Fixture {
+    let f = Fixture {
         _dir: dir,
         engine,
         admin,
-    }
+    };
+    (f, concrete)
 }
 
 fn name(s: &str) -> VolumeName {
@@ -377,6 +384,26 @@ async fn delete_follows_the_reclaim_policy_wipe_destroys_and_attached_is_refused
     let ops = f.engine.metrics().ops;
     assert_eq!(ops[&("admin", "wipe")].count, 3, "two refused, one done");
     assert_eq!(ops[&("admin", "delete")].count, 2);
+}
+
+#[tokio::test]
+async fn a_wipe_of_a_volume_whose_directory_vanished_succeeds_and_says_its_count_is_partial() {
+    let (f, engine) = fixture_with_host(Some(SECRET));
+    create(&f.engine, "vanished", "keep", Owner::default());
+    let dir = f.engine.get(&name("vanished")).unwrap().placement.dir;
+    engine.host().drop_dir(&dir);
+    let (status, body) = call(&f, "DELETE", "/v1/volumes/vanished?wipe=true").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["removed"]["incomplete"], "its directory /pool/keep/vanished was already gone",
+        "{body}"
+    );
+    assert!(f.engine.get(&name("vanished")).is_err());
+    // A whole count carries no such field.
+    create(&f.engine, "whole", "keep", Owner::default());
+    let (status, body) = call(&f, "DELETE", "/v1/volumes/whole?wipe=true").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["removed"].get("incomplete").is_none(), "{body}");
 }
 
 #[tokio::test]

@@ -86,7 +86,7 @@ pub enum DataOutcome {
 }
 
 /// What a wipe removed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RemovedView {
     pub files: u64,
     pub dirs: u64,
@@ -96,6 +96,10 @@ pub struct RemovedView {
     /// A loopfs volume's image file, reclaimed apart from `bytes`.
     #[serde(default)]
     pub image_bytes: u64,
+    /// Why the counts are partial (a damaged filesystem, a directory already gone); absent
+    /// when they are the whole volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incomplete: Option<String>,
 }
 
 impl From<RemovalStats> for RemovedView {
@@ -106,6 +110,7 @@ impl From<RemovalStats> for RemovedView {
             symlinks: s.symlinks,
             bytes: s.bytes,
             image_bytes: s.image_bytes,
+            incomplete: s.incomplete,
         }
     }
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use super::types::*;
 use super::*;
-use crate::host::Host;
+use crate::host::{Host, HostError};
 
 impl<H: Host> Engine<H> {
     /// Destroys (or, with `retain`, moves aside) a volume's host resources.
@@ -30,6 +30,15 @@ impl<H: Host> Engine<H> {
                 .remove_tree(&p.base, &p.data)
                 .map_err(err("wiping the disk"));
         }
+        if p.image.is_none() && !self.dir_present(v)? {
+            // Removed behind berth's back: nothing is left to count, move or delete, but
+            // the record (and a project quota's limit, below) must still go.
+            stats.incomplete = Some(format!(
+                "its directory {} was already gone",
+                p.dir.display()
+            ));
+        }
+        let gone = stats.incomplete.is_some();
         // Retained data keeps its project id (its files carry it), so the id stays taken:
         // `free_project_id` also looks under the retained directory.
         if let Some(id) = p.project_id
@@ -40,11 +49,11 @@ impl<H: Host> Engine<H> {
                 .map_err(err("releasing the project quota"))?;
         }
         if p.backend == Backend::Btrfs {
-            if retain {
+            if retain && !gone {
                 self.host
                     .rename(&p.dir, &self.retained_path(v, ""))
                     .map_err(err("retaining the data"))?;
-            } else {
+            } else if !retain {
                 self.host
                     .btrfs_delete_subvolume(&p.dir)
                     .map_err(err("deleting the subvolume"))?;
@@ -54,15 +63,7 @@ impl<H: Host> Engine<H> {
         if let Some(image) = &p.image {
             if p.fs.is_some() {
                 if !retain {
-                    // What the user had, measured inside the filesystem as it goes.
-                    let data = self
-                        .host
-                        .remove_tree(&p.dir, &p.data)
-                        .map_err(err("removing the volume data"))?;
-                    stats.files += data.files;
-                    stats.dirs += data.dirs;
-                    stats.symlinks += data.symlinks;
-                    stats.bytes += data.bytes;
+                    self.remove_data_inside(v, &mut stats)?;
                 }
                 self.host
                     .unmount(&p.dir)
@@ -84,7 +85,7 @@ impl<H: Host> Engine<H> {
                     .map_err(err("removing the image"))?;
                 stats.image_bytes += removed.bytes;
             }
-        } else if retain {
+        } else if retain && !gone {
             let kept = self.retained_path(v, "");
             self.host
                 .rename(&p.dir, &kept)
@@ -98,11 +99,55 @@ impl<H: Host> Engine<H> {
             // Only berth's empty mount point was left: the data was counted inside.
             return Ok(stats);
         }
-        stats.files += removed.files;
-        stats.dirs += removed.dirs;
-        stats.symlinks += removed.symlinks;
-        stats.bytes += removed.bytes;
+        stats.add_counts(&removed);
         Ok(stats)
+    }
+
+    /// Whether a plain or btrfs volume's directory is still there.
+    fn dir_present(&self, v: &Volume) -> Result<bool, EngineError> {
+        self.host
+            .target_exists(&v.placement.dir)
+            .map_err(Self::host_err(&v.name, "looking for the volume directory"))
+    }
+
+    /// Removes a loopfs volume's data inside its mounted filesystem, counting what the user
+    /// had. The image goes afterwards whatever its inside holds, so a filesystem that cannot
+    /// be read (damaged, or no longer mounted) does not stop the wipe: the count says it is
+    /// partial and why. What is not the filesystem failing still stops it: a mount found
+    /// inside the volume (the unmount after would fail on it anyway, less clearly) or a
+    /// symlink where the data directory should be.
+    fn remove_data_inside(&self, v: &Volume, stats: &mut RemovalStats) -> Result<(), EngineError> {
+        let p = &v.placement;
+        match self.host.is_mount_point(&p.dir) {
+            Ok(true) => {}
+            Ok(false) => {
+                stats.incomplete = Some(format!(
+                    "its filesystem was not mounted at {}, so the data in its image was not counted",
+                    p.dir.display()
+                ));
+                return Ok(());
+            }
+            Err(e) if e.is_not_found() => {
+                stats.incomplete = Some(format!(
+                    "its directory {} was already gone, so the data in its image was not counted",
+                    p.dir.display()
+                ));
+                return Ok(());
+            }
+            Err(e) => {
+                return Err(Self::host_err(&v.name, "looking for the volume filesystem")(e));
+            }
+        }
+        match self.host.remove_tree_counting(&p.dir, &p.data, stats) {
+            Ok(()) => Ok(()),
+            Err(e @ HostError::Io { .. }) => {
+                stats.incomplete = Some(format!(
+                    "its filesystem could not all be read ({e}); counted what could be"
+                ));
+                Ok(())
+            }
+            Err(e) => Err(Self::host_err(&v.name, "removing the volume data")(e)),
+        }
     }
 
     pub(super) fn retained_path(&self, v: &Volume, suffix: &str) -> PathBuf {

@@ -9,6 +9,8 @@ use super::pool::{BackendChoice, PoolConfig};
 use super::*;
 use crate::host::fake::FakeHost;
 
+mod wipe;
+
 const GIB: u64 = 1 << 30;
 const CSI: Caller = Caller {
     frontend: Frontend::Csi,

@@ -63,6 +63,8 @@ struct Model {
     symlinks: BTreeSet<PathBuf>,
     /// Bytes handed out by `random_bytes` so far: the next ones differ.
     random_counter: u64,
+    /// directories a damaged filesystem can no longer empty (see `FakeHost::damage_dir`)
+    damaged: BTreeSet<PathBuf>,
 }
 
 impl Model {
@@ -207,7 +209,24 @@ impl FakeHost {
 
     /// Removes `dir` (and everything beneath) as someone else might, behind berth's back.
     pub fn drop_dir(&self, dir: &Path) {
-        self.lock().dirs.retain(|d| !d.starts_with(dir));
+        let mut m = self.lock();
+        m.dirs.retain(|d| !d.starts_with(dir));
+        m.files.retain(|f| !f.starts_with(dir));
+        m.subvolumes.retain(|s, _| !s.starts_with(dir));
+    }
+
+    /// The directory `dir` sits in a damaged filesystem: a removal walk over it removes and
+    /// counts everything else it reaches, then stops with `ENOTEMPTY` at `dir`, whose
+    /// entries (and whose ancestors) stay, as ext4 answers for a directory block gone bad.
+    pub fn damage_dir(&self, dir: &Path) {
+        let mut m = self.lock();
+        m.dirs.insert(dir.to_path_buf());
+        m.damaged.insert(dir.to_path_buf());
+    }
+
+    /// Adds a file as if a user had written it (e.g. inside a volume's filesystem).
+    pub fn add_file(&self, p: &Path) {
+        self.lock().files.insert(p.to_path_buf());
     }
 
     /// Plants a symbolic link at `p`, as a task or an image could.
@@ -301,7 +320,12 @@ impl Host for FakeHost {
         Ok(())
     }
 
-    fn remove_tree(&self, root: &Path, path: &Path) -> Result<RemovalStats, HostError> {
+    fn remove_tree_counting(
+        &self,
+        root: &Path,
+        path: &Path,
+        stats: &mut RemovalStats,
+    ) -> Result<(), HostError> {
         let mut m = self.enter("remove_tree", path)?;
         if !path.starts_with(root) || path == root {
             return Err(HostError::OutsideRoot {
@@ -318,20 +342,35 @@ impl Host for FakeHost {
         if let Some(sub) = m.subvolumes.keys().find(|s| s.starts_with(path)) {
             return Err(HostError::CrossesMount { path: sub.clone() });
         }
-        m.projects.retain(|d, _| !d.starts_with(path));
-        let mut stats = RemovalStats::default();
+        let damaged: Vec<PathBuf> = m
+            .damaged
+            .iter()
+            .filter(|d| d.starts_with(path))
+            .cloned()
+            .collect();
+        // What a walk cannot get rid of: a damaged directory, what is in it, and the
+        // directories holding it.
+        let stays = |p: &Path| damaged.iter().any(|d| p.starts_with(d) || d.starts_with(p));
+        m.projects.retain(|d, _| !d.starts_with(path) || stays(d));
         m.dirs.retain(|d| {
-            let gone = d.starts_with(path);
+            let gone = d.starts_with(path) && !stays(d);
             stats.dirs += u64::from(gone);
             !gone
         });
         m.files.retain(|f| {
-            let gone = f.starts_with(path);
+            let gone = f.starts_with(path) && !stays(f);
             stats.files += u64::from(gone);
             !gone
         });
-        m.images.retain(|i, _| !i.starts_with(path));
-        Ok(stats)
+        m.images.retain(|i, _| !i.starts_with(path) || stays(i));
+        match damaged.first() {
+            Some(d) => Err(HostError::io(
+                "rmdir",
+                d,
+                std::io::Error::from_raw_os_error(libc::ENOTEMPTY),
+            )),
+            None => Ok(()),
+        }
     }
 
     fn rename(&self, from: &Path, to: &Path) -> Result<(), HostError> {
@@ -460,6 +499,8 @@ impl Host for FakeHost {
             // An image's filesystem going away releases its autoclear loop device.
             if m.images.contains_key(&source) {
                 m.loops.retain(|_, image| image != &source);
+                // The damage was inside that filesystem: the mount point beneath is whole.
+                m.damaged.retain(|d| !d.starts_with(target));
             }
         }
         Ok(())

@@ -80,9 +80,14 @@ impl<H: Host> Host for Faulty<H> {
         self.check("make_dir", dir)?;
         self.inner.make_dir(dir, ownership)
     }
-    fn remove_tree(&self, root: &Path, path: &Path) -> Result<RemovalStats, HostError> {
+    fn remove_tree_counting(
+        &self,
+        root: &Path,
+        path: &Path,
+        removed: &mut RemovalStats,
+    ) -> Result<(), HostError> {
         self.check("remove_tree", path)?;
-        self.inner.remove_tree(root, path)
+        self.inner.remove_tree_counting(root, path, removed)
     }
     fn rename(&self, from: &Path, to: &Path) -> Result<(), HostError> {
         self.check("rename", from)?;

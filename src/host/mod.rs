@@ -83,6 +83,11 @@ impl HostError {
         }
     }
 
+    /// Whether this is an I/O failure because the path does not exist (`ENOENT`).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Self::Io { source, .. } if source.kind() == io::ErrorKind::NotFound)
+    }
+
     /// The errno behind an I/O failure, if there is one.
     pub fn errno(&self) -> Option<i32> {
         match self {
@@ -120,7 +125,7 @@ pub struct TreeUsage {
 }
 
 /// What a removal did, so a wipe can say how much it destroyed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RemovalStats {
     pub files: u64,
     pub dirs: u64,
@@ -128,6 +133,20 @@ pub struct RemovalStats {
     pub bytes: u64,
     /// A loopfs volume's image file, reclaimed apart from the data counted above.
     pub image_bytes: u64,
+    /// Set when the counts above are not all the volume held, saying why: its damaged
+    /// filesystem could not all be read, or its directory was already gone.
+    pub incomplete: Option<String>,
+}
+
+impl RemovalStats {
+    /// Adds `other`'s counts to these (not its `incomplete`).
+    pub fn add_counts(&mut self, other: &RemovalStats) {
+        self.files += other.files;
+        self.dirs += other.dirs;
+        self.symlinks += other.symlinks;
+        self.bytes += other.bytes;
+        self.image_bytes += other.image_bytes;
+    }
 }
 
 /// What an export or an import of a tree moved.
@@ -202,7 +221,22 @@ pub trait Host: Send + Sync {
     /// Removes `path` and everything beneath it; `path` must be beneath `root`, or be `root`'s
     /// child. Symlinks are unlinked, never followed; other mounts are never entered. A missing
     /// `path` is success.
-    fn remove_tree(&self, root: &Path, path: &Path) -> Result<RemovalStats, HostError>;
+    fn remove_tree(&self, root: &Path, path: &Path) -> Result<RemovalStats, HostError> {
+        let mut removed = RemovalStats::default();
+        self.remove_tree_counting(root, path, &mut removed)?;
+        Ok(removed)
+    }
+
+    /// [`Host::remove_tree`], counting into `removed` as it goes. An entry the walk cannot
+    /// read or remove (a damaged filesystem answers `EIO`, `EUCLEAN` or `ENOTEMPTY`) does not
+    /// stop it: everything else still goes and is counted, and the first such error is
+    /// returned at the end, with `removed` saying what went.
+    fn remove_tree_counting(
+        &self,
+        root: &Path,
+        path: &Path,
+        removed: &mut RemovalStats,
+    ) -> Result<(), HostError>;
 
     /// `rename(2)` without replacing an existing `to`. Missing `from` with existing `to` is
     /// success (the rename already happened).

@@ -156,8 +156,13 @@ impl Host for LinuxHost {
         make_dir(dir, ownership)
     }
 
-    fn remove_tree(&self, root: &Path, path: &Path) -> Result<RemovalStats, HostError> {
-        remove_tree(root, path)
+    fn remove_tree_counting(
+        &self,
+        root: &Path,
+        path: &Path,
+        removed: &mut RemovalStats,
+    ) -> Result<(), HostError> {
+        remove_tree(root, path, removed)
     }
 
     fn rename(&self, from: &Path, to: &Path) -> Result<(), HostError> {

@@ -335,14 +335,19 @@ fn beneath<'a>(root: &Path, path: &'a Path) -> Result<Vec<&'a OsStr>, HostError>
     Ok(names)
 }
 
-pub(super) fn remove_tree(root: &Path, path: &Path) -> Result<RemovalStats, HostError> {
+/// Counts into `stats` as it goes, so a walk stopped by an error still says what it
+/// removed.
+pub(super) fn remove_tree(
+    root: &Path,
+    path: &Path,
+    stats: &mut RemovalStats,
+) -> Result<(), HostError> {
     let names = beneath(root, path)?;
-    let mut stats = RemovalStats::default();
     // `root` is berth's configuration: its ancestors are resolved normally, `root` itself
     // (a pool root) must not be a symlink, and nothing below it is followed.
     let mut dir = match open_dir_nofollow(root) {
         Ok(fd) => fd,
-        Err(e) if e.errno() == Some(libc::ENOENT) => return Ok(stats),
+        Err(e) if e.errno() == Some(libc::ENOENT) => return Ok(()),
         Err(e) => return Err(e),
     };
     let mut walked = root.to_path_buf();
@@ -354,7 +359,7 @@ pub(super) fn remove_tree(root: &Path, path: &Path) -> Result<RemovalStats, Host
         let c = cstring("open", &walked, name.as_bytes())?;
         dir = match nix::fcntl::openat(&dir, c.as_c_str(), oflags_dir(), Mode::empty()) {
             Ok(fd) => fd,
-            Err(Errno::ENOENT) => return Ok(stats),
+            Err(Errno::ENOENT) => return Ok(()),
             Err(Errno::ELOOP | Errno::ENOTDIR) => {
                 return Err(not_a_dir_error("open", dir.as_fd(), &c, &walked));
             }
@@ -364,7 +369,7 @@ pub(super) fn remove_tree(root: &Path, path: &Path) -> Result<RemovalStats, Host
     let last_c = cstring("remove", path, last.as_bytes())?;
     let meta = match statx_at(dir.as_fd(), &last_c) {
         Ok(m) => m,
-        Err(Errno::ENOENT) => return Ok(stats),
+        Err(Errno::ENOENT) => return Ok(()),
         Err(e) => return Err(nix_err("stat", path, e)),
     };
     if meta.is_symlink() {
@@ -379,14 +384,14 @@ pub(super) fn remove_tree(root: &Path, path: &Path) -> Result<RemovalStats, Host
         });
     }
     if !meta.is_dir() {
-        unlink_counted(dir.as_fd(), &last_c, &meta, &mut stats)
+        unlink_counted(dir.as_fd(), &last_c, &meta, stats)
             .map_err(|e| nix_err("unlink", path, e))?;
         fsync_fd(dir.as_fd(), path)?;
-        return Ok(stats);
+        return Ok(());
     }
     let top = match nix::fcntl::openat(&dir, last_c.as_c_str(), oflags_dir(), Mode::empty()) {
         Ok(fd) => fd,
-        Err(Errno::ENOENT) => return Ok(stats),
+        Err(Errno::ENOENT) => return Ok(()),
         Err(Errno::ELOOP | Errno::ENOTDIR) => {
             return Err(not_a_dir_error("open", dir.as_fd(), &last_c, path));
         }
@@ -401,45 +406,74 @@ pub(super) fn remove_tree(root: &Path, path: &Path) -> Result<RemovalStats, Host
     let mounts = mounts_beneath(top.as_fd(), path)?;
     let mut walker = Walker::new(path, top, top_meta, None, mounts)?;
     let mut crossing: Option<PathBuf> = None;
-    while let Some(step) = walker.next()? {
-        match step {
+    // An entry that cannot be read or removed (a damaged filesystem answers EIO, EUCLEAN or
+    // ENOTEMPTY) does not stop the walk: the rest still goes and is counted, and the first
+    // such error is returned at the end. Each failing step has already consumed its entry,
+    // so the walk always moves on.
+    let mut failed: Option<HostError> = None;
+    loop {
+        let step = match walker.next() {
+            Ok(Some(step)) => step,
+            Ok(None) => break,
+            Err(e) => {
+                failed.get_or_insert(e);
+                continue;
+            }
+        };
+        let done = match step {
             Step::Entry { name, meta } => {
                 if walker.crosses(&name, &meta) {
                     crossing.get_or_insert_with(|| walker.path_of(&name));
+                    Ok(())
                 } else if meta.is_dir() {
-                    walker.descend(&name, &meta, None)?;
+                    walker.descend(&name, &meta, None)
                 } else {
-                    unlink_counted(walker.dir()?, &name, &meta, &mut stats)
-                        .map_err(|e| nix_err("unlink", &walker.path_of(&name), e))?;
+                    walker.dir().and_then(|parent| {
+                        unlink_counted(parent, &name, &meta, stats)
+                            .map_err(|e| nix_err("unlink", &walker.path_of(&name), e))
+                    })
                 }
             }
             Step::Leave { name, .. } => {
-                let (parent, name) = if walker.is_empty() {
-                    (dir.as_fd(), last_c.as_c_str())
+                let parent = if walker.is_empty() {
+                    Ok((dir.as_fd(), last_c.as_c_str()))
                 } else {
-                    (walker.dir()?, name.as_c_str())
+                    walker.dir().map(|fd| (fd, name.as_c_str()))
                 };
-                match nix::unistd::unlinkat(parent, name, UnlinkatFlags::RemoveDir) {
-                    Ok(()) => stats.dirs += 1,
-                    Err(Errno::ENOENT) => {}
-                    // Holds the mount point we did not cross: reported below.
-                    Err(Errno::ENOTEMPTY | Errno::EEXIST | Errno::EBUSY) if crossing.is_some() => {}
-                    Err(e) => {
-                        let entry_path = if walker.is_empty() {
-                            path.to_path_buf()
-                        } else {
-                            walker.path_of(name)
-                        };
-                        return Err(nix_err("rmdir", &entry_path, e));
+                parent.and_then(|(parent, name)| {
+                    match nix::unistd::unlinkat(parent, name, UnlinkatFlags::RemoveDir) {
+                        Ok(()) => {
+                            stats.dirs += 1;
+                            Ok(())
+                        }
+                        Err(Errno::ENOENT) => Ok(()),
+                        // Holds the mount point we did not cross: reported below.
+                        Err(Errno::ENOTEMPTY | Errno::EEXIST | Errno::EBUSY)
+                            if crossing.is_some() =>
+                        {
+                            Ok(())
+                        }
+                        Err(e) => {
+                            let entry_path = if walker.is_empty() {
+                                path.to_path_buf()
+                            } else {
+                                walker.path_of(name)
+                            };
+                            Err(nix_err("rmdir", &entry_path, e))
+                        }
                     }
-                }
+                })
             }
+        };
+        if let Err(e) = done {
+            failed.get_or_insert(e);
         }
     }
     fsync_fd(dir.as_fd(), path)?;
-    match crossing {
-        Some(path) => Err(HostError::CrossesMount { path }),
-        None => Ok(stats),
+    match (crossing, failed) {
+        (Some(path), _) => Err(HostError::CrossesMount { path }),
+        (None, Some(e)) => Err(e),
+        (None, None) => Ok(()),
     }
 }
 
