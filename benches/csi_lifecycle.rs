@@ -16,6 +16,8 @@
 
 #[path = "../tests/support/csi_daemon.rs"]
 mod csi_daemon;
+#[path = "../tests/support/harness/mod.rs"]
+mod harness;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -26,7 +28,7 @@ use std::time::{Duration, Instant};
 use berth::csi::proto::volume_capability::access_mode::Mode;
 use berth::csi::proto::volume_capability::{AccessMode, AccessType, MountVolume};
 use berth::csi::proto::*;
-use csi_daemon::{Clients, Daemon, is_root};
+use csi_daemon::{Clients, Daemon};
 
 const RPCS: [&str; 6] = [
     "CreateVolume",
@@ -346,10 +348,7 @@ async fn time_to_ready(daemon: &mut Daemon) -> (Duration, Option<u64>) {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
 async fn main() {
-    if !is_root() {
-        eprintln!("csi_lifecycle: needs root (it bind-mounts)");
-        std::process::exit(1);
-    }
+    harness::require_root();
     let log_level = std::env::var("BERTH_LOG").unwrap_or_else(|_| "warn,berth::daemon=info".into());
     let n: usize = env_or("BERTH_BENCH_N", 200);
     let scale: usize = env_or("BERTH_BENCH_SCALE", 10_000);

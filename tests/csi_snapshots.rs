@@ -5,6 +5,8 @@
 
 #[path = "support/csi_daemon.rs"]
 mod csi_daemon;
+#[path = "support/harness/mod.rs"]
+mod harness;
 #[path = "support/host.rs"]
 mod host_support;
 
@@ -17,21 +19,12 @@ use berth::csi::proto::volume_capability::access_mode::Mode;
 use berth::csi::proto::volume_capability::{AccessMode, AccessType as CsiAccess, MountVolume};
 use berth::csi::proto::volume_content_source::{SnapshotSource, Type, VolumeSource};
 use berth::csi::proto::*;
-use csi_daemon::{Clients, Daemon, is_root, loops_under};
+use csi_daemon::{Clients, Daemon, loops_under};
 use tonic::Code;
 
 const MIB: i64 = 1 << 20;
 /// The loopfs pool and the plain-directory pool of the test daemon.
 const POOLS: [&str; 2] = ["default", "plain"];
-
-macro_rules! needs_root {
-    () => {
-        if !is_root() {
-            eprintln!("skipped: this test mounts filesystems and needs root");
-            return;
-        }
-    };
-}
 
 fn mount() -> VolumeCapability {
     VolumeCapability {
@@ -188,7 +181,7 @@ fn write_second_generation(data: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restore_holds_exactly_the_snapshot_and_a_clone_is_independent() {
-    needs_root!();
+    harness::require_root();
     let daemon = Daemon::start("");
     let mut c = daemon.clients().await;
     for pool in POOLS {
@@ -309,7 +302,7 @@ async fn a_restore_holds_exactly_the_snapshot_and_a_clone_is_independent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_controller_advertises_snapshots_and_clones() {
-    needs_root!();
+    harness::require_root();
     let daemon = Daemon::start("");
     let mut c = daemon.clients().await;
     let caps: Vec<i32> = c
@@ -338,7 +331,7 @@ async fn the_controller_advertises_snapshots_and_clones() {
 /// csi-test's CreateSnapshot, DeleteSnapshot and GetSnapshot specs, per pool.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sanity_snapshot_specs_pass() {
-    needs_root!();
+    harness::require_root();
     let daemon = Daemon::start("");
     let mut c = daemon.clients().await;
     for pool in POOLS {
@@ -487,7 +480,7 @@ async fn the_sanity_snapshot_specs_pass() {
 /// ids give empty lists, new snapshots appear and deleted ones go, and paging.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sanity_list_snapshot_specs_pass() {
-    needs_root!();
+    harness::require_root();
     let daemon = Daemon::start("");
     let mut c = daemon.clients().await;
     let mut made = Vec::new();
@@ -605,7 +598,7 @@ async fn the_sanity_list_snapshot_specs_pass() {
 /// whose fsync returned before the snapshot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_of_a_volume_being_written_restores_clean_with_a_prefix() {
-    needs_root!();
+    harness::require_root();
     let daemon = Daemon::start("");
     let mut c = daemon.clients().await;
     create(&mut c, create_request("busy", "default", 64 * MIB)).await;
@@ -707,7 +700,7 @@ fn writable(dir: &Path) -> bool {
 /// volume's data is there, and retrying the interrupted calls succeeds with the right data.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_snapshots_and_restores_leaves_nothing_half_made() {
-    needs_root!();
+    harness::require_root();
     let mut daemon = Daemon::start("");
     let mut c = daemon.clients().await;
     let mut expected = HashMap::new();
@@ -819,8 +812,8 @@ async fn kill_9_during_snapshots_and_restores_leaves_nothing_half_made() {
 /// read-only subvolume, the restore a writable snapshot of it with its own qgroup limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn btrfs_snapshots_are_read_only_subvolumes_and_restore_exactly() {
-    needs_root!();
-    let scratch = host_support::Scratch::new();
+    harness::require_root();
+    let scratch = host_support::scratch();
     let image = scratch.join("btrfs.img");
     host_support::make_fs(&image, 512 << 20, "mkfs.btrfs", &["-q", "-f"]);
     let fs_root = scratch.join("btrfs");
@@ -866,7 +859,7 @@ async fn btrfs_snapshots_are_read_only_subvolumes_and_restore_exactly() {
 /// source's filesystem UUID, which xfs refuses to mount twice unless told).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_xfs_snapshot_restores_beside_its_mounted_source() {
-    needs_root!();
+    harness::require_root();
     let daemon = Daemon::start("");
     let mut c = daemon.clients().await;
     create(&mut c, create_request("x", "xfs", 320 * MIB)).await;
