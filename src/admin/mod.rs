@@ -49,7 +49,7 @@ use crate::engine::types::{
 };
 use crate::engine::{EngineError, PoolSelector, VolumeService};
 use crate::server::http::{HttpLimits, Reply, Request};
-use crate::server::{DaemonError, Servers, bind_socket, shutdown_future};
+use crate::server::{ServeError, Servers, bind_socket, shutdown_future};
 use views::{DataOutcome, DeleteView, ErrorView, RemovedView, VolumeList, VolumeView};
 
 /// Operators' calls may wait for a busy volume rather than be told to retry.
@@ -121,8 +121,8 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Reads the configured token: `admin.token`, or the first line of `admin.token_file`.
-pub fn configured_token(config: &Config) -> Result<Option<Token>, DaemonError> {
-    let invalid = |what: &str, e: String| DaemonError::Config(format!("{what}: {e}"));
+pub fn configured_token(config: &Config) -> Result<Option<Token>, ServeError> {
+    let invalid = |what: &str, e: String| ServeError::Config(format!("{what}: {e}"));
     if let Some(secret) = &config.admin.token {
         return Token::new(secret)
             .map(Some)
@@ -131,7 +131,7 @@ pub fn configured_token(config: &Config) -> Result<Option<Token>, DaemonError> {
     let Some(path) = &config.admin.token_file else {
         return Ok(None);
     };
-    let text = std::fs::read_to_string(path).map_err(|source| DaemonError::Io {
+    let text = std::fs::read_to_string(path).map_err(|source| ServeError::Io {
         what: "reading the admin token file",
         path: path.clone(),
         source,
@@ -675,7 +675,7 @@ pub fn start(
     mode: u32,
     stop: &watch::Receiver<bool>,
     servers: &mut Servers,
-) -> Result<(), DaemonError> {
+) -> Result<(), ServeError> {
     let token = configured_token(config)?;
     let admin = Admin::with_mesos(Arc::clone(engine), token.clone(), config.mesos.clone());
     if !config.listen.admin.is_empty() {
@@ -698,7 +698,7 @@ pub fn start(
     }
     if let Some(address) = &config.listen.admin_tcp {
         if token.is_none() {
-            return Err(DaemonError::Config(
+            return Err(ServeError::Config(
                 "listen.admin_tcp: the admin API on TCP needs admin.token or admin.token_file"
                     .into(),
             ));
@@ -747,9 +747,9 @@ fn serve_tcp<H, HF>(
     });
 }
 
-fn bind_tcp(address: &str) -> Result<tokio::net::TcpListener, DaemonError> {
+fn bind_tcp(address: &str) -> Result<tokio::net::TcpListener, ServeError> {
     let io = |what| {
-        move |source| DaemonError::Io {
+        move |source| ServeError::Io {
             what,
             path: PathBuf::from(address),
             source,

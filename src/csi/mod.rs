@@ -48,7 +48,7 @@ use tonic::{Code, Status};
 use crate::config::Config;
 use crate::engine::types::{Caller, Frontend, VolumeName};
 use crate::engine::{EngineError, VolumeService};
-use crate::server::{BoundSocket, DaemonError, Servers};
+use crate::server::{BoundSocket, ServeError, Servers};
 
 use authority::AuthorityRewriting;
 use proto::controller_server::ControllerServer;
@@ -209,7 +209,7 @@ pub fn start(
     mode: u32,
     stop: &watch::Receiver<bool>,
     servers: &mut Servers,
-) -> Result<(), DaemonError> {
+) -> Result<(), ServeError> {
     let endpoint = endpoint(config);
     if endpoint.is_empty() {
         return Ok(());
@@ -231,7 +231,7 @@ pub async fn serve(
     bound: BoundSocket,
     service: CsiService,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), DaemonError> {
+) -> Result<(), ServeError> {
     let path = bound
         .listener
         .local_addr()
@@ -244,7 +244,7 @@ pub async fn serve(
         .add_service(NodeServer::new(service))
         .serve_with_incoming_shutdown(Incoming::new(&bound.listener), shutdown)
         .await
-        .map_err(|e| DaemonError::Io {
+        .map_err(|e| ServeError::Io {
             what: "serving CSI on",
             path,
             source: std::io::Error::other(e),

@@ -41,7 +41,7 @@ struct Harness {
     controller: ControllerClient<Channel>,
     node: NodeClient<Channel>,
     stop: watch::Sender<bool>,
-    server: tokio::task::JoinHandle<Result<(), crate::server::DaemonError>>,
+    server: tokio::task::JoinHandle<Result<(), crate::server::ServeError>>,
 }
 
 impl Harness {
