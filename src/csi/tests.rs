@@ -1467,7 +1467,7 @@ fn every_engine_error_has_its_csi_code() {
         ),
         (
             EngineError::Host {
-                volume: v(),
+                volume: Some(v()),
                 operation: "op",
                 source: HostError::Injected("x".into()),
             },

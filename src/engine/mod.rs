@@ -250,7 +250,7 @@ impl<H: Host> Engine<H> {
     /// the host.
     pub fn open(config: EngineConfig, host: H) -> Result<Self, EngineError> {
         let internal = |source| EngineError::Store {
-            volume: "-".into(),
+            volume: None,
             operation: "open",
             source,
         };
@@ -262,7 +262,7 @@ impl<H: Host> Engine<H> {
                 for dir in [IMAGES_DIR, RETAINED_DIR] {
                     host.make_dir(&base.join(dir), &Ownership::default())
                         .map_err(|source| EngineError::Host {
-                            volume: "-".into(),
+                            volume: None,
                             operation: "preparing the pool",
                             source,
                         })?;
@@ -308,7 +308,7 @@ impl<H: Host> Engine<H> {
         self.store
             .put(volume.name.as_str(), volume)
             .map_err(|source| EngineError::Store {
-                volume: volume.name.to_string(),
+                volume: Some(volume.name.to_string()),
                 operation,
                 source,
             })?;
@@ -320,7 +320,7 @@ impl<H: Host> Engine<H> {
         self.store
             .remove(name.as_str())
             .map_err(|source| EngineError::Store {
-                volume: name.to_string(),
+                volume: Some(name.to_string()),
                 operation,
                 source,
             })?;
@@ -341,13 +341,14 @@ impl<H: Host> Engine<H> {
 
     /// The lowest project id that no berth volume holds and the filesystem under `base`
     /// does not already use (listed in `/etc/projid` or set on a directory there). Called
-    /// under the placement lock, so two creates never get the same id.
-    fn free_project_id(&self, base: &Path) -> Result<u32, EngineError> {
+    /// under the placement lock, so two creates never get the same id. `volume` is the one
+    /// being placed, for the error when no id is left.
+    fn free_project_id(&self, volume: &str, base: &Path) -> Result<u32, EngineError> {
         let in_use = |dir: &Path| {
             self.host
                 .project_ids_in_use(dir)
                 .map_err(|source| EngineError::Host {
-                    volume: "-".into(),
+                    volume: None,
                     operation: "listing project ids in use",
                     source,
                 })
@@ -358,7 +359,7 @@ impl<H: Host> Engine<H> {
         (FIRST_PROJECT_ID..u32::MAX)
             .find(|id| !taken.contains(id))
             .ok_or_else(|| EngineError::Unsupported {
-                volume: "-".into(),
+                volume: volume.to_string(),
                 reason: "no project id is free".into(),
             })
     }
@@ -393,7 +394,7 @@ impl<H: Host> Engine<H> {
         volume: &VolumeName,
         operation: &'static str,
     ) -> impl FnOnce(HostError) -> EngineError {
-        let volume = volume.to_string();
+        let volume = Some(volume.to_string());
         move |source| EngineError::Host {
             volume,
             operation,

@@ -193,7 +193,7 @@ impl<H: Host> VolumeService for Engine<H> {
         self.store
             .probe()
             .map_err(|source: StoreError| EngineError::Store {
-                volume: "-".into(),
+                volume: None,
                 operation: "probe",
                 source,
             })?;
@@ -201,7 +201,7 @@ impl<H: Host> VolumeService for Engine<H> {
             .mounts()
             .map(|_| ())
             .map_err(|source| EngineError::Host {
-                volume: "-".into(),
+                volume: None,
                 operation: "probe",
                 source,
             })

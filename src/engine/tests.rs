@@ -949,3 +949,46 @@ fn by(frontend: Frontend) -> Caller {
         wait_if_busy: false,
     }
 }
+
+#[test]
+fn an_error_about_no_one_volume_names_none_until_a_request_names_it() {
+    let unnamed = EngineError::Host {
+        volume: None,
+        operation: "measuring the pool",
+        source: crate::host::HostError::Injected("disk gone".into()),
+    };
+    let text = unnamed.to_string();
+    assert!(text.starts_with("measuring the pool failed: "), "{text}");
+    assert!(!text.contains("volume"), "{text}");
+    let named = unnamed.for_volume("db").to_string();
+    assert!(
+        named.starts_with("volume db: measuring the pool failed: "),
+        "{named}"
+    );
+
+    let store = EngineError::Store {
+        volume: None,
+        operation: "open",
+        source: crate::store::StoreError::Corrupt {
+            key: "db".into(),
+            reason: "bad record".into(),
+        },
+    };
+    assert!(
+        store
+            .to_string()
+            .starts_with("the reservation store failed during open: "),
+        "{store}"
+    );
+    // An error that already names its volume keeps it.
+    let own = EngineError::Host {
+        volume: Some("logs".into()),
+        operation: "mount",
+        source: crate::host::HostError::Injected("x".into()),
+    };
+    assert!(
+        own.for_volume("db")
+            .to_string()
+            .starts_with("volume logs: mount failed")
+    );
+}
