@@ -795,6 +795,13 @@ fn wiping_a_mount_disk_empties_it_and_returns_it_to_the_pool() {
         (shown["kind"].as_str(), shown["backend"].as_str()),
         (Some("mount"), Some("disk"))
     );
+    // Input berth cannot honour is 422 on the admin socket: a disk has no room for a copy.
+    let (status, body) = daemon.call("POST", "/v1/volumes/whole/snapshots/copy");
+    assert_eq!(
+        (status, body["kind"].as_str()),
+        (422, Some("unsupported")),
+        "{body}"
+    );
     let (status, body) = daemon.call("DELETE", "/v1/volumes/whole?wipe=true");
     assert_eq!(status, 200, "{body}");
     assert!(!data.exists(), "the volume's data is gone");

@@ -25,7 +25,8 @@
 //! `Authorization` header are never logged.
 //!
 //! The API is a thin edge: it parses ids and filters into engine types, calls the engine
-//! (in `spawn_blocking`) and maps [`EngineError`] in one place, [`status_of`].
+//! (in `spawn_blocking`) and maps [`EngineError`] in one place, the admin socket's
+//! [`crate::server::status::admin_status`].
 
 pub mod cli;
 pub mod doctor;
@@ -49,6 +50,7 @@ use crate::engine::types::{
 };
 use crate::engine::{EngineError, PoolSelector, VolumeService};
 use crate::server::http::{HttpLimits, Reply, Request};
+use crate::server::status::admin_status;
 use crate::server::{ServeError, Servers, bind_socket, shutdown_future};
 use views::{DataOutcome, DeleteView, ErrorView, RemovedView, VolumeList, VolumeView};
 
@@ -533,29 +535,8 @@ fn volume_filter(query: &Query) -> Result<VolumeFilter, String> {
     })
 }
 
-/// The HTTP status of each engine error: the one place the admin API maps them.
-pub fn status_of(e: &EngineError) -> u16 {
-    match e {
-        EngineError::Input(_) => 400,
-        EngineError::NotFound { .. } | EngineError::SnapshotNotFound { .. } => 404,
-        EngineError::AlreadyExists { .. } | EngineError::SnapshotExists { .. } => 409,
-        EngineError::Busy { .. } => 409,
-        EngineError::InUse { .. } => 409,
-        EngineError::WrongPhase { .. } => 409,
-        EngineError::TargetConflict { .. } => 409,
-        EngineError::NoCapacity { .. } => 507,
-        EngineError::TooManyVolumes { .. } => 507,
-        // The admin API acts on any volume; kept for exhaustiveness.
-        EngineError::HeldByOther { .. } => 403,
-        EngineError::Unsupported { .. } => 422,
-        EngineError::PoolUnusable { .. } => 500,
-        EngineError::Host { .. } => 500,
-        EngineError::Store { .. } => 500,
-    }
-}
-
 fn engine_error(e: &EngineError) -> Reply {
-    error_reply(status_of(e), e.kind(), &e.to_string())
+    error_reply(admin_status(e), e.kind(), &e.to_string())
 }
 
 fn error_reply(status: u16, kind: &str, message: &str) -> Reply {

@@ -1,11 +1,13 @@
 //! Plumbing every front-end shares, below the front-ends and above the engine: unix sockets
-//! ([`socket`]), the small HTTP/1.1 server ([`http`]), the shutdown signal and the serving
+//! ([`socket`]), the small HTTP/1.1 server ([`http`]), the admin socket's one status map
+//! ([`status`]), the shutdown signal and the serving
 //! tasks the daemon waits on (among them the pending-reservation sweep). Front-ends import
 //! this, never `crate::daemon`.
 
 pub mod engine_call;
 pub mod http;
 pub mod socket;
+pub mod status;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
