@@ -19,12 +19,12 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use berth::admin::cli::{Client, Response};
 use berth::config::Config;
 use berth::engine::VolumeService;
 use berth::engine::types::{
     Caller, CreateRequest, Frontend, Owner, PublishTarget, VolumeName, VolumeSpec,
 };
+use berth::server::client::{Client, Response};
 use harness::cleanup::{Scratch, loops_under, mounts_under};
 use harness::serve::{Serve, Served};
 use serde_json::Value;

@@ -1,9 +1,10 @@
 //! Plumbing every front-end shares, below the front-ends and above the engine: unix sockets
-//! ([`socket`]), the small HTTP/1.1 server ([`http`]), the admin socket's one status map
-//! ([`status`]), the shutdown signal and the serving
-//! tasks the daemon waits on (among them the pending-reservation sweep). Front-ends import
+//! ([`socket`]), the small HTTP/1.1 server ([`http`]), the admin socket's one client
+//! ([`client`]) and one status map ([`status`]), the shutdown signal and the serving tasks
+//! the daemon waits on (among them the pending-reservation sweep). Front-ends import
 //! this, never `crate::daemon`.
 
+pub mod client;
 pub mod engine_call;
 pub mod http;
 pub mod socket;
@@ -49,10 +50,7 @@ pub enum ServeError {
     Config(String),
 }
 
-pub(crate) fn io_err(
-    what: &'static str,
-    path: &Path,
-) -> impl FnOnce(std::io::Error) -> ServeError {
+pub(crate) fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ServeError {
     let path = path.to_path_buf();
     move |source| ServeError::Io { what, path, source }
 }
