@@ -9,17 +9,18 @@ mod csi_daemon;
 #[path = "support/harness/mod.rs"]
 mod harness;
 
-use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use berth::csi::proto::volume_capability::access_mode::Mode;
-use berth::csi::proto::volume_capability::{
-    AccessMode, AccessType as CsiAccess, BlockVolume, MountVolume,
-};
+use berth::csi::proto::volume_capability::{AccessType as CsiAccess, MountVolume};
 use berth::csi::proto::*;
+use berth::csi::testing::{
+    block, cap, controller_expand_request, delete_request, mount, params, publish_request,
+    stage_request, stats_request, unpublish_request, unstage_request,
+};
 use csi_daemon::{Clients, Daemon, loops_under, mounts_under};
 use harness::serve::{READY_DEADLINE, Serve};
 use tonic::Code;
@@ -69,20 +70,6 @@ async fn assert_no_loops_under(path: &Path) {
     }
 }
 
-fn cap(mode: Mode, access: CsiAccess) -> VolumeCapability {
-    VolumeCapability {
-        access_mode: Some(AccessMode { mode: mode as i32 }),
-        access_type: Some(access),
-    }
-}
-
-fn mount() -> VolumeCapability {
-    cap(
-        Mode::SingleNodeWriter,
-        CsiAccess::Mount(MountVolume::default()),
-    )
-}
-
 fn mount_group(gid: u32) -> VolumeCapability {
     cap(
         Mode::SingleNodeWriter,
@@ -91,17 +78,6 @@ fn mount_group(gid: u32) -> VolumeCapability {
             ..MountVolume::default()
         }),
     )
-}
-
-fn block() -> VolumeCapability {
-    cap(Mode::SingleNodeWriter, CsiAccess::Block(BlockVolume {}))
-}
-
-fn params(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
 }
 
 fn create_request(name: &str, required: i64, caps: VolumeCapability) -> CreateVolumeRequest {
@@ -113,73 +89,6 @@ fn create_request(name: &str, required: i64, caps: VolumeCapability) -> CreateVo
         }),
         volume_capabilities: vec![caps],
         ..Default::default()
-    }
-}
-
-fn stage_request(id: &str, staging: &Path, caps: VolumeCapability) -> NodeStageVolumeRequest {
-    NodeStageVolumeRequest {
-        volume_id: id.into(),
-        staging_target_path: staging.display().to_string(),
-        volume_capability: Some(caps),
-        ..Default::default()
-    }
-}
-
-fn publish_request(
-    id: &str,
-    staging: &Path,
-    target: &Path,
-    caps: VolumeCapability,
-    readonly: bool,
-) -> NodePublishVolumeRequest {
-    NodePublishVolumeRequest {
-        volume_id: id.into(),
-        staging_target_path: staging.display().to_string(),
-        target_path: target.display().to_string(),
-        volume_capability: Some(caps),
-        readonly,
-        ..Default::default()
-    }
-}
-
-fn controller_expand_request(id: &str, required: i64) -> ControllerExpandVolumeRequest {
-    ControllerExpandVolumeRequest {
-        volume_id: id.into(),
-        capacity_range: Some(CapacityRange {
-            required_bytes: required,
-            limit_bytes: 0,
-        }),
-        volume_capability: Some(mount()),
-        ..Default::default()
-    }
-}
-
-fn unpublish_request(id: &str, target: &Path) -> NodeUnpublishVolumeRequest {
-    NodeUnpublishVolumeRequest {
-        volume_id: id.into(),
-        target_path: target.display().to_string(),
-    }
-}
-
-fn unstage_request(id: &str, staging: &Path) -> NodeUnstageVolumeRequest {
-    NodeUnstageVolumeRequest {
-        volume_id: id.into(),
-        staging_target_path: staging.display().to_string(),
-    }
-}
-
-fn delete_request(id: &str) -> DeleteVolumeRequest {
-    DeleteVolumeRequest {
-        volume_id: id.into(),
-        ..Default::default()
-    }
-}
-
-fn stats_request(id: &str, path: &Path) -> NodeGetVolumeStatsRequest {
-    NodeGetVolumeStatsRequest {
-        volume_id: id.into(),
-        volume_path: path.display().to_string(),
-        staging_target_path: String::new(),
     }
 }
 

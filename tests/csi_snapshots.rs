@@ -15,25 +15,15 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use berth::csi::proto::controller_service_capability::rpc;
-use berth::csi::proto::volume_capability::access_mode::Mode;
-use berth::csi::proto::volume_capability::{AccessMode, AccessType as CsiAccess, MountVolume};
 use berth::csi::proto::volume_content_source::{SnapshotSource, Type, VolumeSource};
 use berth::csi::proto::*;
+use berth::csi::testing::{assert_code, mount};
 use csi_daemon::{Clients, Daemon, loops_under};
 use tonic::Code;
 
 const MIB: i64 = 1 << 20;
 /// The loopfs pool and the plain-directory pool of the test daemon.
 const POOLS: [&str; 2] = ["default", "plain"];
-
-fn mount() -> VolumeCapability {
-    VolumeCapability {
-        access_mode: Some(AccessMode {
-            mode: Mode::SingleNodeWriter as i32,
-        }),
-        access_type: Some(CsiAccess::Mount(MountVolume::default())),
-    }
-}
 
 fn create_request(name: &str, pool: &str, size: i64) -> CreateVolumeRequest {
     CreateVolumeRequest {
@@ -105,17 +95,6 @@ async fn take(c: &mut Clients, name: &str, source: &str) -> Snapshot {
 
 async fn list(c: &mut Clients, req: ListSnapshotsRequest) -> ListSnapshotsResponse {
     c.controller.list_snapshots(req).await.unwrap().into_inner()
-}
-
-#[track_caller]
-fn assert_code<T: std::fmt::Debug>(result: Result<T, tonic::Status>, code: Code, needle: &str) {
-    let status = result.expect_err("the call should have failed");
-    assert_eq!(status.code(), code, "{}", status.message());
-    assert!(
-        status.message().contains(needle),
-        "{:?} does not mention {needle:?}",
-        status.message()
-    );
 }
 
 /// The data directory of a volume of the test daemon (berth keeps loopfs volumes mounted

@@ -31,6 +31,8 @@ mod node;
 mod params;
 pub mod proto;
 mod snapshots;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 #[cfg(test)]
 mod tests;
 
