@@ -73,19 +73,23 @@ fn notify_ready() {
     }
 }
 
-/// Resolves when SIGTERM or SIGINT arrives.
-async fn shutdown_signal() {
+/// Catches SIGTERM and SIGINT from the moment it is called; the future resolves when one
+/// arrives. Called before any socket is bound, so a signal while berth starts is a clean
+/// shutdown (sockets removed), not the default action that kills it in place.
+fn shutdown_signal() -> impl Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
     let term = signal(SignalKind::terminate());
     let int = signal(SignalKind::interrupt());
-    match (term, int) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {},
-                _ = int.recv() => {},
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = int.recv() => {},
+                }
             }
+            _ => std::future::pending::<()>().await,
         }
-        _ => std::future::pending::<()>().await,
     }
 }
 
@@ -111,6 +115,7 @@ pub async fn serve(
     stop: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let started = std::time::Instant::now();
+    let signalled = shutdown_signal();
     let _state_lock = lock_state_dir(&config.state_dir)?;
     let engine = tokio::task::spawn_blocking({
         let config = config.clone();
@@ -140,7 +145,7 @@ pub async fn serve(
     );
     notify_ready();
     tokio::select! {
-        _ = shutdown_signal() => tracing::info!("shutting down on signal"),
+        _ = signalled => tracing::info!("shutting down on signal"),
         _ = stop => tracing::info!("shutting down"),
         Some(done) = servers.join_next() => {
             if let Ok(Err(e)) = done { return Err(e); }
