@@ -163,6 +163,8 @@ fn status_of(e: &EngineError) -> Status {
         }
         EngineError::Busy { .. } => Code::Aborted,
         EngineError::InUse { .. } => Code::FailedPrecondition,
+        // A publish before its stage.
+        EngineError::NotPublishedAt { .. } => Code::FailedPrecondition,
         // A create or delete of this volume is still pending: retry once it is done.
         EngineError::WrongPhase { .. } => Code::Aborted,
         EngineError::NoCapacity { .. } => Code::ResourceExhausted,

@@ -797,7 +797,7 @@ fn engine_error_reply(e: &EngineError, driver: &str) -> Reply {
                 "volume {volume} is in use ({targets}); stop and remove the containers using it, then retry"
             ),
         ),
-        EngineError::WrongPhase { .. } => (409, e.to_string()),
+        EngineError::WrongPhase { .. } | EngineError::NotPublishedAt { .. } => (409, e.to_string()),
         EngineError::NoCapacity { .. } => (507, e.to_string()),
         EngineError::Unsupported { .. } => (422, e.to_string()),
         EngineError::PoolUnusable { .. } => (

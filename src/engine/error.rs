@@ -54,6 +54,11 @@ pub enum EngineError {
     #[error("volume {volume} is being {phase}; retry once that has finished")]
     WrongPhase { volume: String, phase: &'static str },
 
+    /// A publication that must sit on another one (CSI's publish on its staging mount) whose
+    /// base is not there.
+    #[error("volume {volume} is not published at {base}; publish it there first")]
+    NotPublishedAt { volume: String, base: PathBuf },
+
     #[error("volume {volume}: no pool can hold it: {reason}")]
     NoCapacity { volume: String, reason: String },
 
@@ -144,6 +149,7 @@ impl EngineError {
             Self::Busy { .. } => "busy",
             Self::InUse { .. } => "in_use",
             Self::WrongPhase { .. } => "wrong_phase",
+            Self::NotPublishedAt { .. } => "not_published",
             Self::NoCapacity { .. } => "no_capacity",
             Self::Unsupported { .. } => "unsupported",
             Self::PoolUnusable { .. } => "pool_unusable",

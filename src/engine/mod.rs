@@ -124,6 +124,16 @@ pub trait VolumeService: Send + Sync {
         name: &VolumeName,
         target: PublishTarget,
     ) -> Result<Volume, EngineError>;
+    /// Publishes at `target` only while the volume is published at `base` (CSI: a
+    /// publication on its staging mount), checked and done under one volume lock;
+    /// [`EngineError::NotPublishedAt`] otherwise, changing nothing.
+    fn publish_on(
+        &self,
+        caller: Caller,
+        name: &VolumeName,
+        base: &PublishTarget,
+        target: PublishTarget,
+    ) -> Result<Volume, EngineError>;
     fn unpublish(
         &self,
         caller: Caller,

@@ -43,6 +43,18 @@ impl<H: Host> VolumeService for Engine<H> {
         })
     }
 
+    fn publish_on(
+        &self,
+        caller: Caller,
+        name: &VolumeName,
+        base: &PublishTarget,
+        target: PublishTarget,
+    ) -> Result<Volume, EngineError> {
+        self.observe(caller, "publish", name.as_str(), || {
+            self.do_publish_on(caller, name, base, target)
+        })
+    }
+
     fn unpublish(
         &self,
         caller: Caller,

@@ -992,3 +992,39 @@ fn an_error_about_no_one_volume_names_none_until_a_request_names_it() {
             .starts_with("volume logs: mount failed")
     );
 }
+
+#[test]
+fn a_publication_on_a_base_needs_the_base_published_under_the_same_lock() {
+    let f = Fixture::new();
+    let e = f.open(host());
+    e.create(CSI, request("db", None)).unwrap();
+    let base = bind("/k/staging/db", false);
+    let before = e.get(&name("db")).unwrap();
+    let calls = mutations(e.host());
+    let err = e
+        .publish_on(CSI, &name("db"), &base, bind("/k/pod/db", false))
+        .unwrap_err();
+    assert!(
+        matches!(&err, EngineError::NotPublishedAt { base, .. } if base == Path::new("/k/staging/db")),
+        "{err}"
+    );
+    assert_eq!(e.get(&name("db")).unwrap(), before, "nothing is recorded");
+    assert_eq!(mutations(e.host()), calls, "nothing is mounted");
+
+    e.publish(CSI, &name("db"), base.clone()).unwrap();
+    let v = e
+        .publish_on(CSI, &name("db"), &base, bind("/k/pod/db", true))
+        .unwrap();
+    assert_eq!(v.publications.len(), 2);
+    // Idempotent, as a publish is.
+    e.publish_on(CSI, &name("db"), &base, bind("/k/pod/db", true))
+        .unwrap();
+    // Once the base is gone a new publication on it is refused again.
+    e.unpublish(CSI, &name("db"), &bind("/k/pod/db", true))
+        .unwrap();
+    e.unpublish(CSI, &name("db"), &base).unwrap();
+    assert!(matches!(
+        e.publish_on(CSI, &name("db"), &base, bind("/k/pod/db", false)),
+        Err(EngineError::NotPublishedAt { .. })
+    ));
+}

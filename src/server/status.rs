@@ -19,6 +19,7 @@ pub fn admin_status(e: &EngineError) -> u16 {
         | EngineError::Busy { .. }
         | EngineError::InUse { .. }
         | EngineError::WrongPhase { .. }
+        | EngineError::NotPublishedAt { .. }
         | EngineError::TargetConflict { .. } => 409,
         EngineError::NoCapacity { .. } | EngineError::TooManyVolumes { .. } => 507,
         EngineError::PoolUnusable { .. } | EngineError::Host { .. } | EngineError::Store { .. } => {
