@@ -52,6 +52,8 @@ mod attribution;
 mod csi_daemon;
 #[path = "csi_lifecycle/floor.rs"]
 mod floor;
+#[path = "../tests/support/harness/mod.rs"]
+mod harness;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -63,7 +65,7 @@ use attribution::{Counters, Share};
 use berth::csi::proto::volume_capability::access_mode::Mode;
 use berth::csi::proto::volume_capability::{AccessMode, AccessType, MountVolume};
 use berth::csi::proto::*;
-use csi_daemon::{Clients, Daemon, is_root};
+use csi_daemon::{Clients, Daemon};
 use floor::Floor;
 
 const RPCS: [&str; 6] = [
@@ -483,10 +485,7 @@ async fn time_to_ready(daemon: &mut Daemon) -> (Duration, Option<u64>) {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
 async fn main() {
-    if !is_root() {
-        eprintln!("csi_lifecycle: needs root (it bind-mounts)");
-        std::process::exit(1);
-    }
+    harness::require_root();
     let quick = std::env::var("BERTH_BENCH_QUICK").is_ok_and(|v| v == "1");
     let log_level = std::env::var("BERTH_LOG").unwrap_or_else(|_| "warn,berth::daemon=info".into());
     let n: usize = env_or("BERTH_BENCH_N", if quick { 20 } else { 200 });

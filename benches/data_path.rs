@@ -61,6 +61,8 @@
 //!
 //! Barriers and the inner journal's ordering are never touched.
 
+#[path = "../tests/support/harness/mod.rs"]
+mod harness;
 #[path = "../tests/support/host.rs"]
 mod host_support;
 
@@ -72,7 +74,7 @@ use std::process::Command;
 use berth::host::Host;
 use berth::host::linux::LinuxHost;
 use berth::host::types::FsType;
-use host_support::Scratch;
+use host_support::{Scratch, scratch};
 
 const GIB: u64 = 1 << 30;
 
@@ -409,10 +411,7 @@ fn env_flag(name: &str) -> bool {
 }
 
 fn main() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "the data-path bench mounts loop devices: run it as root"
-    );
+    harness::require_root();
     let quick = env_flag("BERTH_BENCH_QUICK");
     let rounds: usize = if quick {
         1
@@ -425,7 +424,7 @@ fn main() {
     };
     let sizes = if quick { &QUICK } else { &FULL };
     let mut variants = variants(env_flag("BERTH_BENCH_LEVERS") && !quick);
-    let scratch = Scratch::new();
+    let scratch = scratch();
     let mut n = 0;
     for _ in 0..rounds {
         for variant in variants.iter_mut() {
@@ -439,7 +438,7 @@ fn main() {
          ({}), median of {rounds} round(s)",
         run(
             "findmnt",
-            &["-no", "FSTYPE,SOURCE", "-T", path_str(&scratch.path)].map(OsStr::new)
+            &["-no", "FSTYPE,SOURCE", "-T", path_str(scratch.path())].map(OsStr::new)
         )
     );
     println!(

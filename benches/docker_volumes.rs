@@ -13,6 +13,8 @@
 mod docker_plugin;
 #[path = "../tests/support/dockerd.rs"]
 mod dockerd;
+#[path = "../tests/support/harness/mod.rs"]
+mod harness;
 
 use std::time::{Duration, Instant};
 

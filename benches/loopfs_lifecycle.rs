@@ -41,6 +41,8 @@
 
 #[path = "../tests/support/csi_daemon.rs"]
 mod csi_daemon;
+#[path = "../tests/support/harness/mod.rs"]
+mod harness;
 
 use std::fs::File;
 use std::io::Write;
@@ -51,7 +53,7 @@ use std::time::{Duration, Instant};
 use berth::csi::proto::volume_capability::access_mode::Mode;
 use berth::csi::proto::volume_capability::{AccessMode, AccessType, MountVolume};
 use berth::csi::proto::*;
-use csi_daemon::{Clients, Daemon, is_root};
+use csi_daemon::{Clients, Daemon};
 
 const MIB: u64 = 1 << 20;
 
@@ -292,10 +294,7 @@ async fn measure_floor(c: &mut Clients, dir: &Path, bytes: u64, n: usize) -> Flo
 
 #[tokio::main]
 async fn main() {
-    assert!(
-        is_root(),
-        "the loopfs lifecycle bench mounts: run it as root"
-    );
+    harness::require_root();
     let quick = std::env::var("BERTH_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
     let n: usize = if quick {
         10

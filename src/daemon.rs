@@ -15,31 +15,31 @@ use crate::config::Config;
 use crate::engine::{Engine, VolumeService};
 use crate::host::linux::LinuxHost;
 use crate::server::socket::{socket_path, try_lock};
-use crate::server::{DaemonError, io_err, sweep_pending_reservations};
+use crate::server::{ServeError, io_err, sweep_pending_reservations};
 
 /// Takes the state directory's lock (see the module docs), creating the directory.
-fn lock_state_dir(state_dir: &Path) -> Result<std::fs::File, DaemonError> {
+fn lock_state_dir(state_dir: &Path) -> Result<std::fs::File, ServeError> {
     std::fs::create_dir_all(state_dir)
         .map_err(io_err("creating the state directory", state_dir))?;
     let lock = state_dir.join("berth.lock");
-    try_lock(&lock)?.ok_or_else(|| DaemonError::StateInUse {
+    try_lock(&lock)?.ok_or_else(|| ServeError::StateInUse {
         state_dir: state_dir.to_path_buf(),
         lock,
     })
 }
 
 /// The gid of `listen.group`, if set.
-fn socket_group(config: &Config) -> Result<Option<u32>, DaemonError> {
+fn socket_group(config: &Config) -> Result<Option<u32>, ServeError> {
     let Some(group) = &config.listen.group else {
         return Ok(None);
     };
     crate::host::linux::group_id(group)
         .map(Some)
-        .map_err(|e| DaemonError::Config(format!("listen.group {group:?}: {e}")))
+        .map_err(|e| ServeError::Config(format!("listen.group {group:?}: {e}")))
 }
 
 /// Gives every socket berth serves to the group `gid`.
-fn give_sockets_to_group(config: &Config, gid: u32) -> Result<(), DaemonError> {
+fn give_sockets_to_group(config: &Config, gid: u32) -> Result<(), ServeError> {
     let endpoints = [
         crate::csi::endpoint(config),
         config.listen.docker.clone(),
@@ -73,24 +73,28 @@ fn notify_ready() {
     }
 }
 
-/// Resolves when SIGTERM or SIGINT arrives.
-async fn shutdown_signal() {
+/// Catches SIGTERM and SIGINT from the moment it is called; the future resolves when one
+/// arrives. Called before any socket is bound, so a signal while berth starts is a clean
+/// shutdown (sockets removed), not the default action that kills it in place.
+fn shutdown_signal() -> impl Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
     let term = signal(SignalKind::terminate());
     let int = signal(SignalKind::interrupt());
-    match (term, int) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {},
-                _ = int.recv() => {},
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = int.recv() => {},
+                }
             }
+            _ => std::future::pending::<()>().await,
         }
-        _ => std::future::pending::<()>().await,
     }
 }
 
 /// Opens the engine on the real host, with the config's directories in place.
-pub fn open_engine(config: &Config) -> Result<Arc<dyn VolumeService>, DaemonError> {
+pub fn open_engine(config: &Config) -> Result<Arc<dyn VolumeService>, ServeError> {
     std::fs::create_dir_all(&config.state_dir)
         .map_err(io_err("creating the state directory", &config.state_dir))?;
     for pool in config.effective_pools() {
@@ -111,15 +115,16 @@ pub fn open_engine(config: &Config) -> Result<Arc<dyn VolumeService>, DaemonErro
 pub async fn serve(
     config: Config,
     stop: impl Future<Output = ()> + Send,
-) -> Result<(), DaemonError> {
+) -> Result<(), ServeError> {
     let started = std::time::Instant::now();
+    let signalled = shutdown_signal();
     let _state_lock = lock_state_dir(&config.state_dir)?;
     let engine = tokio::task::spawn_blocking({
         let config = config.clone();
         move || open_engine(&config)
     })
     .await
-    .map_err(|e| DaemonError::Config(format!("opening the engine panicked: {e}")))??;
+    .map_err(|e| ServeError::Config(format!("opening the engine panicked: {e}")))??;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut servers = tokio::task::JoinSet::new();
     let group = socket_group(&config)?;
@@ -142,7 +147,7 @@ pub async fn serve(
     );
     notify_ready();
     tokio::select! {
-        _ = shutdown_signal() => tracing::info!("shutting down on signal"),
+        _ = signalled => tracing::info!("shutting down on signal"),
         _ = stop => tracing::info!("shutting down"),
         Some(done) = servers.join_next() => {
             if let Ok(Err(e)) = done { return Err(e); }

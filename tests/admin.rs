@@ -9,19 +9,24 @@
 //! Each test has its own directory under /var/tmp, sockets, port and daemon, and a guard that
 //! unmounts, detaches and removes everything it made, even when the test fails.
 
+#[path = "support/harness/mod.rs"]
+mod harness;
+
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use berth::admin::cli::{Client, Response};
 use berth::config::Config;
 use berth::engine::VolumeService;
 use berth::engine::types::{
     Caller, CreateRequest, Frontend, Owner, PublishTarget, VolumeName, VolumeSpec,
 };
+use berth::server::client::{Client, Response};
+use harness::cleanup::{Scratch, loops_under, mounts_under};
+use harness::serve::{Serve, Served};
 use serde_json::Value;
 
 const SECRET: &str = "admin-test-token-6f1d0c2b";
@@ -33,6 +38,7 @@ const SEED: Caller = Caller {
 /// A test's directory, config and clean-up.
 struct Env {
     dir: PathBuf,
+    _scratch: Scratch,
     config_path: PathBuf,
     config: Config,
     port: u16,
@@ -43,49 +49,11 @@ fn free_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
-/// Mount points at or beneath `dir`, deepest first.
-fn mounts_beneath(dir: &Path) -> Vec<PathBuf> {
-    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut found: Vec<PathBuf> = table
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|p| PathBuf::from(p.replace("\\040", " ")))
-        .filter(|p| p.starts_with(dir))
-        .collect();
-    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    found
-}
-
-/// Loop devices whose backing file lies beneath `dir`.
-fn loops_beneath(dir: &Path) -> Vec<String> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/sys/block")
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let name = entry.file_name().to_string_lossy().to_string();
-        let backing = std::fs::read_to_string(entry.path().join("loop/backing_file"));
-        if let Ok(file) = backing
-            && Path::new(file.trim()).starts_with(dir)
-        {
-            found.push(format!("/dev/{name}"));
-        }
-    }
-    found
-}
-
-fn umount(target: &Path) {
-    let _ = Command::new("umount").arg("-l").arg(target).status();
-}
-
 impl Env {
     fn new(test: &str) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("berth-admin-{test}-"))
-            .tempdir_in("/var/tmp")
-            .unwrap()
-            .keep();
+        harness::require_root();
+        let scratch = Scratch::new(&format!("berth-admin-{test}-"));
+        let dir = scratch.path().to_path_buf();
         let port = free_port();
         std::fs::write(dir.join("token"), format!("{SECRET}\n")).unwrap();
         std::fs::set_permissions(dir.join("token"), std::fs::Permissions::from_mode(0o600))
@@ -125,6 +93,7 @@ capacity = "1GiB"
         let config = Config::load(&config_path).unwrap();
         Self {
             dir,
+            _scratch: scratch,
             config_path,
             config,
             port,
@@ -170,41 +139,16 @@ capacity = "1GiB"
     }
 
     fn start(&self) -> Daemon {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.path("daemon.log"))
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_berth"))
-            .args(["serve", "--config"])
-            .arg(&self.config_path)
-            .env("BERTH_LOG", "debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let mut daemon = Daemon {
-            child: Some(child),
-            client: Client::new(&self.socket(), Some(SECRET)).unwrap(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(r) = daemon.client.call("GET", "/healthz")
-                && r.status == 200
-            {
-                return daemon;
-            }
-            if let Some(Ok(Some(status))) = daemon.child.as_mut().map(|c| c.try_wait()) {
-                panic!("berth exited with {status}:\n{}", self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "berth never got ready:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let mut served = Serve::new(&self.config_path, self.path("daemon.log"))
+            .log_level("debug")
+            .spawn();
+        let client = Client::new(&self.socket(), Some(SECRET)).unwrap();
+        served.wait_until("answer /healthz", || {
+            client
+                .call("GET", "/healthz")
+                .is_ok_and(|r| r.status == 200)
+        });
+        Daemon { served, client }
     }
 
     fn log(&self) -> String {
@@ -233,28 +177,9 @@ capacity = "1GiB"
     }
 }
 
-impl Drop for Env {
-    fn drop(&mut self) {
-        for _ in 0..3 {
-            for m in mounts_beneath(&self.dir) {
-                umount(&m);
-            }
-        }
-        for dev in loops_beneath(&self.dir) {
-            let _ = Command::new("losetup").arg("-d").arg(&dev).status();
-        }
-        if mounts_beneath(&self.dir).is_empty() {
-            // remove_dir_all unlinks symlinks without following them.
-            let _ = std::fs::remove_dir_all(&self.dir);
-        } else {
-            eprintln!("leaving {} in place: mounts remain", self.dir.display());
-        }
-    }
-}
-
 /// A running daemon; stopped (SIGTERM, then SIGKILL) when dropped.
 struct Daemon {
-    child: Option<Child>,
+    served: Served,
     client: Client,
 }
 
@@ -267,35 +192,17 @@ impl Daemon {
     }
 
     fn pid(&self) -> i32 {
-        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
+        self.served.pid() as i32
     }
 
     fn kill9(mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.served.kill();
     }
 }
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
-        unsafe {
-            libc::kill(child.id() as i32, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
+        self.served.stop();
     }
 }
 
@@ -466,7 +373,8 @@ fn wipe_does_not_cross_a_mount_planted_inside_the_volume() {
     assert!(env.log().contains("could not finish"), "{}", env.log());
     assert_canary(&planted, "bound");
 
-    umount(&planted);
+    nix::mount::umount2(&planted, nix::mount::MntFlags::MNT_DETACH)
+        .expect("unmounting the planted bind");
     let (status, body) = daemon.call("DELETE", "/v1/volumes/victim?wipe=true");
     assert_eq!(status, 200, "{body}");
     assert!(!victim.exists());
@@ -553,8 +461,8 @@ fn a_loopfs_wipe_releases_the_mount_the_loop_device_and_the_image() {
     let image = env.path("loop/.images/lv.img");
     let dir = env.path("loop/lv");
     assert!(image.exists());
-    assert_eq!(mounts_beneath(&dir), vec![dir.clone()]);
-    assert_eq!(loops_beneath(&image).len(), 1);
+    assert_eq!(mounts_under(&dir), vec![dir.clone()]);
+    assert_eq!(loops_under(&image).len(), 1);
     let daemon = env.start();
     let (status, shown) = daemon.call("GET", "/v1/volumes/lv");
     assert_eq!(status, 200);
@@ -568,13 +476,13 @@ fn a_loopfs_wipe_releases_the_mount_the_loop_device_and_the_image() {
     assert_eq!(status, 200, "{body}");
     assert!(!image.exists());
     assert!(!dir.exists());
-    assert!(mounts_beneath(&dir).is_empty());
+    assert!(mounts_under(&dir).is_empty());
     // The kernel detaches an autoclear loop device on the last close, a moment later.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !loops_beneath(&image).is_empty() && Instant::now() < deadline {
+    while !loops_under(&image).is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(loops_beneath(&image).is_empty());
+    assert!(loops_under(&image).is_empty());
     let (_, cap) = daemon.call("GET", "/v1/volumes?pool=loop");
     assert_eq!(cap["volumes"], serde_json::json!([]));
 }
@@ -954,11 +862,18 @@ fn wiping_a_mount_disk_empties_it_and_returns_it_to_the_pool() {
         (shown["kind"].as_str(), shown["backend"].as_str()),
         (Some("mount"), Some("disk"))
     );
+    // Input berth cannot honour is 422 on the admin socket: a disk has no room for a copy.
+    let (status, body) = daemon.call("POST", "/v1/volumes/whole/snapshots/copy");
+    assert_eq!(
+        (status, body["kind"].as_str()),
+        (422, Some("unsupported")),
+        "{body}"
+    );
     let (status, body) = daemon.call("DELETE", "/v1/volumes/whole?wipe=true");
     assert_eq!(status, 200, "{body}");
     assert!(!data.exists(), "the volume's data is gone");
     assert_eq!(
-        mounts_beneath(&disk),
+        mounts_under(&disk),
         vec![disk.clone()],
         "the disk stays mounted"
     );

@@ -6,6 +6,8 @@
 
 #[path = "support/csi_daemon.rs"]
 mod csi_daemon;
+#[path = "support/harness/mod.rs"]
+mod harness;
 
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -14,25 +16,19 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use berth::csi::proto::volume_capability::access_mode::Mode;
-use berth::csi::proto::volume_capability::{
-    AccessMode, AccessType as CsiAccess, BlockVolume, MountVolume,
-};
+use berth::csi::proto::volume_capability::{AccessType as CsiAccess, MountVolume};
 use berth::csi::proto::*;
-use csi_daemon::{Clients, Daemon, is_root, loops_under, mounts_under};
+use berth::csi::testing::{
+    block, cap, controller_expand_request, delete_request, mount, params, publish_request,
+    stage_request, stats_request, unpublish_request, unstage_request,
+};
+use csi_daemon::{Clients, Daemon, loops_under, mounts_under};
+use harness::serve::{READY_DEADLINE, Serve};
 use tonic::Code;
 
 const MIB: i64 = 1 << 20;
 const GIB: i64 = 1 << 30;
 const NODE_KEY: &str = "topology.berth.io/node";
-
-macro_rules! needs_root {
-    () => {
-        if !is_root() {
-            eprintln!("skipped: this test mounts filesystems and needs root");
-            return;
-        }
-    };
-}
 
 /// Retries a call that failed on a transient host condition, as a CO retries: an unmount
 /// refused with EBUSY, or a device another process briefly holds (`e2fsck` cannot open it
@@ -75,20 +71,6 @@ async fn assert_no_loops_under(path: &Path) {
     }
 }
 
-fn cap(mode: Mode, access: CsiAccess) -> VolumeCapability {
-    VolumeCapability {
-        access_mode: Some(AccessMode { mode: mode as i32 }),
-        access_type: Some(access),
-    }
-}
-
-fn mount() -> VolumeCapability {
-    cap(
-        Mode::SingleNodeWriter,
-        CsiAccess::Mount(MountVolume::default()),
-    )
-}
-
 fn mount_group(gid: u32) -> VolumeCapability {
     cap(
         Mode::SingleNodeWriter,
@@ -97,17 +79,6 @@ fn mount_group(gid: u32) -> VolumeCapability {
             ..MountVolume::default()
         }),
     )
-}
-
-fn block() -> VolumeCapability {
-    cap(Mode::SingleNodeWriter, CsiAccess::Block(BlockVolume {}))
-}
-
-fn params(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
 }
 
 fn create_request(name: &str, required: i64, caps: VolumeCapability) -> CreateVolumeRequest {
@@ -119,73 +90,6 @@ fn create_request(name: &str, required: i64, caps: VolumeCapability) -> CreateVo
         }),
         volume_capabilities: vec![caps],
         ..Default::default()
-    }
-}
-
-fn stage_request(id: &str, staging: &Path, caps: VolumeCapability) -> NodeStageVolumeRequest {
-    NodeStageVolumeRequest {
-        volume_id: id.into(),
-        staging_target_path: staging.display().to_string(),
-        volume_capability: Some(caps),
-        ..Default::default()
-    }
-}
-
-fn publish_request(
-    id: &str,
-    staging: &Path,
-    target: &Path,
-    caps: VolumeCapability,
-    readonly: bool,
-) -> NodePublishVolumeRequest {
-    NodePublishVolumeRequest {
-        volume_id: id.into(),
-        staging_target_path: staging.display().to_string(),
-        target_path: target.display().to_string(),
-        volume_capability: Some(caps),
-        readonly,
-        ..Default::default()
-    }
-}
-
-fn controller_expand_request(id: &str, required: i64) -> ControllerExpandVolumeRequest {
-    ControllerExpandVolumeRequest {
-        volume_id: id.into(),
-        capacity_range: Some(CapacityRange {
-            required_bytes: required,
-            limit_bytes: 0,
-        }),
-        volume_capability: Some(mount()),
-        ..Default::default()
-    }
-}
-
-fn unpublish_request(id: &str, target: &Path) -> NodeUnpublishVolumeRequest {
-    NodeUnpublishVolumeRequest {
-        volume_id: id.into(),
-        target_path: target.display().to_string(),
-    }
-}
-
-fn unstage_request(id: &str, staging: &Path) -> NodeUnstageVolumeRequest {
-    NodeUnstageVolumeRequest {
-        volume_id: id.into(),
-        staging_target_path: staging.display().to_string(),
-    }
-}
-
-fn delete_request(id: &str) -> DeleteVolumeRequest {
-    DeleteVolumeRequest {
-        volume_id: id.into(),
-        ..Default::default()
-    }
-}
-
-fn stats_request(id: &str, path: &Path) -> NodeGetVolumeStatsRequest {
-    NodeGetVolumeStatsRequest {
-        volume_id: id.into(),
-        volume_path: path.display().to_string(),
-        staging_target_path: String::new(),
     }
 }
 
@@ -231,7 +135,7 @@ async fn list_ids(c: &mut Clients) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mount_volumes_live_through_the_whole_lifecycle() {
-    needs_root!();
+    harness::require_root();
     let daemon = Daemon::start("");
     let mut c = daemon.clients().await;
     for (id, required, pool) in [("sized", 64 * MIB, "default"), ("dir", 0, "plain")] {
@@ -362,7 +266,7 @@ async fn mount_volumes_live_through_the_whole_lifecycle() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn block_volumes_are_loop_devices_at_the_target() {
-    needs_root!();
+    harness::require_root();
     let daemon = Daemon::start("");
     let mut c = daemon.clients().await;
     let id = "raw";
@@ -457,7 +361,7 @@ async fn block_volumes_are_loop_devices_at_the_target() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_inline_ephemeral_volume_lives_as_long_as_its_pod() {
-    needs_root!();
+    harness::require_root();
     let daemon = Daemon::start("");
     let mut c = daemon.clients().await;
     let id = "csi-4c1c0d9f3b2a";
@@ -498,7 +402,7 @@ async fn an_inline_ephemeral_volume_lives_as_long_as_its_pod() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn volume_mount_group_gives_the_pod_group_the_volume() {
-    needs_root!();
+    harness::require_root();
     let daemon = Daemon::start("");
     let mut c = daemon.clients().await;
     let id = "shared";
@@ -544,7 +448,7 @@ async fn volume_mount_group_gives_the_pod_group_the_volume() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_say_abnormal_when_the_volume_filesystem_is_gone() {
-    needs_root!();
+    harness::require_root();
     let daemon = Daemon::start("");
     let mut c = daemon.clients().await;
     let id = "fragile";
@@ -609,7 +513,7 @@ fn assert_abnormal(condition: &VolumeCondition, words: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_says_abnormal_when_a_loop_device_or_a_directory_vanishes() {
-    needs_root!();
+    harness::require_root();
     let daemon = Daemon::start("");
     let mut c = daemon.clients().await;
     let node_id = daemon.node_id(&mut c).await;
@@ -741,7 +645,7 @@ async fn health_says_abnormal_when_a_loop_device_or_a_directory_vanishes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_published_volume_grows_online() {
-    needs_root!();
+    harness::require_root();
     let daemon = Daemon::start("");
     let mut c = daemon.clients().await;
     let id = "grown";
@@ -828,7 +732,7 @@ async fn a_published_volume_grows_online() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_error_code_names_the_volume_and_the_field() {
-    needs_root!();
+    harness::require_root();
     let daemon = Daemon::start("");
     let mut c = daemon.clients().await;
     let staging = daemon.k8s("e/globalmount");
@@ -983,7 +887,7 @@ async fn each_error_code_names_the_volume_and_the_field() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_socket_is_private_replaced_when_stale_and_never_shared() {
-    needs_root!();
+    harness::require_root();
     let mut first = Daemon::start("");
     first.clients().await;
     let mode = std::fs::metadata(first.socket())
@@ -1003,12 +907,7 @@ async fn the_socket_is_private_replaced_when_stale_and_never_shared() {
         ),
     )
     .unwrap();
-    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args(["serve", "--config"])
-        .arg(&second_config)
-        .env_remove("CSI_ENDPOINT")
-        .output()
-        .unwrap();
+    let refused = Serve::new(&second_config, first.path().join("second.log")).run_to_exit();
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(
@@ -1035,7 +934,7 @@ async fn the_socket_is_private_replaced_when_stale_and_never_shared() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_configured_socket_mode_and_csi_endpoint_are_honoured() {
-    needs_root!();
+    harness::require_root();
     let daemon = Daemon::start("");
     drop(daemon.clients().await);
     let other = daemon.path().join("other.sock");
@@ -1043,35 +942,24 @@ async fn a_configured_socket_mode_and_csi_endpoint_are_honoured() {
     config = config.replace("admin = \"\"", "admin = \"\"\nsocket_mode = 0o660");
     let path = daemon.path().join("mode.toml");
     std::fs::write(&path, config.replace("state\"", "state2\"")).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args(["serve", "--config"])
-        .arg(&path)
+    let mut served = Serve::new(&path, daemon.path().join("mode.log"))
         .env("CSI_ENDPOINT", format!("unix://{}", other.display()))
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut ready = false;
-    while Instant::now() < deadline {
-        if let Ok(channel) = berth::csi::connect(&other.display().to_string()).await {
-            let mut identity = identity_client::IdentityClient::new(channel);
-            if identity.probe(ProbeRequest {}).await.is_ok() {
-                ready = true;
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        .spawn();
+    served.wait_for_socket(&other);
+    harness::csi::connect_ready(
+        &format!("unix://{}", other.display()),
+        READY_DEADLINE,
+        || served.log(),
+    )
+    .await;
     let mode = std::fs::metadata(&other).map(|m| m.permissions().mode() & 0o777);
-    let _ = child.kill();
-    let _ = child.wait();
-    assert!(ready, "berth serves on CSI_ENDPOINT");
+    served.kill();
     assert_eq!(mode.unwrap(), 0o660);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn volumes_and_their_mounts_survive_a_restart() {
-    needs_root!();
+    harness::require_root();
     let mut daemon = Daemon::start("");
     let mut c = daemon.clients().await;
     c.controller
@@ -1187,19 +1075,19 @@ const SANITY_GROWN: i64 = SANITY_SIZE + 64 * MIB;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_csi_sanity_flows_pass_on_a_loopfs_pool() {
-    needs_root!();
+    harness::require_root();
     sanity_flows(PoolUnderTest::Loopfs).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_csi_sanity_flows_pass_on_a_plain_directory_pool() {
-    needs_root!();
+    harness::require_root();
     sanity_flows(PoolUnderTest::Plain).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_csi_sanity_flows_pass_on_a_btrfs_pool() {
-    needs_root!();
+    harness::require_root();
     sanity_flows(PoolUnderTest::Btrfs).await;
 }
 
@@ -1398,7 +1286,7 @@ async fn sanity_flows(kind: PoolUnderTest) {
 /// root, so the online case is tested on xfs above.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unpublished_ext4_volume_grows() {
-    needs_root!();
+    harness::require_root();
     let daemon = Daemon::start("");
     let mut c = daemon.clients().await;
     c.controller
@@ -1440,7 +1328,7 @@ async fn an_unpublished_ext4_volume_grows() {
 /// grows online here (online ext4 growth needs CAP_SYS_RESOURCE).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expansion_asked_of_another_node_is_completed_by_the_owning_nodes_node_expand() {
-    needs_root!();
+    harness::require_root();
     let owner = Daemon::start("");
     let other = Daemon::start("");
     let mut a = owner.clients().await;
@@ -1548,7 +1436,7 @@ async fn expansion_asked_of_another_node_is_completed_by_the_owning_nodes_node_e
 /// `listen.group`: the socket belongs to that group, which may read and write it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_configured_group_gets_the_socket() {
-    needs_root!();
+    harness::require_root();
     let group_line = std::fs::read_to_string("/etc/group")
         .unwrap()
         .lines()
@@ -1582,12 +1470,7 @@ async fn a_configured_group_gets_the_socket() {
         ),
     )
     .unwrap();
-    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args(["serve", "--config"])
-        .arg(daemon.config_path())
-        .env_remove("CSI_ENDPOINT")
-        .output()
-        .unwrap();
+    let refused = Serve::new(daemon.config_path(), daemon.log_path()).run_to_exit();
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("no-such-group-berth"), "{stderr}");
@@ -1631,7 +1514,7 @@ fn fs_type_at(path: &Path) -> Option<String> {
 /// keeps its own filesystem.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unpublish_leaves_a_mount_beneath_the_target() {
-    needs_root!();
+    harness::require_root();
     let daemon = Daemon::start("");
     let mut c = daemon.clients().await;
     let id = "over-tmpfs";

@@ -5,6 +5,8 @@
 
 #[path = "support/csi_daemon.rs"]
 mod csi_daemon;
+#[path = "support/harness/mod.rs"]
+mod harness;
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::{Read, Write};
@@ -17,18 +19,9 @@ use berth::csi::proto::{
     GetPluginInfoRequest, GetPluginInfoResponse, NodeGetInfoRequest, NodeGetInfoResponse,
     ProbeRequest, ProbeResponse,
 };
-use csi_daemon::{Daemon, is_root};
+use csi_daemon::Daemon;
 use httlib_hpack::{Decoder, Encoder};
 use prost::Message;
-
-macro_rules! needs_root {
-    () => {
-        if !is_root() {
-            eprintln!("skipped: this test mounts filesystems and needs root");
-            return;
-        }
-    };
-}
 
 /// Every RPC the proto declares, as `csi.v1.Service/Method`.
 fn proto_rpcs() -> BTreeSet<String> {
@@ -50,7 +43,7 @@ fn proto_rpcs() -> BTreeSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_grpcio_with_default_options_gets_an_answer_to_every_rpc() {
-    needs_root!();
+    harness::require_root();
     let have_grpcio = Command::new("python3")
         .args(["-c", "import grpc, grpc_tools"])
         .status()
@@ -305,7 +298,7 @@ impl RawClient {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_raw_socket_path_an_empty_or_localhost_authority_is_answered() {
-    needs_root!();
+    harness::require_root();
     let daemon = Daemon::start("");
     daemon.clients().await;
     let socket = daemon.socket();

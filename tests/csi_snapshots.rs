@@ -6,6 +6,8 @@
 
 #[path = "support/csi_daemon.rs"]
 mod csi_daemon;
+#[path = "support/harness/mod.rs"]
+mod harness;
 #[path = "support/host.rs"]
 mod host_support;
 
@@ -14,11 +16,10 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use berth::csi::proto::controller_service_capability::rpc;
-use berth::csi::proto::volume_capability::access_mode::Mode;
-use berth::csi::proto::volume_capability::{AccessMode, AccessType as CsiAccess, MountVolume};
 use berth::csi::proto::volume_content_source::{SnapshotSource, Type, VolumeSource};
 use berth::csi::proto::*;
-use csi_daemon::{Clients, Daemon, is_root, loops_under};
+use berth::csi::testing::{assert_code, mount};
+use csi_daemon::{Clients, Daemon, loops_under};
 use tonic::Code;
 
 const MIB: i64 = 1 << 20;
@@ -27,24 +28,6 @@ const POOLS: [&str; 2] = ["default", "plain"];
 /// The pools csi-test's specs run on: those and the btrfs pool of
 /// [`Daemon::start_with_btrfs`].
 const SANITY_POOLS: [&str; 3] = ["default", "plain", "btrfs"];
-
-macro_rules! needs_root {
-    () => {
-        if !is_root() {
-            eprintln!("skipped: this test mounts filesystems and needs root");
-            return;
-        }
-    };
-}
-
-fn mount() -> VolumeCapability {
-    VolumeCapability {
-        access_mode: Some(AccessMode {
-            mode: Mode::SingleNodeWriter as i32,
-        }),
-        access_type: Some(CsiAccess::Mount(MountVolume::default())),
-    }
-}
 
 fn create_request(name: &str, pool: &str, size: i64) -> CreateVolumeRequest {
     CreateVolumeRequest {
@@ -118,17 +101,6 @@ async fn list(c: &mut Clients, req: ListSnapshotsRequest) -> ListSnapshotsRespon
     c.controller.list_snapshots(req).await.unwrap().into_inner()
 }
 
-#[track_caller]
-fn assert_code<T: std::fmt::Debug>(result: Result<T, tonic::Status>, code: Code, needle: &str) {
-    let status = result.expect_err("the call should have failed");
-    assert_eq!(status.code(), code, "{}", status.message());
-    assert!(
-        status.message().contains(needle),
-        "{:?} does not mention {needle:?}",
-        status.message()
-    );
-}
-
 /// The data directory of a volume of the test daemon (berth keeps loopfs volumes mounted
 /// at their own directory, so their data is readable there without a publication).
 fn data_of(daemon: &Daemon, pool: &str, volume: &str) -> PathBuf {
@@ -192,7 +164,7 @@ fn write_second_generation(data: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restore_holds_exactly_the_snapshot_and_a_clone_is_independent() {
-    needs_root!();
+    harness::require_root();
     let daemon = Daemon::start("");
     let mut c = daemon.clients().await;
     for pool in POOLS {
@@ -313,7 +285,7 @@ async fn a_restore_holds_exactly_the_snapshot_and_a_clone_is_independent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_controller_advertises_snapshots_and_clones() {
-    needs_root!();
+    harness::require_root();
     let daemon = Daemon::start("");
     let mut c = daemon.clients().await;
     let caps: Vec<i32> = c
@@ -342,7 +314,7 @@ async fn the_controller_advertises_snapshots_and_clones() {
 /// csi-test's CreateSnapshot, DeleteSnapshot and GetSnapshot specs, per pool.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sanity_snapshot_specs_pass() {
-    needs_root!();
+    harness::require_root();
     let daemon = Daemon::start_with_btrfs("");
     let mut c = daemon.clients().await;
     for pool in SANITY_POOLS {
@@ -491,7 +463,7 @@ async fn the_sanity_snapshot_specs_pass() {
 /// ids give empty lists, new snapshots appear and deleted ones go, and paging.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sanity_list_snapshot_specs_pass() {
-    needs_root!();
+    harness::require_root();
     let daemon = Daemon::start_with_btrfs("");
     let mut c = daemon.clients().await;
     let mut made = Vec::new();
@@ -609,7 +581,7 @@ async fn the_sanity_list_snapshot_specs_pass() {
 /// whose fsync returned before the snapshot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_of_a_volume_being_written_restores_clean_with_a_prefix() {
-    needs_root!();
+    harness::require_root();
     let daemon = Daemon::start("");
     let mut c = daemon.clients().await;
     create(&mut c, create_request("busy", "default", 64 * MIB)).await;
@@ -711,7 +683,7 @@ fn writable(dir: &Path) -> bool {
 /// volume's data is there, and retrying the interrupted calls succeeds with the right data.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_snapshots_and_restores_leaves_nothing_half_made() {
-    needs_root!();
+    harness::require_root();
     let mut daemon = Daemon::start("");
     let mut c = daemon.clients().await;
     let mut expected = HashMap::new();
@@ -823,8 +795,8 @@ async fn kill_9_during_snapshots_and_restores_leaves_nothing_half_made() {
 /// read-only subvolume, the restore a writable snapshot of it with its own qgroup limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn btrfs_snapshots_are_read_only_subvolumes_and_restore_exactly() {
-    needs_root!();
-    let scratch = host_support::Scratch::new();
+    harness::require_root();
+    let scratch = host_support::scratch();
     let image = scratch.join("btrfs.img");
     host_support::make_fs(&image, 512 << 20, "mkfs.btrfs", &["-q", "-f"]);
     let fs_root = scratch.join("btrfs");
@@ -870,7 +842,7 @@ async fn btrfs_snapshots_are_read_only_subvolumes_and_restore_exactly() {
 /// source's filesystem UUID, which xfs refuses to mount twice unless told).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_xfs_snapshot_restores_beside_its_mounted_source() {
-    needs_root!();
+    harness::require_root();
     let daemon = Daemon::start("");
     let mut c = daemon.clients().await;
     create(&mut c, create_request("x", "xfs", 320 * MIB)).await;

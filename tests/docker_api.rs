@@ -5,6 +5,8 @@
 
 #[path = "support/docker_plugin.rs"]
 mod docker_plugin;
+#[path = "support/harness/mod.rs"]
+mod harness;
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
@@ -101,7 +103,7 @@ fn the_dvdcli_flow_works_end_to_end() {
 #[test]
 fn every_reply_is_json_of_the_plugin_content_type() {
     let berth = Berth::start();
-    let (status, raw) = request(berth.socket(), "POST", "/VolumeDriver.List", b"{}").unwrap();
+    let (status, raw) = request(berth.socket(), "POST", "/VolumeDriver.List", &[], b"{}").unwrap();
     assert_eq!(status, 200);
     serde_json::from_slice::<Value>(&raw).unwrap();
     let mut stream = UnixStream::connect(berth.socket()).unwrap();

@@ -18,6 +18,8 @@
 mod docker_plugin;
 #[path = "support/dockerd.rs"]
 mod dockerd;
+#[path = "support/harness/mod.rs"]
+mod harness;
 
 use std::time::{Duration, Instant};
 

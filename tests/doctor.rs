@@ -4,10 +4,14 @@
 //! private mount namespace, so the host's /dev is untouched). Every mount is made inside a
 //! temp dir and undone by the guard.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+#[path = "support/harness/mod.rs"]
+mod harness;
 
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use harness::cleanup::Scratch;
+use harness::serve::{Serve, Served};
 use serde_json::Value;
 
 const BERTH: &str = env!("CARGO_BIN_EXE_berth");
@@ -20,39 +24,29 @@ fn sh(command: &str) {
 /// A temp dir bind-mounted on itself and made shared, as / is on a systemd host; a pool
 /// `plain` and the admin and Docker sockets beneath it.
 struct Node {
+    // Field order is drop order: the daemon stops before the mounts are undone.
+    daemon: Option<Served>,
     dir: PathBuf,
-    mounts: Vec<PathBuf>,
-    daemon: Option<Child>,
+    _scratch: Scratch,
 }
 
 impl Node {
     fn new(test: &str) -> Self {
-        assert!(
-            nix::unistd::geteuid().is_root(),
-            "berth doctor's tests mount things: run them as root"
-        );
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("berth-doctor-{test}-"))
-            .tempdir_in("/var/tmp")
-            .unwrap()
-            .keep();
-        let mut node = Self {
-            dir: dir.clone(),
-            mounts: Vec::new(),
+        harness::require_root();
+        let scratch = Scratch::new(&format!("berth-doctor-{test}-"));
+        let dir = scratch.path().to_path_buf();
+        let node = Self {
             daemon: None,
+            dir: dir.clone(),
+            _scratch: scratch,
         };
-        node.mount(&format!("mount --bind {0} {0}", dir.display()), &dir);
+        sh(&format!("mount --bind {0} {0}", dir.display()));
         sh(&format!("mount --make-rshared {}", dir.display()));
         for sub in ["plain", "plugins", "state"] {
             std::fs::create_dir_all(dir.join(sub)).unwrap();
         }
         node.write_config("plain");
         node
-    }
-
-    fn mount(&mut self, command: &str, target: &Path) {
-        sh(command);
-        self.mounts.push(target.to_path_buf());
     }
 
     fn write_config(&self, pool_dir: &str) {
@@ -83,21 +77,9 @@ backend = "none"
     }
 
     fn start_daemon(&mut self) {
-        let child = Command::new(BERTH)
-            .arg("serve")
-            .arg("--config")
-            .arg(self.config())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(self.dir.join("berth.log")).unwrap())
-            .spawn()
-            .unwrap();
-        self.daemon = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !self.dir.join("admin.sock").exists() {
-            assert!(Instant::now() < deadline, "berth never listened");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let mut served = Serve::new(self.config(), self.dir.join("berth.log")).spawn();
+        served.wait_for_socket(&self.dir.join("admin.sock"));
+        self.daemon = Some(served);
     }
 
     /// `berth doctor -o json`, optionally inside `wrapper` (a shell prefix).
@@ -119,19 +101,6 @@ backend = "none"
 
     fn doctor(&self) -> (Output, Vec<Value>) {
         self.doctor_in("")
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.daemon.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        for target in self.mounts.iter().rev() {
-            let _ = Command::new("umount").arg("-l").arg(target).status();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -228,13 +197,10 @@ fn a_pool_on_a_full_filesystem_fails() {
     let mut node = Node::new("full");
     let full = node.dir.join("full");
     std::fs::create_dir(&full).unwrap();
-    node.mount(
-        &format!(
-            "mount -t tmpfs -o size=8m berth-doctor-full {}",
-            full.display()
-        ),
-        &full,
-    );
+    sh(&format!(
+        "mount -t tmpfs -o size=8m berth-doctor-full {}",
+        full.display()
+    ));
     sh(&format!(
         "dd if=/dev/zero of={}/fill bs=1M count=16 2>/dev/null || true",
         full.display()
@@ -267,13 +233,10 @@ fn a_pool_on_a_full_filesystem_fails() {
 fn a_plugin_directory_on_a_private_mount_fails() {
     let mut node = Node::new("private");
     let plugins = node.dir.join("plugins");
-    node.mount(
-        &format!(
-            "mount --bind {0} {0} && mount --make-private {0}",
-            plugins.display()
-        ),
-        &plugins,
-    );
+    sh(&format!(
+        "mount --bind {0} {0} && mount --make-private {0}",
+        plugins.display()
+    ));
     node.start_daemon();
     let (out, report) = node.doctor();
     assert_eq!(out.status.code(), Some(1));

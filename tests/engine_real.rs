@@ -1,6 +1,9 @@
 //! The engine on the real kernel, as root: real bind mounts, loop devices and removal, with
 //! the engine closed and reopened from its store between steps (what a daemon restart does).
 
+#[path = "support/harness/mod.rs"]
+mod harness;
+
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::symlink;
@@ -10,6 +13,7 @@ use berth::engine::pool::{BackendChoice, PoolConfig};
 use berth::engine::types::*;
 use berth::engine::{Engine, EngineConfig, EngineError, NodeInfo, VolumeService};
 use berth::host::linux::LinuxHost;
+use harness::cleanup::{Scratch, mounts_under};
 
 const CALLER: Caller = Caller {
     frontend: Frontend::Internal,
@@ -18,15 +22,13 @@ const CALLER: Caller = Caller {
 
 /// A temp dir with a pool and a targets dir; unmounts whatever is left under it on drop.
 struct Scene {
-    dir: tempfile::TempDir,
+    dir: Scratch,
 }
 
 impl Scene {
     fn new() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("berth-engine-")
-            .tempdir_in("/var/tmp")
-            .unwrap();
+        harness::require_root();
+        let dir = Scratch::new("berth-engine-");
         fs::create_dir_all(dir.path().join("volumes")).unwrap();
         fs::create_dir_all(dir.path().join("targets")).unwrap();
         Self { dir }
@@ -56,26 +58,6 @@ impl Scene {
 
     fn target(&self, name: &str) -> PathBuf {
         self.dir.path().join("targets").join(name)
-    }
-
-    fn mounts_under(&self) -> Vec<String> {
-        let root = self.dir.path().display().to_string();
-        fs::read_to_string("/proc/self/mountinfo")
-            .unwrap()
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
-            .filter(|mp| mp.starts_with(&root))
-            .collect()
-    }
-}
-
-impl Drop for Scene {
-    fn drop(&mut self) {
-        let mut mounts = self.mounts_under();
-        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in mounts {
-            let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
-        }
     }
 }
 
@@ -149,7 +131,7 @@ fn lifecycle_with_restarts_between_steps() {
         Err(EngineError::NotFound { .. })
     ));
     assert!(!v.placement.dir.exists());
-    assert!(scene.mounts_under().is_empty());
+    assert!(mounts_under(scene.dir.path()).is_empty());
 }
 
 #[test]
@@ -230,7 +212,10 @@ fn a_pool_path_swapped_for_a_symlink_after_create_is_refused_at_publish() {
         message.contains(&format!("{} is a symbolic link", pool.display())),
         "{message}"
     );
-    assert!(scene.mounts_under().is_empty(), "nothing was mounted");
+    assert!(
+        mounts_under(scene.dir.path()).is_empty(),
+        "nothing was mounted"
+    );
     assert!(!a.exists(), "the target berth made is gone again");
     assert!(e.get(&name("v")).unwrap().publications.is_empty());
 
@@ -367,9 +352,8 @@ fn a_loopfs_volume_whose_filesystem_recorded_errors_is_abnormal() {
     assert!(e.get(&name("hurt")).is_err(), "the record is gone");
     assert!(!image.exists(), "the image is removed");
     assert!(!v.placement.dir.exists(), "the volume directory is removed");
-    let dir_text = v.placement.dir.display().to_string();
     assert!(
-        !scene.mounts_under().contains(&dir_text),
+        !mounts_under(scene.dir.path()).contains(&v.placement.dir),
         "its filesystem is unmounted"
     );
     // The loop device is released when its filesystem is unmounted (autoclear), which the
@@ -485,7 +469,7 @@ fn loopfs_volumes_enforce_their_size_and_show_it_in_statvfs() {
         .unwrap();
     e.delete(CALLER, &name("small")).unwrap();
     assert!(!v.placement.image.unwrap().exists());
-    assert!(scene.mounts_under().is_empty());
+    assert!(mounts_under(scene.dir.path()).is_empty());
 }
 
 #[test]

@@ -3,6 +3,9 @@
 //! the kernel (no unknown mount, loop device, directory or image), a retry succeeds, and a
 //! final clean-up leaves nothing behind.
 
+#[path = "support/harness/mod.rs"]
+mod harness;
+
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -13,6 +16,7 @@ use berth::engine::{Engine, EngineConfig, EngineError, NodeInfo, VolumeService};
 use berth::host::Host;
 use berth::host::faults::Faulty;
 use berth::host::linux::LinuxHost;
+use harness::cleanup::Scratch;
 
 const CALLER: Caller = Caller {
     frontend: Frontend::Internal,
@@ -23,16 +27,14 @@ const MIB: u64 = 1 << 20;
 type TestEngine = Engine<Faulty<LinuxHost>>;
 
 struct Scene {
-    dir: tempfile::TempDir,
+    dir: Scratch,
     fs: FsType,
 }
 
 impl Scene {
     fn new(fs: FsType) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("berth-faults-")
-            .tempdir_in("/var/tmp")
-            .unwrap();
+        harness::require_root();
+        let dir = Scratch::new("berth-faults-");
         fs::create_dir_all(dir.path().join("volumes")).unwrap();
         fs::create_dir_all(dir.path().join("targets")).unwrap();
         Self { dir, fs }
@@ -166,19 +168,6 @@ impl Scene {
                 expected_mounts.contains(&path) || expected_targets.contains(&path),
                 "{context}: stray target {path:?}"
             );
-        }
-    }
-}
-
-impl Drop for Scene {
-    fn drop(&mut self) {
-        let mut mounts: Vec<PathBuf> = self.mounts().into_iter().collect();
-        mounts.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));
-        for m in mounts {
-            let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
-        }
-        for image in self.loops() {
-            let _ = LinuxHost::new().detach_loop(&image);
         }
     }
 }

@@ -6,6 +6,8 @@
 
 #[path = "support/all_frontends.rs"]
 mod all_frontends;
+#[path = "support/harness/mod.rs"]
+mod harness;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -9,6 +9,8 @@ use std::path::Path;
 use berth::host::linux::LinuxHost;
 use berth::host::{Host, HostError};
 
+#[path = "support/harness/mod.rs"]
+mod harness;
 #[path = "support/host.rs"]
 mod support;
 #[path = "support/tree.rs"]
@@ -19,11 +21,8 @@ use tree::*;
 
 #[test]
 fn an_export_imports_identically_and_links_stay_links() {
-    assert!(
-        is_root(),
-        "host_archive needs root (owners, trusted xattrs)"
-    );
-    let s = Scratch::new();
+    require_root(); // owners, trusted xattrs
+    let s = scratch();
     let host = LinuxHost::new();
     let (src, dst, outside) = (s.join("src"), s.join("dst"), s.join("outside"));
     fs::create_dir(&src).unwrap();
@@ -88,8 +87,8 @@ fn archive(entries: &[Vec<u8>]) -> Vec<u8> {
 
 #[test]
 fn hostile_archives_are_refused_and_write_nothing_outside() {
-    assert!(is_root(), "host_archive needs root");
-    let s = Scratch::new();
+    require_root();
+    let s = scratch();
     let host = LinuxHost::new();
     let victim_dir = s.join("victim");
     fs::create_dir(&victim_dir).unwrap();

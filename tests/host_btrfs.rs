@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use berth::host::linux::LinuxHost;
 use berth::host::{FsKind, Host, HostError, TargetKind};
 
+#[path = "support/harness/mod.rs"]
+mod harness;
 #[path = "support/host.rs"]
 mod support;
 
@@ -31,10 +33,8 @@ fn ino(path: &Path) -> u64 {
 
 #[test]
 fn subvolume_quota_limit_usage_delete() {
-    if !is_root() {
-        return;
-    }
-    let s = Scratch::new();
+    harness::require_root();
+    let s = scratch();
     let host = LinuxHost::new();
     let fs_root = btrfs(&s);
     assert_eq!(host.fs_kind(&fs_root).unwrap(), FsKind::Btrfs);
@@ -147,10 +147,8 @@ fn subvolume_quota_limit_usage_delete() {
 
 #[test]
 fn delete_refuses_mounts_and_nested_subvolumes() {
-    if !is_root() {
-        return;
-    }
-    let s = Scratch::new();
+    harness::require_root();
+    let s = scratch();
     let host = LinuxHost::new();
     let fs_root = btrfs(&s);
     let vol = fs_root.join("vol");
@@ -220,10 +218,8 @@ fn delete_refuses_mounts_and_nested_subvolumes() {
 
 #[test]
 fn usage_falls_back_to_a_walk_without_quotas() {
-    if !is_root() {
-        return;
-    }
-    let s = Scratch::new();
+    harness::require_root();
+    let s = scratch();
     let host = LinuxHost::new();
     let fs_root = btrfs(&s);
     let vol = fs_root.join("vol");
@@ -251,10 +247,8 @@ fn usage_falls_back_to_a_walk_without_quotas() {
 
 #[test]
 fn btrfs_calls_refuse_other_filesystems() {
-    if !is_root() {
-        return;
-    }
-    let s = Scratch::new();
+    harness::require_root();
+    let s = scratch();
     let host = LinuxHost::new();
     let image = s.join("ext4.img");
     make_fs(&image, 32 * MIB, "mkfs.ext4", &["-q", "-F"]);

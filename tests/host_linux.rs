@@ -17,6 +17,8 @@ use berth::host::{FsKind, Host, HostError, TargetKind};
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 
+#[path = "support/harness/mod.rs"]
+mod harness;
 #[path = "support/host.rs"]
 mod support;
 
@@ -36,10 +38,8 @@ fn thread_cpu() -> Duration {
 
 #[test]
 fn bind_mount_rw_two_targets_then_unmount() {
-    if !is_root() {
-        return;
-    }
-    let s = Scratch::new();
+    harness::require_root();
+    let s = scratch();
     let host = LinuxHost::new();
     let data = s.join("data");
     host.make_dir(&data, &Ownership::default()).unwrap();
@@ -81,10 +81,8 @@ fn bind_mount_rw_two_targets_then_unmount() {
 
 #[test]
 fn bind_mount_read_only() {
-    if !is_root() {
-        return;
-    }
-    let s = Scratch::new();
+    harness::require_root();
+    let s = scratch();
     let host = LinuxHost::new();
     let data = s.join("data");
     host.make_dir(&data, &Ownership::default()).unwrap();
@@ -129,10 +127,8 @@ fn bind_mount_read_only() {
 
 #[test]
 fn bind_mount_refuses_symlinks() {
-    if !is_root() {
-        return;
-    }
-    let s = Scratch::new();
+    harness::require_root();
+    let s = scratch();
     let host = LinuxHost::new();
     let data = s.join("data");
     host.make_dir(&data, &Ownership::default()).unwrap();
@@ -173,7 +169,7 @@ fn bind_mount_refuses_symlinks() {
     for p in [Path::new("/"), elsewhere.as_path(), target.as_path()] {
         assert_eq!(at(&before, p), at(&after, p), "mounts at {}", p.display());
     }
-    assert!(s.mounts_beneath().is_empty());
+    assert!(mounts_under(s.path()).is_empty());
 
     // prepare_target and remove_target refuse a symlink as well, and unmount of a link is a
     // no-op.
@@ -191,10 +187,8 @@ fn bind_mount_refuses_symlinks() {
 
 #[test]
 fn bind_source_is_opened_beneath_its_root_without_links() {
-    if !is_root() {
-        return;
-    }
-    let s = Scratch::new();
+    harness::require_root();
+    let s = scratch();
     let host = LinuxHost::new();
     let pool = s.join("pool");
     host.make_dir(&pool, &Ownership::default()).unwrap();
@@ -237,7 +231,7 @@ fn bind_source_is_opened_beneath_its_root_without_links() {
         .bind_mount(&pool, &decoy.join("v/data"), &target, false)
         .unwrap_err();
     assert!(matches!(err, HostError::OutsideRoot { .. }), "{err}");
-    assert!(s.mounts_beneath().is_empty(), "nothing was mounted");
+    assert!(mounts_under(s.path()).is_empty(), "nothing was mounted");
 
     // The real tree binds.
     std::fs::remove_file(&v).unwrap();
@@ -252,10 +246,8 @@ fn bind_source_is_opened_beneath_its_root_without_links() {
 
 #[test]
 fn remove_tree_big_tree_with_symlinks_out() {
-    if !is_root() {
-        return;
-    }
-    let s = Scratch::new();
+    harness::require_root();
+    let s = scratch();
     let host = LinuxHost::new();
     let root = s.join("root");
     let vol = root.join("vol");
@@ -301,10 +293,8 @@ fn remove_tree_big_tree_with_symlinks_out() {
 
 #[test]
 fn remove_tree_refuses_outside_root_and_symlinked_paths() {
-    if !is_root() {
-        return;
-    }
-    let s = Scratch::new();
+    harness::require_root();
+    let s = scratch();
     let host = LinuxHost::new();
     let root = s.join("root");
     let real = root.join("real");
@@ -358,11 +348,8 @@ fn chattr(flag: &str, path: &Path) {
 
 #[test]
 fn remove_tree_goes_past_an_entry_it_cannot_remove_and_counts_the_rest() {
-    assert!(
-        is_root(),
-        "an immutable file needs root (CAP_LINUX_IMMUTABLE)"
-    );
-    let s = Scratch::new();
+    harness::require_root(); // an immutable file needs CAP_LINUX_IMMUTABLE
+    let s = scratch();
     let host = LinuxHost::new();
     let root = s.join("root");
     let vol = root.join("vol");
@@ -395,10 +382,8 @@ fn remove_tree_goes_past_an_entry_it_cannot_remove_and_counts_the_rest() {
 
 #[test]
 fn remove_tree_does_not_cross_mounts() {
-    if !is_root() {
-        return;
-    }
-    let s = Scratch::new();
+    harness::require_root();
+    let s = scratch();
     let host = LinuxHost::new();
     let root = s.join("root");
     let vol = root.join("vol");
@@ -454,10 +439,8 @@ fn remove_tree_does_not_cross_mounts() {
 
 #[test]
 fn remove_tree_10000_deep() {
-    if !is_root() {
-        return;
-    }
-    let s = Scratch::new();
+    harness::require_root();
+    let s = scratch();
     let host = LinuxHost::new();
     let root = s.join("root");
     let vol = root.join("vol");
@@ -508,7 +491,7 @@ fn remove_tree_10000_deep() {
 }
 
 fn image_lifecycle(fs_type: FsType, size: u64, fits: u64, grown: u64, more: u64) {
-    let s = Scratch::new();
+    let s = scratch();
     let host = LinuxHost::new();
     let image = s.join("vol.img");
     let mnt = s.join("mnt");
@@ -609,9 +592,7 @@ fn image_lifecycle(fs_type: FsType, size: u64, fits: u64, grown: u64, more: u64)
 #[test]
 fn image_ext4_mount_fill_grow() {
     // (Where the process lacks CAP_SYS_RESOURCE this exercises the offline fallback.)
-    if !is_root() {
-        return;
-    }
+    harness::require_root();
     // 64 MiB ext4 (1 KiB blocks, 4 MiB journal, 16k inodes) takes ~9 MiB of metadata
     // beside the 64 MiB df shows.
     image_lifecycle(FsType::Ext4, 64 * MIB, 50 * MIB, 128 * MIB, 50 * MIB);
@@ -619,20 +600,16 @@ fn image_ext4_mount_fill_grow() {
 
 #[test]
 fn image_xfs_mount_fill_grow() {
-    if !is_root() {
-        return;
-    }
+    harness::require_root();
     // mkfs.xfs refuses less than 300 MiB; its 64 MiB log leaves ~236 MiB for data.
     image_lifecycle(FsType::Xfs, 300 * MIB, 200 * MIB, 400 * MIB, 90 * MIB);
 }
 
 #[test]
 fn create_image_is_idempotent() {
-    if !is_root() {
-        return;
-    }
+    harness::require_root();
     for (fs_type, size) in [(FsType::Ext4, 64 * MIB), (FsType::Xfs, 300 * MIB)] {
-        let s = Scratch::new();
+        let s = scratch();
         let host = LinuxHost::new();
         let image = s.join("vol.img");
         let mnt = s.join("mnt");
@@ -663,11 +640,9 @@ fn create_image_is_idempotent() {
 
 #[test]
 fn image_on_tmpfs() {
-    if !is_root() {
-        return;
-    }
+    harness::require_root();
     // tmpfs may not do O_DIRECT; loop devices are buffered, so it serves as any backing.
-    let s = Scratch::new();
+    let s = scratch();
     let host = LinuxHost::new();
     let tmpfs = s.join("tmpfs");
     fs::create_dir(&tmpfs).unwrap();
@@ -692,10 +667,8 @@ fn image_on_tmpfs() {
 
 #[test]
 fn mount_image_reuses_the_loop_device_for_a_second_target() {
-    if !is_root() {
-        return;
-    }
-    let s = Scratch::new();
+    harness::require_root();
+    let s = scratch();
     let host = LinuxHost::new();
     let image = s.join("vol.img");
     host.create_image(&image, 64 * MIB, Some(FsType::Ext4))
@@ -716,10 +689,8 @@ fn mount_image_reuses_the_loop_device_for_a_second_target() {
 
 #[test]
 fn block_volume_attach_bind_detach() {
-    if !is_root() {
-        return;
-    }
-    let s = Scratch::new();
+    harness::require_root();
+    let s = scratch();
     let host = LinuxHost::new();
     let image = s.join("block.img");
     host.create_image(&image, 16 * MIB, None).unwrap();
@@ -779,10 +750,8 @@ fn block_volume_attach_bind_detach() {
 
 #[test]
 fn tree_usage_and_copy_tree() {
-    if !is_root() {
-        return;
-    }
-    let s = Scratch::new();
+    harness::require_root();
+    let s = scratch();
     let host = LinuxHost::new();
     let from = s.join("from");
     fs::create_dir_all(from.join("sub/deeper")).unwrap();
@@ -908,10 +877,8 @@ fn tree_usage_and_copy_tree() {
 
 #[test]
 fn make_dir_rename_sync_and_stats() {
-    if !is_root() {
-        return;
-    }
-    let s = Scratch::new();
+    harness::require_root();
+    let s = scratch();
     let host = LinuxHost::new();
     let dir = s.join("owned");
     let own = Ownership {
@@ -975,7 +942,7 @@ fn make_dir_rename_sync_and_stats() {
     host.sync_path(&s.join("link")).unwrap();
     assert!(host.sync_path(&s.join("missing")).is_err());
 
-    let stats = host.fs_stats(&s.path).unwrap();
+    let stats = host.fs_stats(s.path()).unwrap();
     assert!(stats.bytes_total > 0 && stats.bytes_available <= stats.bytes_free);
     assert!(stats.bytes_free <= stats.bytes_total);
     assert!(stats.inodes_total >= stats.inodes_free);
@@ -991,10 +958,8 @@ fn make_dir_rename_sync_and_stats() {
 
 #[test]
 fn ext4_grow_offline_fallback() {
-    if !is_root() {
-        return;
-    }
-    let s = Scratch::new();
+    harness::require_root();
+    let s = scratch();
     let host = LinuxHost::new();
     let image = s.join("vol.img");
     let mnt = s.join("mnt");
@@ -1113,10 +1078,11 @@ fn ext4_grow_offline_fallback() {
 /// grow is refused, the filesystem mounted back, and the image left as it was.
 #[test]
 fn ext4_offline_grow_of_a_filesystem_mounted_in_another_namespace_changes_nothing() {
-    if !is_root() || has_capability(CAP_SYS_RESOURCE) {
+    harness::require_root();
+    if has_capability(CAP_SYS_RESOURCE) {
         return;
     }
-    let s = Scratch::new();
+    let s = scratch();
     let host = LinuxHost::new();
     let image = s.join("vol.img");
     let mnt = s.join("mnt");
@@ -1167,10 +1133,8 @@ fn ext4_offline_grow_of_a_filesystem_mounted_in_another_namespace_changes_nothin
 
 #[test]
 fn fs_kind_of_each_filesystem() {
-    if !is_root() {
-        return;
-    }
-    let s = Scratch::new();
+    harness::require_root();
+    let s = scratch();
     let host = LinuxHost::new();
     let cases: [(&str, u64, &str, &[&str], FsKind); 3] = [
         ("ext4", 32 * MIB, "mkfs.ext4", &["-q", "-F"], FsKind::Ext4),
@@ -1268,10 +1232,8 @@ fn project_quota_enforced(host: &LinuxHost, mnt: &Path) {
 
 #[test]
 fn project_quotas_xfs() {
-    if !is_root() {
-        return;
-    }
-    let s = Scratch::new();
+    harness::require_root();
+    let s = scratch();
     let host = LinuxHost::new();
     let image = s.join("xfs.img");
     make_fs(&image, 300 * MIB, "mkfs.xfs", &["-q", "-f"]);
@@ -1348,10 +1310,8 @@ fn project_quotas_xfs() {
 
 #[test]
 fn project_quotas_ext4() {
-    if !is_root() {
-        return;
-    }
-    let s = Scratch::new();
+    harness::require_root();
+    let s = scratch();
     let host = LinuxHost::new();
 
     // Without the project feature.
@@ -1409,10 +1369,8 @@ fn project_quotas_ext4() {
 
 #[test]
 fn project_quotas_refused_elsewhere() {
-    if !is_root() {
-        return;
-    }
-    let s = Scratch::new();
+    harness::require_root();
+    let s = scratch();
     let host = LinuxHost::new();
     let tmpfs = s.join("tmpfs");
     fs::create_dir(&tmpfs).unwrap();

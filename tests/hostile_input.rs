@@ -11,13 +11,16 @@
 //! Tests that could mount over `/` if berth got them wrong run in a private mount namespace
 //! (the test binary re-runs itself under `unshare --mount --propagation private`).
 
+#[path = "support/harness/mod.rs"]
+mod harness;
+
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::fs::symlink;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,6 +30,8 @@ use berth::engine::types::*;
 use berth::engine::{Engine, EngineConfig, EngineError, NodeInfo, VolumeService};
 use berth::host::linux::LinuxHost;
 use berth::server::http::{HttpLimits, Reply, Request};
+use harness::cleanup::{Scratch, mounts_under};
+use harness::serve::{Serve, Served};
 
 const CALLER: Caller = Caller {
     frontend: Frontend::Internal,
@@ -84,25 +89,6 @@ fn mounts_involving(dir: &Path) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Mounts whose mount point is beneath `dir`.
-fn mounts_beneath(dir: &Path) -> Vec<PathBuf> {
-    let mut found: Vec<PathBuf> = mount_table()
-        .into_iter()
-        .map(|(p, _)| PathBuf::from(p.replace("\\040", " ")))
-        .filter(|p| p.starts_with(dir))
-        .collect();
-    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    found
-}
-
-fn unmount_beneath(dir: &Path) {
-    for _ in 0..3 {
-        for m in mounts_beneath(dir) {
-            let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
-        }
-    }
-}
-
 fn name(s: &str) -> VolumeName {
     VolumeName::parse(s).unwrap()
 }
@@ -154,15 +140,12 @@ fn in_private_mount_namespace(test: &str) -> bool {
 /// A directory with a pool (`volumes`), a place for targets and an `outside` directory a
 /// symlink may point at; unmounts whatever is left beneath it on drop.
 struct Scene {
-    dir: tempfile::TempDir,
+    dir: Scratch,
 }
 
 impl Scene {
     fn new() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("berth-hostile-")
-            .tempdir_in("/var/tmp")
-            .unwrap();
+        let dir = Scratch::new("berth-hostile-");
         for d in ["volumes", "targets", "outside"] {
             fs::create_dir_all(dir.path().join(d)).unwrap();
         }
@@ -206,12 +189,6 @@ impl Scene {
 
     fn outside(&self) -> BTreeSet<PathBuf> {
         tree(&self.path("outside"))
-    }
-}
-
-impl Drop for Scene {
-    fn drop(&mut self) {
-        unmount_beneath(self.dir.path());
     }
 }
 
@@ -383,7 +360,7 @@ fn hostile_parameters_create_nothing_outside_the_volume() {
     expected.insert("labelled/data".into());
     assert_eq!(tree(&scene.path("volumes")), expected);
     assert_eq!(scene.outside(), untouched_outside());
-    assert!(mounts_beneath(scene.dir.path()).is_empty());
+    assert!(mounts_under(scene.dir.path()).is_empty());
 }
 
 // --- symlinks where a pool or a target should be -----------------------------------------
@@ -445,7 +422,7 @@ fn a_pool_root_swapped_for_a_symlink_is_not_followed() {
 
     // Not covered: a publish after the swap resolves the volume's data path through the
     // link (the pool root is an ancestor of the bind source there, resolved normally).
-    assert!(mounts_beneath(scene.dir.path()).is_empty());
+    assert!(mounts_under(scene.dir.path()).is_empty());
     assert_eq!(scene.outside(), outside_before);
     // Swapped back, the engine carries on as before.
     fs::remove_file(scene.path("volumes")).unwrap();
@@ -506,19 +483,30 @@ fn publish_targets_leading_to_root_are_refused() {
 
 // --- names over the wire: the admin API of the real daemon ---------------------------
 
+/// Sends raw bytes to a unix socket; returns the status (0 if the connection closed
+/// without an answer) and the whole response.
+fn exchange(socket: &Path, request: &[u8]) -> (u16, String) {
+    let Ok(mut s) = UnixStream::connect(socket) else {
+        return (0, String::new());
+    };
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    // The server may answer (and close) before it has read everything.
+    let _ = s.write_all(request);
+    read_reply(&mut s)
+}
+
 /// A daemon with one plain pool and only the admin socket; stopped and cleaned on drop.
 struct Daemon {
+    // Field order is drop order: the daemon stops before its directory is cleaned.
+    _served: Served,
     dir: PathBuf,
-    child: Option<Child>,
+    _scratch: Scratch,
 }
 
 impl Daemon {
     fn start(max_volumes: Option<usize>, seed: impl FnOnce(&dyn VolumeService)) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("berth-hostile-daemon-")
-            .tempdir_in("/var/tmp")
-            .unwrap()
-            .keep();
+        let scratch = Scratch::new("berth-hostile-daemon-");
+        let dir = scratch.path().to_path_buf();
         let d = dir.display();
         let limit = max_volumes
             .map(|n| format!("max_volumes = {n}\n"))
@@ -546,33 +534,20 @@ backend = "none"
             let engine: Arc<dyn VolumeService> = berth::daemon::open_engine(&config).unwrap();
             seed(engine.as_ref());
         }
-        let log = fs::File::create(dir.join("daemon.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_berth"))
-            .args(["serve", "--config"])
-            .arg(dir.join("config.toml"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let daemon = Self {
+        let mut served = Serve::new(dir.join("config.toml"), dir.join("daemon.log")).spawn();
+        let socket = dir.join("admin.sock");
+        served.wait_until("answer /healthz", || {
+            exchange(
+                &socket,
+                b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            )
+            .0 == 200
+        });
+        Self {
+            _served: served,
             dir,
-            child: Some(child),
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while daemon
-            .raw("GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .0
-            != 200
-        {
-            assert!(
-                Instant::now() < deadline,
-                "berth never got ready:\n{}",
-                fs::read_to_string(daemon.dir.join("daemon.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(50));
+            _scratch: scratch,
         }
-        daemon
     }
 
     /// Sends raw bytes to the admin socket; returns the status (0 if the connection closed
@@ -586,21 +561,7 @@ backend = "none"
     }
 
     fn raw_bytes_to(&self, socket: &str, request: &[u8]) -> (u16, String) {
-        let Ok(mut s) = UnixStream::connect(self.dir.join(socket)) else {
-            return (0, String::new());
-        };
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        // The server may answer (and close) before it has read everything.
-        let _ = s.write_all(request);
-        let mut out = Vec::new();
-        let _ = s.read_to_end(&mut out);
-        let text = String::from_utf8_lossy(&out).to_string();
-        let status = text
-            .strip_prefix("HTTP/1.1 ")
-            .and_then(|r| r.get(..3))
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        (status, text)
+        exchange(&self.dir.join(socket), request)
     }
 
     fn raw(&self, request: &str) -> (u16, String) {
@@ -611,27 +572,6 @@ backend = "none"
         self.raw(&format!(
             "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
         ))
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
-            unsafe {
-                libc::kill(child.id() as i32, libc::SIGTERM);
-            }
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline && !matches!(child.try_wait(), Ok(Some(_))) {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        unmount_beneath(&self.dir);
-        if mounts_beneath(&self.dir).is_empty() {
-            let _ = fs::remove_dir_all(&self.dir);
-        }
     }
 }
 

@@ -142,7 +142,7 @@ fn the_check_reports_an_upward_import() {
         "{found:?}"
     );
 
-    let grouped = "use crate::{config::Config, daemon::DaemonError};";
+    let grouped = "use crate::{config::Config, daemon::open_engine};";
     let found = check_file(Path::new("csi/mod.rs"), grouped).unwrap();
     assert_eq!(found.len(), 1, "{found:?}");
     assert!(found[0].contains("crate::daemon"), "{found:?}");

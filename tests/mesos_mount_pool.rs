@@ -4,6 +4,8 @@
 //! disk left and is told why, disk by disk. The sizes and the constraint's directory are
 //! scaled to loop disks in a scratch directory.
 
+#[path = "support/harness/mod.rs"]
+mod harness;
 mod mesos_support;
 
 use std::ffi::OsString;

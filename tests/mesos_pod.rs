@@ -3,6 +3,8 @@
 //! first container writes the second reads and cannot change. Cleanup detaches the volume;
 //! the next instance of the pod takes it over with its data.
 
+#[path = "support/harness/mod.rs"]
+mod harness;
 mod mesos_support;
 
 use std::ffi::OsString;

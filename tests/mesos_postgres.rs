@@ -13,6 +13,8 @@
 //!
 //! Needs root, util-linux's `unshare`, and the `postgresql` package.
 
+#[path = "support/harness/mod.rs"]
+mod harness;
 mod mesos_support;
 
 use std::ffi::OsString;

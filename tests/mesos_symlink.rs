@@ -4,6 +4,8 @@
 //! outside is refused, and nothing is created outside, neither a directory nor a mount; the
 //! walk itself, called directly, refuses a link at any depth. Needs root.
 
+#[path = "support/harness/mod.rs"]
+mod harness;
 mod mesos_support;
 
 use std::path::Path;

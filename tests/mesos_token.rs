@@ -2,6 +2,8 @@
 //! the token is refused before anything happens; with it (argument, environment or file)
 //! it is answered.
 
+#[path = "support/harness/mod.rs"]
+mod harness;
 mod mesos_support;
 
 use std::process::Command;

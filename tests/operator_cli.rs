@@ -1,12 +1,16 @@
 //! What an operator reads and types: the real `berth` binary's error lines, exit codes, help
 //! texts, closed pipes and log lines (in a file, for journald, as JSON).
 
+#[path = "support/harness/mod.rs"]
+mod harness;
+
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
+
+use harness::serve::{Serve, Served};
 
 const BERTH: &str = env!("CARGO_BIN_EXE_berth");
 
@@ -312,12 +316,13 @@ fn a_closed_pipe_ends_the_output_quietly() {
 
 /// A daemon with one plain-directory pool and only the admin socket, in a temp dir.
 struct Daemon {
-    dir: tempfile::TempDir,
-    child: Child,
+    // Field order is drop order: the daemon stops before its directory goes.
+    served: Served,
+    _dir: tempfile::TempDir,
 }
 
 impl Daemon {
-    fn start(extra_args: &[&str], env: &[(&str, String)], log: &Path) -> Self {
+    fn start(global_args: &[&str], env: &[(&str, String)], log: &Path) -> Self {
         let dir = temp_dir("berth-ops-log-");
         let d = dir.path().display();
         std::fs::create_dir_all(dir.path().join("plain")).unwrap();
@@ -336,48 +341,22 @@ paths = ["{d}/plain"]
 backend = "none"
 "#
         );
-        std::fs::write(dir.path().join("config.toml"), config).unwrap();
-        let mut args = extra_args.to_vec();
-        let config_path = dir.path().join("config.toml");
-        args.extend(["serve", "--config", config_path.to_str().unwrap()]);
-        let mut command = berth(&args);
-        command
-            .env("BERTH_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(log).unwrap());
+        let mut serve =
+            Serve::with_config(dir.path().join("config.toml"), &config, log).log_level("info");
+        for arg in global_args {
+            serve = serve.global_arg(arg);
+        }
         for (k, v) in env {
-            command.env(k, v);
+            serve = serve.env(k, v);
         }
-        let child = command.spawn().unwrap();
-        let mut daemon = Self { dir, child };
-        let socket = daemon.dir.path().join("admin.sock");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !socket.exists() {
-            if let Ok(Some(status)) = daemon.child.try_wait() {
-                panic!("berth exited with {status}: {}", read(log));
-            }
-            assert!(
-                Instant::now() < deadline,
-                "berth never listened: {}",
-                read(log)
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        daemon
+        let mut served = serve.spawn();
+        served.wait_for_socket(&dir.path().join("admin.sock"));
+        Self { served, _dir: dir }
     }
 
     /// SIGTERM, then waits: the log then holds the shutdown lines too.
     fn stop(mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.served.stop();
     }
 }
 

@@ -12,6 +12,8 @@
 #[allow(clippy::undocumented_unsafe_blocks)]
 #[path = "support/dockerd.rs"]
 mod dockerd;
+#[path = "support/harness/mod.rs"]
+mod harness;
 #[path = "support/release.rs"]
 mod release;
 
@@ -24,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use dockerd::{Dockerd, IMAGE, unique_name};
+use harness::cleanup::Scratch;
 use release::{expected_version_line, release_binary, script};
 
 /// The environment the packaging scripts need to reach this dockerd with its own CLI.
@@ -180,15 +183,12 @@ fn managed_plugin_serves_volumes_across_disable_and_enable() {
 /// A directory that is its own shared mount, as `docker run -v SRC:DST:rshared` demands of
 /// its source (a systemd host's `/` is shared; this test machine's may not be).
 struct SharedDir {
-    dir: tempfile::TempDir,
+    dir: Scratch,
 }
 
 impl SharedDir {
     fn new() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("berth-marathon-")
-            .tempdir_in("/var/tmp")
-            .unwrap();
+        let dir = Scratch::new("berth-marathon-");
         let path = CString::new(dir.path().as_os_str().as_bytes()).unwrap();
         // SAFETY: mount(2) with valid C strings; a bind of the directory onto itself.
         unsafe {
@@ -218,17 +218,6 @@ impl SharedDir {
 
     fn path(&self) -> &Path {
         self.dir.path()
-    }
-}
-
-impl Drop for SharedDir {
-    fn drop(&mut self) {
-        for mp in dockerd::mounts_under(self.dir.path()).iter().rev() {
-            if let Ok(c) = CString::new(mp.as_os_str().as_bytes()) {
-                // SAFETY: umount2(2) with a valid C string.
-                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-            }
-        }
     }
 }
 

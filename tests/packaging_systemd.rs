@@ -3,6 +3,8 @@
 //! is honest: berth sends `READY=1` only once every configured front-end's socket accepts
 //! connections, and removes them on SIGTERM.
 
+#[path = "support/harness/mod.rs"]
+mod harness;
 #[path = "support/release.rs"]
 mod release;
 
@@ -11,10 +13,11 @@ use std::io::{Read, Write};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use berth::config::Config;
+use harness::serve::Serve;
 
 const BERTH: &str = env!("CARGO_BIN_EXE_berth");
 
@@ -124,16 +127,6 @@ fn unit_is_type_notify_restarts_and_stays_in_the_host_mount_namespace() {
     assert_eq!(c.state_dir, Path::new("/var/lib/berth"));
 }
 
-/// Kills the daemon if a test fails before stopping it.
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn is_socket(p: &Path) -> bool {
     fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_socket())
 }
@@ -167,24 +160,16 @@ fn ready_is_sent_only_once_every_front_end_listens() {
         .set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
     let started = Instant::now();
-    let mut daemon = Daemon(
-        Command::new(BERTH)
-            .args(["serve", "--config"])
-            .arg(p("berth.toml"))
-            .env("NOTIFY_SOCKET", p("notify.sock"))
-            .env("BERTH_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(p("berth.log")).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let mut daemon = Serve::new(p("berth.toml"), p("berth.log"))
+        .log_level("info")
+        .env("NOTIFY_SOCKET", p("notify.sock"))
+        .spawn();
     let mut buf = [0u8; 256];
     let message = loop {
         match notify.recv(&mut buf) {
             Ok(n) => break String::from_utf8_lossy(&buf[..n]).into_owned(),
             Err(_) => {
-                if let Ok(Some(status)) = daemon.0.try_wait() {
+                if let Some(status) = daemon.try_wait() {
                     panic!(
                         "berth exited ({status}) without READY=1:\n{}",
                         fs::read_to_string(p("berth.log")).unwrap_or_default()
@@ -228,16 +213,7 @@ fn ready_is_sent_only_once_every_front_end_listens() {
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
 
     // SIGTERM: a clean exit that removes the sockets.
-    // SAFETY: kill(2) on the pid of a child we own and have not reaped.
-    unsafe { libc::kill(daemon.0.id() as i32, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = daemon.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "berth ignored SIGTERM for 30 s");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = daemon.stop().expect("berth was running");
     assert!(status.success(), "berth exited with {status}");
     for s in &sockets {
         assert!(!s.exists(), "{} left behind after SIGTERM", s.display());

@@ -2,6 +2,9 @@
 //! directory, `path` pools chosen by profile and constraints, capacity that is never
 //! over-committed, and online growth of an XFS `loopfs` volume.
 
+#[path = "support/harness/mod.rs"]
+mod harness;
+
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -12,6 +15,7 @@ use berth::engine::types::*;
 use berth::engine::{Engine, EngineConfig, EngineError, NodeInfo, PoolSelector, VolumeService};
 use berth::host::Host;
 use berth::host::linux::LinuxHost;
+use harness::cleanup::Scratch;
 
 const MIB: u64 = 1 << 20;
 const CALLER: Caller = Caller {
@@ -21,16 +25,14 @@ const CALLER: Caller = Caller {
 
 /// A temp dir whose mounts are all undone on drop, deepest first.
 struct Scene {
-    dir: tempfile::TempDir,
+    dir: Scratch,
 }
 
 impl Scene {
     fn new() -> Self {
+        harness::require_root();
         Self {
-            dir: tempfile::Builder::new()
-                .prefix("berth-pools-")
-                .tempdir_in("/var/tmp")
-                .unwrap(),
+            dir: Scratch::new("berth-pools-"),
         }
     }
 
@@ -63,22 +65,6 @@ impl Scene {
             LinuxHost::new(),
         )
         .unwrap()
-    }
-}
-
-impl Drop for Scene {
-    fn drop(&mut self) {
-        let root = self.dir.path().display().to_string();
-        let mut mounts: Vec<String> = fs::read_to_string("/proc/self/mountinfo")
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
-            .filter(|mp| mp.starts_with(&root))
-            .collect();
-        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in mounts {
-            let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
-        }
     }
 }
 

@@ -6,6 +6,8 @@
 
 #[path = "support/csi_daemon.rs"]
 mod csi_daemon;
+#[path = "support/harness/mod.rs"]
+mod harness;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -15,7 +17,7 @@ use std::path::Path;
 use berth::csi::proto::volume_capability::access_mode::Mode;
 use berth::csi::proto::volume_capability::{AccessMode, AccessType, MountVolume};
 use berth::csi::proto::*;
-use csi_daemon::{Daemon, is_root};
+use csi_daemon::Daemon;
 use tonic::Code;
 
 const GIB: i64 = 1 << 30;
@@ -84,10 +86,7 @@ fn errors(metrics: &str, frontend: &str, op: &str, kind: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_csi_requests_and_bad_mesos_hook_calls_are_counted_by_reason_and_front_end() {
-    assert!(
-        is_root(),
-        "this test runs berth serve with loopfs pools: run it as root"
-    );
+    harness::require_root();
     let work = tempfile::tempdir_in("/var/tmp").unwrap();
     let daemon = Daemon::start_with_admin(&format!(
         "\n[mesos]\nwork_dir = \"{}\"\n",

@@ -11,6 +11,8 @@
 
 #[path = "support/docker_plugin.rs"]
 mod docker_plugin;
+#[path = "support/harness/mod.rs"]
+mod harness;
 #[path = "support/host.rs"]
 mod support;
 
@@ -26,7 +28,7 @@ use berth::csi::proto::*;
 use berth::engine::types::format_size;
 use docker_plugin::request;
 use serde_json::{Value, json};
-use support::{MIB, Scratch, fill, make_fs, mount_loop};
+use support::{MIB, fill, make_fs, mount_loop};
 
 /// `berth serve` on this test's sockets; killed (then waited for) on drop, before the
 /// scratch directory's mounts are cleaned.
@@ -93,6 +95,7 @@ paths = ["{pool}"]
             &self.dir.join("docker.sock"),
             "POST",
             &format!("/VolumeDriver.{call}"),
+            &[],
             body.to_string().as_bytes(),
         )
         .unwrap();
@@ -120,7 +123,8 @@ paths = ["{pool}"]
 
     /// A sample of `/metrics` for pool `default`.
     fn pool_gauge(&self, metric: &str) -> u64 {
-        let (status, raw) = request(&self.dir.join("admin.sock"), "GET", "/metrics", b"").unwrap();
+        let (status, raw) =
+            request(&self.dir.join("admin.sock"), "GET", "/metrics", &[], b"").unwrap();
         assert_eq!(status, 200);
         let text = String::from_utf8(raw).unwrap();
         let prefix = format!("{metric}{{pool=\"default\"}} ");
@@ -159,16 +163,13 @@ fn mount_capability() -> VolumeCapability {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_front_end_reports_the_real_capacity_and_the_same_totals() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "this test mounts a pool filesystem and loopfs volumes: run it as root"
-    );
-    let scratch = Scratch::new();
+    harness::require_root(); // it mounts a pool filesystem and loopfs volumes
+    let scratch = support::scratch();
     let image = scratch.join("poolfs.img");
     make_fs(&image, 512 * MIB, "mkfs.ext4", &["-q", "-F", "-m", "0"]);
     let poolfs = scratch.join("poolfs");
     mount_loop(&image, &poolfs, "");
-    let daemon = Daemon::start(&scratch.path, &poolfs);
+    let daemon = Daemon::start(scratch.path(), &poolfs);
     let channel = berth::csi::connect(&format!("unix://{}", scratch.join("csi.sock").display()))
         .await
         .unwrap();

@@ -15,9 +15,11 @@ use berth::engine::types::*;
 use berth::engine::{Engine, EngineConfig, EngineError, NodeInfo, PoolSelector, VolumeService};
 use berth::host::linux::LinuxHost;
 
+#[path = "support/harness/mod.rs"]
+mod harness;
 #[path = "support/host.rs"]
 mod support;
-use support::{MIB, Scratch, fill, make_fs, mount_loop, sync_fs};
+use support::{MIB, Scratch, fill, make_fs, mount_loop, scratch, sync_fs};
 
 const GIB: u64 = 1 << 30;
 /// The sizes the issue names.
@@ -51,9 +53,9 @@ fn df_total(path: &Path) -> u64 {
 
 #[test]
 fn an_unsized_request_on_the_embedded_default_gets_the_documented_bounded_size() {
-    let scratch = Scratch::new();
+    let scratch = scratch();
     let config = Config::parse(
-        &format!("state_dir = {:?}", scratch.path.display().to_string()),
+        &format!("state_dir = {:?}", scratch.path().display().to_string()),
         Path::new("test.toml"),
     )
     .unwrap();
@@ -170,7 +172,7 @@ fn assert_trim_keeps_allocation(data: &Path, image: Option<&Path>) {
 }
 
 fn loopfs_volumes_show_their_size(fs: FsType, sizes: &[u64]) {
-    let scratch = Scratch::new();
+    let scratch = scratch();
     let e = engine(&scratch, &scratch.join("pool"), BackendChoice::Loopfs, fs);
     for (i, &size) in sizes.iter().enumerate() {
         let n = format!("v{i}");
@@ -204,7 +206,7 @@ fn loopfs_ext4_volumes_show_at_least_their_size_and_stop_there() {
 #[test]
 fn loopfs_xfs_volumes_show_at_least_their_size_and_small_ones_are_refused_clearly() {
     loopfs_volumes_show_their_size(FsType::Xfs, &[300 * MIB, GIB]);
-    let scratch = Scratch::new();
+    let scratch = scratch();
     let e = engine(
         &scratch,
         &scratch.join("pool"),
@@ -223,7 +225,7 @@ fn loopfs_xfs_volumes_show_at_least_their_size_and_small_ones_are_refused_clearl
 /// whole btrfs filesystem (statfs knows nothing of qgroups); berth reports the limit.
 #[test]
 fn btrfs_volumes_report_their_limit_and_stop_there() {
-    let scratch = Scratch::new();
+    let scratch = scratch();
     let image = scratch.join("btrfs.img");
     make_fs(&image, 3 * GIB, "mkfs.btrfs", &["-q", "-f"]);
     let mnt = scratch.join("btrfs");
@@ -251,7 +253,7 @@ fn btrfs_volumes_report_their_limit_and_stop_there() {
 /// the reservation.
 #[test]
 fn plain_directories_report_their_reservation_and_df_shows_the_pool() {
-    let scratch = Scratch::new();
+    let scratch = scratch();
     let pool = scratch.join("pool");
     let e = engine(&scratch, &pool, BackendChoice::None, FsType::Ext4);
     for (i, &size) in SIZES.iter().enumerate() {
@@ -269,7 +271,7 @@ fn plain_directories_report_their_reservation_and_df_shows_the_pool() {
 /// made before the fill can still be written to its full size (its image was allocated).
 #[test]
 fn capacity_follows_the_free_space_and_a_loopfs_reservation_holds_when_the_disk_fills() {
-    let scratch = Scratch::new();
+    let scratch = scratch();
     let image = scratch.join("poolfs.img");
     make_fs(&image, 512 * MIB, "mkfs.ext4", &["-q", "-F", "-m", "0"]);
     let poolfs = scratch.join("poolfs");
@@ -311,7 +313,7 @@ fn capacity_follows_the_free_space_and_a_loopfs_reservation_holds_when_the_disk_
 /// and the image's reclaimed size apart.
 #[test]
 fn a_loopfs_wipe_reports_the_data_and_the_image_apart() {
-    let scratch = Scratch::new();
+    let scratch = scratch();
     let e = engine(
         &scratch,
         &scratch.join("pool"),
@@ -350,7 +352,7 @@ fn a_loopfs_wipe_reports_the_data_and_the_image_apart() {
 /// daemon start fills them, the volume still mounted and its data untouched.
 #[test]
 fn a_daemon_start_fills_holes_left_in_a_mounted_image() {
-    let scratch = Scratch::new();
+    let scratch = scratch();
     let pool = scratch.join("pool");
     for fs in [FsType::Ext4, FsType::Xfs] {
         let e = engine(&scratch, &pool, BackendChoice::Loopfs, fs);

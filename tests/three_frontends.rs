@@ -10,6 +10,8 @@
 mod all_frontends;
 #[path = "support/dockerd.rs"]
 mod dockerd;
+#[path = "support/harness/mod.rs"]
+mod harness;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -15,6 +15,8 @@
 
 #[path = "support/docker_plugin.rs"]
 mod docker_plugin;
+#[path = "support/harness/mod.rs"]
+mod harness;
 #[path = "support/torture/mod.rs"]
 mod torture;
 
@@ -23,6 +25,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use harness::cleanup::Scratch;
+use harness::serve::Serve;
 use torture::berth::{Berth, Endpoints};
 use torture::checks::{self, World};
 use torture::csi::Csi;
@@ -443,26 +447,6 @@ fn kill_9_torture() {
     );
 }
 
-/// A directory under /var/tmp, unmounted beneath and removed on drop.
-struct Scratch(std::path::PathBuf);
-
-impl Scratch {
-    fn new(label: &str) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("berth-{label}-"))
-            .tempdir_in("/var/tmp")
-            .expect("a temp dir")
-            .keep();
-        Self(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        docker_plugin::cleanup_dir(&self.0);
-    }
-}
-
 /// How long the concurrency test's clients run (`BERTH_CONCURRENCY_SECS`, default 20).
 fn crowd_duration() -> Duration {
     let secs = std::env::var("BERTH_CONCURRENCY_SECS")
@@ -500,7 +484,7 @@ fn concurrent_clients_on_overlapping_volumes() {
     }
     // The clients' bind mounts of Docker's Mountpoints, as dockerd makes for containers:
     // outside berth's directory, since berth does not record them.
-    let binds = Scratch::new("crowd-binds");
+    let binds = Scratch::new("berth-crowd-binds-");
     berth
         .start(RESTART_WITHIN)
         .unwrap_or_else(|e| panic!("concurrency: {e}"));
@@ -516,7 +500,7 @@ fn concurrent_clients_on_overlapping_volumes() {
         let (endpoints, layout, binds, doing, done_tx) = (
             endpoints.clone(),
             layout.clone(),
-            binds.0.clone(),
+            binds.path().to_path_buf(),
             std::sync::Arc::clone(&doing),
             done_tx.clone(),
         );
@@ -686,28 +670,11 @@ fn socket_identity(path: &std::path::Path) -> SocketIdentity {
 
 /// Runs a second `berth serve` on `config`; it must exit by itself (within 20 s).
 fn second_daemon(config: &std::path::Path) -> std::process::Output {
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args(["serve", "--config"])
-        .arg(config)
+    Serve::new(config, config.with_extension("log"))
         .env("NO_COLOR", "1")
         .env_remove("RUST_BACKTRACE")
         .env_remove("RUST_LIB_BACKTRACE")
-        .env_remove("CSI_ENDPOINT")
-        .env_remove("NOTIFY_SOCKET")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawning a second berth");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while child.try_wait().expect("waiting").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("a second berth on the same state or sockets kept running");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().expect("its output")
+        .run_to_exit()
 }
 
 /// The first daemon answers on all three sockets, which are the ones it bound.

@@ -18,6 +18,8 @@ use serde_json::Value;
 
 #[path = "support/csi_daemon.rs"]
 mod csi_daemon;
+#[path = "support/harness/mod.rs"]
+mod harness;
 #[path = "support/tree.rs"]
 mod tree;
 

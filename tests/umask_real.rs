@@ -12,6 +12,8 @@ mod csi_daemon;
 mod docker_plugin;
 #[path = "support/dockerd.rs"]
 mod dockerd;
+#[path = "support/harness/mod.rs"]
+mod harness;
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -153,10 +155,7 @@ async fn csi_publish(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_umask_0077_roots_are_as_asked_and_a_non_root_writer_can_write() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "this test mounts filesystems and runs dockerd: run it as root (scripts/test.sh)"
-    );
+    harness::require_root();
     // dockerd is started first, under the usual umask; only berth runs under 0077.
     let docker = Dockerd::start().unwrap_or_else(|e| panic!("{e}"));
     // SAFETY: umask(2) cannot fail; it changes the mask of this whole process, which is why

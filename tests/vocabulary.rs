@@ -4,6 +4,8 @@
 //! each operator of the label-selector grammar lands the volume on the same pool and path
 //! whichever front-end asked. Root: the Mesos hook bind-mounts the volume into the sandbox.
 
+#[path = "support/harness/mod.rs"]
+mod harness;
 mod mesos_support;
 
 use std::io::{Read, Write};

@@ -8,18 +8,18 @@
 //! request on the server, so the progress shown is the honest one: elapsed time, then what
 //! was removed.
 
-use std::io::{BufRead, IsTerminal, Read, Write};
+use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 
-use serde::de::DeserializeOwned;
 use thiserror::Error;
 
 use super::handover::{HandoverView, to_yaml};
 use super::snapshots::SnapshotView;
-use super::views::{DataOutcome, DeleteView, ErrorView, VolumeList, VolumeView, parse_rfc3339};
+use super::views::{DataOutcome, DeleteView, VolumeList, VolumeView, parse_rfc3339};
 use crate::engine::types::{OwnerFrontend, VolumeName, VolumeState, format_size};
+pub use crate::server::client::{Client, ClientError, Duplex, Endpoint, Response};
 
 /// Where `berth volume` finds the API unless told otherwise.
 pub const DEFAULT_ENDPOINT: &str = "/run/berth/admin.sock";
@@ -53,6 +53,18 @@ pub enum CliError {
     Declined(String),
     #[error("writing the output: {0}")]
     Output(#[source] std::io::Error),
+}
+
+impl From<ClientError> for CliError {
+    fn from(e: ClientError) -> Self {
+        match e {
+            ClientError::Usage(message) => Self::Usage(message),
+            ClientError::Connect { endpoint, source } => Self::Connect { endpoint, source },
+            ClientError::Io { endpoint, source } => Self::Io { endpoint, source },
+            ClientError::Api { status, message } => Self::Api { status, message },
+            ClientError::Protocol(message) => Self::Protocol(message),
+        }
+    }
 }
 
 /// Connection options shared by every `berth volume` subcommand.
@@ -436,7 +448,8 @@ fn wipe(client: &Client, console: &mut Console<'_>, id: &str, yes: bool) -> Resu
     std::thread::spawn(move || {
         let result = request_client
             .call("DELETE", &path)
-            .and_then(|r| r.json::<DeleteView>());
+            .and_then(|r| r.json::<DeleteView>())
+            .map_err(CliError::from);
         // The receiver waits until this arrives; if it is gone there is no one to tell.
         let _ = done_tx.send(result);
     });
@@ -664,272 +677,9 @@ pub fn table(volumes: &[VolumeView], now: SystemTime) -> String {
     out
 }
 
-/// Where the API is.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Endpoint {
-    Unix(PathBuf),
-    Tcp(String),
-}
-
-impl Endpoint {
-    /// A socket path (`/run/berth/admin.sock`, `unix:///...`) or `http://HOST:PORT`.
-    pub fn parse(text: &str) -> Result<Self, CliError> {
-        if let Some(rest) = text.strip_prefix("http://") {
-            let address = rest.trim_end_matches('/');
-            if address.is_empty() || address.contains('/') {
-                return Err(CliError::Usage(format!(
-                    "{text:?}: give the TCP endpoint as http://HOST:PORT"
-                )));
-            }
-            return Ok(Self::Tcp(address.to_string()));
-        }
-        if text.starts_with("https://") {
-            return Err(CliError::Usage(
-                "the admin API does not serve TLS; use its unix socket, or http:// on loopback"
-                    .into(),
-            ));
-        }
-        Ok(Self::Unix(crate::server::socket_path(text)))
-    }
-
-    fn describe(&self) -> String {
-        match self {
-            Self::Unix(p) => p.display().to_string(),
-            Self::Tcp(a) => format!("http://{a}"),
-        }
-    }
-}
-
-/// A reply: status and body.
-#[derive(Debug)]
-pub struct Response {
-    pub status: u16,
-    pub body: Vec<u8>,
-}
-
-impl Response {
-    /// The body as `T` when the status is a success; the API's error message otherwise.
-    pub fn json<T: DeserializeOwned>(self) -> Result<T, CliError> {
-        if (200..300).contains(&self.status) {
-            return serde_json::from_slice(&self.body)
-                .map_err(|e| CliError::Protocol(format!("{e}")));
-        }
-        let message = serde_json::from_slice::<ErrorView>(&self.body)
-            .map(|e| e.error)
-            .unwrap_or_else(|_| String::from_utf8_lossy(&self.body).trim().to_string());
-        Err(CliError::Api {
-            status: self.status,
-            message,
-        })
-    }
-}
-
-/// A connection to the admin API.
-pub trait Duplex: Read + Write {}
-impl Duplex for std::os::unix::net::UnixStream {}
-impl Duplex for std::net::TcpStream {}
-
-/// A one-request-per-connection HTTP/1.1 client for the admin API.
-#[derive(Clone, Debug)]
-pub struct Client {
-    endpoint: Endpoint,
-    token: Option<String>,
-}
-
-impl Client {
-    pub fn new(endpoint: &str, token: Option<&str>) -> Result<Self, CliError> {
-        if let Some(t) = token
-            && (t.is_empty() || t.chars().any(|c| c.is_control()))
-        {
-            return Err(CliError::Usage(
-                "the token is empty or contains control characters".into(),
-            ));
-        }
-        Ok(Self {
-            endpoint: Endpoint::parse(endpoint)?,
-            token: token.map(str::to_string),
-        })
-    }
-
-    /// Connects and sends the head of a request (`extra` headers added, no
-    /// `Content-Length`); returns the connection, to write a body to and read the reply
-    /// from, and the endpoint's name.
-    pub(super) fn open(
-        &self,
-        method: &str,
-        path: &str,
-        extra: &[(&str, &str)],
-    ) -> Result<(Box<dyn Duplex>, String), CliError> {
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: berth-cli\r\nConnection: close\r\n"
-        );
-        for (name, value) in extra {
-            head.push_str(&format!("{name}: {value}\r\n"));
-        }
-        if let Some(token) = &self.token {
-            head.push_str(&format!("Authorization: Bearer {token}\r\n"));
-        }
-        head.push_str("\r\n");
-        let endpoint = self.endpoint.describe();
-        let connect = |source| CliError::Connect {
-            endpoint: endpoint.clone(),
-            source,
-        };
-        let mut stream: Box<dyn Duplex> = match &self.endpoint {
-            Endpoint::Unix(path) => {
-                Box::new(std::os::unix::net::UnixStream::connect(path).map_err(connect)?)
-            }
-            Endpoint::Tcp(address) => {
-                Box::new(std::net::TcpStream::connect(address).map_err(connect)?)
-            }
-        };
-        stream
-            .write_all(head.as_bytes())
-            .map_err(|source| CliError::Io {
-                endpoint: endpoint.clone(),
-                source,
-            })?;
-        Ok((stream, endpoint))
-    }
-
-    /// Sends one request without a body and reads the whole reply.
-    pub fn call(&self, method: &str, path: &str) -> Result<Response, CliError> {
-        let mut request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: berth-cli\r\nConnection: close\r\nContent-Length: 0\r\n"
-        );
-        if let Some(token) = &self.token {
-            request.push_str(&format!("Authorization: Bearer {token}\r\n"));
-        }
-        request.push_str("\r\n");
-        let endpoint = self.endpoint.describe();
-        let connect = |source| CliError::Connect {
-            endpoint: endpoint.clone(),
-            source,
-        };
-        let io = |source| CliError::Io {
-            endpoint: endpoint.clone(),
-            source,
-        };
-        let mut raw = Vec::new();
-        match &self.endpoint {
-            Endpoint::Unix(path) => {
-                let mut s = std::os::unix::net::UnixStream::connect(path).map_err(connect)?;
-                s.write_all(request.as_bytes()).map_err(io)?;
-                s.read_to_end(&mut raw).map_err(io)?;
-            }
-            Endpoint::Tcp(address) => {
-                let mut s = std::net::TcpStream::connect(address).map_err(connect)?;
-                s.write_all(request.as_bytes()).map_err(io)?;
-                s.read_to_end(&mut raw).map_err(io)?;
-            }
-        }
-        parse_response(&raw)
-    }
-}
-
-/// Parses a whole HTTP/1.1 response (`Content-Length`, chunked, or until close).
-pub(super) fn parse_response(raw: &[u8]) -> Result<Response, CliError> {
-    let bad = |what: &str| CliError::Protocol(what.to_string());
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| bad("no end of headers"))?;
-    let head = std::str::from_utf8(&raw[..split]).map_err(|_| bad("headers are not UTF-8"))?;
-    let body = &raw[split + 4..];
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or("");
-    let status: u16 = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| bad("malformed status line"))?;
-    let mut length = None;
-    let mut chunked = false;
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("content-length") {
-            length = Some(
-                value
-                    .parse::<usize>()
-                    .map_err(|_| bad("bad Content-Length"))?,
-            );
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = value.eq_ignore_ascii_case("chunked");
-        }
-    }
-    let body = if chunked {
-        dechunk(body).ok_or_else(|| bad("malformed chunked body"))?
-    } else if let Some(n) = length {
-        body.get(..n)
-            .ok_or_else(|| bad("the body is shorter than announced"))?
-            .to_vec()
-    } else {
-        body.to_vec()
-    };
-    Ok(Response { status, body })
-}
-
-pub(super) fn dechunk(mut body: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = body.windows(2).position(|w| w == b"\r\n")?;
-        let size_text = std::str::from_utf8(&body[..line_end]).ok()?;
-        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
-        body = &body[line_end + 2..];
-        if size == 0 {
-            return Some(out);
-        }
-        out.extend_from_slice(body.get(..size)?);
-        body = body.get(size + 2..)?;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn responses_parse_with_length_chunks_or_close() {
-        let r = parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokEXTRA").unwrap();
-        assert_eq!((r.status, r.body.as_slice()), (200, &b"ok"[..]));
-        let r = parse_response(
-            b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
-        )
-        .unwrap();
-        assert_eq!((r.status, r.body.as_slice()), (404, &b"abcde"[..]));
-        let r = parse_response(b"HTTP/1.1 204 No Content\r\n\r\n").unwrap();
-        assert!(r.body.is_empty());
-        assert!(parse_response(b"garbage").is_err());
-        assert!(parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nshort").is_err());
-    }
-
-    #[test]
-    fn errors_carry_the_apis_message() {
-        let r = Response {
-            status: 409,
-            body: br#"{"error":"volume v is attached at /t; unpublish it first","kind":"in_use"}"#
-                .to_vec(),
-        };
-        let e = r.json::<VolumeView>().unwrap_err().to_string();
-        assert!(e.contains("409") && e.contains("attached at /t"), "{e}");
-    }
-
-    #[test]
-    fn endpoints_are_sockets_or_http() {
-        assert_eq!(
-            Endpoint::parse("unix:///run/x.sock").unwrap(),
-            Endpoint::Unix("/run/x.sock".into())
-        );
-        assert_eq!(
-            Endpoint::parse("http://127.0.0.1:7480/").unwrap(),
-            Endpoint::Tcp("127.0.0.1:7480".into())
-        );
-        assert!(Endpoint::parse("https://h:1").is_err());
-        assert!(Endpoint::parse("http://h:1/v1").is_err());
-    }
 
     #[test]
     fn ages_read_like_kubectl() {

@@ -6,9 +6,10 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::time::{Duration, Instant};
 
-use super::cli::{CliError, Client, Console, parse_response};
+use super::cli::{CliError, Client, Console};
 use super::views::VolumeView;
 use crate::engine::types::{VolumeName, format_size};
+use crate::server::client::parse_response;
 
 /// Bytes read from stdin per request chunk.
 const CHUNK: usize = 256 << 10;
@@ -184,16 +185,17 @@ pub fn export(
             .read_to_end(&mut rest)
             .map_err(|e| protocol(&format!("reading the reply: {e}")))?;
         let body = if head.chunked {
-            super::cli::dechunk(&rest).unwrap_or(rest)
+            crate::server::client::dechunk(&rest).unwrap_or(rest)
         } else {
             rest
         };
-        return super::cli::Response {
+        return crate::server::client::Response {
             status: head.status,
             body,
         }
         .json::<serde_json::Value>()
-        .map(drop);
+        .map(drop)
+        .map_err(CliError::from);
     }
     if !head.chunked {
         return Err(protocol("the archive was not sent chunked"));

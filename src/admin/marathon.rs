@@ -14,9 +14,10 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::views::DeleteView;
-use super::{Admin, Query, delete_volume, percent_decode, status_of};
+use super::{Admin, Query, delete_volume, percent_decode};
 use crate::engine::types::{Volume, VolumeFilter, VolumeState};
 use crate::server::http::Reply;
+use crate::server::status::admin_status;
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -222,7 +223,7 @@ async fn delete_task(admin: &Arc<Admin>, app: String, task: String, wipe: bool) 
                     Ok(view) => deleted.push(view),
                     Err(e) => {
                         if status == 200 {
-                            status = status_of(&e);
+                            status = admin_status(&e);
                         }
                         failed.push(Failure {
                             id: v.name.to_string(),

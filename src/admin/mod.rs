@@ -32,35 +32,35 @@
 //! `Authorization` header are never logged.
 //!
 //! The API is a thin edge: it parses ids and filters into engine types, calls the engine
-//! (in `spawn_blocking`) and maps [`EngineError`] in one place, [`status_of`].
+//! (in `spawn_blocking`) and maps [`EngineError`] in one place, the admin socket's
+//! [`crate::server::status::admin_status`].
 
 pub mod cli;
 mod cli_transfer;
 pub mod doctor;
 pub mod handover;
+mod listen;
 mod marathon;
 pub mod prometheus;
 pub mod snapshots;
+mod token;
 pub mod token_source;
 mod transfer;
 pub mod views;
 
+pub use listen::start;
+pub use token::{Token, configured_token, constant_time_eq};
+
 use std::collections::BTreeMap;
-use std::fmt;
-use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
-
-use crate::config::Config;
 use crate::engine::types::{
     Caller, Frontend, OwnerFrontend, ReclaimPolicy, VolumeFilter, VolumeName, VolumeState,
 };
 use crate::engine::{EngineError, PoolSelector, VolumeService};
 use crate::server::http::{HttpLimits, Reply, Request};
-use crate::server::{DaemonError, Servers, bind_socket, shutdown_future};
+use crate::server::status::admin_status;
 use views::{DataOutcome, DeleteView, ErrorView, RemovedView, VolumeList, VolumeView};
 
 /// Operators' calls may wait for a busy volume rather than be told to retry.
@@ -81,86 +81,6 @@ pub const LIMITS: HttpLimits = HttpLimits {
     request_timeout: Duration::from_secs(3600),
     max_connections: 64,
 };
-
-/// The bearer token. Its `Debug` never shows it.
-#[derive(Clone)]
-pub struct Token(String);
-
-impl fmt::Debug for Token {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Token(<redacted>)")
-    }
-}
-
-impl Token {
-    pub fn new(secret: &str) -> Result<Self, String> {
-        let secret = secret.trim();
-        if secret.is_empty() {
-            return Err("the admin token is empty".into());
-        }
-        if secret.chars().any(|c| c.is_control() || c == ' ') {
-            return Err("the admin token contains spaces or control characters".into());
-        }
-        Ok(Self(secret.to_string()))
-    }
-
-    /// The secret itself, for a client that sends it.
-    pub fn secret(&self) -> &str {
-        &self.0
-    }
-
-    /// Whether `header` (an `Authorization` value) carries this token.
-    fn admits(&self, header: Option<&hyper::header::HeaderValue>) -> bool {
-        let Some(value) = header.map(|h| h.as_bytes()) else {
-            return false;
-        };
-        let Some((scheme, presented)) = split_scheme(value) else {
-            return false;
-        };
-        scheme.eq_ignore_ascii_case(b"bearer") && constant_time_eq(presented, self.0.as_bytes())
-    }
-}
-
-fn split_scheme(value: &[u8]) -> Option<(&[u8], &[u8])> {
-    let space = value.iter().position(|b| *b == b' ')?;
-    let (scheme, rest) = value.split_at(space);
-    Some((scheme, rest.trim_ascii()))
-}
-
-/// Compares two secrets in time that depends only on their lengths.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(diff) == 0
-}
-
-/// Reads the configured token: `admin.token`, or the first line of `admin.token_file`.
-pub fn configured_token(config: &Config) -> Result<Option<Token>, DaemonError> {
-    let invalid = |what: &str, e: String| DaemonError::Config(format!("{what}: {e}"));
-    if let Some(secret) = &config.admin.token {
-        return Token::new(secret)
-            .map(Some)
-            .map_err(|e| invalid("admin.token", e));
-    }
-    let Some(path) = &config.admin.token_file else {
-        return Ok(None);
-    };
-    let text = std::fs::read_to_string(path).map_err(|source| DaemonError::Io {
-        what: "reading the admin token file",
-        path: path.clone(),
-        source,
-    })?;
-    if let Ok(meta) = std::fs::metadata(path)
-        && meta.permissions().mode() & 0o077 != 0
-    {
-        tracing::warn!(file = %path.display(), "the admin token file is readable by others; chmod 600 it");
-    }
-    Token::new(text.lines().next().unwrap_or(""))
-        .map(Some)
-        .map_err(|e| invalid(&format!("admin.token_file {}", path.display()), e))
-}
 
 /// The shared state of both listeners.
 pub struct Admin {
@@ -579,29 +499,8 @@ fn volume_filter(query: &Query) -> Result<VolumeFilter, String> {
     })
 }
 
-/// The HTTP status of each engine error: the one place the admin API maps them.
-pub fn status_of(e: &EngineError) -> u16 {
-    match e {
-        EngineError::Input(_) => 400,
-        EngineError::NotFound { .. } | EngineError::SnapshotNotFound { .. } => 404,
-        EngineError::AlreadyExists { .. } | EngineError::SnapshotExists { .. } => 409,
-        EngineError::Busy { .. } => 409,
-        EngineError::InUse { .. } => 409,
-        EngineError::WrongPhase { .. } => 409,
-        EngineError::TargetConflict { .. } => 409,
-        EngineError::NoCapacity { .. } => 507,
-        EngineError::TooManyVolumes { .. } => 507,
-        // The admin API acts on any volume; kept for exhaustiveness.
-        EngineError::HeldByOther { .. } => 403,
-        EngineError::Unsupported { .. } => 422,
-        EngineError::PoolUnusable { .. } => 500,
-        EngineError::Host { .. } => 500,
-        EngineError::Store { .. } => 500,
-    }
-}
-
 fn engine_error(e: &EngineError) -> Reply {
-    error_reply(status_of(e), e.kind(), &e.to_string())
+    error_reply(admin_status(e), e.kind(), &e.to_string())
 }
 
 fn error_reply(status: u16, kind: &str, message: &str) -> Reply {
@@ -712,107 +611,6 @@ fn percent_decode(raw: &str) -> Result<String, String> {
         return Err(format!("{raw:?} contains NUL"));
     }
     Ok(text)
-}
-
-/// Starts the admin API on its unix socket and, if configured, on TCP.
-pub fn start(
-    config: &Config,
-    engine: &Arc<dyn VolumeService>,
-    mode: u32,
-    stop: &watch::Receiver<bool>,
-    servers: &mut Servers,
-) -> Result<(), DaemonError> {
-    let token = configured_token(config)?;
-    let admin = Admin::with_config(
-        Arc::clone(engine),
-        token.clone(),
-        config.mesos.clone(),
-        &config.csi.driver_name,
-    );
-    if !config.listen.admin.is_empty() {
-        // Without a token the socket's mode is the only guard: keep it root's alone.
-        let mode = if token.is_some() { mode } else { 0o600 };
-        let socket = Arc::new(bind_socket(&config.listen.admin, mode)?);
-        let admin = Arc::clone(&admin);
-        let stop = stop.clone();
-        tracing::info!(socket = %config.listen.admin, token = token.is_some(), "admin API listening");
-        servers.spawn(async move {
-            let accept = move || {
-                let socket = Arc::clone(&socket);
-                async move { socket.listener.accept().await.map(|(s, _)| s) }
-            };
-            let handle = move |req| Arc::clone(&admin).handle(req);
-            crate::server::http::serve(accept, handle, LIMITS, server_error, shutdown_future(stop))
-                .await;
-            Ok(())
-        });
-    }
-    if let Some(address) = &config.listen.admin_tcp {
-        if token.is_none() {
-            return Err(DaemonError::Config(
-                "listen.admin_tcp: the admin API on TCP needs admin.token or admin.token_file"
-                    .into(),
-            ));
-        }
-        let listener = bind_tcp(address)?;
-        if listener.local_addr().is_ok_and(|a| !a.ip().is_loopback()) {
-            tracing::warn!(address = %address, "the admin API listens on a non-loopback address without TLS: its token crosses the network in clear text");
-        }
-        tracing::info!(address = %address, "admin API listening on TCP");
-        let admin = Arc::clone(&admin);
-        serve_tcp(listener, stop, servers, move |req| {
-            Arc::clone(&admin).handle(req)
-        });
-    }
-    if let Some(address) = &config.listen.metrics_tcp {
-        let listener = bind_tcp(address)?;
-        tracing::info!(address = %address, "metrics and health listening on TCP");
-        let admin = Arc::clone(&admin);
-        serve_tcp(listener, stop, servers, move |req| {
-            Arc::clone(&admin).handle_metrics_only(req)
-        });
-    }
-    Ok(())
-}
-
-/// Serves `handle` on a bound TCP listener until `stop`.
-fn serve_tcp<H, HF>(
-    listener: tokio::net::TcpListener,
-    stop: &watch::Receiver<bool>,
-    servers: &mut Servers,
-    handle: H,
-) where
-    H: Fn(Request) -> HF + Clone + Send + Sync + 'static,
-    HF: std::future::Future<Output = Reply> + Send + 'static,
-{
-    let listener = Arc::new(listener);
-    let stop = stop.clone();
-    servers.spawn(async move {
-        let accept = move || {
-            let listener = Arc::clone(&listener);
-            async move { listener.accept().await.map(|(s, _)| s) }
-        };
-        crate::server::http::serve(accept, handle, LIMITS, server_error, shutdown_future(stop))
-            .await;
-        Ok(())
-    });
-}
-
-fn bind_tcp(address: &str) -> Result<tokio::net::TcpListener, DaemonError> {
-    let io = |what| {
-        move |source| DaemonError::Io {
-            what,
-            path: PathBuf::from(address),
-            source,
-        }
-    };
-    let std_listener =
-        std::net::TcpListener::bind(address).map_err(io("binding the admin TCP address"))?;
-    std_listener
-        .set_nonblocking(true)
-        .map_err(io("configuring the admin TCP listener"))?;
-    tokio::net::TcpListener::from_std(std_listener)
-        .map_err(io("registering the admin TCP listener"))
 }
 
 #[cfg(test)]

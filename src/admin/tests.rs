@@ -2,19 +2,23 @@
 //! with good and bad input, the Marathon routes, the metrics text (read back with a real
 //! Prometheus parser), the pending-reservation sweep, and the CLI against a real socket.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::Value;
+use tokio::sync::watch;
 
 use super::cli::{self, Console, OutputFormat, VolumeCommand};
 use super::*;
+use crate::config::Config;
 use crate::engine::pool::{BackendChoice, PoolConfig};
 use crate::engine::types::{CreateRequest, Owner, OwnerFrontend, PublishTarget, VolumeSpec};
 use crate::engine::{Engine, EngineConfig, NodeInfo};
 use crate::host::fake::FakeHost;
+use crate::server::Servers;
 
 const GIB: u64 = 1 << 30;
 const SECRET: &str = "s3cret-token-0123456789";

@@ -142,7 +142,7 @@ impl Admin {
                 .export(ADMIN, &name, &mut started, &mut out)
                 .and_then(|stats| {
                     out.flush().map(|()| stats).map_err(|e| EngineError::Host {
-                        volume: name.to_string(),
+                        volume: Some(name.to_string()),
                         operation: "sending the archive",
                         source: crate::host::HostError::io("write", std::path::Path::new("-"), e),
                     })

@@ -31,6 +31,8 @@ mod node;
 mod params;
 pub mod proto;
 mod snapshots;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 #[cfg(test)]
 mod tests;
 
@@ -48,7 +50,7 @@ use tonic::{Code, Status};
 use crate::config::Config;
 use crate::engine::types::{Caller, Frontend, VolumeName};
 use crate::engine::{EngineError, VolumeService};
-use crate::server::{BoundSocket, DaemonError, Servers};
+use crate::server::{BoundSocket, ServeError, Servers};
 
 use authority::AuthorityRewriting;
 use proto::controller_server::ControllerServer;
@@ -167,6 +169,8 @@ fn status_of(e: &EngineError) -> Status {
         }
         EngineError::Busy { .. } => Code::Aborted,
         EngineError::InUse { .. } => Code::FailedPrecondition,
+        // A publish before its stage.
+        EngineError::NotPublishedAt { .. } => Code::FailedPrecondition,
         // A create or delete of this volume is still pending: retry once it is done.
         EngineError::WrongPhase { .. } => Code::Aborted,
         EngineError::NoCapacity { .. } => Code::ResourceExhausted,
@@ -273,7 +277,7 @@ pub fn start(
     mode: u32,
     stop: &watch::Receiver<bool>,
     servers: &mut Servers,
-) -> Result<(), DaemonError> {
+) -> Result<(), ServeError> {
     let endpoint = endpoint(config);
     if endpoint.is_empty() {
         return Ok(());
@@ -295,7 +299,7 @@ pub async fn serve(
     bound: BoundSocket,
     service: CsiService,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), DaemonError> {
+) -> Result<(), ServeError> {
     let path = bound
         .listener
         .local_addr()
@@ -308,7 +312,7 @@ pub async fn serve(
         .add_service(NodeServer::new(service))
         .serve_with_incoming_shutdown(Incoming::new(&bound.listener), shutdown)
         .await
-        .map_err(|e| DaemonError::Io {
+        .map_err(|e| ServeError::Io {
             what: "serving CSI on",
             path,
             source: std::io::Error::other(e),

@@ -23,8 +23,7 @@ use super::proto::*;
 use super::{CALLER, CsiService, Failure, about, path_field, required, volume_id};
 use crate::engine::EngineError;
 use crate::engine::types::{
-    AccessType, CreateRequest, Owner, PublicationState, PublishTarget, Volume as EngineVolume,
-    VolumeName,
+    AccessType, CreateRequest, Owner, PublishTarget, Volume as EngineVolume, VolumeName,
 };
 
 /// What the node does, and nothing more.
@@ -161,22 +160,22 @@ impl CsiService {
                     ),
                 ));
             }
-            let is_staged = v
-                .publication(&bind(staged.clone(), false))
-                .is_some_and(|p| p.state == PublicationState::Published);
-            if !is_staged {
-                return Err(about(
-                    name.as_str(),
-                    Status::failed_precondition(format!(
-                        "it is not staged at {}; call NodeStageVolume first",
-                        staging.display()
-                    )),
-                ));
-            }
+            // The engine checks the stage under the volume lock it publishes under.
+            match e.publish_on(CALLER, &name, &bind(staged, false), bind(target, read_only)) {
+                Err(EngineError::NotPublishedAt { .. }) => {
+                    return Err(about(
+                        name.as_str(),
+                        Status::failed_precondition(format!(
+                            "it is not staged at {}; call NodeStageVolume first",
+                            staging.display()
+                        )),
+                    ));
+                }
+                other => other?,
+            };
             if let Some(gid) = cap.mount_group {
                 e.grant_group(CALLER, &name, gid)?;
             }
-            e.publish(CALLER, &name, bind(target, read_only))?;
             Ok(())
         })
         .await??;

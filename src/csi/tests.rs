@@ -16,10 +16,9 @@ use super::proto::identity_client::IdentityClient;
 use super::proto::node_client::NodeClient;
 use super::proto::node_service_capability::rpc as node_rpc;
 use super::proto::volume_capability::access_mode::Mode;
-use super::proto::volume_capability::{
-    AccessMode, AccessType as CsiAccess, BlockVolume, MountVolume,
-};
+use super::proto::volume_capability::{AccessType as CsiAccess, BlockVolume, MountVolume};
 use super::proto::*;
+use super::testing::{assert_code, block, cap, mount, mount_with, params};
 use super::{CsiService, connect, serve, status_of};
 use crate::engine::pool::{BackendChoice, PoolConfig};
 use crate::engine::types::{
@@ -41,7 +40,7 @@ struct Harness {
     controller: ControllerClient<Channel>,
     node: NodeClient<Channel>,
     stop: watch::Sender<bool>,
-    server: tokio::task::JoinHandle<Result<(), crate::server::DaemonError>>,
+    server: tokio::task::JoinHandle<Result<(), crate::server::ServeError>>,
 }
 
 impl Harness {
@@ -218,35 +217,6 @@ impl Harness {
     }
 }
 
-fn cap(mode: Mode, access: CsiAccess) -> VolumeCapability {
-    VolumeCapability {
-        access_mode: Some(AccessMode { mode: mode as i32 }),
-        access_type: Some(access),
-    }
-}
-
-fn mount() -> VolumeCapability {
-    cap(
-        Mode::SingleNodeWriter,
-        CsiAccess::Mount(MountVolume::default()),
-    )
-}
-
-fn mount_with(fs_type: &str, flags: &[&str], group: &str) -> VolumeCapability {
-    cap(
-        Mode::SingleNodeWriter,
-        CsiAccess::Mount(MountVolume {
-            fs_type: fs_type.into(),
-            mount_flags: flags.iter().map(|f| f.to_string()).collect(),
-            volume_mount_group: group.into(),
-        }),
-    )
-}
-
-fn block() -> VolumeCapability {
-    cap(Mode::SingleNodeWriter, CsiAccess::Block(BlockVolume {}))
-}
-
 fn request(name: &str, required: i64, limit: i64) -> CreateVolumeRequest {
     CreateVolumeRequest {
         name: name.into(),
@@ -259,28 +229,10 @@ fn request(name: &str, required: i64, limit: i64) -> CreateVolumeRequest {
     }
 }
 
-fn params(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
-
 fn topology(node: &str) -> Topology {
     Topology {
         segments: params(&[(NODE_KEY, node)]),
     }
-}
-
-#[track_caller]
-fn assert_code<T: std::fmt::Debug>(result: Result<T, tonic::Status>, code: Code, needle: &str) {
-    let status = result.expect_err("the call should have failed");
-    assert_eq!(status.code(), code, "{}", status.message());
-    assert!(
-        status.message().contains(needle),
-        "{:?} does not mention {needle:?}",
-        status.message()
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1473,7 +1425,7 @@ fn every_engine_error_has_its_csi_code() {
         ),
         (
             EngineError::Host {
-                volume: v(),
+                volume: Some(v()),
                 operation: "op",
                 source: HostError::Injected("x".into()),
             },

@@ -57,7 +57,7 @@ use crate::engine::types::{
 };
 use crate::engine::{EngineError, VolumeService};
 use crate::server::http::{self, HttpLimits, Reply};
-use crate::server::{DaemonError, Servers, bind_socket, shutdown_future, socket_path};
+use crate::server::{ServeError, Servers, bind_socket, shutdown_future, socket_path};
 
 /// The content type of the plugin protocol.
 pub const CONTENT_TYPE: &str = "application/vnd.docker.plugins.v1.2+json";
@@ -81,7 +81,7 @@ pub fn start(
     mode: u32,
     stop: &watch::Receiver<bool>,
     servers: &mut Servers,
-) -> Result<(), DaemonError> {
+) -> Result<(), ServeError> {
     if config.listen.docker.is_empty() {
         return Ok(());
     }
@@ -802,7 +802,7 @@ fn engine_error_reply(e: &EngineError, driver: &str) -> Reply {
                 "volume {volume} is in use ({targets}); stop and remove the containers using it, then retry"
             ),
         ),
-        EngineError::WrongPhase { .. } => (409, e.to_string()),
+        EngineError::WrongPhase { .. } | EngineError::NotPublishedAt { .. } => (409, e.to_string()),
         EngineError::NoCapacity { .. } => (507, e.to_string()),
         EngineError::Unsupported { .. } => (422, e.to_string()),
         EngineError::PoolUnusable { .. } => (

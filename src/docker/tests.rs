@@ -540,6 +540,15 @@ impl VolumeService for Slow {
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         result
     }
+    fn publish_on(
+        &self,
+        c: Caller,
+        n: &VolumeName,
+        b: &PublishTarget,
+        t: PublishTarget,
+    ) -> Result<Volume, EngineError> {
+        self.inner.publish_on(c, n, b, t)
+    }
     fn unpublish(
         &self,
         c: Caller,

@@ -54,6 +54,11 @@ pub enum EngineError {
     #[error("volume {volume} is being {phase}; retry once that has finished")]
     WrongPhase { volume: String, phase: &'static str },
 
+    /// A publication that must sit on another one (CSI's publish on its staging mount) whose
+    /// base is not there.
+    #[error("volume {volume} is not published at {base}; publish it there first")]
+    NotPublishedAt { volume: String, base: PathBuf },
+
     #[error("volume {volume}: no pool can hold it: {reason}")]
     NoCapacity { volume: String, reason: String },
 
@@ -85,17 +90,23 @@ pub enum EngineError {
         caller: Frontend,
     },
 
-    #[error("volume {volume}: {operation} failed: {source}")]
+    /// `volume` is None for work on no one volume (opening the store, measuring a pool,
+    /// recovery's look at the mount table); [`EngineError::for_volume`] names it later
+    /// where a request's volume is known.
+    #[error("{}{operation} failed: {source}", volume_prefix(volume))]
     Host {
-        volume: String,
+        volume: Option<String>,
         operation: &'static str,
         #[source]
         source: HostError,
     },
 
-    #[error("volume {volume}: the reservation store failed during {operation}: {source}")]
+    #[error(
+        "{}the reservation store failed during {operation}: {source}",
+        volume_prefix(volume)
+    )]
     Store {
-        volume: String,
+        volume: Option<String>,
         operation: &'static str,
         #[source]
         source: StoreError,
@@ -108,20 +119,20 @@ impl EngineError {
     pub fn for_volume(self, name: &str) -> Self {
         match self {
             Self::Host {
-                volume,
+                volume: None,
                 operation,
                 source,
-            } if volume == "-" => Self::Host {
-                volume: name.to_string(),
+            } => Self::Host {
+                volume: Some(name.to_string()),
                 operation,
                 source,
             },
             Self::Store {
-                volume,
+                volume: None,
                 operation,
                 source,
-            } if volume == "-" => Self::Store {
-                volume: name.to_string(),
+            } => Self::Store {
+                volume: Some(name.to_string()),
                 operation,
                 source,
             },
@@ -139,6 +150,7 @@ impl EngineError {
             Self::Busy { .. } => "busy",
             Self::InUse { .. } => "in_use",
             Self::WrongPhase { .. } => "wrong_phase",
+            Self::NotPublishedAt { .. } => "not_published",
             Self::NoCapacity { .. } => "no_capacity",
             Self::Unsupported { .. } => "unsupported",
             Self::PoolUnusable { .. } => "pool_unusable",
@@ -149,4 +161,12 @@ impl EngineError {
             Self::Store { .. } => "store",
         }
     }
+}
+
+/// "volume NAME: " before a message about one volume; nothing before one about none.
+fn volume_prefix(volume: &Option<String>) -> String {
+    volume
+        .as_ref()
+        .map(|v| format!("volume {v}: "))
+        .unwrap_or_default()
 }

@@ -148,6 +148,16 @@ pub trait VolumeService: Send + Sync {
         name: &VolumeName,
         target: PublishTarget,
     ) -> Result<Volume, EngineError>;
+    /// Publishes at `target` only while the volume is published at `base` (CSI: a
+    /// publication on its staging mount), checked and done under one volume lock;
+    /// [`EngineError::NotPublishedAt`] otherwise, changing nothing.
+    fn publish_on(
+        &self,
+        caller: Caller,
+        name: &VolumeName,
+        base: &PublishTarget,
+        target: PublishTarget,
+    ) -> Result<Volume, EngineError>;
     fn unpublish(
         &self,
         caller: Caller,
@@ -314,7 +324,7 @@ impl<H: Host> Engine<H> {
     /// the host.
     pub fn open(config: EngineConfig, host: H) -> Result<Self, EngineError> {
         let internal = |source| EngineError::Store {
-            volume: "-".into(),
+            volume: None,
             operation: "open",
             source,
         };
@@ -326,7 +336,7 @@ impl<H: Host> Engine<H> {
                 for dir in [IMAGES_DIR, RETAINED_DIR] {
                     host.make_dir(&base.join(dir), &Ownership::default())
                         .map_err(|source| EngineError::Host {
-                            volume: "-".into(),
+                            volume: None,
                             operation: "preparing the pool",
                             source,
                         })?;
@@ -338,7 +348,7 @@ impl<H: Host> Engine<H> {
             enforcing.insert(pool.name.clone(), resolve_backend(&host, pool)?);
         }
         let boot_id = host.boot_id().map_err(|source| EngineError::Host {
-            volume: "-".into(),
+            volume: None,
             operation: "reading the boot id",
             source,
         })?;
@@ -392,7 +402,7 @@ impl<H: Host> Engine<H> {
         put: fn(&Store, &str, &Volume) -> Result<(), StoreError>,
     ) -> Result<(), EngineError> {
         put(&self.store, volume.name.as_str(), volume).map_err(|source| EngineError::Store {
-            volume: volume.name.to_string(),
+            volume: Some(volume.name.to_string()),
             operation,
             source,
         })?;
@@ -423,7 +433,7 @@ impl<H: Host> Engine<H> {
         remove: fn(&Store, &str) -> Result<(), StoreError>,
     ) -> Result<(), EngineError> {
         remove(&self.store, name.as_str()).map_err(|source| EngineError::Store {
-            volume: name.to_string(),
+            volume: Some(name.to_string()),
             operation,
             source,
         })?;
@@ -444,13 +454,14 @@ impl<H: Host> Engine<H> {
 
     /// The lowest project id that no berth volume holds and the filesystem under `base`
     /// does not already use (listed in `/etc/projid` or set on a directory there). Called
-    /// under the placement lock, so two creates never get the same id.
-    fn free_project_id(&self, base: &Path) -> Result<u32, EngineError> {
+    /// under the placement lock, so two creates never get the same id. `volume` is the one
+    /// being placed, for the error when no id is left.
+    fn free_project_id(&self, volume: &str, base: &Path) -> Result<u32, EngineError> {
         let in_use = |dir: &Path| {
             self.host
                 .project_ids_in_use(dir)
                 .map_err(|source| EngineError::Host {
-                    volume: "-".into(),
+                    volume: None,
                     operation: "listing project ids in use",
                     source,
                 })
@@ -461,7 +472,7 @@ impl<H: Host> Engine<H> {
         (FIRST_PROJECT_ID..u32::MAX)
             .find(|id| !taken.contains(id))
             .ok_or_else(|| EngineError::Unsupported {
-                volume: "-".into(),
+                volume: volume.to_string(),
                 reason: "no project id is free".into(),
             })
     }
@@ -496,7 +507,7 @@ impl<H: Host> Engine<H> {
         volume: &VolumeName,
         operation: &'static str,
     ) -> impl FnOnce(HostError) -> EngineError {
-        let volume = volume.to_string();
+        let volume = Some(volume.to_string());
         move |source| EngineError::Host {
             volume,
             operation,

@@ -76,7 +76,7 @@ impl<H: Host> Engine<H> {
         };
         let project_id = match backend {
             Backend::Prjquota => Some(
-                self.free_project_id(&base)
+                self.free_project_id(name.as_str(), &base)
                     .map_err(|e| e.for_volume(name.as_str()))?,
             ),
             _ => None,
@@ -221,7 +221,7 @@ impl<H: Host> Engine<H> {
     /// read afresh from the mount table on every call.
     pub(super) fn disks(&self, pool: &PoolConfig) -> Result<Vec<PathBuf>, EngineError> {
         let mounts = self.host.mounts().map_err(|source| EngineError::Host {
-            volume: "-".into(),
+            volume: None,
             operation: "discovering disks",
             source,
         })?;
@@ -253,7 +253,7 @@ impl<H: Host> Engine<H> {
             self.host
                 .tree_usage(path)
                 .map_err(|source| EngineError::Host {
-                    volume: "-".into(),
+                    volume: None,
                     operation: "inspecting a disk",
                     source,
                 })
@@ -308,7 +308,7 @@ impl<H: Host> Engine<H> {
                 .fs_stats(base)
                 .map(|s| s.bytes_total)
                 .map_err(|source| EngineError::Host {
-                    volume: "-".into(),
+                    volume: None,
                     operation: "measuring the pool",
                     source,
                 }),

@@ -32,6 +32,41 @@ impl<H: Host> Engine<H> {
         target: PublishTarget,
     ) -> Result<Volume, EngineError> {
         let _guard = self.locks.acquire(name, caller.wait_if_busy)?;
+        self.publish_locked(caller, name, target)
+    }
+
+    /// Publishes at `target` only if the volume is published at `base` (a CSI staging
+    /// mount), checked under the same volume lock as the publish, so an unpublish of `base`
+    /// cannot come in between.
+    pub(super) fn do_publish_on(
+        &self,
+        caller: Caller,
+        name: &VolumeName,
+        base: &PublishTarget,
+        target: PublishTarget,
+    ) -> Result<Volume, EngineError> {
+        let _guard = self.locks.acquire(name, caller.wait_if_busy)?;
+        let v = self.ready_volume(name)?;
+        access::check(caller, &v)?;
+        let on_base = v
+            .publication(base)
+            .is_some_and(|p| p.state == PublicationState::Published);
+        if !on_base {
+            return Err(EngineError::NotPublishedAt {
+                volume: name.to_string(),
+                base: PathBuf::from(base.to_string()),
+            });
+        }
+        self.publish_locked(caller, name, target)
+    }
+
+    /// The publish itself; the caller holds the volume's lock.
+    fn publish_locked(
+        &self,
+        caller: Caller,
+        name: &VolumeName,
+        target: PublishTarget,
+    ) -> Result<Volume, EngineError> {
         let mut v = self.ready_volume(name)?;
         access::check(caller, &v)?;
         if let PublishTarget::Bind { path, .. } = &target {

@@ -15,7 +15,7 @@ impl<H: Host> Engine<H> {
             ..RecoveryReport::default()
         };
         let host_err = |source| EngineError::Host {
-            volume: "-".into(),
+            volume: None,
             operation: "reading the mount table",
             source,
         };
@@ -197,7 +197,7 @@ impl<H: Host> Engine<H> {
             .host
             .loop_devices()
             .map_err(|source| EngineError::Host {
-                volume: "-".into(),
+                volume: None,
                 operation: "listing loop devices",
                 source,
             })?;

@@ -44,7 +44,7 @@ impl<H: Host> Engine<H> {
             .host
             .fs_stats(base)
             .map_err(|source| EngineError::Host {
-                volume: "-".into(),
+                volume: None,
                 operation: "measuring the pool",
                 source,
             })?;

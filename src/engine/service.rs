@@ -43,6 +43,18 @@ impl<H: Host> VolumeService for Engine<H> {
         })
     }
 
+    fn publish_on(
+        &self,
+        caller: Caller,
+        name: &VolumeName,
+        base: &PublishTarget,
+        target: PublishTarget,
+    ) -> Result<Volume, EngineError> {
+        self.observe(caller, "publish", name.as_str(), || {
+            self.do_publish_on(caller, name, base, target)
+        })
+    }
+
     fn unpublish(
         &self,
         caller: Caller,
@@ -235,7 +247,7 @@ impl<H: Host> VolumeService for Engine<H> {
         self.host
             .dirs_beneath(root, relative, create)
             .map_err(|source| EngineError::Host {
-                volume: "-".into(),
+                volume: None,
                 operation: if create {
                     "making mount point directories"
                 } else {
@@ -250,7 +262,7 @@ impl<H: Host> VolumeService for Engine<H> {
         self.host
             .random_bytes(&mut id)
             .map_err(|source| EngineError::Host {
-                volume: "-".into(),
+                volume: None,
                 operation: "making a random id",
                 source,
             })?;
@@ -261,7 +273,7 @@ impl<H: Host> VolumeService for Engine<H> {
         self.store
             .probe()
             .map_err(|source: StoreError| EngineError::Store {
-                volume: "-".into(),
+                volume: None,
                 operation: "probe",
                 source,
             })?;
@@ -269,7 +281,7 @@ impl<H: Host> VolumeService for Engine<H> {
             .mounts()
             .map(|_| ())
             .map_err(|source| EngineError::Host {
-                volume: "-".into(),
+                volume: None,
                 operation: "probe",
                 source,
             })

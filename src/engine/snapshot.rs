@@ -176,7 +176,7 @@ impl<H: Host> Engine<H> {
         self.store
             .put_snapshot(s.name.as_str(), s)
             .map_err(|source| EngineError::Store {
-                volume: format!("snapshot {}", s.name),
+                volume: Some(format!("snapshot {}", s.name)),
                 operation,
                 source,
             })?;
@@ -188,7 +188,7 @@ impl<H: Host> Engine<H> {
         self.store
             .remove_snapshot(s.name.as_str())
             .map_err(|source| EngineError::Store {
-                volume: format!("snapshot {}", s.name),
+                volume: Some(format!("snapshot {}", s.name)),
                 operation,
                 source,
             })?;
@@ -200,7 +200,7 @@ impl<H: Host> Engine<H> {
         name: &VolumeName,
         operation: &'static str,
     ) -> impl FnOnce(crate::host::HostError) -> EngineError {
-        let volume = format!("snapshot {name}");
+        let volume = Some(format!("snapshot {name}"));
         move |source| EngineError::Host {
             volume,
             operation,

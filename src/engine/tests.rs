@@ -1180,3 +1180,82 @@ fn a_published_block_volume_is_abnormal_when_its_loop_device_is_detached() {
 }
 
 mod commits;
+
+#[test]
+fn an_error_about_no_one_volume_names_none_until_a_request_names_it() {
+    let unnamed = EngineError::Host {
+        volume: None,
+        operation: "measuring the pool",
+        source: crate::host::HostError::Injected("disk gone".into()),
+    };
+    let text = unnamed.to_string();
+    assert!(text.starts_with("measuring the pool failed: "), "{text}");
+    assert!(!text.contains("volume"), "{text}");
+    let named = unnamed.for_volume("db").to_string();
+    assert!(
+        named.starts_with("volume db: measuring the pool failed: "),
+        "{named}"
+    );
+
+    let store = EngineError::Store {
+        volume: None,
+        operation: "open",
+        source: crate::store::StoreError::Corrupt {
+            key: "db".into(),
+            reason: "bad record".into(),
+        },
+    };
+    assert!(
+        store
+            .to_string()
+            .starts_with("the reservation store failed during open: "),
+        "{store}"
+    );
+    // An error that already names its volume keeps it.
+    let own = EngineError::Host {
+        volume: Some("logs".into()),
+        operation: "mount",
+        source: crate::host::HostError::Injected("x".into()),
+    };
+    assert!(
+        own.for_volume("db")
+            .to_string()
+            .starts_with("volume logs: mount failed")
+    );
+}
+
+#[test]
+fn a_publication_on_a_base_needs_the_base_published_under_the_same_lock() {
+    let f = Fixture::new();
+    let e = f.open(host());
+    e.create(CSI, request("db", None)).unwrap();
+    let base = bind("/k/staging/db", false);
+    let before = e.get(&name("db")).unwrap();
+    let calls = mutations(e.host());
+    let err = e
+        .publish_on(CSI, &name("db"), &base, bind("/k/pod/db", false))
+        .unwrap_err();
+    assert!(
+        matches!(&err, EngineError::NotPublishedAt { base, .. } if base == Path::new("/k/staging/db")),
+        "{err}"
+    );
+    assert_eq!(e.get(&name("db")).unwrap(), before, "nothing is recorded");
+    assert_eq!(mutations(e.host()), calls, "nothing is mounted");
+
+    e.publish(CSI, &name("db"), base.clone()).unwrap();
+    let v = e
+        .publish_on(CSI, &name("db"), &base, bind("/k/pod/db", true))
+        .unwrap();
+    assert_eq!(v.publications.len(), 2);
+    // Idempotent, as a publish is.
+    e.publish_on(CSI, &name("db"), &base, bind("/k/pod/db", true))
+        .unwrap();
+    // Once the base is gone a new publication on it is refused again.
+    e.unpublish(CSI, &name("db"), &bind("/k/pod/db", true))
+        .unwrap();
+    e.unpublish(CSI, &name("db"), &base).unwrap();
+    assert!(matches!(
+        e.publish_on(CSI, &name("db"), &base, bind("/k/pod/db", false)),
+        Err(EngineError::NotPublishedAt { .. })
+    ));
+}

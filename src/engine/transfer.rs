@@ -337,7 +337,7 @@ impl<H: Host> Engine<H> {
         out: &mut dyn Write,
     ) -> Result<ArchiveStats, EngineError> {
         write_hints(out, hints).map_err(|e| EngineError::Host {
-            volume: name.to_string(),
+            volume: Some(name.to_string()),
             operation: "writing the archive",
             source: crate::host::HostError::io("write", root, e),
         })?;

@@ -8,10 +8,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use bytes::Bytes;
 use clap::{Args, Subcommand};
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 use thiserror::Error;
 
 use super::api::{
@@ -20,6 +17,7 @@ use super::api::{
 };
 use super::validate::{Definition, Violation, parse_definition};
 use crate::engine::types::{PoolKind, format_size};
+use crate::server::client::{Client, ClientError, Response};
 
 /// The admin socket of a default install.
 pub const DEFAULT_ADMIN_SOCKET: &str = "/run/berth/admin.sock";
@@ -402,24 +400,19 @@ fn call(
         daemon.config.as_deref(),
     )
     .map_err(MesosCliError::Token)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| connect_err(format!("starting the async runtime: {e}")))?;
-    let answer = runtime.block_on(async {
-        tokio::time::timeout(
-            REQUEST_TIMEOUT,
-            post(&daemon.admin_socket, token.as_deref(), path, body),
-        )
-        .await
-        .unwrap_or_else(|_| {
-            Err(format!(
-                "no answer within {} s; the operation may still complete: run it again to see",
-                REQUEST_TIMEOUT.as_secs()
-            ))
-        })
-    });
-    let (status, body) = answer.map_err(connect_err)?;
+    let client = Client::new(&daemon.admin_socket.to_string_lossy(), token.as_deref())
+        .map_err(|e| connect_err(e.to_string()))?
+        .with_timeout(REQUEST_TIMEOUT);
+    let Response { status, body } = client.send_json("POST", path, &body).map_err(|e| match e {
+        e if e.is_timeout() => connect_err(format!(
+            "no answer within {} s; the operation may still complete: run it again to see",
+            REQUEST_TIMEOUT.as_secs()
+        )),
+        ClientError::Connect { source, .. } => connect_err(format!(
+            "{source} (is `berth serve` running, and is this its admin socket?)"
+        )),
+        other => connect_err(other.to_string()),
+    })?;
     if status == 200 {
         return Ok(body);
     }
@@ -436,40 +429,4 @@ fn call(
             message: String::from_utf8_lossy(&body).trim().to_string(),
         }),
     }
-}
-
-async fn post(
-    socket: &Path,
-    token: Option<&str>,
-    path: &str,
-    body: Vec<u8>,
-) -> Result<(u16, Vec<u8>), String> {
-    let stream = tokio::net::UnixStream::connect(socket)
-        .await
-        .map_err(|e| format!("{e} (is `berth serve` running, and is this its admin socket?)"))?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(connection);
-    let mut request = hyper::Request::post(path)
-        .header(hyper::header::HOST, "berth")
-        .header(hyper::header::CONTENT_TYPE, "application/json");
-    if let Some(token) = token {
-        request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
-    }
-    let request = request
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| e.to_string())?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = response.status().as_u16();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    Ok((status, body.to_vec()))
 }

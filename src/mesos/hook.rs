@@ -55,6 +55,7 @@ use crate::engine::types::{
 use crate::engine::{EngineError, VolumeService};
 use crate::host::HostError;
 use crate::server::http::{Reply, Request};
+use crate::server::status::admin_status;
 
 /// A Mesos task launch waits for a busy volume rather than failing.
 const CALLER: Caller = Caller {
@@ -212,27 +213,9 @@ impl HookError {
             Self::Changed(message) => error_reply(409, "immutable_after_deploy", message),
             Self::Io(message) => error_reply(500, "host", message),
             Self::Engine(e) | Self::Lookup(e) => {
-                error_reply(engine_status(&e), e.kind(), e.to_string())
+                error_reply(admin_status(&e), e.kind(), e.to_string())
             }
         }
-    }
-}
-
-/// The HTTP status of each engine error.
-fn engine_status(e: &EngineError) -> u16 {
-    match e {
-        EngineError::Input(_) | EngineError::Unsupported { .. } => 400,
-        EngineError::PoolUnusable { .. } => 500,
-        EngineError::NotFound { .. } | EngineError::SnapshotNotFound { .. } => 404,
-        EngineError::AlreadyExists { .. }
-        | EngineError::SnapshotExists { .. }
-        | EngineError::InUse { .. }
-        | EngineError::WrongPhase { .. }
-        | EngineError::TargetConflict { .. } => 409,
-        EngineError::Busy { .. } => 503,
-        EngineError::HeldByOther { .. } => 403,
-        EngineError::NoCapacity { .. } | EngineError::TooManyVolumes { .. } => 507,
-        EngineError::Host { .. } | EngineError::Store { .. } => 500,
     }
 }
 

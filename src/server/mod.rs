@@ -1,11 +1,14 @@
 //! Plumbing every front-end shares, below the front-ends and above the engine: unix sockets
-//! ([`socket`]), the small HTTP/1.1 server ([`http`]), the shutdown signal and the serving
-//! tasks the daemon waits on (among them the pending-reservation sweep). Front-ends import
+//! ([`socket`]), the small HTTP/1.1 server ([`http`]), the admin socket's one client
+//! ([`client`]) and one status map ([`status`]), the shutdown signal and the serving tasks
+//! the daemon waits on (among them the pending-reservation sweep). Front-ends import
 //! this, never `crate::daemon`.
 
+pub mod client;
 pub mod engine_call;
 pub mod http;
 pub mod socket;
+pub mod status;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,8 +21,10 @@ use crate::engine::{EngineError, VolumeService};
 pub use engine_call::call_engine;
 pub use socket::{BoundSocket, bind_socket, socket_path};
 
+/// Why berth cannot start or keep serving: a socket, the state directory's lock, the
+/// configuration, or the engine it opens.
 #[derive(Debug, Error)]
-pub enum DaemonError {
+pub enum ServeError {
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -45,12 +50,9 @@ pub enum DaemonError {
     Config(String),
 }
 
-pub(crate) fn io_err(
-    what: &'static str,
-    path: &Path,
-) -> impl FnOnce(std::io::Error) -> DaemonError {
+pub(crate) fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ServeError {
     let path = path.to_path_buf();
-    move |source| DaemonError::Io { what, path, source }
+    move |source| ServeError::Io { what, path, source }
 }
 
 /// A shutdown future that front-end servers can each hold a copy of.
@@ -63,7 +65,7 @@ pub async fn shutdown_future(mut rx: watch::Receiver<bool>) {
 }
 
 /// What each front-end's `start` adds to the daemon: a task that serves until shutdown.
-pub type Servers = tokio::task::JoinSet<Result<(), DaemonError>>;
+pub type Servers = tokio::task::JoinSet<Result<(), ServeError>>;
 
 /// How often pending reservations are checked against their deadlines.
 const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
@@ -73,7 +75,7 @@ const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 pub async fn sweep_pending_reservations(
     engine: Arc<dyn VolumeService>,
     stop: watch::Receiver<bool>,
-) -> Result<(), DaemonError> {
+) -> Result<(), ServeError> {
     let mut tick = tokio::time::interval(SWEEP_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stop = shutdown_future(stop);

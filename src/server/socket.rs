@@ -7,13 +7,12 @@
 //! starting at once cannot both take the path. A file that is not a socket at that path is
 //! refused, never deleted. Sockets are removed on shutdown, so `docker volume ls` never
 //! waits on a dead plugin socket.
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use tokio::net::UnixListener;
 
-use super::{DaemonError, io_err};
+use super::{ServeError, io_err};
 
 /// A listening unix socket; dropping it removes the socket.
 pub struct BoundSocket {
@@ -37,7 +36,7 @@ pub fn socket_path(endpoint: &str) -> PathBuf {
 }
 
 /// Binds a unix socket safely; see the module docs. Must be called inside a tokio runtime.
-pub fn bind_socket(endpoint: &str, mode: u32) -> Result<BoundSocket, DaemonError> {
+pub fn bind_socket(endpoint: &str, mode: u32) -> Result<BoundSocket, ServeError> {
     let path = socket_path(endpoint);
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(io_err("creating the directory of", &path))?;
@@ -47,11 +46,11 @@ pub fn bind_socket(endpoint: &str, mode: u32) -> Result<BoundSocket, DaemonError
     let _binding = lock_directory(directory)?;
     match std::fs::symlink_metadata(&path) {
         Ok(meta) if !meta.file_type().is_socket() => {
-            return Err(DaemonError::NotASocket { path });
+            return Err(ServeError::NotASocket { path });
         }
         Ok(_) => {
             if std::os::unix::net::UnixStream::connect(&path).is_ok() {
-                return Err(DaemonError::SocketInUse { path });
+                return Err(ServeError::SocketInUse { path });
             }
             match std::fs::remove_file(&path) {
                 Ok(()) => tracing::info!(socket = %path.display(), "replaced a stale socket"),
@@ -69,30 +68,27 @@ pub fn bind_socket(endpoint: &str, mode: u32) -> Result<BoundSocket, DaemonError
 
 /// Takes an exclusive `flock` on a directory, waiting for it; held while the returned
 /// handle is open. No file is made.
-fn lock_directory(directory: &Path) -> Result<std::fs::File, DaemonError> {
+fn lock_directory(directory: &Path) -> Result<std::fs::File, ServeError> {
     let handle = std::fs::File::open(directory)
         .map_err(io_err("opening the socket directory", directory))?;
-    // SAFETY: flock on a file descriptor we own, kept open by the caller while it needs
-    // the lock.
-    if unsafe { libc::flock(handle.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        return Err(io_err("locking the socket directory", directory)(
-            std::io::Error::last_os_error(),
-        ));
-    }
+    handle
+        .lock()
+        .map_err(io_err("locking the socket directory", directory))?;
     Ok(handle)
 }
 
 /// Opens (creating) the lock file and takes an exclusive `flock` on it without waiting;
 /// `None` if another process holds it. The lock lasts as long as the returned file is open.
-pub(crate) fn try_lock(path: &Path) -> Result<Option<std::fs::File>, DaemonError> {
+pub(crate) fn try_lock(path: &Path) -> Result<Option<std::fs::File>, ServeError> {
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(path)
         .map_err(io_err("opening the lock file", path))?;
-    // SAFETY: flock on a file descriptor we own; the caller keeps the file open for as long
-    // as it needs the lock.
-    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    Ok((locked == 0).then_some(file))
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => Err(io_err("locking", path)(e)),
+    }
 }

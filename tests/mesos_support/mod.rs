@@ -1,69 +1,21 @@
 //! What the Mesos root tests share: a scratch directory that cleans up every mount and loop
 //! device beneath it, a real `berth serve` with its own state, pool, admin socket and Mesos
-//! work directory, and the `berth mesos` command pointed at it.
+//! work directory, and the `berth mesos` command pointed at it. Built on the shared
+//! [`crate::harness`]: include `support/harness/mod.rs` as `mod harness` beside it.
 
 #![allow(dead_code)] // Each test file uses a part.
 
 use std::ffi::OsStr;
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use serde_json::Value;
 
-pub fn require_root() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "this test mounts filesystems and needs root (scripts/test.sh runs it so)"
-    );
-}
-
-/// A scratch directory under /var/tmp that takes every mount and loop device beneath it
-/// along when dropped, even after a failed assertion.
-pub struct Scratch {
-    dir: tempfile::TempDir,
-}
-
-impl Scratch {
-    pub fn new(prefix: &str) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix(prefix)
-            .tempdir_in("/var/tmp")
-            .unwrap();
-        Self { dir }
-    }
-
-    pub fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let root = self.path().to_path_buf();
-        let mut mounts: Vec<PathBuf> = mount_points()
-            .into_iter()
-            .filter(|m| m.starts_with(&root))
-            .collect();
-        mounts.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));
-        for m in mounts {
-            let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
-        }
-        if let Ok(entries) = std::fs::read_dir("/sys/block") {
-            for entry in entries.flatten() {
-                let backing = entry.path().join("loop/backing_file");
-                if let Ok(file) = std::fs::read_to_string(&backing)
-                    && Path::new(file.trim()).starts_with(&root)
-                {
-                    let device = Path::new("/dev").join(entry.file_name());
-                    let _ = Command::new("losetup").arg("-d").arg(device).status();
-                }
-            }
-        }
-    }
-}
+#[allow(unused_imports)] // Each test uses a part.
+pub use crate::harness::cleanup::{Scratch, is_mounted};
+#[allow(unused_imports)] // Each test uses a part.
+pub use crate::harness::require_root;
+use crate::harness::serve::{Serve, Served};
 
 /// Mount points of this (the host's) mount namespace.
 pub fn mount_points() -> Vec<PathBuf> {
@@ -71,20 +23,15 @@ pub fn mount_points() -> Vec<PathBuf> {
     table
         .lines()
         .filter_map(|line| line.split(' ').nth(4))
-        .map(|p| PathBuf::from(p.replace("\\040", " ")))
+        .map(|p| PathBuf::from(crate::harness::cleanup::unescape_mountinfo(p)))
         .collect()
-}
-
-pub fn is_mounted(path: &Path) -> bool {
-    mount_points().iter().any(|m| m == path)
 }
 
 /// `berth serve` with its own state, pool, admin socket and Mesos work directory; stopped
 /// with SIGTERM when dropped.
 pub struct Daemon {
-    child: Child,
+    served: Served,
     pub socket: PathBuf,
-    log: PathBuf,
 }
 
 impl Daemon {
@@ -136,52 +83,20 @@ work_dir = "{work}"
             ),
         )
         .unwrap();
-        let log = scratch.join("berth.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_berth"))
-            .arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .env("BERTH_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let daemon = Self { child, socket, log };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while UnixStream::connect(&daemon.socket).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "berth did not open its admin socket: {}",
-                daemon.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        daemon
+        let mut served = Serve::new(config, scratch.join("berth.log"))
+            .log_level("info")
+            .spawn();
+        served.wait_for_socket(&socket);
+        Self { served, socket }
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.served.log()
     }
 
     /// One admin API request: status and JSON body.
     pub fn admin(&self, method: &str, path: &str) -> (u16, Value) {
-        let mut stream = UnixStream::connect(&self.socket).unwrap();
-        write!(
-            stream,
-            "{method} {path} HTTP/1.1\r\nHost: berth\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
-        )
-        .unwrap();
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).unwrap();
-        let text = String::from_utf8(raw).unwrap();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap();
-        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-        let body = if body.trim().is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
-        };
-        (status, body)
+        crate::harness::http::json(&self.socket, method, path, "")
     }
 
     /// `GET /v1/volumes/{name}`.
@@ -226,16 +141,6 @@ work_dir = "{work}"
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.served.stop();
     }
 }

@@ -1,37 +1,26 @@
 //! A real `berth serve` for tests and benches that talk CSI to it: its own config, state,
-//! pools and socket in a fresh directory under /var/tmp, and a guard that, even when a test
-//! fails, stops the daemon, unmounts everything under that directory, detaches the loop
-//! devices behind its images and removes it.
+//! pools and socket in a fresh scratch directory, stopped and cleaned of every mount and
+//! loop device beneath it even when a test fails. Built on [`crate::harness`]: include
+//! `support/harness/mod.rs` as `mod harness` next to this file's `mod csi_daemon`.
 
 #![allow(dead_code)]
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-use berth::csi::proto::controller_client::ControllerClient;
-use berth::csi::proto::identity_client::IdentityClient;
-use berth::csi::proto::node_client::NodeClient;
-use berth::csi::proto::{NodeGetInfoRequest, ProbeRequest};
-use tonic::transport::Channel;
+use berth::csi::proto::NodeGetInfoRequest;
 
-/// Whether we may mount things; tests that need it skip with a note otherwise.
-pub fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
-/// The three CSI clients on one connection.
-#[derive(Clone)]
-pub struct Clients {
-    pub identity: IdentityClient<Channel>,
-    pub controller: ControllerClient<Channel>,
-    pub node: NodeClient<Channel>,
-}
+use crate::harness::cleanup::Scratch;
+#[allow(unused_imports)] // Re-exported for the tests that check what is left.
+pub use crate::harness::cleanup::{loops_under, mounts_under};
+pub use crate::harness::csi::Clients;
+use crate::harness::serve::{READY_DEADLINE, Serve, Served};
 
 pub struct Daemon {
-    dir: tempfile::TempDir,
-    child: Option<Child>,
+    // Field order is drop order: the daemon stops before its directory is cleaned.
+    served: Option<Served>,
+    dir: Scratch,
     pub node_id: String,
     extra_config: String,
     log_level: String,
@@ -104,10 +93,8 @@ impl Daemon {
         admin: bool,
         prepare: impl FnOnce(&Path) -> String,
     ) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("berth-csi-")
-            .tempdir_in(std::env::var("BERTH_TEST_DIR").unwrap_or_else(|_| "/var/tmp".into()))
-            .expect("a temp dir");
+        crate::harness::require_root();
+        let dir = Scratch::new("berth-csi-");
         let node_id = format!(
             "node-{}",
             dir.path()
@@ -119,8 +106,8 @@ impl Daemon {
                 .replace(|c: char| !c.is_ascii_alphanumeric(), "")
         );
         let mut daemon = Self {
+            served: None,
             dir,
-            child: None,
             node_id,
             extra_config: extra.to_string(),
             log_level: log_level.to_string(),
@@ -167,7 +154,7 @@ impl Daemon {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().map(Child::id).unwrap_or(0)
+        self.served.as_ref().map(Served::pid).unwrap_or(0)
     }
 
     fn write_config(&self) {
@@ -215,72 +202,24 @@ capacity = "8GiB"
 
     /// Runs `berth serve` on the config; its log goes to `berth.log`.
     pub fn spawn(&mut self) {
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_berth"))
-            .args(["serve", "--config"])
-            .arg(self.config_path())
-            .env("BERTH_LOG", &self.log_level)
-            .env_remove("CSI_ENDPOINT")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("berth starts");
-        self.child = Some(child);
+        let serve = Serve::new(self.config_path(), self.log_path()).log_level(&self.log_level);
+        self.served = Some(serve.spawn());
     }
 
-    /// Connects once the daemon answers Probe as ready (at most 20 s).
+    /// Connects once the daemon answers Probe as ready.
     pub async fn clients(&self) -> Clients {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(channel) = berth::csi::connect(&self.endpoint()).await {
-                let mut identity = IdentityClient::new(channel.clone());
-                if let Ok(probe) = identity.probe(ProbeRequest {}).await
-                    && probe.into_inner().ready == Some(true)
-                {
-                    return Clients {
-                        identity,
-                        controller: ControllerClient::new(channel.clone()),
-                        node: NodeClient::new(channel),
-                    };
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "berth did not become ready; its log:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        crate::harness::csi::connect_ready(&self.endpoint(), READY_DEADLINE, || self.log()).await
     }
 
     /// Stops the daemon with SIGTERM and waits for it; returns its exit status.
     pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
-        let mut child = self.child.take()?;
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Some(status);
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                return child.wait().ok();
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        self.served.take()?.stop()
     }
 
     /// Kills the daemon at once, as a crash would.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(mut served) = self.served.take() {
+            served.kill();
         }
     }
 
@@ -307,73 +246,5 @@ capacity = "8GiB"
             .expect("NodeGetInfo")
             .into_inner()
             .node_id
-    }
-}
-
-/// Mount points under `dir`, deepest first.
-pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut found: Vec<PathBuf> = table
-        .lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(unescape)
-        .map(PathBuf::from)
-        .filter(|p| p.starts_with(dir))
-        .collect();
-    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    found.dedup();
-    found
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape(field: &str) -> String {
-    let mut out = String::new();
-    let mut chars = field.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\\' {
-            let code: String = chars.by_ref().take(3).collect();
-            if let Ok(byte) = u8::from_str_radix(&code, 8) {
-                out.push(byte as char);
-                continue;
-            }
-            out.push(c);
-            out.push_str(&code);
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// Loop devices whose backing file lies under `dir`.
-pub fn loops_under(dir: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir("/sys/block") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("loop"))
-        .filter_map(|e| {
-            let backing = std::fs::read_to_string(e.path().join("loop/backing_file")).ok()?;
-            let backing = backing.trim().trim_end_matches(" (deleted)");
-            Path::new(backing)
-                .starts_with(dir)
-                .then(|| PathBuf::from("/dev").join(e.file_name()))
-        })
-        .collect()
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.kill();
-        if std::thread::panicking() {
-            eprintln!("--- berth log ---\n{}", self.log());
-        }
-        for mount in mounts_under(self.path()) {
-            let _ = Command::new("umount").arg("-l").arg(&mount).status();
-        }
-        for device in loops_under(self.path()) {
-            let _ = Command::new("losetup").arg("-d").arg(&device).status();
-        }
     }
 }

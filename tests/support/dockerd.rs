@@ -17,7 +17,8 @@
 //! }   // drop: containers removed, dockerd + containerd stopped, mounts gone, dirs removed
 //! ```
 //!
-//! Only `std` and `libc` are used. Needs root, `dockerd` (Debian: docker.io) and a
+//! Uses `std`, `libc` and the shared [`crate::harness`] (root check, mount clean-up; include
+//! `support/harness/mod.rs` as `mod harness` beside it). Needs root, `dockerd` (docker.io) and a
 //! *static* `/bin/busybox` (Debian: busybox-static). A missing piece is an `Err`, never a
 //! silent skip: the README's test command installs them, so absence is a setup bug.
 //!
@@ -58,7 +59,6 @@
 //! gone first, dockerd's Unmount calls during teardown retry for ~15 s each.
 #![allow(dead_code)]
 
-use std::ffi::CString;
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -69,6 +69,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::sleep;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+#[allow(unused_imports)] // Each test uses a part.
+pub use crate::harness::cleanup::mounts_under;
 
 /// The image every instance imports at start: a busybox-static rootfs (all applets as
 /// symlinks in /bin, /etc/passwd, /tmp, /proc, /sys, /dev, /root). It has no CMD: always give
@@ -113,10 +116,7 @@ impl Dockerd {
     /// message including the tail of dockerd's log; turn them into a test failure with
     /// `Dockerd::start().unwrap_or_else(|e| panic!("{e}"))`.
     pub fn start() -> Result<Dockerd, String> {
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        if unsafe { libc::geteuid() } != 0 {
-            return Err("Dockerd::start: must run as root (dockerd needs it)".into());
-        }
+        crate::harness::require_root();
         let dockerd_bin = find_bin("dockerd").ok_or_else(|| {
             "Dockerd::start: `dockerd` not found in PATH, /usr/sbin or /usr/bin. This is a setup \
              bug, not a skip: run `scripts/test-deps.sh` as root (the README's test command does), \
@@ -532,24 +532,6 @@ pub fn plugin_socket_path(plugin_name: &str) -> PathBuf {
     Path::new(PLUGIN_DIR).join(format!("{plugin_name}.sock"))
 }
 
-/// Mount points at or below `dir`, from /proc/self/mountinfo.
-pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let dir_b = dir.as_os_str().as_bytes();
-    let mut out = Vec::new();
-    for line in info.lines() {
-        let Some(mp) = line.split(' ').nth(4) else {
-            continue;
-        };
-        let mp = unescape_mountinfo(mp);
-        let b = mp.as_bytes();
-        if b == dir_b || (b.starts_with(dir_b) && b.get(dir_b.len()) == Some(&b'/')) {
-            out.push(PathBuf::from(mp));
-        }
-    }
-    out
-}
-
 // ---------------------------------------------------------------------------------------------
 
 /// Variables that would redirect dockerd or the CLI elsewhere.
@@ -833,21 +815,10 @@ fn cleanup_dir(base: &Path, name: &str, problems: &mut Vec<String>) {
     // then kills and restarts its containerd; harmless otherwise). Remove ours.
     remove_stack_dumps(&base.join("dockerd.log"));
     // 2. Mounts (overlay merged dirs, netns files, the data-root self bind), deepest first.
-    for round in 0..5 {
-        let mut mps = mounts_under(base);
-        if mps.is_empty() {
-            break;
-        }
-        if round == 0 {
-            problems.push(format!("unmounted leftovers {mps:?}"));
-        }
-        mps.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
-        for mp in mps {
-            if let Ok(c) = CString::new(mp.as_os_str().as_bytes()) {
-                // SAFETY: umount2 with a valid NUL-terminated path.
-                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-            }
-        }
+    let unmounted = mounts_under(base);
+    if !unmounted.is_empty() {
+        problems.push(format!("unmounted leftovers {unmounted:?}"));
+        crate::harness::cleanup::clean_under(base);
     }
     // 3. cgroups (empty once the processes are gone).
     for cg in cgroup_dirs(name) {
@@ -959,24 +930,4 @@ fn reap_stale() {
             problems.join("; ")
         );
     }
-}
-
-fn unescape_mountinfo(s: &str) -> String {
-    // mountinfo escapes space, tab, newline and backslash as \ooo.
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }

@@ -1,5 +1,6 @@
 //! Shared by the root integration tests of the host layer: a scratch directory that is
 //! cleaned of mounts and loop devices on drop (also when a test fails), and small helpers.
+//! Built on [`crate::harness`]: include `support/harness/mod.rs` as `mod harness` beside it.
 #![allow(dead_code)]
 
 use std::fs;
@@ -10,78 +11,17 @@ use std::time::{Duration, Instant};
 
 use berth::host::Host;
 use berth::host::linux::LinuxHost;
-use nix::mount::MntFlags;
+
+#[allow(unused_imports)] // Each test uses a part.
+pub use crate::harness::cleanup::{Scratch, mounts_under};
+#[allow(unused_imports)] // Each test uses a part.
+pub use crate::harness::require_root;
 
 pub const MIB: u64 = 1024 * 1024;
 
-/// A scratch directory that is cleaned up of mounts and loop devices on drop.
-pub struct Scratch {
-    dir: Option<tempfile::TempDir>,
-    pub path: PathBuf,
-}
-
-impl Scratch {
-    pub fn new() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("berth-host-")
-            .tempdir_in("/tmp")
-            .expect("tempdir");
-        let path = dir.path().canonicalize().expect("canonical tempdir");
-        Self {
-            dir: Some(dir),
-            path,
-        }
-    }
-
-    pub fn join(&self, rel: &str) -> PathBuf {
-        self.path.join(rel)
-    }
-
-    pub fn mounts_beneath(&self) -> Vec<PathBuf> {
-        let mut mounts: Vec<PathBuf> = LinuxHost::new()
-            .mounts()
-            .expect("mountinfo")
-            .into_iter()
-            .map(|m| m.mount_point)
-            .filter(|p| p.starts_with(&self.path))
-            .collect();
-        // Deepest (and most recent) first.
-        mounts.reverse();
-        mounts.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-        mounts
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let host = LinuxHost::new();
-        for _ in 0..16 {
-            let mounts = self.mounts_beneath();
-            if mounts.is_empty() {
-                break;
-            }
-            for m in mounts {
-                if nix::mount::umount2(&m, MntFlags::UMOUNT_NOFOLLOW).is_err() {
-                    let _ = nix::mount::umount2(&m, MntFlags::MNT_DETACH);
-                }
-            }
-        }
-        if let Ok(loops) = host.loop_devices() {
-            for l in loops {
-                if l.backing_file.starts_with(&self.path) {
-                    let _ = host.detach_loop(&l.backing_file);
-                }
-            }
-        }
-        let dir = self.dir.take();
-        if !self.mounts_beneath().is_empty() {
-            // Never let a recursive delete run through a mount: leak the directory instead.
-            eprintln!("leaving {} behind: still has mounts", self.path.display());
-            if let Some(d) = dir {
-                let _ = d.keep();
-            }
-        }
-    }
+/// A scratch directory under /tmp, cleaned of mounts and loop devices on drop.
+pub fn scratch() -> Scratch {
+    Scratch::new_in(Path::new("/tmp"), "berth-host-")
 }
 
 /// Whether this process has capability `bit` (e.g. CAP_SYS_RESOURCE = 24) in effect.
@@ -105,14 +45,6 @@ pub fn device_size(device: &Path) -> u64 {
         .parse()
         .unwrap();
     sectors * 512
-}
-
-pub fn is_root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    eprintln!("skipped: needs root");
-    false
 }
 
 pub fn mount_of(target: &Path) -> Option<berth::host::MountEntry> {

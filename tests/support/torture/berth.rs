@@ -3,46 +3,42 @@
 //! kubelet-style target directory in one fresh directory under /var/tmp. It can be killed
 //! with SIGKILL and started again any number of times; dropping it kills the daemon and
 //! removes every mount, loop device and file under its directory, even after a failure.
+//! Started, stopped and cleaned up by [`crate::harness`].
 
-use std::io::Write;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::docker_plugin;
+use crate::harness::cleanup::{Scratch, unescape_mountinfo};
+use crate::harness::http;
+use crate::harness::serve::{Serve, Served};
 
 /// How long one request to berth may take before the test calls it hung.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct Berth {
+    // Field order is drop order: the daemon dies before its directory is cleaned.
+    served: Option<Served>,
     pub dir: PathBuf,
-    child: Option<Child>,
     pub token: String,
     /// How many times the daemon was started.
     pub starts: usize,
+    _scratch: Scratch,
 }
 
 impl Berth {
     /// Makes the directory and config; `extra` is appended to the config. Not started yet.
     pub fn new(label: &str, extra: &str) -> Self {
-        assert!(
-            nix::unistd::geteuid().is_root(),
-            "the torture tests mount filesystems and attach loop devices: run them as root (scripts/test.sh)"
-        );
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("berth-{label}-"))
-            .tempdir_in(std::env::var("BERTH_TEST_DIR").unwrap_or_else(|_| "/var/tmp".into()))
-            .expect("a temp dir")
-            .keep();
+        crate::harness::require_root();
+        let scratch = Scratch::new(&format!("berth-{label}-"));
         let token = format!("torture-{}", std::process::id());
         let berth = Self {
-            dir,
-            child: None,
+            served: None,
+            dir: scratch.path().to_path_buf(),
             token,
             starts: 0,
+            _scratch: scratch,
         };
         std::fs::create_dir_all(berth.pool()).expect("pool dir");
         std::fs::create_dir_all(berth.k8s()).expect("k8s dir");
@@ -104,40 +100,17 @@ capacity = "8GiB"
 
     /// Starts the daemon and waits until every front-end answers; returns how long that took.
     pub fn start(&mut self, within: Duration) -> Result<Duration, String> {
-        assert!(self.child.is_none(), "berth is already running");
+        assert!(self.served.is_none(), "berth is already running");
         let started = Instant::now();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_berth"))
-            .args(["serve", "--config"])
-            .arg(self.config_path())
-            .env(
-                "BERTH_LOG",
-                std::env::var("BERTH_LOG").unwrap_or_else(|_| "info".into()),
-            )
+        let mut served = Serve::new(self.config_path(), self.log_path())
             .env("NO_COLOR", "1")
             // An error at start is one line, not a backtrace.
             .env_remove("RUST_BACKTRACE")
             .env_remove("RUST_LIB_BACKTRACE")
-            .env_remove("CSI_ENDPOINT")
-            .env_remove("NOTIFY_SOCKET")
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone().expect("log file")))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .map_err(|e| format!("spawning berth: {e}"))?;
-        self.child = Some(child);
+            .spawn();
         self.starts += 1;
         loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                self.child = None;
+            if let Some(status) = served.try_wait() {
                 return Err(format!(
                     "berth exited at start ({status}); its log ends:\n{}",
                     self.log_tail(30)
@@ -151,6 +124,7 @@ capacity = "8GiB"
                     Ok((200, _))
                 );
             if ready {
+                self.served = Some(served);
                 return Ok(started.elapsed());
             }
             if started.elapsed() > within {
@@ -165,39 +139,24 @@ capacity = "8GiB"
 
     /// SIGKILL, as a crash would, and reap it.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(mut served) = self.served.take() {
+            served.kill();
         }
     }
 
-    /// SIGTERM and wait (at most 30 s); returns whether it exited cleanly.
+    /// SIGTERM and wait; returns whether it exited cleanly.
     pub fn stop(&mut self) -> Result<(), String> {
-        let Some(mut child) = self.child.take() else {
-            return Ok(());
-        };
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match child.try_wait() {
-                Ok(Some(status)) if status.success() => return Ok(()),
-                Ok(Some(status)) => return Err(format!("berth exited with {status}")),
-                _ if Instant::now() > deadline => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err("berth did not stop within 30 s of SIGTERM".into());
-                }
-                _ => std::thread::sleep(Duration::from_millis(10)),
-            }
+        match self.served.take().and_then(|mut served| served.stop()) {
+            Some(status) if !status.success() => Err(format!("berth exited with {status}")),
+            _ => Ok(()),
         }
     }
 
     /// Whether the daemon is still running (it has not exited or crashed).
     pub fn alive(&mut self) -> bool {
-        self.child
+        self.served
             .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+            .is_some_and(|served| served.try_wait().is_none())
     }
 
     pub fn log(&self) -> String {
@@ -245,21 +204,20 @@ impl Endpoints {
         } else {
             body.to_string()
         };
-        let (status, raw) = docker_plugin::request(&self.docker, "POST", path, body.as_bytes())?;
+        let (status, raw) = http::request(&self.docker, "POST", path, &[], body.as_bytes())?;
         Ok((status, decode(path, &raw)?))
     }
 
     /// An admin API call with the bearer token: the HTTP status and the decoded reply.
     pub fn admin(&self, method: &str, path: &str) -> std::io::Result<(u16, Value)> {
-        let mut stream = UnixStream::connect(&self.admin)?;
-        stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {}\r\n\
-             Content-Length: 0\r\nConnection: close\r\n\r\n",
-            self.token
-        );
-        stream.write_all(head.as_bytes())?;
-        let (status, raw) = docker_plugin::read_response(&mut stream)?;
+        let bearer = format!("Bearer {}", self.token);
+        let (status, raw) = http::request(
+            &self.admin,
+            method,
+            path,
+            &[("Authorization", &bearer)],
+            b"",
+        )?;
         if path == "/healthz" {
             return Ok((status, Value::String(String::from_utf8_lossy(&raw).into())));
         }
@@ -276,13 +234,6 @@ fn decode(path: &str, raw: &[u8]) -> std::io::Result<Value> {
     })
 }
 
-impl Drop for Berth {
-    fn drop(&mut self) {
-        self.kill();
-        docker_plugin::cleanup_dir(&self.dir);
-    }
-}
-
 /// The mount points at or below `dir`, as the kernel lists them (one entry per mount, so a
 /// path mounted twice appears twice).
 pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
@@ -294,28 +245,6 @@ pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
         .map(PathBuf::from)
         .filter(|p| p.starts_with(dir))
         .collect()
-}
-
-/// mountinfo writes space, tab, newline and backslash as `\ooo`.
-fn unescape_mountinfo(field: &str) -> String {
-    let mut out = Vec::new();
-    let bytes = field.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && let Some(code) = std::str::from_utf8(&bytes[i + 1..i + 4])
-                .ok()
-                .and_then(|digits| u8::from_str_radix(digits, 8).ok())
-        {
-            out.push(code);
-            i += 4;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Attached loop devices whose backing file lies under `dir`: (device, backing file as
