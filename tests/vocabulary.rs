@@ -274,6 +274,13 @@ fn bad_inputs() -> Vec<BadInput> {
             "must not be empty",
         ),
         row(
+            "fs",
+            Some("fs"),
+            Label("fs"),
+            "btrfs",
+            "\"btrfs\" is not a filesystem berth makes; use ext4 or xfs",
+        ),
+        row(
             "uid",
             Some("uid"),
             Label("uid"),

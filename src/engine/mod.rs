@@ -549,7 +549,8 @@ fn spec_difference(old: &VolumeSpec, new: &VolumeSpec) -> String {
         source,
         snapshot,
         reclaim,
-        selector
+        selector,
+        fs
     );
     if fields.is_empty() {
         "none".into()

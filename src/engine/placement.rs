@@ -154,6 +154,10 @@ impl<H: Host> Engine<H> {
                 reasons.push(why);
                 continue;
             }
+            if let Some(why) = self.fs_mismatch(pool, spec.fs) {
+                reasons.push(why);
+                continue;
+            }
             if pool.kind == PoolKind::Mount && spec.access == AccessType::Block {
                 reasons.push(format!(
                     "pool {} gives whole disks, not block devices",
@@ -312,6 +316,26 @@ impl<H: Host> Engine<H> {
                     operation: "measuring the pool",
                     source,
                 }),
+        }
+    }
+
+    /// Why `pool` cannot give a volume the filesystem `fs`: only `loopfs` pools make one, each
+    /// of its configured type; the others hold directories on the filesystem under them.
+    fn fs_mismatch(&self, pool: &PoolConfig, fs: Option<FsType>) -> Option<String> {
+        let fs = fs?;
+        match self.enforcing_of(pool) {
+            Backend::Loopfs if pool.fs == fs => None,
+            Backend::Loopfs => Some(format!(
+                "pool {} makes {}, not {}",
+                pool.name,
+                pool.fs.as_str(),
+                fs.as_str()
+            )),
+            other => Some(format!(
+                "pool {} makes no filesystems (backend {}): its volumes are directories on the filesystem under it",
+                pool.name,
+                other.as_str()
+            )),
         }
     }
 

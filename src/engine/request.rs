@@ -9,7 +9,9 @@ use std::fmt;
 use super::error::InputError;
 use super::labels::{key_error, value_error};
 use super::selector::LabelSelector;
-use super::types::{PathConstraint, PoolKind, ReclaimPolicy, VolumeSpec, format_size, parse_size};
+use super::types::{
+    FsType, PathConstraint, PoolKind, ReclaimPolicy, VolumeSpec, format_size, parse_size,
+};
 
 /// What a request key sets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,6 +27,7 @@ pub enum Key {
     Mode,
     Reclaim,
     Selector,
+    Fs,
 }
 
 /// How one front-end spells the request keys.
@@ -40,7 +43,7 @@ pub struct Dialect {
     pub default_kind: Option<PoolKind>,
 }
 
-const SHARED_KEYS: [(&str, Key); 10] = [
+const SHARED_KEYS: [(&str, Key); 11] = [
     ("size", Key::Size),
     ("max_size", Key::MaxSize),
     ("type", Key::Kind),
@@ -51,6 +54,7 @@ const SHARED_KEYS: [(&str, Key); 10] = [
     ("gid", Key::Gid),
     ("mode", Key::Mode),
     ("reclaim", Key::Reclaim),
+    ("fs", Key::Fs),
 ];
 
 /// `docker volume create --opt KEY=VALUE`.
@@ -66,6 +70,7 @@ pub const DOCKER: Dialect = Dialect {
         SHARED_KEYS[7],
         SHARED_KEYS[8],
         SHARED_KEYS[9],
+        SHARED_KEYS[10],
         ("selector", Key::Selector),
     ],
     label_prefix: Some("label."),
@@ -85,6 +90,7 @@ pub const CSI_PARAMETERS: Dialect = Dialect {
         SHARED_KEYS[7],
         SHARED_KEYS[8],
         SHARED_KEYS[9],
+        SHARED_KEYS[10],
         ("selector", Key::Selector),
     ],
     label_prefix: Some("label/"),
@@ -121,6 +127,7 @@ pub const MARATHON_LABELS: Dialect = Dialect {
         SHARED_KEYS[7],
         SHARED_KEYS[8],
         SHARED_KEYS[9],
+        SHARED_KEYS[10],
         ("selector", Key::Selector),
     ],
     label_prefix: Some("label."),
@@ -209,6 +216,7 @@ impl Dialect {
                 )
             }
             Key::Selector => spec.selector = Some(LabelSelector::parse(value).map_err(refuse)?),
+            Key::Fs => spec.fs = Some(fs_type(value).map_err(refuse)?),
         }
         Ok(())
     }
@@ -273,6 +281,17 @@ fn non_empty(value: &str) -> Result<String, String> {
         Err("must not be empty; leave the key out instead".into())
     } else {
         Ok(value.to_string())
+    }
+}
+
+/// A filesystem berth makes in `loopfs` images.
+fn fs_type(value: &str) -> Result<FsType, String> {
+    match value {
+        "ext4" => Ok(FsType::Ext4),
+        "xfs" => Ok(FsType::Xfs),
+        _ => Err(format!(
+            "{value:?} is not a filesystem berth makes; use ext4 or xfs"
+        )),
     }
 }
 
@@ -449,7 +468,7 @@ mod tests {
         }
         assert_eq!(
             CSI_PARAMETERS.accepted(),
-            "max_size, type, pool, profile, constraints, uid, gid, mode, reclaim, selector and label/<key>"
+            "max_size, type, pool, profile, constraints, uid, gid, mode, reclaim, fs, selector and label/<key>"
         );
         assert_eq!(
             parse(&CSI_EPHEMERAL, &[("size", "1Mi")]).unwrap().size,
@@ -460,6 +479,11 @@ mod tests {
     #[test]
     fn bad_values_are_refused_with_one_reason_each() {
         let cases = [
+            (
+                "fs",
+                "btrfs",
+                "\"btrfs\" is not a filesystem berth makes; use ext4 or xfs",
+            ),
             (
                 "size",
                 "0",

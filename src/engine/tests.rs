@@ -1180,6 +1180,7 @@ fn a_published_block_volume_is_abnormal_when_its_loop_device_is_detached() {
 }
 
 mod commits;
+mod fs_key;
 
 #[test]
 fn an_error_about_no_one_volume_names_none_until_a_request_names_it() {

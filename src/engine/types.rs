@@ -380,6 +380,9 @@ pub struct VolumeSpec {
     /// Only pools and disks whose labels satisfy it qualify.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<LabelSelector>,
+    /// The filesystem the volume must have: only `loopfs` pools that make it qualify.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fs: Option<FsType>,
 }
 
 /// A request to create (reserve and carve) a volume.

@@ -92,7 +92,7 @@ fn broken_cases() -> Vec<BrokenCase> {
                 set(doc, "", "labels", json!({"berth/mysqldata/size": "1GiB"}))
             }),
             path: "labels.berth/mysqldata/size",
-            message_fragment: "unknown key; berth accepts pool, uid, gid, mode, reclaim, selector and label.<key>",
+            message_fragment: "unknown key; berth accepts pool, uid, gid, mode, reclaim, fs, selector and label.<key>",
         },
         BrokenCase {
             name: "label that is not a string",
