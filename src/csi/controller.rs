@@ -7,8 +7,8 @@
 use tonic::{Code, Request, Response, Status};
 
 use super::params::{
-    ParamSource, SizeRange, check_fits, check_requirements, choose_size, minimum_size,
-    minimum_size_bound, node_in, parse_capability, parse_parameters, parse_range, topology_of,
+    ParamSource, check_fits, check_requirements, node_in, parse_capability, parse_parameters,
+    parse_range, topology_of,
 };
 use super::proto::controller_server::Controller;
 use super::proto::controller_service_capability::{self, Rpc, rpc};
@@ -17,11 +17,23 @@ use super::proto::validate_volume_capabilities_response::Confirmed;
 use super::proto::volume_content_source::{self, SnapshotSource, VolumeSource};
 use super::proto::*;
 use super::{CALLER, CsiService, Failure, about, required, volume_id};
+use crate::engine::sizing::{self, SizeRange, choose_size};
 use crate::engine::types::{
-    AccessType, Backend, CreateRequest, Owner, PublishTarget, Volume as EngineVolume, VolumeName,
-    VolumeSpec,
+    AccessType, CreateRequest, Owner, PublishTarget, Volume as EngineVolume, VolumeName,
 };
-use crate::engine::{EngineError, NodeInfo, PoolSelector, VolumeHealth, VolumeService};
+use crate::engine::{EngineError, InputError, NodeInfo, PoolSelector, VolumeHealth, VolumeService};
+
+/// The engine's refusal of a size range or filesystem type, in CSI's words: a limit below
+/// what the volume needs is `OUT_OF_RANGE` and names `capacity_range.limit_bytes`.
+pub(super) fn sizing_refused(volume: &str, e: InputError) -> Failure {
+    let status = match e {
+        InputError::OutOfRange { .. } => {
+            Status::out_of_range(format!("capacity_range.limit_bytes: {e}"))
+        }
+        other => Status::invalid_argument(other.to_string()),
+    };
+    about(volume, status)
+}
 
 /// What the controller does, and nothing more.
 const CAPABILITIES: [rpc::Type; 10] = [
@@ -129,65 +141,6 @@ fn status_of(v: &EngineVolume, health: VolumeHealth, node: &NodeInfo) -> VolumeS
     }
 }
 
-/// [`choose_size`] with the filesystem minimum of the pools that could take `spec`. The
-/// exact minimum needs each pool's resolved backend (a walk over the volumes), so it is
-/// looked up only for sizes below what any candidate pool could need.
-pub(super) fn size_for(
-    engine: &dyn VolumeService,
-    spec: &VolumeSpec,
-    range: SizeRange,
-    at_least: Option<u64>,
-) -> Result<Option<u64>, Status> {
-    match choose_size(range, at_least, 0)? {
-        Some(size) if size < minimum_size_bound(engine.pools(), spec) => {
-            let candidates = engine.capacity(&PoolSelector {
-                pool: spec.pool.clone(),
-                kind: spec.kind,
-                profile: spec.profile.clone(),
-                selector: spec.selector.clone(),
-            });
-            choose_size(
-                range,
-                at_least,
-                minimum_size(&candidates, engine.pools(), spec),
-            )
-        }
-        other => Ok(other),
-    }
-}
-
-/// Refuses a `fs_type` that a pool able to take `spec` would not give it, since the engine
-/// places a volume on whichever of them has most room: a loopfs pool makes its own `fs`;
-/// any other backend (a quota on a directory) lives on the pool's filesystem, whatever it is,
-/// and takes any `fs_type`.
-fn check_fs_type(engine: &dyn VolumeService, spec: &VolumeSpec, fs: &str) -> Result<(), Status> {
-    let candidates = engine.capacity(&PoolSelector {
-        pool: spec.pool.clone(),
-        kind: spec.kind,
-        profile: spec.profile.clone(),
-        selector: spec.selector.clone(),
-    });
-    let fs_of = |pool: &str| {
-        engine
-            .pools()
-            .iter()
-            .find(|p| p.name == pool)
-            .map(|p| p.fs.as_str())
-    };
-    let other: Vec<String> = candidates
-        .iter()
-        .filter(|c| c.backend == Backend::Loopfs && fs_of(&c.pool) != Some(fs))
-        .map(|c| format!("pool {} makes {}", c.pool, fs_of(&c.pool).unwrap_or("?")))
-        .collect();
-    if other.is_empty() {
-        return Ok(());
-    }
-    Err(Status::invalid_argument(format!(
-        "volume_capabilities fs_type {fs:?}: {}; name a pool whose fs is {fs} in parameters.pool, or leave fs_type empty",
-        other.join(", ")
-    )))
-}
-
 /// Grows a volume to what `range` asks (never shrinks it) and returns its size: shared by
 /// ControllerExpandVolume and NodeExpandVolume. The engine grows a loopfs filesystem while
 /// it is mounted, so nothing is left for the node to do.
@@ -200,7 +153,7 @@ pub(super) fn grow(
         return within_limit(v, range);
     }
     let want = choose_size(range, None, 0)
-        .map_err(|s| about(v.name.as_str(), s))?
+        .map_err(|e| sizing_refused(v.name.as_str(), e))?
         .unwrap_or(range.required);
     let grown = engine.expand(CALLER, &v.name, want)?;
     Ok(grown.size)
@@ -321,10 +274,11 @@ impl CsiService {
                         existing.spec.size
                     }
                     _ => {
-                        let size = size_for(e, &spec, range, source_size)
-                            .map_err(|s| about(name.as_str(), s))?;
+                        let size = sizing::size_for_range(e, &spec, range, source_size)
+                            .map_err(|err| sizing_refused(name.as_str(), err))?;
                         if let (Some(_), Some(fs)) = (size, &fs_type) {
-                            check_fs_type(e, &spec, fs).map_err(|s| about(name.as_str(), s))?;
+                            sizing::check_fs_type(e, &spec, fs)
+                                .map_err(|err| sizing_refused(name.as_str(), err))?;
                         }
                         size
                     }
@@ -519,7 +473,7 @@ impl CsiService {
                     .any(|p| p.name == c.pool && p.paths.len() == 1)
             });
             let largest = pools.iter().map(|p| p.available_bytes).max();
-            let minimum = minimum_size(&pools, e.pools(), &spec);
+            let minimum = sizing::minimum_size(&pools, e.pools(), &spec);
             GetCapacityResponse {
                 available_capacity: bytes(available),
                 maximum_volume_size: largest.filter(|_| single_path).map(bytes),

@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 
 use tonic::{Code, Request, Response, Status};
 
-use super::controller::{bytes, condition_of, grow, size_for};
+use super::controller::{bytes, condition_of, grow, sizing_refused};
 use super::params::{
-    Capability, EPHEMERAL_KEY, ParamSource, SizeRange, check_fits, parse_capability,
-    parse_parameters, parse_range, read_only_block, topology_of,
+    Capability, EPHEMERAL_KEY, ParamSource, check_fits, parse_capability, parse_parameters,
+    parse_range, read_only_block, topology_of,
 };
 use super::proto::node_server::Node;
 use super::proto::node_service_capability::{self, Rpc, rpc};
@@ -22,6 +22,7 @@ use super::proto::volume_usage::Unit;
 use super::proto::*;
 use super::{CALLER, CsiService, Failure, about, path_field, required, volume_id};
 use crate::engine::EngineError;
+use crate::engine::sizing::{self, SizeRange};
 use crate::engine::types::{
     AccessType, CreateRequest, Owner, PublishTarget, Volume as EngineVolume, VolumeName,
 };
@@ -211,7 +212,8 @@ impl CsiService {
                 required: params.size().unwrap_or(0),
                 limit: None,
             };
-            spec.size = size_for(e, &spec, range, None).map_err(|s| about(name.as_str(), s))?;
+            spec.size = sizing::size_for_range(e, &spec, range, None)
+                .map_err(|err| sizing_refused(name.as_str(), err))?;
             let v = e.create(
                 CALLER,
                 CreateRequest {

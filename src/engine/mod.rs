@@ -48,6 +48,7 @@ pub mod request;
 mod room;
 pub mod selector;
 mod service;
+pub mod sizing;
 pub mod snapshot;
 mod table;
 pub mod transfer;
