@@ -21,11 +21,11 @@ use super::proto::node_service_capability::{self, Rpc, rpc};
 use super::proto::volume_usage::Unit;
 use super::proto::*;
 use super::{CALLER, CsiService, Failure, about, path_field, required, volume_id};
-use crate::engine::EngineError;
 use crate::engine::sizing::{self, SizeRange};
 use crate::engine::types::{
     AccessType, CreateRequest, Owner, PublishTarget, Volume as EngineVolume, VolumeName,
 };
+use crate::engine::{EngineError, EphemeralRequest};
 
 /// What the node does, and nothing more.
 const CAPABILITIES: [rpc::Type; 5] = [
@@ -199,8 +199,7 @@ impl CsiService {
         spec.access = cap.access;
         spec.labels.insert(EPHEMERAL_KEY.to_string(), "true".into());
         self.engine(move |e| -> Result<(), Failure> {
-            let existing = e.get(&name).ok();
-            if existing.as_ref().is_some_and(|v| !is_ephemeral(v)) {
+            if e.get(&name).is_ok_and(|v| !is_ephemeral(&v)) {
                 return Err(about(
                     name.as_str(),
                     Status::already_exists(
@@ -214,29 +213,27 @@ impl CsiService {
             };
             spec.size = sizing::size_for_range(e, &spec, range, None)
                 .map_err(|err| sizing_refused(name.as_str(), err))?;
-            let v = e.create(
+            // The engine places it on any pool that could take it: each must make the
+            // filesystem asked for.
+            if let Some(fs) = &cap.fs_type {
+                sizing::check_fs_type(e, &spec, fs).map_err(|err| {
+                    about(name.as_str(), Status::failed_precondition(err.to_string()))
+                })?;
+            }
+            // Made, published and, if that fails, removed again under one volume lock.
+            e.publish_ephemeral(
                 CALLER,
-                CreateRequest {
-                    name: name.clone(),
-                    spec,
-                    owner: Owner::default(),
+                EphemeralRequest {
+                    create: CreateRequest {
+                        name,
+                        spec,
+                        owner: Owner::default(),
+                    },
+                    target: bind(target, read_only),
+                    group: cap.mount_group,
                 },
             )?;
-            let published = (|| {
-                fits(&cap, &v, Code::FailedPrecondition)?;
-                if let Some(gid) = cap.mount_group {
-                    e.grant_group(CALLER, &name, gid)?;
-                }
-                e.publish(CALLER, &name, bind(target, read_only))?;
-                Ok(())
-            })();
-            if published.is_err()
-                && existing.is_none()
-                && let Err(undo) = e.wipe(CALLER, &name)
-            {
-                tracing::error!(volume = %name, error = %undo, "removing an ephemeral volume whose publish failed");
-            }
-            published
+            Ok(())
         })
         .await??;
         Ok(NodePublishVolumeResponse {})

@@ -549,6 +549,13 @@ impl VolumeService for Slow {
     ) -> Result<Volume, EngineError> {
         self.inner.publish_on(c, n, b, t)
     }
+    fn publish_ephemeral(
+        &self,
+        c: Caller,
+        r: crate::engine::EphemeralRequest,
+    ) -> Result<Volume, EngineError> {
+        self.inner.publish_ephemeral(c, r)
+    }
     fn unpublish(
         &self,
         c: Caller,

@@ -32,6 +32,7 @@ mod adopt;
 mod backend;
 mod create;
 mod delete;
+mod ephemeral;
 pub mod error;
 mod expand;
 mod group_access;
@@ -65,6 +66,7 @@ use crate::store::{Store, StoreError};
 
 pub use crate::host::{ArchiveStats, MountEntry, RemovalStats};
 use backend::resolve_backend;
+pub use ephemeral::EphemeralRequest;
 pub use error::{EngineError, InputError};
 pub use health::VolumeHealth;
 use locks::VolumeLocks;
@@ -158,6 +160,15 @@ pub trait VolumeService: Send + Sync {
         name: &VolumeName,
         base: &PublishTarget,
         target: PublishTarget,
+    ) -> Result<Volume, EngineError>;
+    /// Creates a volume for one publication, grants `group` access to it if given and
+    /// publishes it at `target`, all under one volume lock; if the grant or publish fails,
+    /// a volume this call made is destroyed again (no volume, no record). A ready volume of
+    /// the same spec (a retried call) is published and kept whatever happens.
+    fn publish_ephemeral(
+        &self,
+        caller: Caller,
+        request: EphemeralRequest,
     ) -> Result<Volume, EngineError>;
     fn unpublish(
         &self,

@@ -55,6 +55,17 @@ impl<H: Host> VolumeService for Engine<H> {
         })
     }
 
+    fn publish_ephemeral(
+        &self,
+        caller: Caller,
+        request: EphemeralRequest,
+    ) -> Result<Volume, EngineError> {
+        let name = request.create.name.to_string();
+        self.observe(caller, "publish", &name, || {
+            self.do_publish_ephemeral(caller, request)
+        })
+    }
+
     fn unpublish(
         &self,
         caller: Caller,
