@@ -6,22 +6,21 @@
 
 use tonic::{Code, Request, Response, Status};
 
+use super::describe::{TOKEN_PREFIX, bytes, csi_volume, page_request, status_of};
 use super::params::{
     ParamSource, check_fits, check_requirements, node_in, parse_capability, parse_parameters,
-    parse_range, topology_of,
+    parse_range,
 };
 use super::proto::controller_server::Controller;
 use super::proto::controller_service_capability::{self, Rpc, rpc};
-use super::proto::list_volumes_response::{Entry, VolumeStatus};
+use super::proto::list_volumes_response::Entry;
 use super::proto::validate_volume_capabilities_response::Confirmed;
-use super::proto::volume_content_source::{self, SnapshotSource, VolumeSource};
+use super::proto::volume_content_source;
 use super::proto::*;
 use super::{CALLER, CsiService, Failure, about, required, volume_id};
 use crate::engine::sizing::{self, SizeRange, choose_size};
-use crate::engine::types::{
-    AccessType, CreateRequest, Owner, PublishTarget, Volume as EngineVolume, VolumeName,
-};
-use crate::engine::{EngineError, InputError, NodeInfo, PoolSelector, VolumeHealth, VolumeService};
+use crate::engine::types::{AccessType, CreateRequest, Owner, Volume as EngineVolume, VolumeName};
+use crate::engine::{EngineError, InputError, PoolSelector, VolumeService};
 
 /// The engine's refusal of a size range or filesystem type, in CSI's words: a limit below
 /// what the volume needs is `OUT_OF_RANGE` and names `capacity_range.limit_bytes`.
@@ -48,98 +47,6 @@ const CAPABILITIES: [rpc::Type; 10] = [
     rpc::Type::ListSnapshots,
     rpc::Type::GetSnapshot,
 ];
-
-/// ListVolumes tokens are `after/<last volume name of the previous page>`: a `/` never
-/// appears in a name, and paging goes on correctly when that volume is deleted meanwhile.
-pub(super) const TOKEN_PREFIX: &str = "after/";
-
-/// A paged listing's `max_entries` (0: no limit) and `starting_token` (one berth gave:
-/// `after/NAME`), as the page size and the name the page starts after.
-pub(super) fn page_request(
-    max_entries: i32,
-    starting_token: &str,
-) -> Result<(usize, Option<VolumeName>), Status> {
-    let limit = usize::try_from(max_entries).map_err(|_| {
-        Status::invalid_argument(format!(
-            "max_entries: {max_entries} is negative; use 0 for no limit"
-        ))
-    })?;
-    let limit = if limit == 0 { usize::MAX } else { limit };
-    let after = match starting_token {
-        "" => None,
-        token => Some(
-            token
-                .strip_prefix(TOKEN_PREFIX)
-                .and_then(|n| VolumeName::parse(n).ok())
-                .ok_or_else(|| {
-                    Status::aborted(format!(
-                        "starting_token {token:?} is not a token berth gave; list again without one"
-                    ))
-                })?,
-        ),
-    };
-    Ok((limit, after))
-}
-
-/// A byte count as CSI carries it.
-pub(super) fn bytes(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
-}
-
-/// An engine volume as CSI describes it: id, size (0 for an unlimited directory, which CSI
-/// reads as unknown), the clone source and this node's topology.
-pub(super) fn csi_volume(v: &EngineVolume, node: &NodeInfo) -> Volume {
-    Volume {
-        capacity_bytes: bytes(v.size.unwrap_or(0)),
-        volume_id: v.name.to_string(),
-        volume_context: Default::default(),
-        content_source: match (&v.spec.source, &v.spec.snapshot) {
-            (Some(source), _) => Some(VolumeContentSource {
-                r#type: Some(volume_content_source::Type::Volume(VolumeSource {
-                    volume_id: source.to_string(),
-                })),
-            }),
-            (None, Some(snapshot)) => Some(VolumeContentSource {
-                r#type: Some(volume_content_source::Type::Snapshot(SnapshotSource {
-                    snapshot_id: snapshot.to_string(),
-                })),
-            }),
-            (None, None) => None,
-        },
-        accessible_topology: vec![topology_of(&node.topology)],
-    }
-}
-
-/// The engine's health of a volume as CSI's `VolumeCondition`.
-pub(super) fn condition_of(health: Option<VolumeHealth>) -> VolumeCondition {
-    match health {
-        Some(VolumeHealth::Abnormal(message)) => VolumeCondition {
-            abnormal: true,
-            message,
-        },
-        Some(VolumeHealth::Normal) | None => VolumeCondition {
-            abnormal: false,
-            message: "the volume's data is in place".into(),
-        },
-    }
-}
-
-/// A listed volume's status: the node it is staged or published on (this one, or none:
-/// berth volumes are node-local) and its condition.
-fn status_of(v: &EngineVolume, health: VolumeHealth, node: &NodeInfo) -> VolumeStatus {
-    let published = v
-        .publications
-        .iter()
-        .any(|p| matches!(p.target, PublishTarget::Bind { .. }));
-    VolumeStatus {
-        published_node_ids: if published {
-            vec![node.node_id.clone()]
-        } else {
-            Vec::new()
-        },
-        volume_condition: Some(condition_of(Some(health))),
-    }
-}
 
 /// Grows a volume to what `range` asks (never shrinks it) and returns its size: shared by
 /// ControllerExpandVolume and NodeExpandVolume. The engine grows a loopfs filesystem while

@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 
 use tonic::{Code, Request, Response, Status};
 
-use super::controller::{bytes, condition_of, grow, sizing_refused};
+use super::controller::{grow, sizing_refused};
+use super::describe::{bytes, condition_of};
 use super::params::{
     Capability, EPHEMERAL_KEY, ParamSource, check_fits, parse_capability, parse_parameters,
     parse_range, read_only_block, topology_of,
