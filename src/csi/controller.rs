@@ -18,20 +18,23 @@ use super::proto::validate_volume_capabilities_response::Confirmed;
 use super::proto::volume_content_source;
 use super::proto::*;
 use super::{CALLER, CsiService, Failure, about, required, volume_id};
-use crate::engine::sizing::{self, SizeRange, choose_size};
+use crate::engine::sizing::{self, SizeRange, SizeRequest, choose_size};
 use crate::engine::types::{AccessType, CreateRequest, Owner, Volume as EngineVolume, VolumeName};
 use crate::engine::{EngineError, InputError, PoolSelector, VolumeService};
 
 /// The engine's refusal of a size range or filesystem type, in CSI's words: a limit below
 /// what the volume needs is `OUT_OF_RANGE` and names `capacity_range.limit_bytes`.
 pub(super) fn sizing_refused(volume: &str, e: InputError) -> Failure {
-    let status = match e {
+    Failure::Refused(sizing_status(volume, e))
+}
+
+fn sizing_status(volume: &str, e: InputError) -> Status {
+    match e {
         InputError::OutOfRange { .. } => {
-            Status::out_of_range(format!("capacity_range.limit_bytes: {e}"))
+            Status::out_of_range(format!("volume {volume}: capacity_range.limit_bytes: {e}"))
         }
-        other => Status::invalid_argument(other.to_string()),
-    };
-    about(volume, status)
+        other => Status::invalid_argument(format!("volume {volume}: {other}")),
+    }
 }
 
 /// What the controller does, and nothing more.
@@ -159,37 +162,6 @@ impl CsiService {
                     }
                     (None, None) => None,
                 };
-                // A volume of this name that already has a size in the range is the one
-                // asked for: keep its spec's size so the engine compares only the rest.
-                let fits = |v: &EngineVolume| match v.size {
-                    Some(size) => range.contains(size),
-                    None => range == SizeRange::default(),
-                };
-                spec.size = match e.get(&name) {
-                    Ok(existing) if fits(&existing) => {
-                        if let (Some(asked), Some(has)) = (&fs_type, existing.placement.fs)
-                            && asked != has.as_str()
-                        {
-                            return Err(about(
-                                name.as_str(),
-                                Status::already_exists(format!(
-                                    "it exists with an {} filesystem; fs_type {asked:?} asked",
-                                    has.as_str()
-                                )),
-                            ));
-                        }
-                        existing.spec.size
-                    }
-                    _ => {
-                        let size = sizing::size_for_range(e, &spec, range, source_size)
-                            .map_err(|err| sizing_refused(name.as_str(), err))?;
-                        if let (Some(_), Some(fs)) = (size, &fs_type) {
-                            sizing::check_fs_type(e, &spec, fs)
-                                .map_err(|err| sizing_refused(name.as_str(), err))?;
-                        }
-                        size
-                    }
-                };
                 let volume = name.to_string();
                 let request = CreateRequest {
                     name,
@@ -198,12 +170,21 @@ impl CsiService {
                 };
                 // A name another front-end holds: CSI's answer to a name taken by an
                 // incompatible volume.
-                e.create(CALLER, request).map_err(|err| match err {
-                    EngineError::HeldByOther { .. } => Failure::Rephrased(Status::already_exists(
-                        format!("volume {volume}: {err}"),
-                    )),
-                    other => other.into(),
-                })
+                let size = SizeRequest {
+                    range,
+                    at_least: source_size,
+                    fs_type,
+                };
+                e.create_in_range(CALLER, request, &size)
+                    .map_err(|err| match err {
+                        EngineError::HeldByOther { .. } => Failure::Rephrased(
+                            Status::already_exists(format!("volume {volume}: {err}")),
+                        ),
+                        EngineError::Input(out_of_range @ InputError::OutOfRange { .. }) => {
+                            Failure::Rephrased(sizing_status(&volume, out_of_range))
+                        }
+                        other => other.into(),
+                    })
             })
             .await??;
         Ok(CreateVolumeResponse {

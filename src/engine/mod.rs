@@ -161,6 +161,16 @@ pub trait VolumeService: Send + Sync {
         base: &PublishTarget,
         target: PublishTarget,
     ) -> Result<Volume, EngineError>;
+    /// Creates a volume in a size range: under the volume lock, its size is chosen as
+    /// [`sizing::size_for_range`] says (or kept from an existing volume of this name whose
+    /// size is in the range) and a filesystem type no candidate pool makes is refused;
+    /// then it is created as [`VolumeService::create`] does.
+    fn create_in_range(
+        &self,
+        caller: Caller,
+        request: CreateRequest,
+        size: &sizing::SizeRequest,
+    ) -> Result<Volume, EngineError>;
     /// Creates a volume for one publication, grants `group` access to it if given and
     /// publishes it at `target`, all under one volume lock; if the grant or publish fails,
     /// a volume this call made is destroyed again (no volume, no record). A ready volume of

@@ -7,8 +7,9 @@
 //! a size below a filesystem's minimum when it places their volume.
 
 use super::pool::PoolConfig;
-use super::types::{AccessType, Backend, PoolCapacity, VolumeSpec};
-use super::{InputError, PoolSelector, VolumeService};
+use super::types::{AccessType, Backend, Caller, CreateRequest, PoolCapacity, Volume, VolumeSpec};
+use super::{Engine, EngineError, InputError, PoolSelector, VolumeService};
+use crate::host::Host;
 
 /// Sized volumes are made in whole pages: loop devices use direct I/O.
 pub const SIZE_GRANULARITY: u64 = 4096;
@@ -23,6 +24,61 @@ pub struct SizeRange {
 impl SizeRange {
     pub fn contains(&self, size: u64) -> bool {
         size >= self.required && self.limit.is_none_or(|l| size <= l)
+    }
+}
+
+/// What a create in a size range asks about size (see [`VolumeService::create_in_range`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SizeRequest {
+    pub range: SizeRange,
+    /// The size of the volume or snapshot it is cloned from, which it is at least.
+    pub at_least: Option<u64>,
+    /// The filesystem type asked for, if any.
+    pub fs_type: Option<String>,
+}
+
+impl<H: Host> Engine<H> {
+    pub(super) fn do_create_in_range(
+        &self,
+        caller: Caller,
+        mut request: CreateRequest,
+        size: &SizeRequest,
+    ) -> Result<Volume, EngineError> {
+        let _guard = self.locks.acquire(&request.name, caller.wait_if_busy)?;
+        request.spec.size = self.size_in_range(&request, size)?;
+        self.create_locked(caller, request, None)
+    }
+
+    /// The size a create in a range gets; the caller holds the volume's lock. A volume of
+    /// this name that already has a size in the range is the one asked for: its size is
+    /// kept, so the create compares only the rest of the spec.
+    fn size_in_range(
+        &self,
+        request: &CreateRequest,
+        size: &SizeRequest,
+    ) -> Result<Option<u64>, EngineError> {
+        if let Some(existing) = self.cached(&request.name) {
+            let fits = match existing.size {
+                Some(has) => size.range.contains(has),
+                None => size.range == SizeRange::default(),
+            };
+            if fits {
+                if let (Some(asked), Some(has)) = (&size.fs_type, existing.placement.fs)
+                    && asked != has.as_str()
+                {
+                    return Err(EngineError::AlreadyExists {
+                        volume: request.name.to_string(),
+                        difference: format!("it has an {} filesystem, {asked} asked", has.as_str()),
+                    });
+                }
+                return Ok(existing.spec.size);
+            }
+        }
+        let chosen = size_for_range(self, &request.spec, size.range, size.at_least)?;
+        if let (Some(_), Some(fs)) = (chosen, &size.fs_type) {
+            check_fs_type(self, &request.spec, fs)?;
+        }
+        Ok(chosen)
     }
 }
 
@@ -364,6 +420,61 @@ mod tests {
         );
         assert!(err.to_string().contains("smallest filesystem"), "{err}");
         assert!(engine.list(&Default::default()).is_empty());
+    }
+
+    #[test]
+    fn a_create_in_a_range_is_sized_under_the_lock_and_a_retry_keeps_the_size_it_got() {
+        use crate::engine::types::{Frontend, Owner, VolumeName};
+        let dir = tempfile::tempdir().unwrap();
+        let engine = engine(dir.path());
+        let caller = Caller {
+            frontend: Frontend::Csi,
+            wait_if_busy: false,
+        };
+        let request = |name: &str| CreateRequest {
+            name: VolumeName::parse(name).unwrap(),
+            spec: on(Some("ext4"), AccessType::Filesystem),
+            owner: Owner::default(),
+        };
+        let asking = |required, limit, fs: Option<&str>| SizeRequest {
+            range: SizeRange { required, limit },
+            at_least: None,
+            fs_type: fs.map(str::to_string),
+        };
+        // Raised to ext4's minimum, within the limit.
+        let v = engine
+            .create_in_range(caller, request("small"), &asking(MIB, Some(64 * MIB), None))
+            .unwrap();
+        assert_eq!(v.size, Some(16 * MIB));
+        // The same range again: the same volume, not a conflict over its raised size.
+        let again = engine
+            .create_in_range(caller, request("small"), &asking(MIB, Some(64 * MIB), None))
+            .unwrap();
+        assert_eq!(again.created_at, v.created_at);
+        // It exists with ext4: asking xfs of it is a conflict.
+        let err = engine
+            .create_in_range(
+                caller,
+                request("small"),
+                &asking(MIB, Some(64 * MIB), Some("xfs")),
+            )
+            .unwrap_err();
+        assert!(matches!(err, EngineError::AlreadyExists { .. }), "{err}");
+        // A limit below the minimum: refused, nothing made.
+        let err = engine
+            .create_in_range(caller, request("tiny"), &asking(MIB, Some(8 * MIB), None))
+            .unwrap_err();
+        assert!(
+            matches!(err, EngineError::Input(InputError::OutOfRange { .. })),
+            "{err}"
+        );
+        assert!(engine.get(&VolumeName::parse("tiny").unwrap()).is_err());
+        // A filesystem type the pool does not make: refused, nothing made.
+        let err = engine
+            .create_in_range(caller, request("other"), &asking(MIB, None, Some("xfs")))
+            .unwrap_err();
+        assert!(err.to_string().contains("pool ext4 makes ext4"), "{err}");
+        assert_eq!(engine.list(&Default::default()).len(), 1);
     }
 
     #[test]
