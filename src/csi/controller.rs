@@ -6,22 +6,36 @@
 
 use tonic::{Code, Request, Response, Status};
 
+use super::describe::{TOKEN_PREFIX, bytes, csi_volume, page_request, status_of};
 use super::params::{
-    ParamSource, SizeRange, check_fits, check_requirements, choose_size, minimum_size,
-    minimum_size_bound, node_in, parse_capability, parse_parameters, parse_range, topology_of,
+    ParamSource, check_fits, check_requirements, node_in, parse_capability, parse_parameters,
+    parse_range,
 };
 use super::proto::controller_server::Controller;
 use super::proto::controller_service_capability::{self, Rpc, rpc};
-use super::proto::list_volumes_response::{Entry, VolumeStatus};
+use super::proto::list_volumes_response::Entry;
 use super::proto::validate_volume_capabilities_response::Confirmed;
-use super::proto::volume_content_source::{self, SnapshotSource, VolumeSource};
+use super::proto::volume_content_source;
 use super::proto::*;
 use super::{CALLER, CsiService, Failure, about, required, volume_id};
-use crate::engine::types::{
-    AccessType, Backend, CreateRequest, Owner, PublishTarget, Volume as EngineVolume, VolumeName,
-    VolumeSpec,
-};
-use crate::engine::{EngineError, NodeInfo, PoolSelector, VolumeHealth, VolumeService};
+use crate::engine::sizing::{self, SizeRange, SizeRequest, choose_size};
+use crate::engine::types::{AccessType, CreateRequest, Owner, Volume as EngineVolume, VolumeName};
+use crate::engine::{EngineError, InputError, PoolSelector, VolumeService};
+
+/// The engine's refusal of a size range or filesystem type, in CSI's words: a limit below
+/// what the volume needs is `OUT_OF_RANGE` and names `capacity_range.limit_bytes`.
+pub(super) fn sizing_refused(volume: &str, e: InputError) -> Failure {
+    Failure::Refused(sizing_status(volume, e))
+}
+
+fn sizing_status(volume: &str, e: InputError) -> Status {
+    match e {
+        InputError::OutOfRange { .. } => {
+            Status::out_of_range(format!("volume {volume}: capacity_range.limit_bytes: {e}"))
+        }
+        other => Status::invalid_argument(format!("volume {volume}: {other}")),
+    }
+}
 
 /// What the controller does, and nothing more.
 const CAPABILITIES: [rpc::Type; 10] = [
@@ -37,157 +51,6 @@ const CAPABILITIES: [rpc::Type; 10] = [
     rpc::Type::GetSnapshot,
 ];
 
-/// ListVolumes tokens are `after/<last volume name of the previous page>`: a `/` never
-/// appears in a name, and paging goes on correctly when that volume is deleted meanwhile.
-pub(super) const TOKEN_PREFIX: &str = "after/";
-
-/// A paged listing's `max_entries` (0: no limit) and `starting_token` (one berth gave:
-/// `after/NAME`), as the page size and the name the page starts after.
-pub(super) fn page_request(
-    max_entries: i32,
-    starting_token: &str,
-) -> Result<(usize, Option<VolumeName>), Status> {
-    let limit = usize::try_from(max_entries).map_err(|_| {
-        Status::invalid_argument(format!(
-            "max_entries: {max_entries} is negative; use 0 for no limit"
-        ))
-    })?;
-    let limit = if limit == 0 { usize::MAX } else { limit };
-    let after = match starting_token {
-        "" => None,
-        token => Some(
-            token
-                .strip_prefix(TOKEN_PREFIX)
-                .and_then(|n| VolumeName::parse(n).ok())
-                .ok_or_else(|| {
-                    Status::aborted(format!(
-                        "starting_token {token:?} is not a token berth gave; list again without one"
-                    ))
-                })?,
-        ),
-    };
-    Ok((limit, after))
-}
-
-/// A byte count as CSI carries it.
-pub(super) fn bytes(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
-}
-
-/// An engine volume as CSI describes it: id, size (0 for an unlimited directory, which CSI
-/// reads as unknown), the clone source and this node's topology.
-pub(super) fn csi_volume(v: &EngineVolume, node: &NodeInfo) -> Volume {
-    Volume {
-        capacity_bytes: bytes(v.size.unwrap_or(0)),
-        volume_id: v.name.to_string(),
-        volume_context: Default::default(),
-        content_source: match (&v.spec.source, &v.spec.snapshot) {
-            (Some(source), _) => Some(VolumeContentSource {
-                r#type: Some(volume_content_source::Type::Volume(VolumeSource {
-                    volume_id: source.to_string(),
-                })),
-            }),
-            (None, Some(snapshot)) => Some(VolumeContentSource {
-                r#type: Some(volume_content_source::Type::Snapshot(SnapshotSource {
-                    snapshot_id: snapshot.to_string(),
-                })),
-            }),
-            (None, None) => None,
-        },
-        accessible_topology: vec![topology_of(&node.topology)],
-    }
-}
-
-/// The engine's health of a volume as CSI's `VolumeCondition`.
-pub(super) fn condition_of(health: Option<VolumeHealth>) -> VolumeCondition {
-    match health {
-        Some(VolumeHealth::Abnormal(message)) => VolumeCondition {
-            abnormal: true,
-            message,
-        },
-        Some(VolumeHealth::Normal) | None => VolumeCondition {
-            abnormal: false,
-            message: "the volume's data is in place".into(),
-        },
-    }
-}
-
-/// A listed volume's status: the node it is staged or published on (this one, or none:
-/// berth volumes are node-local) and its condition.
-fn status_of(v: &EngineVolume, health: VolumeHealth, node: &NodeInfo) -> VolumeStatus {
-    let published = v
-        .publications
-        .iter()
-        .any(|p| matches!(p.target, PublishTarget::Bind { .. }));
-    VolumeStatus {
-        published_node_ids: if published {
-            vec![node.node_id.clone()]
-        } else {
-            Vec::new()
-        },
-        volume_condition: Some(condition_of(Some(health))),
-    }
-}
-
-/// [`choose_size`] with the filesystem minimum of the pools that could take `spec`. The
-/// exact minimum needs each pool's resolved backend (a walk over the volumes), so it is
-/// looked up only for sizes below what any candidate pool could need.
-pub(super) fn size_for(
-    engine: &dyn VolumeService,
-    spec: &VolumeSpec,
-    range: SizeRange,
-    at_least: Option<u64>,
-) -> Result<Option<u64>, Status> {
-    match choose_size(range, at_least, 0)? {
-        Some(size) if size < minimum_size_bound(engine.pools(), spec) => {
-            let candidates = engine.capacity(&PoolSelector {
-                pool: spec.pool.clone(),
-                kind: spec.kind,
-                profile: spec.profile.clone(),
-                selector: spec.selector.clone(),
-            });
-            choose_size(
-                range,
-                at_least,
-                minimum_size(&candidates, engine.pools(), spec),
-            )
-        }
-        other => Ok(other),
-    }
-}
-
-/// Refuses a `fs_type` that a pool able to take `spec` would not give it, since the engine
-/// places a volume on whichever of them has most room: a loopfs pool makes its own `fs`;
-/// any other backend (a quota on a directory) lives on the pool's filesystem, whatever it is,
-/// and takes any `fs_type`.
-fn check_fs_type(engine: &dyn VolumeService, spec: &VolumeSpec, fs: &str) -> Result<(), Status> {
-    let candidates = engine.capacity(&PoolSelector {
-        pool: spec.pool.clone(),
-        kind: spec.kind,
-        profile: spec.profile.clone(),
-        selector: spec.selector.clone(),
-    });
-    let fs_of = |pool: &str| {
-        engine
-            .pools()
-            .iter()
-            .find(|p| p.name == pool)
-            .map(|p| p.fs.as_str())
-    };
-    let other: Vec<String> = candidates
-        .iter()
-        .filter(|c| c.backend == Backend::Loopfs && fs_of(&c.pool) != Some(fs))
-        .map(|c| format!("pool {} makes {}", c.pool, fs_of(&c.pool).unwrap_or("?")))
-        .collect();
-    if other.is_empty() {
-        return Ok(());
-    }
-    Err(Status::invalid_argument(format!(
-        "volume_capabilities fs_type {fs:?}: {}; name a pool whose fs is {fs} in parameters.pool, or leave fs_type empty",
-        other.join(", ")
-    )))
-}
-
 /// Grows a volume to what `range` asks (never shrinks it) and returns its size: shared by
 /// ControllerExpandVolume and NodeExpandVolume. The engine grows a loopfs filesystem while
 /// it is mounted, so nothing is left for the node to do.
@@ -200,7 +63,7 @@ pub(super) fn grow(
         return within_limit(v, range);
     }
     let want = choose_size(range, None, 0)
-        .map_err(|s| about(v.name.as_str(), s))?
+        .map_err(|e| sizing_refused(v.name.as_str(), e))?
         .unwrap_or(range.required);
     let grown = engine.expand(CALLER, &v.name, want)?;
     Ok(grown.size)
@@ -299,36 +162,6 @@ impl CsiService {
                     }
                     (None, None) => None,
                 };
-                // A volume of this name that already has a size in the range is the one
-                // asked for: keep its spec's size so the engine compares only the rest.
-                let fits = |v: &EngineVolume| match v.size {
-                    Some(size) => range.contains(size),
-                    None => range == SizeRange::default(),
-                };
-                spec.size = match e.get(&name) {
-                    Ok(existing) if fits(&existing) => {
-                        if let (Some(asked), Some(has)) = (&fs_type, existing.placement.fs)
-                            && asked != has.as_str()
-                        {
-                            return Err(about(
-                                name.as_str(),
-                                Status::already_exists(format!(
-                                    "it exists with an {} filesystem; fs_type {asked:?} asked",
-                                    has.as_str()
-                                )),
-                            ));
-                        }
-                        existing.spec.size
-                    }
-                    _ => {
-                        let size = size_for(e, &spec, range, source_size)
-                            .map_err(|s| about(name.as_str(), s))?;
-                        if let (Some(_), Some(fs)) = (size, &fs_type) {
-                            check_fs_type(e, &spec, fs).map_err(|s| about(name.as_str(), s))?;
-                        }
-                        size
-                    }
-                };
                 let volume = name.to_string();
                 let request = CreateRequest {
                     name,
@@ -337,12 +170,21 @@ impl CsiService {
                 };
                 // A name another front-end holds: CSI's answer to a name taken by an
                 // incompatible volume.
-                e.create(CALLER, request).map_err(|err| match err {
-                    EngineError::HeldByOther { .. } => Failure::Rephrased(Status::already_exists(
-                        format!("volume {volume}: {err}"),
-                    )),
-                    other => other.into(),
-                })
+                let size = SizeRequest {
+                    range,
+                    at_least: source_size,
+                    fs_type,
+                };
+                e.create_in_range(CALLER, request, &size)
+                    .map_err(|err| match err {
+                        EngineError::HeldByOther { .. } => Failure::Rephrased(
+                            Status::already_exists(format!("volume {volume}: {err}")),
+                        ),
+                        EngineError::Input(out_of_range @ InputError::OutOfRange { .. }) => {
+                            Failure::Rephrased(sizing_status(&volume, out_of_range))
+                        }
+                        other => other.into(),
+                    })
             })
             .await??;
         Ok(CreateVolumeResponse {
@@ -519,7 +361,7 @@ impl CsiService {
                     .any(|p| p.name == c.pool && p.paths.len() == 1)
             });
             let largest = pools.iter().map(|p| p.available_bytes).max();
-            let minimum = minimum_size(&pools, e.pools(), &spec);
+            let minimum = sizing::minimum_size(&pools, e.pools(), &spec);
             GetCapacityResponse {
                 available_capacity: bytes(available),
                 maximum_volume_size: largest.filter(|_| single_path).map(bytes),

@@ -26,6 +26,7 @@
 
 mod authority;
 mod controller;
+mod describe;
 mod identity;
 mod node;
 mod params;

@@ -11,20 +11,22 @@ use std::path::{Path, PathBuf};
 
 use tonic::{Code, Request, Response, Status};
 
-use super::controller::{bytes, condition_of, grow, size_for};
+use super::controller::{grow, sizing_refused};
+use super::describe::{bytes, condition_of};
 use super::params::{
-    Capability, EPHEMERAL_KEY, ParamSource, SizeRange, check_fits, parse_capability,
-    parse_parameters, parse_range, read_only_block, topology_of,
+    Capability, EPHEMERAL_KEY, ParamSource, check_fits, parse_capability, parse_parameters,
+    parse_range, read_only_block, topology_of,
 };
 use super::proto::node_server::Node;
 use super::proto::node_service_capability::{self, Rpc, rpc};
 use super::proto::volume_usage::Unit;
 use super::proto::*;
 use super::{CALLER, CsiService, Failure, about, path_field, required, volume_id};
-use crate::engine::EngineError;
+use crate::engine::sizing::{self, SizeRange};
 use crate::engine::types::{
     AccessType, CreateRequest, Owner, PublishTarget, Volume as EngineVolume, VolumeName,
 };
+use crate::engine::{EngineError, EphemeralRequest};
 
 /// What the node does, and nothing more.
 const CAPABILITIES: [rpc::Type; 5] = [
@@ -198,8 +200,7 @@ impl CsiService {
         spec.access = cap.access;
         spec.labels.insert(EPHEMERAL_KEY.to_string(), "true".into());
         self.engine(move |e| -> Result<(), Failure> {
-            let existing = e.get(&name).ok();
-            if existing.as_ref().is_some_and(|v| !is_ephemeral(v)) {
+            if e.get(&name).is_ok_and(|v| !is_ephemeral(&v)) {
                 return Err(about(
                     name.as_str(),
                     Status::already_exists(
@@ -211,30 +212,29 @@ impl CsiService {
                 required: params.size().unwrap_or(0),
                 limit: None,
             };
-            spec.size = size_for(e, &spec, range, None).map_err(|s| about(name.as_str(), s))?;
-            let v = e.create(
+            spec.size = sizing::size_for_range(e, &spec, range, None)
+                .map_err(|err| sizing_refused(name.as_str(), err))?;
+            // The engine places it on any pool that could take it: each must make the
+            // filesystem asked for.
+            if let Some(fs) = &cap.fs_type {
+                sizing::check_fs_type(e, &spec, fs).map_err(|err| {
+                    about(name.as_str(), Status::failed_precondition(err.to_string()))
+                })?;
+            }
+            // Made, published and, if that fails, removed again under one volume lock.
+            e.publish_ephemeral(
                 CALLER,
-                CreateRequest {
-                    name: name.clone(),
-                    spec,
-                    owner: Owner::default(),
+                EphemeralRequest {
+                    create: CreateRequest {
+                        name,
+                        spec,
+                        owner: Owner::default(),
+                    },
+                    target: bind(target, read_only),
+                    group: cap.mount_group,
                 },
             )?;
-            let published = (|| {
-                fits(&cap, &v, Code::FailedPrecondition)?;
-                if let Some(gid) = cap.mount_group {
-                    e.grant_group(CALLER, &name, gid)?;
-                }
-                e.publish(CALLER, &name, bind(target, read_only))?;
-                Ok(())
-            })();
-            if published.is_err()
-                && existing.is_none()
-                && let Err(undo) = e.wipe(CALLER, &name)
-            {
-                tracing::error!(volume = %name, error = %undo, "removing an ephemeral volume whose publish failed");
-            }
-            published
+            Ok(())
         })
         .await??;
         Ok(NodePublishVolumeResponse {})

@@ -11,9 +11,9 @@ use tonic::Status;
 
 use super::proto::volume_capability::{AccessType as CsiAccess, access_mode::Mode};
 use super::proto::{CapacityRange, Topology, TopologyRequirement, VolumeCapability};
-use crate::engine::pool::PoolConfig;
 use crate::engine::request;
-use crate::engine::types::{AccessType, Backend, PoolCapacity, VolumeSpec};
+use crate::engine::sizing::SizeRange;
+use crate::engine::types::{AccessType, VolumeSpec};
 
 /// Keys Kubernetes itself puts into `parameters` and `volume_context`.
 const K8S_PREFIX: &str = "csi.storage.k8s.io/";
@@ -28,8 +28,6 @@ const RECORDED_KEYS: [&str; 4] = [
 ];
 /// The prefix of user labels in `parameters` (`label/team = db`).
 const LABEL_PREFIX: &str = "label/";
-/// Sized volumes are made in whole pages: loop devices use direct I/O.
-pub const SIZE_GRANULARITY: u64 = 4096;
 
 /// Where a parameter map came from: they accept the same keys, and an ephemeral volume's
 /// context may also carry its `size`.
@@ -262,19 +260,8 @@ pub fn check_fits(
     Ok(())
 }
 
-/// `capacity_range` checked: `required` is 0 when unspecified, `limit` `None`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SizeRange {
-    pub required: u64,
-    pub limit: Option<u64>,
-}
-
-impl SizeRange {
-    pub fn contains(&self, size: u64) -> bool {
-        size >= self.required && self.limit.is_none_or(|l| size <= l)
-    }
-}
-
+/// `capacity_range` checked, as the engine's size range: `required` is 0 when unspecified,
+/// `limit` `None`.
 pub fn parse_range(range: Option<&CapacityRange>) -> Result<SizeRange, Status> {
     let Some(range) = range else {
         return Ok(SizeRange::default());
@@ -297,86 +284,6 @@ pub fn parse_range(range: Option<&CapacityRange>) -> Result<SizeRange, Status> {
         )));
     }
     Ok(SizeRange { required, limit })
-}
-
-/// The size to make a volume for `range`: `None` (no size: the pool's default or an
-/// unlimited directory) when nothing asks for one, otherwise at least `required` (or the
-/// `limit` when only that is given), at least `at_least` (a clone's source size), at least
-/// `minimum` (the smallest filesystem berth makes), in whole pages, and never above `limit`.
-pub fn choose_size(
-    range: SizeRange,
-    at_least: Option<u64>,
-    minimum: u64,
-) -> Result<Option<u64>, Status> {
-    let asked = if range.required > 0 {
-        Some(range.required)
-    } else {
-        range.limit
-    };
-    let Some(want) = asked.max(at_least) else {
-        return Ok(None);
-    };
-    let need = want.max(minimum);
-    let size = need
-        .div_ceil(SIZE_GRANULARITY)
-        .saturating_mul(SIZE_GRANULARITY);
-    match range.limit {
-        Some(limit) if size > limit => {
-            let aligned_limit = limit / SIZE_GRANULARITY * SIZE_GRANULARITY;
-            if aligned_limit >= need {
-                Ok(Some(aligned_limit))
-            } else if limit >= need {
-                Ok(Some(need))
-            } else {
-                Err(Status::out_of_range(format!(
-                    "capacity_range.limit_bytes {limit} is below the {need} bytes this volume needs{}",
-                    why_bigger(range.required, at_least, minimum)
-                )))
-            }
-        }
-        _ => Ok(Some(size)),
-    }
-}
-
-fn why_bigger(required: u64, at_least: Option<u64>, minimum: u64) -> String {
-    if at_least.is_some_and(|s| s > required && s >= minimum) {
-        " (the size of its source volume)".into()
-    } else if minimum > required {
-        format!(" (the smallest filesystem berth makes here is {minimum} bytes)")
-    } else {
-        String::new()
-    }
-}
-
-/// The smallest size a volume of `spec` can have: the largest filesystem minimum among the
-/// `candidates` (the pools that could take it, with the size-enforcing backend each resolved
-/// at start, as `VolumeService::capacity` reports them) that would make it a loopfs
-/// filesystem. Sizes below are raised (within `limit_bytes`) rather than refused.
-pub fn minimum_size(candidates: &[PoolCapacity], configs: &[PoolConfig], spec: &VolumeSpec) -> u64 {
-    if spec.access == AccessType::Block {
-        return 0;
-    }
-    candidates
-        .iter()
-        .filter(|c| c.backend == Backend::Loopfs)
-        .filter_map(|c| configs.iter().find(|p| p.name == c.pool))
-        .map(|p| p.fs.min_size())
-        .max()
-        .unwrap_or(0)
-}
-
-/// An upper bound of [`minimum_size`] from the pools' configs alone: sizes at or above it
-/// need no look-up of the pools' backends.
-pub fn minimum_size_bound(configs: &[PoolConfig], spec: &VolumeSpec) -> u64 {
-    if spec.access == AccessType::Block {
-        return 0;
-    }
-    configs
-        .iter()
-        .filter(|p| p.mismatch(spec).is_none())
-        .map(|p| p.fs.min_size())
-        .max()
-        .unwrap_or(0)
 }
 
 /// This node's topology as CSI carries it.
@@ -431,8 +338,7 @@ fn describe(node: &BTreeMap<String, String>) -> String {
 mod tests {
     use super::*;
     use crate::csi::proto::volume_capability::{AccessMode, BlockVolume, MountVolume};
-    use crate::engine::types::{FsType, Ownership, PoolKind, ReclaimPolicy};
-    use std::path::Path;
+    use crate::engine::types::{Ownership, PoolKind, ReclaimPolicy};
     use tonic::Code;
 
     fn map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
@@ -638,115 +544,6 @@ mod tests {
         assert!(err.message().contains("limit_bytes"), "{err}");
         let err = parse_range(Some(&r(10, 5))).unwrap_err();
         assert_eq!(err.code(), Code::OutOfRange);
-    }
-
-    #[test]
-    fn sizes_honour_required_limit_minimum_and_source() {
-        const MIB: u64 = 1 << 20;
-        let range = |required, limit| SizeRange { required, limit };
-        // Nothing asked: no size.
-        assert_eq!(choose_size(range(0, None), None, 16 * MIB).unwrap(), None);
-        // Exact pages stay exact; others round up to a page.
-        assert_eq!(
-            choose_size(range(64 * MIB, None), None, 0).unwrap(),
-            Some(64 * MIB)
-        );
-        assert_eq!(choose_size(range(5000, None), None, 0).unwrap(), Some(8192));
-        // Below the filesystem minimum: raised, within the limit.
-        assert_eq!(
-            choose_size(range(MIB, Some(32 * MIB)), None, 16 * MIB).unwrap(),
-            Some(16 * MIB)
-        );
-        let err = choose_size(range(MIB, Some(8 * MIB)), None, 16 * MIB).unwrap_err();
-        assert_eq!(err.code(), Code::OutOfRange);
-        assert!(err.message().contains("smallest filesystem"), "{err}");
-        // Only a limit: that size.
-        assert_eq!(
-            choose_size(range(0, Some(32 * MIB)), None, 0).unwrap(),
-            Some(32 * MIB)
-        );
-        // A limit that is not a whole page: the largest page-aligned size below it.
-        assert_eq!(
-            choose_size(range(5000, Some(10_000)), None, 0).unwrap(),
-            Some(8192)
-        );
-        assert_eq!(
-            choose_size(range(5000, Some(5000)), None, 0).unwrap(),
-            Some(5000)
-        );
-        // A clone is at least its source.
-        assert_eq!(
-            choose_size(range(0, None), Some(64 * MIB), 0).unwrap(),
-            Some(64 * MIB)
-        );
-        assert_eq!(
-            choose_size(range(MIB, None), Some(64 * MIB), 0).unwrap(),
-            Some(64 * MIB)
-        );
-        let err = choose_size(range(MIB, Some(2 * MIB)), Some(64 * MIB), 0).unwrap_err();
-        assert!(err.message().contains("source volume"), "{err}");
-    }
-
-    #[test]
-    fn the_minimum_follows_the_pools_that_could_take_the_volume() {
-        let mut ext4 = PoolConfig::default_root(Path::new("/a"));
-        ext4.name = "ext4".into();
-        let mut xfs = PoolConfig::default_root(Path::new("/b"));
-        xfs.name = "xfs".into();
-        xfs.fs = FsType::Xfs;
-        let mut quota = PoolConfig::default_root(Path::new("/c"));
-        quota.name = "quota".into();
-        quota.fs = FsType::Xfs;
-        let configs = [ext4, xfs, quota];
-        let candidate = |pool: &str, backend| PoolCapacity {
-            pool: pool.into(),
-            kind: PoolKind::Root,
-            backend,
-            profiles: Vec::new(),
-            capacity_bytes: 0,
-            reserved_bytes: 0,
-            available_bytes: 0,
-            volumes: 0,
-            snapshots: 0,
-            snapshot_bytes: 0,
-        };
-        let all = [
-            candidate("ext4", Backend::Loopfs),
-            candidate("xfs", Backend::Loopfs),
-            candidate("quota", Backend::Prjquota),
-        ];
-        let spec = |pool: Option<&str>, access| VolumeSpec {
-            pool: pool.map(str::to_string),
-            access,
-            ..VolumeSpec::default()
-        };
-        let fs = AccessType::Filesystem;
-        assert_eq!(
-            minimum_size(&all[..1], &configs, &spec(Some("ext4"), fs)),
-            16 << 20
-        );
-        assert_eq!(minimum_size(&all, &configs, &spec(None, fs)), 300 << 20);
-        // A project quota on a directory has no minimum, whatever the filesystem.
-        assert_eq!(
-            minimum_size(&all[2..], &configs, &spec(Some("quota"), fs)),
-            0
-        );
-        assert_eq!(
-            minimum_size(&all, &configs, &spec(None, AccessType::Block)),
-            0
-        );
-        assert_eq!(
-            minimum_size_bound(&configs, &spec(Some("ext4"), fs)),
-            16 << 20
-        );
-        assert_eq!(
-            minimum_size_bound(&configs, &spec(Some("quota"), fs)),
-            300 << 20
-        );
-        assert_eq!(
-            minimum_size_bound(&configs, &spec(None, AccessType::Block)),
-            0
-        );
     }
 
     #[test]

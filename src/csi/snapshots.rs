@@ -6,7 +6,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use tonic::Status;
 
-use super::controller::{TOKEN_PREFIX, bytes, page_request};
+use super::describe::{TOKEN_PREFIX, bytes, page_request};
 use super::proto::list_snapshots_response::Entry;
 use super::proto::*;
 use super::{CALLER, CsiService, Failure, required};

@@ -549,6 +549,21 @@ impl VolumeService for Slow {
     ) -> Result<Volume, EngineError> {
         self.inner.publish_on(c, n, b, t)
     }
+    fn create_in_range(
+        &self,
+        c: Caller,
+        r: CreateRequest,
+        s: &crate::engine::sizing::SizeRequest,
+    ) -> Result<Volume, EngineError> {
+        self.inner.create_in_range(c, r, s)
+    }
+    fn publish_ephemeral(
+        &self,
+        c: Caller,
+        r: crate::engine::EphemeralRequest,
+    ) -> Result<Volume, EngineError> {
+        self.inner.publish_ephemeral(c, r)
+    }
     fn unpublish(
         &self,
         c: Caller,

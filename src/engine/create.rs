@@ -14,8 +14,18 @@ impl<H: Host> Engine<H> {
         request: CreateRequest,
         pending_until: Option<u64>,
     ) -> Result<Volume, EngineError> {
+        let _guard = self.locks.acquire(&request.name, caller.wait_if_busy)?;
+        self.create_locked(caller, request, pending_until)
+    }
+
+    /// The create itself; the caller holds the volume's lock.
+    pub(super) fn create_locked(
+        &self,
+        caller: Caller,
+        request: CreateRequest,
+        pending_until: Option<u64>,
+    ) -> Result<Volume, EngineError> {
         let name = request.name.clone();
-        let _guard = self.locks.acquire(&name, caller.wait_if_busy)?;
         if let Some(existing) = self.cached(&name) {
             access::check(caller, &existing)?;
             match existing.phase {

@@ -19,6 +19,9 @@ pub enum InputError {
     Size { value: String, reason: String },
     #[error("invalid {field}: {reason}")]
     Invalid { field: String, reason: String },
+    /// A size range whose limit is below what the volume needs (see `sizing`).
+    #[error("the size limit {limit} is below the {need} bytes this volume needs{why}")]
+    OutOfRange { limit: u64, need: u64, why: String },
 }
 
 #[derive(Debug, Error)]

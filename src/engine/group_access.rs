@@ -12,6 +12,16 @@ impl<H: Host> Engine<H> {
         gid: u32,
     ) -> Result<Volume, EngineError> {
         let _guard = self.locks.acquire(name, caller.wait_if_busy)?;
+        self.grant_group_locked(caller, name, gid)
+    }
+
+    /// The grant itself; the caller holds the volume's lock.
+    pub(super) fn grant_group_locked(
+        &self,
+        caller: Caller,
+        name: &VolumeName,
+        gid: u32,
+    ) -> Result<Volume, EngineError> {
         let v = self.ready_volume(name)?;
         access::check(caller, &v)?;
         if v.spec.access != AccessType::Filesystem {

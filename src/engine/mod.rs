@@ -32,6 +32,7 @@ mod adopt;
 mod backend;
 mod create;
 mod delete;
+mod ephemeral;
 pub mod error;
 mod expand;
 mod group_access;
@@ -48,6 +49,7 @@ pub mod request;
 mod room;
 pub mod selector;
 mod service;
+pub mod sizing;
 pub mod snapshot;
 mod table;
 pub mod transfer;
@@ -64,6 +66,7 @@ use crate::store::{Store, StoreError};
 
 pub use crate::host::{ArchiveStats, MountEntry, RemovalStats};
 use backend::resolve_backend;
+pub use ephemeral::EphemeralRequest;
 pub use error::{EngineError, InputError};
 pub use health::VolumeHealth;
 use locks::VolumeLocks;
@@ -157,6 +160,25 @@ pub trait VolumeService: Send + Sync {
         name: &VolumeName,
         base: &PublishTarget,
         target: PublishTarget,
+    ) -> Result<Volume, EngineError>;
+    /// Creates a volume in a size range: under the volume lock, its size is chosen as
+    /// [`sizing::size_for_range`] says (or kept from an existing volume of this name whose
+    /// size is in the range) and a filesystem type no candidate pool makes is refused;
+    /// then it is created as [`VolumeService::create`] does.
+    fn create_in_range(
+        &self,
+        caller: Caller,
+        request: CreateRequest,
+        size: &sizing::SizeRequest,
+    ) -> Result<Volume, EngineError>;
+    /// Creates a volume for one publication, grants `group` access to it if given and
+    /// publishes it at `target`, all under one volume lock; if the grant or publish fails,
+    /// a volume this call made is destroyed again (no volume, no record). A ready volume of
+    /// the same spec (a retried call) is published and kept whatever happens.
+    fn publish_ephemeral(
+        &self,
+        caller: Caller,
+        request: EphemeralRequest,
     ) -> Result<Volume, EngineError>;
     fn unpublish(
         &self,

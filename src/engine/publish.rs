@@ -61,7 +61,7 @@ impl<H: Host> Engine<H> {
     }
 
     /// The publish itself; the caller holds the volume's lock.
-    fn publish_locked(
+    pub(super) fn publish_locked(
         &self,
         caller: Caller,
         name: &VolumeName,

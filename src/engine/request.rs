@@ -273,6 +273,7 @@ fn reason(error: InputError) -> String {
     match error {
         InputError::Size { value, reason } => format!("\"{value}\" is not a size: {reason}"),
         InputError::Name { reason, .. } | InputError::Invalid { reason, .. } => reason,
+        out_of_range @ InputError::OutOfRange { .. } => out_of_range.to_string(),
     }
 }
 

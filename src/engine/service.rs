@@ -55,6 +55,29 @@ impl<H: Host> VolumeService for Engine<H> {
         })
     }
 
+    fn create_in_range(
+        &self,
+        caller: Caller,
+        request: CreateRequest,
+        size: &sizing::SizeRequest,
+    ) -> Result<Volume, EngineError> {
+        let name = request.name.to_string();
+        self.observe(caller, "create", &name, || {
+            self.do_create_in_range(caller, request, size)
+        })
+    }
+
+    fn publish_ephemeral(
+        &self,
+        caller: Caller,
+        request: EphemeralRequest,
+    ) -> Result<Volume, EngineError> {
+        let name = request.create.name.to_string();
+        self.observe(caller, "publish", &name, || {
+            self.do_publish_ephemeral(caller, request)
+        })
+    }
+
     fn unpublish(
         &self,
         caller: Caller,

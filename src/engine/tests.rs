@@ -9,6 +9,7 @@ use super::pool::{BackendChoice, PoolConfig};
 use super::*;
 use crate::host::fake::FakeHost;
 
+mod ephemeral;
 mod wipe;
 
 const GIB: u64 = 1 << 30;
