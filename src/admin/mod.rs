@@ -42,6 +42,8 @@ pub mod handover;
 mod listen;
 mod marathon;
 pub mod prometheus;
+mod query;
+mod replies;
 pub mod snapshots;
 mod token;
 pub mod token_source;
@@ -51,17 +53,22 @@ pub mod views;
 pub use listen::start;
 pub use token::{Token, configured_token, constant_time_eq};
 
+pub use query::Query;
+use query::{parse_query, percent_decode, volume_filter};
+use replies::{
+    bad_request, check_method, engine_error, error_reply, method_not_allowed, server_error,
+};
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::engine::types::{
-    Caller, Frontend, OwnerFrontend, ReclaimPolicy, VolumeFilter, VolumeName, VolumeState,
+    Caller, Frontend, ReclaimPolicy, VolumeFilter, VolumeName, VolumeState,
 };
 use crate::engine::{EngineError, PoolSelector, VolumeService};
 use crate::server::http::{HttpLimits, Reply, Request};
-use crate::server::status::admin_status;
-use views::{DataOutcome, DeleteView, ErrorView, RemovedView, VolumeList, VolumeView};
+use views::{DataOutcome, DeleteView, RemovedView, VolumeList, VolumeView};
 
 /// Operators' calls may wait for a busy volume rather than be told to retry.
 const ADMIN: Caller = Caller {
@@ -469,148 +476,6 @@ fn delete_volume(
         },
         removed: None,
     })
-}
-
-fn volume_filter(query: &Query) -> Result<VolumeFilter, String> {
-    query.only(&["state", "pool", "app", "task", "label", "frontend"])?;
-    let state = query
-        .get("state")
-        .map(|s| s.parse::<VolumeState>().map_err(|e| e.to_string()))
-        .transpose()?;
-    let label = query
-        .get("label")
-        .map(|l| {
-            l.split_once('=')
-                .filter(|(k, _)| !k.is_empty())
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .ok_or_else(|| format!("invalid label: {l:?} is not KEY=VALUE"))
-        })
-        .transpose()?;
-    Ok(VolumeFilter {
-        state,
-        pool: query.get("pool").map(str::to_string),
-        task_id: query.get("task").map(str::to_string),
-        app_id: query.get("app").map(str::to_string),
-        label,
-        frontend: query
-            .get("frontend")
-            .map(|f| f.parse::<OwnerFrontend>().map_err(|e| e.to_string()))
-            .transpose()?,
-    })
-}
-
-fn engine_error(e: &EngineError) -> Reply {
-    error_reply(admin_status(e), e.kind(), &e.to_string())
-}
-
-fn error_reply(status: u16, kind: &str, message: &str) -> Reply {
-    Reply::json(
-        status,
-        &ErrorView {
-            error: message.to_string(),
-            kind: kind.to_string(),
-        },
-    )
-}
-
-fn bad_request(message: &str) -> Reply {
-    tracing::debug!(error = message, "refused a malformed admin request");
-    error_reply(400, "invalid_input", message)
-}
-
-/// For [`crate::server::http::serve`]: errors the server produces before a handler runs.
-fn server_error(status: u16, message: &str) -> Reply {
-    error_reply(status, "http", message)
-}
-
-fn method_not_allowed(allowed: &'static str) -> Reply {
-    error_reply(
-        405,
-        "method_not_allowed",
-        &format!("this route takes {allowed}"),
-    )
-    .with_header("allow", allowed)
-}
-
-/// `None` when the request's method is one of `allowed` (`"GET, HEAD"`), else a 405.
-fn check_method(req: &Request, allowed: &'static str) -> Option<Reply> {
-    if allowed.split(", ").any(|m| m == req.method.as_str()) {
-        None
-    } else {
-        Some(method_not_allowed(allowed))
-    }
-}
-
-/// A request's query parameters, each at most once.
-#[derive(Debug, Default)]
-pub struct Query(BTreeMap<String, String>);
-
-impl Query {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).map(String::as_str)
-    }
-
-    /// Refuses parameters outside `allowed`.
-    fn only(&self, allowed: &[&str]) -> Result<(), String> {
-        match self.0.keys().find(|k| !allowed.contains(&k.as_str())) {
-            None => Ok(()),
-            Some(k) if allowed.is_empty() => Err(format!(
-                "unknown query parameter {k:?}; this route takes none"
-            )),
-            Some(k) => Err(format!(
-                "unknown query parameter {k:?}; this route takes {}",
-                allowed.join(", ")
-            )),
-        }
-    }
-
-    /// A boolean parameter: `true`/`false`/`1`/`0`, absent is false.
-    fn flag(&self, key: &str) -> Result<bool, String> {
-        match self.get(key) {
-            None | Some("false") | Some("0") => Ok(false),
-            Some("true") | Some("1") => Ok(true),
-            Some(other) => Err(format!("invalid {key}: {other:?}; use true or false")),
-        }
-    }
-}
-
-fn parse_query(raw: Option<&str>) -> Result<Query, String> {
-    let mut query = Query::default();
-    for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let k = percent_decode(&k.replace('+', " "))?;
-        let v = percent_decode(&v.replace('+', " "))?;
-        if query.0.insert(k.clone(), v).is_some() {
-            return Err(format!("query parameter {k:?} is given twice"));
-        }
-    }
-    Ok(query)
-}
-
-/// Decodes `%XX` escapes; the result must be UTF-8 without NUL.
-fn percent_decode(raw: &str) -> Result<String, String> {
-    let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| format!("malformed percent escape in {raw:?}"))?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    let text = String::from_utf8(out).map_err(|_| format!("{raw:?} is not UTF-8"))?;
-    if text.contains('\0') {
-        return Err(format!("{raw:?} contains NUL"));
-    }
-    Ok(text)
 }
 
 #[cfg(test)]

@@ -10,7 +10,9 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::engine::pool::PoolConfig;
-use crate::engine::types::{AccessType, VolumeSpec};
+use crate::engine::types::{
+    AccessType, CreateRequest, Owner, PublishTarget, Volume, VolumeName, VolumeSpec,
+};
 use crate::engine::{Engine, EngineConfig, NodeInfo};
 use crate::host::fake::FakeHost;
 

@@ -7,10 +7,15 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
+use super::ids::persistence_id;
 use super::*;
 use crate::engine::pool::PoolConfig;
+use crate::engine::types::{
+    MAX_NAME_LEN, Owner, PoolKind, PublishTarget, Volume, VolumeFilter, VolumeName, VolumeState,
+};
 use crate::engine::{Engine, EngineConfig, NodeInfo};
 use crate::host::fake::FakeHost;
+use crate::mesos::api::{CleanupReply, MountPoint, Origin, PrepareReply};
 
 const MYSQL_APP: &str = include_str!("../../../tests/fixtures/marathon/stateful-mysql.json");
 const POSTGRES_APP: &str = include_str!("../../../tests/fixtures/marathon/stateful-postgres.json");
