@@ -43,7 +43,6 @@ mod replies;
 mod request;
 #[cfg(test)]
 mod tests;
-mod usage;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -55,7 +54,7 @@ use crate::config::Config;
 use crate::engine::types::{AccessType, Caller, Frontend, VolumeFilter};
 use crate::engine::{EngineError, VolumeService};
 use crate::server::http::{self, HttpLimits, Reply};
-use crate::server::{ServeError, Servers, bind_socket, shutdown_future, socket_path};
+use crate::server::{ServeError, Servers, bind_socket, shutdown_future, socket_path, usage};
 
 use inflight::{Deadlines, Done, InFlight};
 pub use replies::error_reply;

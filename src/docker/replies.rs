@@ -10,7 +10,8 @@ use crate::engine::EngineError;
 use crate::engine::types::{Volume, format_size};
 use crate::server::http::Reply;
 
-use super::{CONTENT_TYPE, usage};
+use super::CONTENT_TYPE;
+use crate::server::usage;
 
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]

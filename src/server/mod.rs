@@ -9,6 +9,7 @@ pub mod engine_call;
 pub mod http;
 pub mod socket;
 pub mod status;
+pub mod usage;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -1,4 +1,5 @@
-//! Usage for `VolumeDriver.Get`, within a time budget.
+//! A volume's usage within a time budget: the one usage cache, used by Docker's
+//! `VolumeDriver.Get` and by the admin API's `/metrics`.
 //!
 //! dockerd calls `Get` two or three times for every container start, and measuring a plain
 //! directory volume walks its whole tree (seconds for a million files). So `Get` waits at
