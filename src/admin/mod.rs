@@ -68,6 +68,7 @@ use crate::engine::types::{
 };
 use crate::engine::{EngineError, PoolSelector, VolumeService};
 use crate::server::http::{HttpLimits, Reply, Request};
+use crate::server::usage;
 use views::{DataOutcome, DeleteView, RemovedView, VolumeList, VolumeView};
 
 /// Operators' calls may wait for a busy volume rather than be told to retry.
@@ -75,10 +76,6 @@ const ADMIN: Caller = Caller {
     frontend: Frontend::Admin,
     wait_if_busy: true,
 };
-
-/// How long `/metrics` reuses a measurement of the bytes used in each pool: measuring walks
-/// plain-directory volumes, which is too costly for every scrape.
-const USED_BYTES_MAX_AGE: Duration = Duration::from_secs(30);
 
 /// The limits of the admin API's HTTP server. A wipe of a large volume runs inside its
 /// request, so requests may take long.
@@ -93,7 +90,8 @@ pub const LIMITS: HttpLimits = HttpLimits {
 pub struct Admin {
     engine: Arc<dyn VolumeService>,
     token: Option<Token>,
-    used_bytes: tokio::sync::Mutex<Option<(Instant, BTreeMap<String, u64>)>>,
+    /// Usage measurements for `/metrics`.
+    usage: usage::UsageMeter,
     refusals: Refusals,
     /// For the Mesos hook, which answers `/v1/mesos/...` ([`crate::mesos::hook`]).
     mesos: crate::config::MesosConfig,
@@ -148,7 +146,7 @@ impl Admin {
         Arc::new(Self {
             engine,
             token,
-            used_bytes: tokio::sync::Mutex::new(None),
+            usage: usage::UsageMeter::default(),
             refusals: Refusals::default(),
             mesos,
             csi_driver: csi_driver.to_string(),
@@ -411,28 +409,28 @@ impl Admin {
         }
     }
 
-    /// Bytes used per pool, measured at most every [`USED_BYTES_MAX_AGE`]; concurrent
-    /// scrapes wait for one measurement instead of each walking the volumes.
+    /// Bytes used per pool, each volume read through the shared usage meter
+    /// ([`crate::server::usage`]): a volume's own filesystem is measured fresh, a plain
+    /// directory's walk is reused for a while and never holds a scrape up for longer than
+    /// the meter's budget, and concurrent scrapes share one walk per volume.
     async fn used_bytes(&self) -> Result<BTreeMap<String, u64>, Reply> {
-        let mut cached = self.used_bytes.lock().await;
-        if let Some((at, used)) = cached.as_ref()
-            && at.elapsed() < USED_BYTES_MAX_AGE
-        {
-            return Ok(used.clone());
-        }
-        let used = self
-            .blocking(|engine| {
-                let mut used: BTreeMap<String, u64> = BTreeMap::new();
-                for v in engine.list(&VolumeFilter::default()) {
-                    if let Ok(u) = engine.usage(&v.name) {
-                        *used.entry(v.placement.pool.clone()).or_default() += u.bytes_used;
-                    }
+        let meter = self.usage.clone();
+        let engine = Arc::clone(&self.engine);
+        self.blocking(move |_| {
+            let mut used: BTreeMap<String, u64> = BTreeMap::new();
+            for v in engine.list(&VolumeFilter::default()) {
+                let measured = Arc::clone(&engine);
+                let name = v.name.clone();
+                let reading = meter.read(&v.name, usage::BUDGET, move || {
+                    measured.usage(&name).map_err(|e| e.to_string())
+                });
+                if let usage::Reading::Measured { outcome: Ok(u), .. } = reading {
+                    *used.entry(v.placement.pool.clone()).or_default() += u.bytes_used;
                 }
-                used
-            })
-            .await?;
-        *cached = Some((Instant::now(), used.clone()));
-        Ok(used)
+            }
+            used
+        })
+        .await
     }
 }
 
