@@ -331,6 +331,10 @@ impl<H: Host> Engine<H> {
                 pool.fs.as_str(),
                 fs.as_str()
             )),
+            Backend::Disk => Some(format!(
+                "pool {} gives whole disks with the filesystem already on them; fs picks among loopfs pools",
+                pool.name
+            )),
             other => Some(format!(
                 "pool {} makes no filesystems (backend {}): its volumes are directories on the filesystem under it",
                 pool.name,
