@@ -2,7 +2,7 @@
 
 use super::types::*;
 use super::*;
-use crate::host::Host;
+use crate::host::{Host, HostError};
 
 impl<H: Host> Engine<H> {
     pub(super) fn do_expand(
@@ -48,8 +48,27 @@ impl<H: Host> Engine<H> {
                 ),
             });
         }
+        // The intent first (durable): the grow allocates, and a crash after it must not leave
+        // a filesystem larger than its record. Recovery finishes an interrupted grow.
+        v.growing_to = Some(size);
+        self.save(&v, "expand")?;
+        let grown = self.grow_on_host(&v, size);
+        v.growing_to = None;
+        if let Err(e) = grown {
+            self.save_completion(&v, "expand")?;
+            return Err(Self::host_err(name, "growing the volume")(e));
+        }
+        v.size = Some(size);
+        self.save_completion(&v, "expand")?;
+        Ok(v)
+    }
+
+    /// Grows `v`'s storage to `size` on the host: its image (and the filesystem in it, where
+    /// mounted), its btrfs limit or its project quota. Growing to a size already reached
+    /// changes nothing, so an interrupted grow can be run again.
+    pub(super) fn grow_on_host(&self, v: &Volume, size: u64) -> Result<(), HostError> {
         let p = &v.placement;
-        let grown = match (p.backend, &p.image, p.project_id) {
+        match (p.backend, &p.image, p.project_id) {
             (_, Some(image), _) => {
                 let mounted = p.fs.map(|fs| (p.dir.as_path(), fs));
                 self.host.grow_image(image, size, mounted)
@@ -57,10 +76,6 @@ impl<H: Host> Engine<H> {
             (Backend::Btrfs, None, _) => self.host.btrfs_set_limit(&p.dir, size),
             (Backend::Prjquota, None, Some(id)) => self.host.set_project_quota(&p.dir, id, size),
             _ => Ok(()),
-        };
-        grown.map_err(Self::host_err(name, "growing the volume"))?;
-        v.size = Some(size);
-        self.save(&v, "expand")?;
-        Ok(v)
+        }
     }
 }

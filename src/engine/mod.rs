@@ -122,6 +122,8 @@ struct Candidate<'p> {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RecoveryReport {
     pub rolled_back_creates: Vec<String>,
+    /// Grows cut short by a crash, finished at start.
+    pub finished_grows: Vec<String>,
     /// Plain directory volumes whose create was interrupted, made whole.
     pub completed_creates: Vec<String>,
     pub finished_deletes: Vec<String>,

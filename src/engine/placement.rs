@@ -137,6 +137,7 @@ impl<H: Host> Engine<H> {
             attached_at: None,
             detached_at: None,
             pending_until,
+            growing_to: None,
         };
         self.cache().insert(name.clone(), volume.clone());
         Ok(volume)

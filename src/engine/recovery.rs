@@ -73,6 +73,20 @@ impl<H: Host> Engine<H> {
             }
             let before = v.publications.len();
             let mut changed = false;
+            if let Some(to) = v.growing_to.take() {
+                // A grow cut short: finished (growing again to a size reached changes
+                // nothing), or, if it cannot be, the volume keeps its recorded size.
+                changed = true;
+                match self.grow_on_host(&v, to) {
+                    Ok(()) => {
+                        v.size = Some(to);
+                        report.finished_grows.push(v.name.to_string());
+                    }
+                    Err(e) => {
+                        tracing::warn!(volume = %v.name, error = %e, "an interrupted grow could not be finished; the volume keeps its recorded size")
+                    }
+                }
+            }
             let mut kept = Vec::new();
             for mut p in std::mem::take(&mut v.publications) {
                 let PublishTarget::Bind { path, .. } = &p.target else {

@@ -290,6 +290,11 @@ pub struct Volume {
     /// is rolled back if it is not published by then. Cleared by its first publication.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_until: Option<u64>,
+    /// The size a grow in progress is taking the volume to: recorded before the host work
+    /// (a grow allocates), so a grow cut short by a crash is finished at the next start and
+    /// the record never says less than the filesystem holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub growing_to: Option<u64>,
 }
 
 impl Volume {

@@ -126,3 +126,39 @@ fn a_publish_whose_published_record_was_lost_is_confirmed_with_its_deadline_clea
     assert!(v.attached_at.is_some());
     assert!(e.expire_pending_reservations(u64::MAX).is_empty());
 }
+
+#[test]
+fn a_grow_cut_short_by_a_crash_is_finished_at_start() {
+    let mut f = Fixture::new();
+    f.pools[0].backend = BackendChoice::None;
+    {
+        let e = f.open(host());
+        e.create(CSI, request("grown", Some(GIB))).unwrap();
+    }
+    // The intent reached the disk; the grow and its record did not.
+    forge(&f, |v| v.growing_to = Some(2 * GIB));
+    let h = host();
+    h.add_dir(Path::new("/pool/volumes/grown/data"));
+    let e = f.open(h);
+    assert_eq!(e.recovery_report().finished_grows, vec!["grown".to_string()]);
+    let v = e.get(&name("grown")).unwrap();
+    assert_eq!(v.size, Some(2 * GIB));
+    assert_eq!(v.growing_to, None);
+}
+
+#[test]
+fn a_failed_grow_leaves_the_size_and_no_intent() {
+    let f = Fixture::new();
+    let h = host();
+    let e = f.open(h);
+    e.create(CSI, request("v", Some(GIB))).unwrap();
+    e.host().fail_op("grow_image");
+    e.expand(CSI, &name("v"), 2 * GIB).unwrap_err();
+    let v = e.get(&name("v")).unwrap();
+    assert_eq!(v.size, Some(GIB));
+    assert_eq!(v.growing_to, None, "the intent is cleared");
+    drop(e);
+    let store = Store::open(&f.config().store_path).unwrap();
+    let stored: Vec<Volume> = store.load_all().unwrap();
+    assert_eq!(stored[0].growing_to, None, "durably too");
+}
