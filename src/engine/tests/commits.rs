@@ -140,7 +140,10 @@ fn a_grow_cut_short_by_a_crash_is_finished_at_start() {
     let h = host();
     h.add_dir(Path::new("/pool/volumes/grown/data"));
     let e = f.open(h);
-    assert_eq!(e.recovery_report().finished_grows, vec!["grown".to_string()]);
+    assert_eq!(
+        e.recovery_report().finished_grows,
+        vec!["grown".to_string()]
+    );
     let v = e.get(&name("grown")).unwrap();
     assert_eq!(v.size, Some(2 * GIB));
     assert_eq!(v.growing_to, None);
