@@ -10,7 +10,7 @@
 //! # Crash safety
 //! Every state change makes one durable store commit, *before* the host work it announces
 //! when that work allocates or destroys something (create: `Creating`; delete and wipe: a
-//! `Deleting` tombstone; publish: a `Publishing` publication), and after it otherwise. The
+//! `Deleting` tombstone; publish: a `Publishing` publication; expand: `growing_to`), and after it otherwise. The
 //! record that completes such an operation (`Ready`, `Published`, the tombstone's removal) is
 //! committed without waiting for the disk: a crash that loses it leaves the durable intent,
 //! and recovery finishes the operation from the host's state (a plain directory's interrupted
