@@ -25,12 +25,12 @@ pub struct Scratch {
 }
 
 impl Scratch {
-    /// A fresh directory `<test_root>/<prefix>XXXXXX`.
+    /// A fresh directory under the test root: `prefix` followed by random characters.
     pub fn new(prefix: &str) -> Self {
         Self::new_in(&test_root(), prefix)
     }
 
-    /// A fresh directory `<base>/<prefix>XXXXXX`.
+    /// A fresh directory under `base`: `prefix` followed by random characters.
     pub fn new_in(base: &Path, prefix: &str) -> Self {
         let dir = tempfile::Builder::new()
             .prefix(prefix)
