@@ -313,7 +313,11 @@ pub fn docker_request(data: &[u8]) {
                 .unwrap_or_default();
             for (key, value) in &spec.labels {
                 assert!(!key.is_empty() && key.len() <= 63, "{key:?}");
-                assert_eq!(opts.get(&format!("label.{key}")), Some(value), "{key:?}");
+                assert_eq!(
+                    opts.get(&format!("label.{key}")).map(String::as_str),
+                    Some(value),
+                    "{key:?}"
+                );
             }
             // Deterministic: the same body parses to the same request.
             let Ok(Call::Create(again)) = parse_call(endpoint, body) else {

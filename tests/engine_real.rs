@@ -256,10 +256,7 @@ fn a_loopfs_volume_whose_filesystem_recorded_errors_is_abnormal() {
     assert_eq!(v.placement.backend, Backend::Loopfs);
     // Beside the directory to be damaged: a file the wipe can still read and count.
     fs::write(v.placement.data.join("readable"), b"12345").unwrap();
-    assert_eq!(
-        e.health(std::slice::from_ref(&v)),
-        vec![VolumeHealth::Normal]
-    );
+    assert_eq!(e.health(&v), VolumeHealth::Normal);
     // A directory with a block of its own, on disk.
     let dir = v.placement.data.join("d");
     fs::create_dir(&dir).unwrap();
@@ -325,14 +322,14 @@ fn a_loopfs_volume_whose_filesystem_recorded_errors_is_abnormal() {
     // ext4 writes its error count to the superblock from a worker: wait for it briefly.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let health = loop {
-        let health = e.health(std::slice::from_ref(&v));
-        if health != vec![VolumeHealth::Normal] || std::time::Instant::now() > deadline {
+        let health = e.health(&v);
+        if health != VolumeHealth::Normal || std::time::Instant::now() > deadline {
             break health;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     };
-    match &health[..] {
-        [VolumeHealth::Abnormal(message)] => {
+    match &health {
+        VolumeHealth::Abnormal(message) => {
             assert!(message.contains("recorded"), "{message}");
             assert!(message.contains(&device.display().to_string()), "{message}");
         }

@@ -129,7 +129,7 @@ pub fn persistent_volume(
     for (key, value) in &v.spec.labels {
         match check_label(key, value) {
             Ok(()) => {
-                labels.insert(key.clone(), value.clone());
+                labels.insert(key.to_string(), value.to_string());
             }
             Err(why) => left_off.push(format!("{key}={value}: {why}")),
         }

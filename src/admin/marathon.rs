@@ -150,8 +150,8 @@ fn task_of(app: &str, id: String, node: &str, volumes: &[&Volume]) -> Task {
 }
 
 /// Volumes of `app` (normalized), grouped by task id.
-fn by_task(volumes: &[Volume], app: &str) -> BTreeMap<String, Vec<Volume>> {
-    let mut tasks: BTreeMap<String, Vec<Volume>> = BTreeMap::new();
+fn by_task(volumes: &[Arc<Volume>], app: &str) -> BTreeMap<String, Vec<Arc<Volume>>> {
+    let mut tasks: BTreeMap<String, Vec<Arc<Volume>>> = BTreeMap::new();
     for v in volumes {
         let owned = v
             .owner
@@ -173,7 +173,7 @@ async fn list_tasks(admin: &Arc<Admin>, app: String) -> Reply {
             let tasks = by_task(&volumes, &app)
                 .into_iter()
                 .map(|(task, vs)| {
-                    let refs: Vec<&Volume> = vs.iter().collect();
+                    let refs: Vec<&Volume> = vs.iter().map(|v| &**v).collect();
                     task_of(&app, task, &node, &refs)
                 })
                 .collect();
@@ -213,7 +213,7 @@ async fn delete_task(admin: &Arc<Admin>, app: String, task: String, wipe: bool) 
                     ),
                 );
             }
-            let refs: Vec<&Volume> = owned.iter().collect();
+            let refs: Vec<&Volume> = owned.iter().map(|v| &**v).collect();
             let described = task_of(&app, task, &node, &refs);
             let mut deleted = Vec::new();
             let mut failed = Vec::new();

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::sync::Arc;
 
 use crate::engine::metrics::{LATENCY_BUCKETS, MetricsSnapshot};
 use crate::engine::types::{PoolCapacity, Volume, VolumeState};
@@ -26,7 +27,7 @@ const STATES: [VolumeState; 5] = [
 pub struct Scrape<'a> {
     pub operations: &'a MetricsSnapshot,
     pub pools: &'a [PoolCapacity],
-    pub volumes: &'a [Volume],
+    pub volumes: &'a [Arc<Volume>],
     /// Bytes used by the volumes of each pool (measured, possibly a little stale).
     pub used_bytes: &'a BTreeMap<String, u64>,
     pub stray_mounts: usize,

@@ -89,7 +89,7 @@ fn create(e: &Arc<dyn VolumeService>, n: &str, pool: &str, owner: Owner) {
         pool: Some(pool.into()),
         ..VolumeSpec::default()
     };
-    spec.labels.insert("team".into(), format!("team-{n}"));
+    spec.labels.insert("team", format!("team-{n}"));
     e.create(
         CSI,
         CreateRequest {

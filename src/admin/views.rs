@@ -174,7 +174,7 @@ impl VolumeView {
             access: v.spec.access,
             pool: v.placement.pool.clone(),
             profile: v.spec.profile.clone(),
-            labels: v.spec.labels.clone(),
+            labels: v.spec.labels.to_map(),
             reclaim: v.reclaim,
             owner: v.owner.clone(),
             frontend: v.frontend,

@@ -72,13 +72,13 @@ pub(super) fn csi_volume(v: &EngineVolume, node: &NodeInfo) -> Volume {
 }
 
 /// The engine's health of a volume as CSI's `VolumeCondition`.
-pub(super) fn condition_of(health: Option<VolumeHealth>) -> VolumeCondition {
+pub(super) fn condition_of(health: VolumeHealth) -> VolumeCondition {
     match health {
-        Some(VolumeHealth::Abnormal(message)) => VolumeCondition {
+        VolumeHealth::Abnormal(message) => VolumeCondition {
             abnormal: true,
             message,
         },
-        Some(VolumeHealth::Normal) | None => VolumeCondition {
+        VolumeHealth::Normal => VolumeCondition {
             abnormal: false,
             message: "the volume's data is in place".into(),
         },
@@ -98,6 +98,6 @@ pub(super) fn status_of(v: &EngineVolume, health: VolumeHealth, node: &NodeInfo)
         } else {
             Vec::new()
         },
-        volume_condition: Some(condition_of(Some(health))),
+        volume_condition: Some(condition_of(health)),
     }
 }

@@ -62,7 +62,7 @@ fn available_at(v: &EngineVolume, path: &Path) -> bool {
 }
 
 fn is_ephemeral(v: &EngineVolume) -> bool {
-    v.spec.labels.get(EPHEMERAL_KEY).map(String::as_str) == Some("true")
+    v.spec.labels.get(EPHEMERAL_KEY) == Some("true")
 }
 
 /// The capability of a stage or publish request: required, well-formed, and within what
@@ -198,7 +198,7 @@ impl CsiService {
             .map_err(|s| about(name.as_str(), s))?;
         let mut spec = params.spec();
         spec.access = cap.access;
-        spec.labels.insert(EPHEMERAL_KEY.to_string(), "true".into());
+        spec.labels.insert(EPHEMERAL_KEY, "true");
         self.engine(move |e| -> Result<(), Failure> {
             if e.get(&name).is_ok_and(|v| !is_ephemeral(&v)) {
                 return Err(about(
@@ -274,7 +274,7 @@ impl CsiService {
                     )),
                 ));
             }
-            let condition = condition_of(e.health(std::slice::from_ref(&v)).pop());
+            let condition = condition_of(e.health(&v));
             let usage = match e.usage(&name) {
                 Ok(usage) => usage,
                 // The data cannot be measured: its directory or filesystem is gone.

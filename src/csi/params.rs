@@ -379,12 +379,9 @@ mod tests {
                 mode: Some(0o750)
             }
         );
-        assert_eq!(p.request.labels.get("team").map(String::as_str), Some("db"));
+        assert_eq!(p.request.labels.get("team"), Some("db"));
         assert_eq!(
-            p.request
-                .labels
-                .get("csi.storage.k8s.io/pvc/namespace")
-                .map(String::as_str),
+            p.request.labels.get("csi.storage.k8s.io/pvc/namespace"),
             Some("prod")
         );
         assert!(!p.request.labels.contains_key("csi.storage.k8s.io/pv/name"));

@@ -536,12 +536,9 @@ async fn parameters_choose_the_pool_and_are_recorded() {
     assert_eq!(v.placement.backend, Backend::None);
     assert_eq!(v.reclaim, ReclaimPolicy::Retain);
     assert_eq!(v.spec.ownership.mode, Some(0o770));
-    assert_eq!(v.spec.labels.get("team").map(String::as_str), Some("data"));
+    assert_eq!(v.spec.labels.get("team"), Some("data"));
     assert_eq!(
-        v.spec
-            .labels
-            .get("csi.storage.k8s.io/pvc/namespace")
-            .map(String::as_str),
+        v.spec.labels.get("csi.storage.k8s.io/pvc/namespace"),
         Some("prod")
     );
     h.stop().await;
@@ -1222,10 +1219,7 @@ async fn ephemeral_volumes_live_as_long_as_their_publication() {
     let v = h.engine.get(&name).unwrap();
     assert_eq!(v.size, Some(64 << 20));
     assert_eq!(
-        v.spec
-            .labels
-            .get("csi.storage.k8s.io/pod.name")
-            .map(String::as_str),
+        v.spec.labels.get("csi.storage.k8s.io/pod.name"),
         Some("web-0")
     );
     assert_eq!(v.publications.len(), 1);

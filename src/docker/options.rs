@@ -67,7 +67,7 @@ mod tests {
                 mode: Some(0o750)
             }
         );
-        assert_eq!(spec.labels.get("team").map(String::as_str), Some("db"));
+        assert_eq!(spec.labels.get("team"), Some("db"));
         assert_eq!(spec.labels.len(), 2);
         assert_eq!(parse(&[]).unwrap(), VolumeSpec::default());
         assert_eq!(

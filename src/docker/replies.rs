@@ -165,7 +165,7 @@ pub(super) fn describe(v: &Volume, usage: Option<usage::Reading>) -> VolumeInfo 
             available_bytes: measured.map(|u| u.bytes_available),
             usage_age_seconds,
             usage_note,
-            labels: v.spec.labels.clone(),
+            labels: v.spec.labels.to_map(),
             published_to: v
                 .publications
                 .iter()

@@ -624,18 +624,23 @@ impl VolumeService for Slow {
     fn get(&self, n: &VolumeName) -> Result<Volume, EngineError> {
         self.inner.get(n)
     }
-    fn list(&self, f: &VolumeFilter) -> Vec<Volume> {
+    fn list(&self, f: &VolumeFilter) -> Vec<std::sync::Arc<Volume>> {
         self.inner.list(f)
     }
-    fn list_after(&self, caller: Caller, after: Option<&VolumeName>, limit: usize) -> Vec<Volume> {
+    fn list_after(
+        &self,
+        caller: Caller,
+        after: Option<&VolumeName>,
+        limit: usize,
+    ) -> Vec<std::sync::Arc<Volume>> {
         self.inner.list_after(caller, after, limit)
     }
     fn usage(&self, n: &VolumeName) -> Result<crate::engine::types::Usage, EngineError> {
         std::thread::sleep(self.delay);
         self.inner.usage(n)
     }
-    fn health(&self, volumes: &[crate::engine::types::Volume]) -> Vec<crate::engine::VolumeHealth> {
-        self.inner.health(volumes)
+    fn health(&self, volume: &Volume) -> crate::engine::VolumeHealth {
+        self.inner.health(volume)
     }
     fn capacity(&self, s: &crate::engine::PoolSelector) -> Vec<crate::engine::types::PoolCapacity> {
         self.inner.capacity(s)

@@ -22,15 +22,12 @@ pub enum VolumeHealth {
 }
 
 impl<H: Host> Engine<H> {
-    /// The health of each of `volumes`, in order.
-    pub(super) fn do_health(&self, volumes: &[Volume]) -> Vec<VolumeHealth> {
-        volumes
-            .iter()
-            .map(|v| match self.probe_volume(v) {
-                Ok(()) => VolumeHealth::Normal,
-                Err(what) => VolumeHealth::Abnormal(format!("volume {}: {what}", v.name)),
-            })
-            .collect()
+    /// The health of `v`.
+    pub(super) fn do_health(&self, v: &Volume) -> VolumeHealth {
+        match self.probe_volume(v) {
+            Ok(()) => VolumeHealth::Normal,
+            Err(what) => VolumeHealth::Abnormal(format!("volume {}: {what}", v.name)),
+        }
     }
 
     /// `Err(what is wrong)` for an abnormal volume.

@@ -3,6 +3,161 @@
 //! selector. One rule everywhere, so a label set through Docker or Marathon can be printed
 //! on a Kubernetes PersistentVolume and matched by a claim's selector unchanged.
 
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::de::{MapAccess, Visitor};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A volume's labels: pairs in key order, each key once, in one allocation sized to fit.
+///
+/// Why not a `BTreeMap`: every volume record in memory carries its labels, and a map's
+/// smallest node holds room for eleven pairs (over 500 bytes for one or two labels). Stored
+/// and shown exactly as a map (`{"team": "db"}`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LabelSet(Box<[(Box<str>, Box<str>)]>);
+
+impl LabelSet {
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.find(key).ok().map(|i| &*self.0[i].1)
+    }
+
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.find(key).is_ok()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Sets `key` to `value`, replacing what it had.
+    pub fn insert(&mut self, key: impl Into<String>, value: impl Into<String>) {
+        let (key, value) = (key.into(), value.into());
+        let mut pairs = std::mem::take(&mut self.0).into_vec();
+        match pairs.binary_search_by(|(k, _)| (**k).cmp(key.as_str())) {
+            Ok(i) => pairs[i].1 = value.into_boxed_str(),
+            Err(i) => pairs.insert(i, (key.into_boxed_str(), value.into_boxed_str())),
+        }
+        self.0 = pairs.into_boxed_slice();
+    }
+
+    /// Every pair in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.into_iter()
+    }
+
+    pub fn to_map(&self) -> BTreeMap<String, String> {
+        self.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn find(&self, key: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(k, _)| (**k).cmp(key))
+    }
+}
+
+impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for LabelSet {
+    /// A key given twice keeps its last value, as a map would.
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(pairs: I) -> Self {
+        let mut pairs: Vec<(Box<str>, Box<str>)> = pairs
+            .into_iter()
+            .map(|(k, v)| (k.into().into_boxed_str(), v.into().into_boxed_str()))
+            .collect();
+        // Stable: of equal keys the last given sorts last, and is the one kept.
+        pairs.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut kept: Vec<(Box<str>, Box<str>)> = Vec::with_capacity(pairs.len());
+        for pair in pairs {
+            match kept.last_mut() {
+                Some(last) if last.0 == pair.0 => *last = pair,
+                _ => kept.push(pair),
+            }
+        }
+        Self(kept.into_boxed_slice())
+    }
+}
+
+impl<K: Into<String>, V: Into<String>> Extend<(K, V)> for LabelSet {
+    fn extend<I: IntoIterator<Item = (K, V)>>(&mut self, pairs: I) {
+        let old = std::mem::take(&mut self.0).into_vec();
+        *self = old
+            .into_iter()
+            .map(|(k, v)| (String::from(k), String::from(v)))
+            .chain(pairs.into_iter().map(|(k, v)| (k.into(), v.into())))
+            .collect();
+    }
+}
+
+impl<'a> IntoIterator for &'a LabelSet {
+    type Item = (&'a str, &'a str);
+    type IntoIter = std::iter::Map<
+        std::slice::Iter<'a, (Box<str>, Box<str>)>,
+        fn(&'a (Box<str>, Box<str>)) -> (&'a str, &'a str),
+    >;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter().map(|(k, v)| (&**k, &**v))
+    }
+}
+
+impl<K: Into<String>, V: Into<String>, const N: usize> From<[(K, V); N]> for LabelSet {
+    fn from(pairs: [(K, V); N]) -> Self {
+        pairs.into_iter().collect()
+    }
+}
+
+impl From<BTreeMap<String, String>> for LabelSet {
+    fn from(map: BTreeMap<String, String>) -> Self {
+        map.into_iter().collect()
+    }
+}
+
+impl std::ops::Index<&str> for LabelSet {
+    type Output = str;
+
+    fn index(&self, key: &str) -> &str {
+        self.get(key).unwrap_or_else(|| panic!("no label {key:?}"))
+    }
+}
+
+impl Serialize for LabelSet {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.len()))?;
+        for (k, v) in self.iter() {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for LabelSet {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Pairs;
+        impl<'de> Visitor<'de> for Pairs {
+            type Value = LabelSet;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map of label keys to values")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<LabelSet, A::Error> {
+                let mut pairs: Vec<(String, String)> =
+                    Vec::with_capacity(map.size_hint().unwrap_or(0));
+                while let Some(pair) = map.next_entry()? {
+                    pairs.push(pair);
+                }
+                Ok(pairs.into_iter().collect())
+            }
+        }
+        deserializer.deserialize_map(Pairs)
+    }
+}
+
 /// The longest label name and value (the part after a key's `prefix/`).
 const MAX_NAME: usize = 63;
 /// The longest key prefix, a DNS subdomain.
@@ -67,6 +222,32 @@ fn valid_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_label_set_is_a_map_in_key_order() {
+        let mut set: LabelSet = [("team", "db"), ("app", "x"), ("team", "web")]
+            .into_iter()
+            .collect();
+        assert_eq!(set.get("team"), Some("web"), "the last value given wins");
+        assert_eq!(set.len(), 2);
+        set.insert("rack", "r1");
+        set.insert("app", "y");
+        assert_eq!(
+            set.iter().collect::<Vec<_>>(),
+            [("app", "y"), ("rack", "r1"), ("team", "web")]
+        );
+        let json = serde_json::to_string(&set).unwrap();
+        assert_eq!(json, r#"{"app":"y","rack":"r1","team":"web"}"#);
+        let back: LabelSet = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, set);
+        assert_eq!(back.to_map(), set.to_map());
+        assert!(!back.contains_key("nope") && back.contains_key("rack"));
+        let dup: LabelSet = serde_json::from_str(r#"{"a":"1","a":"2"}"#).unwrap();
+        assert_eq!(dup.get("a"), Some("2"));
+        set.extend([("app", "z"), ("b", "1")]);
+        assert_eq!(set.get("app"), Some("z"));
+        assert_eq!(set.len(), 4);
+    }
 
     #[test]
     fn kubernetes_keys_pass_and_others_say_why() {

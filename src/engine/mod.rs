@@ -58,7 +58,7 @@ mod usage;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::host::{Host, HostError};
@@ -238,7 +238,7 @@ pub trait VolumeService: Send + Sync {
         to: OwnerFrontend,
     ) -> Result<Volume, EngineError>;
     fn get(&self, name: &VolumeName) -> Result<Volume, EngineError>;
-    fn list(&self, filter: &VolumeFilter) -> Vec<Volume>;
+    fn list(&self, filter: &VolumeFilter) -> Vec<Arc<Volume>>;
     /// [`VolumeService::get`] for a front-end, which sees only its own volumes: another
     /// front-end's is refused with [`EngineError::HeldByOther`].
     fn get_as(&self, caller: Caller, name: &VolumeName) -> Result<Volume, EngineError> {
@@ -247,20 +247,25 @@ pub trait VolumeService: Send + Sync {
         Ok(volume)
     }
     /// [`VolumeService::list`] for a front-end: only the volumes it may act on.
-    fn list_as(&self, caller: Caller, filter: &VolumeFilter) -> Vec<Volume> {
+    fn list_as(&self, caller: Caller, filter: &VolumeFilter) -> Vec<Arc<Volume>> {
         let mut mine = self.list(filter);
         mine.retain(|v| access::may_act(caller.frontend, v.frontend));
         mine
     }
     /// At most `limit` volumes `caller` may act on, in name order, whose names sort after
     /// `after` (all names when `None`): one page of a listing.
-    fn list_after(&self, caller: Caller, after: Option<&VolumeName>, limit: usize) -> Vec<Volume>;
+    fn list_after(
+        &self,
+        caller: Caller,
+        after: Option<&VolumeName>,
+        limit: usize,
+    ) -> Vec<Arc<Volume>>;
     fn usage(&self, name: &VolumeName) -> Result<Usage, EngineError>;
-    /// Whether each of `volumes` (records from `get` or `list`) is whole on the host now:
-    /// its data in place, a loopfs volume's filesystem mounted on a loop device over its
-    /// image and without recorded errors, a published block volume's loop device attached.
-    /// See [`health`].
-    fn health(&self, volumes: &[Volume]) -> Vec<VolumeHealth>;
+    /// Whether `volume` (a record from `get` or `list`) is whole on the host now: its data
+    /// in place, a loopfs volume's filesystem mounted on a loop device over its image and
+    /// without recorded errors, a published block volume's loop device attached. See
+    /// [`health`].
+    fn health(&self, volume: &Volume) -> VolumeHealth;
     fn capacity(&self, selector: &PoolSelector) -> Vec<PoolCapacity>;
     fn node(&self) -> &NodeInfo;
     fn pools(&self) -> &[PoolConfig];
@@ -353,7 +358,12 @@ impl<H: Host> Engine<H> {
             source,
         };
         let store = Store::open(&config.store_path).map_err(internal)?;
-        let records: Vec<Volume> = store.load_all().map_err(internal)?;
+        let mut volumes = VolumeTable::default();
+        store
+            .load_each(|v: Volume| {
+                volumes.insert(v.name.clone(), v);
+            })
+            .map_err(internal)?;
         let snapshots: Vec<Snapshot> = store.load_snapshots().map_err(internal)?;
         for pool in config.pools.iter().filter(|p| p.kind != PoolKind::Mount) {
             for base in &pool.paths {
@@ -383,7 +393,7 @@ impl<H: Host> Engine<H> {
             store,
             pools: config.pools,
             node: config.node,
-            volumes: Mutex::new(VolumeTable::new(records)),
+            volumes: Mutex::new(volumes),
             locks: VolumeLocks::default(),
             snapshots: SnapshotBook::new(snapshots),
             placement: Mutex::new(()),
@@ -404,7 +414,7 @@ impl<H: Host> Engine<H> {
     }
 
     fn cached(&self, name: &VolumeName) -> Option<Volume> {
-        self.cache().get(name).cloned()
+        self.cache().get(name).map(|v| Volume::clone(v))
     }
 
     /// Commits a record durably and updates the cache.

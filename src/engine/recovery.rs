@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::types::*;
 use super::*;
@@ -21,8 +22,12 @@ impl<H: Host> Engine<H> {
         };
         let mounts = self.host.mounts().map_err(host_err)?;
         let mounted: HashSet<&Path> = mounts.iter().map(|m| m.mount_point.as_path()).collect();
-        let records: Vec<Volume> = self.cache().values().cloned().collect();
+        let records: Vec<Arc<Volume>> = self.cache().values().cloned().collect();
         for v in records {
+            if at_rest(&v) {
+                continue;
+            }
+            let v = Volume::clone(&v);
             match v.phase {
                 Phase::Creating if v.completes_at_start() => {
                     // Its answer may have gone out with a `Ready` record the crash lost.
@@ -225,4 +230,14 @@ impl<H: Host> Engine<H> {
         }
         Ok(())
     }
+}
+
+/// A ready volume with nothing on the host to confirm: no filesystem of its own to mount,
+/// no publication to check and no grow to finish. Most of a large node's volumes are such,
+/// and recovery passes them by without copying their records.
+fn at_rest(v: &Volume) -> bool {
+    v.phase == Phase::Ready
+        && v.placement.image.is_none()
+        && v.growing_to.is_none()
+        && v.publications.is_empty()
 }

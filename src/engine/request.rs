@@ -410,7 +410,7 @@ mod tests {
             spec.selector.map(|s| s.to_string()).as_deref(),
             Some("media=ssd,rack in (r1,r2)")
         );
-        assert_eq!(spec.labels["app.kubernetes.io/name"], "mysql");
+        assert_eq!(&spec.labels["app.kubernetes.io/name"], "mysql");
         assert_eq!(parse(&DOCKER, &[]).unwrap(), VolumeSpec::default());
     }
 

@@ -1,5 +1,6 @@
 //! [`VolumeService`] for [`Engine`]: each call observed (logged once, counted) and run.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::pool::PoolConfig;
@@ -147,7 +148,7 @@ impl<H: Host> VolumeService for Engine<H> {
         })
     }
 
-    fn list(&self, filter: &VolumeFilter) -> Vec<Volume> {
+    fn list(&self, filter: &VolumeFilter) -> Vec<Arc<Volume>> {
         self.cache()
             .values()
             .filter(|v| filter.matches(v))
@@ -155,7 +156,12 @@ impl<H: Host> VolumeService for Engine<H> {
             .collect()
     }
 
-    fn list_after(&self, caller: Caller, after: Option<&VolumeName>, limit: usize) -> Vec<Volume> {
+    fn list_after(
+        &self,
+        caller: Caller,
+        after: Option<&VolumeName>,
+        limit: usize,
+    ) -> Vec<Arc<Volume>> {
         use std::ops::Bound;
         let start = match after {
             Some(name) => Bound::Excluded(name),
@@ -165,7 +171,7 @@ impl<H: Host> VolumeService for Engine<H> {
             .range::<VolumeName, _>((start, Bound::Unbounded))
             .filter(|(_, v)| access::may_act(caller.frontend, v.frontend))
             .take(limit)
-            .map(|(_, v)| v.clone())
+            .map(|(_, v)| Arc::clone(v))
             .collect()
     }
 
@@ -173,8 +179,8 @@ impl<H: Host> VolumeService for Engine<H> {
         self.do_usage(name)
     }
 
-    fn health(&self, volumes: &[Volume]) -> Vec<VolumeHealth> {
-        self.do_health(volumes)
+    fn health(&self, volume: &Volume) -> VolumeHealth {
+        self.do_health(volume)
     }
 
     fn capacity(&self, selector: &PoolSelector) -> Vec<PoolCapacity> {

@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::types::{Backend, Volume, VolumeName};
 
@@ -19,16 +20,18 @@ pub(super) struct Reserved {
     pub not_on_disk: u64,
 }
 
-/// Every record by name (read through `Deref`), plus the sums.
+/// Every record by name (read through `Deref`), plus the sums. Records are shared
+/// (`Arc`): a listing hands out references instead of copying every record, and the map's
+/// nodes stay small.
 #[derive(Default)]
 pub(super) struct VolumeTable {
-    by_name: BTreeMap<VolumeName, Volume>,
+    by_name: BTreeMap<VolumeName, Arc<Volume>>,
     reserved: HashMap<PathBuf, Reserved>,
     per_pool: HashMap<String, usize>,
 }
 
 impl Deref for VolumeTable {
-    type Target = BTreeMap<VolumeName, Volume>;
+    type Target = BTreeMap<VolumeName, Arc<Volume>>;
 
     fn deref(&self) -> &Self::Target {
         &self.by_name
@@ -36,24 +39,16 @@ impl Deref for VolumeTable {
 }
 
 impl VolumeTable {
-    pub fn new(records: impl IntoIterator<Item = Volume>) -> Self {
-        let mut table = Self::default();
-        for v in records {
-            table.insert(v.name.clone(), v);
-        }
-        table
-    }
-
-    pub fn insert(&mut self, name: VolumeName, volume: Volume) -> Option<Volume> {
+    pub fn insert(&mut self, name: VolumeName, volume: Volume) -> Option<Arc<Volume>> {
         self.count(&volume, true);
-        let old = self.by_name.insert(name, volume);
+        let old = self.by_name.insert(name, Arc::new(volume));
         if let Some(old) = &old {
             self.count(old, false);
         }
         old
     }
 
-    pub fn remove(&mut self, name: &VolumeName) -> Option<Volume> {
+    pub fn remove(&mut self, name: &VolumeName) -> Option<Arc<Volume>> {
         let old = self.by_name.remove(name);
         if let Some(old) = &old {
             self.count(old, false);

@@ -576,7 +576,7 @@ fn list_after_pages_in_name_order_and_survives_a_deleted_cursor() {
     for n in ["c", "a", "e", "b", "d"] {
         e.create(CSI, request(n, None)).unwrap();
     }
-    let names = |vs: Vec<Volume>| {
+    let names = |vs: Vec<Arc<Volume>>| {
         vs.into_iter()
             .map(|v| v.name.to_string())
             .collect::<Vec<_>>()
@@ -1117,7 +1117,7 @@ fn by(frontend: Frontend) -> Caller {
 }
 
 fn health_of(e: &Engine<FakeHost>, n: &str) -> VolumeHealth {
-    e.health(&[e.get(&name(n)).unwrap()]).remove(0)
+    e.health(&e.get(&name(n)).unwrap())
 }
 
 fn abnormal_about(health: VolumeHealth, words: &str) {
@@ -1156,10 +1156,12 @@ fn a_plain_volume_is_abnormal_when_its_directory_vanished() {
     let v = e.create(CSI, request("p", None)).unwrap();
     let other = e.create(CSI, request("q", None)).unwrap();
     e.host().drop_dir(&v.placement.dir);
-    let health = e.health(&[e.get(&name("p")).unwrap(), other]);
-    abnormal_about(health[0].clone(), "/pool/volumes/p/data is gone");
+    abnormal_about(
+        e.health(&e.get(&name("p")).unwrap()),
+        "/pool/volumes/p/data is gone",
+    );
     assert_eq!(
-        health[1],
+        e.health(&other),
         VolumeHealth::Normal,
         "only the one whose data went"
     );

@@ -2,13 +2,13 @@
 //! volume is. Everything a front-end receives is parsed into these types at the edge, so the
 //! engine never sees an unchecked name or a negative size.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
 use super::error::InputError;
+pub use super::labels::LabelSet;
 use super::selector::LabelSelector;
 pub use crate::host::types::{FsType, Ownership};
 
@@ -16,6 +16,7 @@ mod caller;
 mod names;
 mod path_constraint;
 mod publication;
+mod stored;
 
 pub use caller::{Caller, Frontend, OwnerFrontend};
 pub use names::{MAX_NAME_LEN, VolumeName, format_size, parse_size};
@@ -155,8 +156,8 @@ pub struct VolumeSpec {
     pub profile: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub constraints: Vec<PathConstraint>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "LabelSet::is_empty")]
+    pub labels: LabelSet,
     #[serde(default)]
     pub ownership: Ownership,
     #[serde(default)]
@@ -263,8 +264,10 @@ pub struct Placement {
     pub project_id: Option<u32>,
 }
 
-/// A volume as stored: its spec, where it lives, its owner and its publications.
+/// A volume as stored: its spec, where it lives, its owner and its publications. Read back
+/// through [`stored`], which decodes the flattened phase in one pass.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "stored::StoredVolume")]
 pub struct Volume {
     pub name: VolumeName,
     pub spec: VolumeSpec,

@@ -77,8 +77,10 @@ pub struct Store {
 
 /// redb's page cache. Records are read once at start (the engine keeps them in memory) and
 /// written one at a time, so a small cache costs nothing and keeps a daemon holding many
-/// volumes small; redb's default would grow towards a gigabyte as the file is read.
-const CACHE_BYTES: usize = 4 << 20;
+/// volumes small: reading 10,000 records at start would otherwise leave the last 4 MiB of
+/// them cached for good, and redb's default would grow towards a gigabyte. A commit touches
+/// one path from the root to a leaf, a few pages.
+const CACHE_BYTES: usize = 1 << 20;
 
 impl Store {
     /// Opens (or creates) the store file. redb holds an exclusive lock on it, so a second
@@ -219,12 +221,22 @@ impl Store {
     /// Every record. A record that cannot be decoded is an error naming it, never silently
     /// dropped.
     pub fn load_all<T: DeserializeOwned>(&self) -> Result<Vec<T>, StoreError> {
-        self.load(VOLUMES)
+        let mut records = Vec::new();
+        self.load_each(|record| records.push(record))?;
+        Ok(records)
+    }
+
+    /// Hands every record to `each` as it is decoded, in key order: a caller that keeps them
+    /// in its own structure never holds them twice.
+    pub fn load_each<T: DeserializeOwned>(&self, each: impl FnMut(T)) -> Result<(), StoreError> {
+        self.load(VOLUMES, each)
     }
 
     /// Every snapshot record, read like [`Store::load_all`].
     pub fn load_snapshots<T: DeserializeOwned>(&self) -> Result<Vec<T>, StoreError> {
-        self.load(SNAPSHOTS)
+        let mut records = Vec::new();
+        self.load(SNAPSHOTS, |record| records.push(record))?;
+        Ok(records)
     }
 
     /// Writes the snapshot record under `key` durably.
@@ -239,10 +251,13 @@ impl Store {
             .commit(&self.db, Self::remove_change(SNAPSHOTS, key))
     }
 
-    fn load<T: DeserializeOwned>(&self, definition: Table) -> Result<Vec<T>, StoreError> {
+    fn load<T: DeserializeOwned>(
+        &self,
+        definition: Table,
+        mut each: impl FnMut(T),
+    ) -> Result<(), StoreError> {
         let txn = self.db.begin_read().map_err(txn_err)?;
         let table = txn.open_table(definition).map_err(txn_err)?;
-        let mut records = Vec::new();
         for entry in table.iter().map_err(txn_err)? {
             let (key, value) = entry.map_err(txn_err)?;
             let record: T =
@@ -250,9 +265,9 @@ impl Store {
                     key: key.value().to_string(),
                     reason: e.to_string(),
                 })?;
-            records.push(record);
+            each(record);
         }
-        Ok(records)
+        Ok(())
     }
 
     /// Writes the record under `key` durably. Concurrent writes share one commit (see

@@ -1,6 +1,7 @@
 //! `POST /v1/mesos/cleanup`: unmount the task's volumes, keep their reservations and data.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::config::MesosConfig;
 use crate::engine::VolumeService;
@@ -43,7 +44,7 @@ pub(super) fn cleanup(
             false,
         )?);
     }
-    let volumes: Vec<Volume> = engine
+    let volumes: Vec<Arc<Volume>> = engine
         .list_as(
             CALLER,
             &VolumeFilter {

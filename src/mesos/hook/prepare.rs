@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 use crate::config::MesosConfig;
 use crate::engine::types::{
@@ -60,7 +61,7 @@ pub(super) fn prepare(
     let mut wanted = Vec::new();
     for pv in definition.persistent_volumes() {
         let spec = volume_spec(pv, ownership.clone());
-        let reservations: Vec<Volume> = existing
+        let reservations: Vec<Arc<Volume>> = existing
             .iter()
             .filter(|v| {
                 v.owner.framework_id == request.framework_id
@@ -136,7 +137,7 @@ fn reserve(
     app_id: &str,
     pv: &PersistentVolumeSpec,
     spec: VolumeSpec,
-    reservations: Vec<Volume>,
+    reservations: Vec<Arc<Volume>>,
     donor: &mut Option<Option<String>>,
 ) -> Result<(Volume, Origin), HookError> {
     let task = Some(request.task_id.clone());
@@ -145,11 +146,12 @@ fn reserve(
         .filter(|v| v.owner.task_id == task)
         .min_by_key(|v| (v.created_at, v.name.clone()))
     {
-        return Ok((own.clone(), Origin::Relaunched));
+        return Ok((Volume::clone(own), Origin::Relaunched));
     }
     // Prefer the old instance whose other volumes this task already took over.
     let mut detached: Vec<&Volume> = reservations
         .iter()
+        .map(|v| &**v)
         .filter(|v| v.state() == VolumeState::Detached)
         .collect();
     detached.sort_by_key(|v| {

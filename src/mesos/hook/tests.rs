@@ -119,7 +119,11 @@ impl Agent {
     }
 
     fn volumes(&self) -> Vec<Volume> {
-        self.engine.list(&VolumeFilter::default())
+        self.engine
+            .list(&VolumeFilter::default())
+            .iter()
+            .map(|v| Volume::clone(v))
+            .collect()
     }
 
     fn volume(&self, name: &str) -> Volume {

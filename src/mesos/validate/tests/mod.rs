@@ -305,7 +305,7 @@ fn berth_labels_set_the_rest_of_the_vocabulary_per_volume() {
         Some(crate::engine::types::ReclaimPolicy::Retain)
     );
     assert_eq!(spec.labels.len(), 1);
-    assert_eq!(spec.labels["team"], "db");
+    assert_eq!(&spec.labels["team"], "db");
     assert_eq!(
         spec.size,
         Some(1000 << 20),
