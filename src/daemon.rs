@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::engine::{Engine, VolumeService};
 use crate::host::linux::LinuxHost;
 use crate::server::socket::{socket_path, try_lock};
-use crate::server::{ServeError, io_err, sweep_pending_reservations};
+use crate::server::{ServeError, io_err, sweep_pending_reservations, sweep_volume_health};
 
 /// Takes the state directory's lock (see the module docs), creating the directory.
 fn lock_state_dir(state_dir: &Path) -> Result<std::fs::File, ServeError> {
@@ -139,6 +139,7 @@ pub async fn serve(
         Arc::clone(&engine),
         stop_rx.clone(),
     ));
+    servers.spawn(sweep_volume_health(Arc::clone(&engine), stop_rx.clone()));
     tracing::info!(
         volumes = engine.list(&Default::default()).len(),
         millis = started.elapsed().as_millis() as u64,

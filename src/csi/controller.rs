@@ -295,7 +295,7 @@ impl CsiService {
         let (mut page, mut health) = self
             .engine(move |e| {
                 let page = e.list_after(CALLER, after.as_ref(), limit.saturating_add(1));
-                let health: Vec<_> = page.iter().map(|v| e.health(v)).collect();
+                let health = e.listed_health(&page);
                 (page, health)
             })
             .await?;

@@ -642,6 +642,12 @@ impl VolumeService for Slow {
     fn health(&self, volume: &Volume) -> crate::engine::VolumeHealth {
         self.inner.health(volume)
     }
+    fn listed_health(&self, page: &[std::sync::Arc<Volume>]) -> Vec<crate::engine::VolumeHealth> {
+        self.inner.listed_health(page)
+    }
+    fn sweep_health(&self) -> usize {
+        self.inner.sweep_health()
+    }
     fn capacity(&self, s: &crate::engine::PoolSelector) -> Vec<crate::engine::types::PoolCapacity> {
         self.inner.capacity(s)
     }

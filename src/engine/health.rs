@@ -6,8 +6,19 @@
 //! is no longer mounted at its directory or its loop device is gone (detached behind
 //! berth's back), when that ext4 filesystem has recorded errors, or when a published block
 //! volume's loop device was detached.
+//!
+//! Probing takes a few system calls per volume (a few microseconds each here, far more for
+//! a loopfs volume), so a listing of thousands would spend most of its time on them. A
+//! sweep ([`HealthBook`]) probes every volume in the background, and a listing of more
+//! than [`LIVE_PROBE_LIMIT`] volumes reports what the last sweep found, as long as it is
+//! fresh ([`SWEEP_FRESH`]): a condition can then be up to one sweep interval old. Smaller
+//! listings, a volume made after the sweep began and `NodeGetVolumeStats` probe as they
+//! answer.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::types::*;
 use super::*;
@@ -21,7 +32,64 @@ pub enum VolumeHealth {
     Abnormal(String),
 }
 
+/// A listing of at most this many volumes probes each as it lists it.
+pub const LIVE_PROBE_LIMIT: usize = 256;
+
+/// How old a sweep's findings may be and still answer a listing.
+pub const SWEEP_FRESH: Duration = Duration::from_secs(90);
+
+/// What the last health sweep found: only the abnormal volumes, since on a healthy node
+/// that is none of them.
+#[derive(Default)]
+pub(super) struct HealthBook {
+    /// When the last finished sweep began (monotonic, and as Unix milliseconds to compare
+    /// with a volume's `created_at`).
+    began: Option<(Instant, u64)>,
+    abnormal: HashMap<VolumeName, String>,
+}
+
 impl<H: Host> Engine<H> {
+    /// Probes every volume and keeps what is wrong for listings; returns how many are
+    /// abnormal.
+    pub(super) fn do_sweep_health(&self) -> usize {
+        let began = (Instant::now(), now_ms());
+        let volumes: Vec<Arc<Volume>> = self.cache().values().cloned().collect();
+        let abnormal: HashMap<VolumeName, String> = volumes
+            .iter()
+            .filter_map(|v| match self.do_health(v) {
+                VolumeHealth::Normal => None,
+                VolumeHealth::Abnormal(what) => Some((v.name.clone(), what)),
+            })
+            .collect();
+        let count = abnormal.len();
+        *self.health_book.lock().unwrap_or_else(|e| e.into_inner()) = HealthBook {
+            began: Some(began),
+            abnormal,
+        };
+        count
+    }
+
+    /// The health of each volume of a listing's page, in order: probed now for a small
+    /// page, from the last sweep for a large one (see the module docs).
+    pub(super) fn do_listed_health(&self, page: &[Arc<Volume>]) -> Vec<VolumeHealth> {
+        if page.len() <= LIVE_PROBE_LIMIT {
+            return page.iter().map(|v| self.do_health(v)).collect();
+        }
+        let book = self.health_book.lock().unwrap_or_else(|e| e.into_inner());
+        let fresh = book
+            .began
+            .filter(|(at, _)| at.elapsed() <= SWEEP_FRESH)
+            .map(|(_, ms)| ms);
+        page.iter()
+            .map(|v| match (fresh, book.abnormal.get(&v.name)) {
+                _ if v.phase != Phase::Ready => self.do_health(v),
+                (Some(began), None) if v.created_at < began => VolumeHealth::Normal,
+                (Some(_), Some(what)) => VolumeHealth::Abnormal(what.clone()),
+                _ => self.do_health(v),
+            })
+            .collect()
+    }
+
     /// The health of `v`.
     pub(super) fn do_health(&self, v: &Volume) -> VolumeHealth {
         match self.probe_volume(v) {

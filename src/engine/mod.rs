@@ -266,6 +266,13 @@ pub trait VolumeService: Send + Sync {
     /// without recorded errors, a published block volume's loop device attached. See
     /// [`health`].
     fn health(&self, volume: &Volume) -> VolumeHealth;
+    /// The health of each volume of a listing's page, in order: probed now for a page of
+    /// up to 256 volumes, from the last [`VolumeService::sweep_health`] for a larger one
+    /// while it is fresh. See [`health`].
+    fn listed_health(&self, page: &[Arc<Volume>]) -> Vec<VolumeHealth>;
+    /// Probes every volume now and keeps what is wrong for large listings; returns how
+    /// many volumes are abnormal. The daemon runs it at start and periodically.
+    fn sweep_health(&self) -> usize;
     fn capacity(&self, selector: &PoolSelector) -> Vec<PoolCapacity>;
     fn node(&self) -> &NodeInfo;
     fn pools(&self) -> &[PoolConfig];
@@ -330,6 +337,8 @@ pub struct Engine<H: Host> {
     placement: Mutex<()>,
     metrics: Metrics,
     recovery: Mutex<RecoveryReport>,
+    /// What the last health sweep found, for large listings.
+    health_book: Mutex<health::HealthBook>,
     /// Each pool's size-enforcing backend, resolved at start from its config and the
     /// filesystem under it.
     enforcing: HashMap<String, Backend>,
@@ -399,6 +408,7 @@ impl<H: Host> Engine<H> {
             placement: Mutex::new(()),
             metrics: Metrics::default(),
             recovery: Mutex::default(),
+            health_book: Mutex::default(),
         };
         let report = engine.recover()?;
         *engine.recovery.lock().unwrap_or_else(|e| e.into_inner()) = report;

@@ -183,6 +183,14 @@ impl<H: Host> VolumeService for Engine<H> {
         self.do_health(volume)
     }
 
+    fn listed_health(&self, page: &[Arc<Volume>]) -> Vec<VolumeHealth> {
+        self.do_listed_health(page)
+    }
+
+    fn sweep_health(&self) -> usize {
+        self.do_sweep_health()
+    }
+
     fn capacity(&self, selector: &PoolSelector) -> Vec<PoolCapacity> {
         self.do_capacity(selector)
     }

@@ -1128,6 +1128,43 @@ fn abnormal_about(health: VolumeHealth, words: &str) {
 }
 
 #[test]
+fn a_large_listing_reports_the_last_sweep_and_a_small_one_probes() {
+    let mut f = Fixture::new();
+    f.pools[0].backend = BackendChoice::None;
+    let e = f.open(host());
+    for i in 0..=health::LIVE_PROBE_LIMIT {
+        e.create(CSI, request(&format!("v{i:03}"), None)).unwrap();
+    }
+    let all = e.list_after(CSI, None, usize::MAX);
+    assert!(all.len() > health::LIVE_PROBE_LIMIT);
+    let gone = |n: &str| e.host().drop_dir(&e.get(&name(n)).unwrap().placement.dir);
+
+    // Before any sweep, a large listing probes for itself.
+    gone("v000");
+    let listed = e.listed_health(&all);
+    abnormal_about(listed[0].clone(), "v000/data is gone");
+    assert!(listed[1..].iter().all(|h| *h == VolumeHealth::Normal));
+
+    // Volumes made in the sweep's first millisecond would be probed: keep them older.
+    std::thread::sleep(Duration::from_millis(2));
+    assert_eq!(e.sweep_health(), 1);
+    gone("v001");
+    let listed = e.listed_health(&all);
+    abnormal_about(listed[0].clone(), "v000/data is gone");
+    assert_eq!(
+        listed[1],
+        VolumeHealth::Normal,
+        "what went after the sweep shows at the next one in a large listing"
+    );
+    // A small listing, and the volume alone, are probed as they answer.
+    abnormal_about(e.listed_health(&all[..2])[1].clone(), "v001/data is gone");
+    abnormal_about(e.health(&all[1]), "v001/data is gone");
+
+    assert_eq!(e.sweep_health(), 2);
+    abnormal_about(e.listed_health(&all)[1].clone(), "v001/data is gone");
+}
+
+#[test]
 fn a_loopfs_volume_is_abnormal_when_its_mount_loop_or_filesystem_fails() {
     let f = Fixture::new();
     let e = f.open(host());

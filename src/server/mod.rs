@@ -71,13 +71,50 @@ pub type Servers = tokio::task::JoinSet<Result<(), ServeError>>;
 /// How often pending reservations are checked against their deadlines.
 const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// How often every volume's health is probed for large listings; the engine trusts a sweep
+/// for three times as long, so one slow sweep does not make listings probe.
+const HEALTH_SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Rolls back pending reservations whose task never attached in time (see
 /// [`VolumeService::expire_pending_reservations`]); the engine logs each one.
 pub async fn sweep_pending_reservations(
     engine: Arc<dyn VolumeService>,
     stop: watch::Receiver<bool>,
 ) -> Result<(), ServeError> {
-    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    every(
+        SWEEP_INTERVAL,
+        "pending-reservation sweep",
+        engine,
+        stop,
+        |e| {
+            e.expire_pending_reservations(crate::engine::now_ms());
+        },
+    )
+    .await
+}
+
+/// Probes every volume's health at start and then periodically, for listings too large to
+/// probe as they answer (see [`VolumeService::sweep_health`]).
+pub async fn sweep_volume_health(
+    engine: Arc<dyn VolumeService>,
+    stop: watch::Receiver<bool>,
+) -> Result<(), ServeError> {
+    every(HEALTH_SWEEP_INTERVAL, "health sweep", engine, stop, |e| {
+        let abnormal = e.sweep_health();
+        tracing::debug!(abnormal, "swept every volume's health");
+    })
+    .await
+}
+
+/// Runs `job` on the blocking pool at once and then every `interval` until shutdown.
+async fn every(
+    interval: std::time::Duration,
+    what: &'static str,
+    engine: Arc<dyn VolumeService>,
+    stop: watch::Receiver<bool>,
+    job: fn(&dyn VolumeService),
+) -> Result<(), ServeError> {
+    let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stop = shutdown_future(stop);
     tokio::pin!(stop);
@@ -87,12 +124,8 @@ pub async fn sweep_pending_reservations(
             _ = tick.tick() => {}
         }
         let engine = Arc::clone(&engine);
-        let swept = tokio::task::spawn_blocking(move || {
-            engine.expire_pending_reservations(crate::engine::now_ms())
-        })
-        .await;
-        if let Err(e) = swept {
-            tracing::error!(error = %e, "the pending-reservation sweep panicked");
+        if let Err(e) = tokio::task::spawn_blocking(move || job(&*engine)).await {
+            tracing::error!(error = %e, "the {what} panicked");
         }
     }
 }
