@@ -62,6 +62,10 @@ pub struct Config {
     /// its first attach before it is rolled back; Marathon's `task_reservation_timeout`.
     #[serde(default = "default_reservation_timeout_secs")]
     pub reservation_timeout_secs: u64,
+    /// Seconds between two sweeps of every volume's health, which ListVolumes pages of more
+    /// than 256 volumes report instead of probing each volume.
+    #[serde(default = "default_health_sweep_secs")]
+    pub health_sweep_secs: u64,
     #[serde(default)]
     pub listen: Listen,
     #[serde(default)]
@@ -160,6 +164,9 @@ fn default_admin_socket() -> String {
 fn default_reservation_timeout_secs() -> u64 {
     DEFAULT_RESERVATION_TIMEOUT_SECS
 }
+fn default_health_sweep_secs() -> u64 {
+    30
+}
 fn default_socket_mode() -> u32 {
     0o600
 }
@@ -198,6 +205,7 @@ impl Default for Config {
             topology: BTreeMap::new(),
             max_volumes: None,
             reservation_timeout_secs: default_reservation_timeout_secs(),
+            health_sweep_secs: default_health_sweep_secs(),
             listen: Listen::default(),
             csi: CsiConfig::default(),
             admin: AdminConfig::default(),
@@ -287,6 +295,12 @@ impl Config {
                 self.reservation_timeout_secs
             ));
         }
+        if !(1..=3_600).contains(&self.health_sweep_secs) {
+            return Err(format!(
+                "health_sweep_secs: {} is outside 1 to 3600 seconds",
+                self.health_sweep_secs
+            ));
+        }
         if self.max_volumes == Some(0) {
             return Err("max_volumes: must be at least 1".into());
         }
@@ -315,6 +329,11 @@ impl Config {
     /// How long a pending reservation may wait for its first attach.
     pub fn reservation_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.reservation_timeout_secs)
+    }
+
+    /// How often every volume's health is swept.
+    pub fn health_sweep_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.health_sweep_secs)
     }
 
     /// This node's id: the configured one or the host name.
@@ -403,6 +422,8 @@ mod tests {
             ("[mesos]\nwork_dir = '/var/../etc'", "mesos.work_dir"),
             ("[mesos]\nsandbox = '/x'", "sandbox"),
             ("reservation_timeout_secs = 0", "reservation_timeout_secs"),
+            ("health_sweep_secs = 0", "health_sweep_secs"),
+            ("health_sweep_secs = 3601", "health_sweep_secs"),
             (
                 "[[pools]]\nname='a'\nkind='root'\npaths=['/x','/y']",
                 "root pool has exactly one path",

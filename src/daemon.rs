@@ -139,7 +139,11 @@ pub async fn serve(
         Arc::clone(&engine),
         stop_rx.clone(),
     ));
-    servers.spawn(sweep_volume_health(Arc::clone(&engine), stop_rx.clone()));
+    servers.spawn(sweep_volume_health(
+        Arc::clone(&engine),
+        stop_rx.clone(),
+        config.health_sweep_interval(),
+    ));
     tracing::info!(
         volumes = engine.list(&Default::default()).len(),
         millis = started.elapsed().as_millis() as u64,

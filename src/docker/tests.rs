@@ -645,8 +645,8 @@ impl VolumeService for Slow {
     fn listed_health(&self, page: &[std::sync::Arc<Volume>]) -> Vec<crate::engine::VolumeHealth> {
         self.inner.listed_health(page)
     }
-    fn sweep_health(&self) -> usize {
-        self.inner.sweep_health()
+    fn sweep_health(&self, valid_for: std::time::Duration) -> usize {
+        self.inner.sweep_health(valid_for)
     }
     fn capacity(&self, s: &crate::engine::PoolSelector) -> Vec<crate::engine::types::PoolCapacity> {
         self.inner.capacity(s)

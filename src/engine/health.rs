@@ -11,7 +11,7 @@
 //! a loopfs volume), so a listing of thousands would spend most of its time on them. A
 //! sweep ([`HealthBook`]) probes every volume in the background, and a listing of more
 //! than [`LIVE_PROBE_LIMIT`] volumes reports what the last sweep found, as long as it is
-//! fresh ([`SWEEP_FRESH`]): a condition can then be up to one sweep interval old. Smaller
+//! fresh (the sweeper says for how long): a condition can then be up to one sweep interval old. Smaller
 //! listings, a volume made after the sweep began and `NodeGetVolumeStats` probe as they
 //! answer.
 
@@ -35,24 +35,21 @@ pub enum VolumeHealth {
 /// A listing of at most this many volumes probes each as it lists it.
 pub const LIVE_PROBE_LIMIT: usize = 256;
 
-/// How old a sweep's findings may be and still answer a listing.
-pub const SWEEP_FRESH: Duration = Duration::from_secs(90);
-
 /// What the last health sweep found: only the abnormal volumes, since on a healthy node
 /// that is none of them.
 #[derive(Default)]
 pub(super) struct HealthBook {
     /// When the last finished sweep began (monotonic, and as Unix milliseconds to compare
-    /// with a volume's `created_at`).
-    began: Option<(Instant, u64)>,
+    /// with a volume's `created_at`), and how long its findings hold.
+    began: Option<(Instant, u64, Duration)>,
     abnormal: HashMap<VolumeName, String>,
 }
 
 impl<H: Host> Engine<H> {
     /// Probes every volume and keeps what is wrong for listings; returns how many are
     /// abnormal.
-    pub(super) fn do_sweep_health(&self) -> usize {
-        let began = (Instant::now(), now_ms());
+    pub(super) fn do_sweep_health(&self, valid_for: Duration) -> usize {
+        let began = (Instant::now(), now_ms(), valid_for);
         let volumes: Vec<Arc<Volume>> = self.cache().values().cloned().collect();
         let abnormal: HashMap<VolumeName, String> = volumes
             .iter()
@@ -78,8 +75,8 @@ impl<H: Host> Engine<H> {
         let book = self.health_book.lock().unwrap_or_else(|e| e.into_inner());
         let fresh = book
             .began
-            .filter(|(at, _)| at.elapsed() <= SWEEP_FRESH)
-            .map(|(_, ms)| ms);
+            .filter(|(at, _, valid_for)| at.elapsed() <= *valid_for)
+            .map(|(_, ms, _)| ms);
         page.iter()
             .map(|v| match (fresh, book.abnormal.get(&v.name)) {
                 _ if v.phase != Phase::Ready => self.do_health(v),

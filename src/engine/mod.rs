@@ -270,9 +270,10 @@ pub trait VolumeService: Send + Sync {
     /// up to 256 volumes, from the last [`VolumeService::sweep_health`] for a larger one
     /// while it is fresh. See [`health`].
     fn listed_health(&self, page: &[Arc<Volume>]) -> Vec<VolumeHealth>;
-    /// Probes every volume now and keeps what is wrong for large listings; returns how
-    /// many volumes are abnormal. The daemon runs it at start and periodically.
-    fn sweep_health(&self) -> usize;
+    /// Probes every volume now and keeps what is wrong for large listings, which trust it
+    /// for `valid_for`; returns how many volumes are abnormal. The daemon runs it at start
+    /// and periodically.
+    fn sweep_health(&self, valid_for: Duration) -> usize;
     fn capacity(&self, selector: &PoolSelector) -> Vec<PoolCapacity>;
     fn node(&self) -> &NodeInfo;
     fn pools(&self) -> &[PoolConfig];

@@ -187,8 +187,8 @@ impl<H: Host> VolumeService for Engine<H> {
         self.do_listed_health(page)
     }
 
-    fn sweep_health(&self) -> usize {
-        self.do_sweep_health()
+    fn sweep_health(&self, valid_for: Duration) -> usize {
+        self.do_sweep_health(valid_for)
     }
 
     fn capacity(&self, selector: &PoolSelector) -> Vec<PoolCapacity> {

@@ -1147,7 +1147,7 @@ fn a_large_listing_reports_the_last_sweep_and_a_small_one_probes() {
 
     // Volumes made in the sweep's first millisecond would be probed: keep them older.
     std::thread::sleep(Duration::from_millis(2));
-    assert_eq!(e.sweep_health(), 1);
+    assert_eq!(e.sweep_health(Duration::from_secs(60)), 1);
     gone("v001");
     let listed = e.listed_health(&all);
     abnormal_about(listed[0].clone(), "v000/data is gone");
@@ -1160,7 +1160,7 @@ fn a_large_listing_reports_the_last_sweep_and_a_small_one_probes() {
     abnormal_about(e.listed_health(&all[..2])[1].clone(), "v001/data is gone");
     abnormal_about(e.health(&all[1]), "v001/data is gone");
 
-    assert_eq!(e.sweep_health(), 2);
+    assert_eq!(e.sweep_health(Duration::from_secs(60)), 2);
     abnormal_about(e.listed_health(&all)[1].clone(), "v001/data is gone");
 }
 

@@ -71,10 +71,6 @@ pub type Servers = tokio::task::JoinSet<Result<(), ServeError>>;
 /// How often pending reservations are checked against their deadlines.
 const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// How often every volume's health is probed for large listings; the engine trusts a sweep
-/// for three times as long, so one slow sweep does not make listings probe.
-const HEALTH_SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
-
 /// Rolls back pending reservations whose task never attached in time (see
 /// [`VolumeService::expire_pending_reservations`]); the engine logs each one.
 pub async fn sweep_pending_reservations(
@@ -93,14 +89,16 @@ pub async fn sweep_pending_reservations(
     .await
 }
 
-/// Probes every volume's health at start and then periodically, for listings too large to
-/// probe as they answer (see [`VolumeService::sweep_health`]).
+/// Probes every volume's health at start and then every `interval`, for listings too large
+/// to probe as they answer (see [`VolumeService::sweep_health`]). A sweep is trusted for
+/// three intervals, so one slow sweep does not send listings back to probing.
 pub async fn sweep_volume_health(
     engine: Arc<dyn VolumeService>,
     stop: watch::Receiver<bool>,
+    interval: std::time::Duration,
 ) -> Result<(), ServeError> {
-    every(HEALTH_SWEEP_INTERVAL, "health sweep", engine, stop, |e| {
-        let abnormal = e.sweep_health();
+    every(interval, "health sweep", engine, stop, move |e| {
+        let abnormal = e.sweep_health(interval * 3);
         tracing::debug!(abnormal, "swept every volume's health");
     })
     .await
@@ -112,7 +110,7 @@ async fn every(
     what: &'static str,
     engine: Arc<dyn VolumeService>,
     stop: watch::Receiver<bool>,
-    job: fn(&dyn VolumeService),
+    job: impl Fn(&dyn VolumeService) + Clone + Send + 'static,
 ) -> Result<(), ServeError> {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -123,7 +121,7 @@ async fn every(
             _ = &mut stop => return Ok(()),
             _ = tick.tick() => {}
         }
-        let engine = Arc::clone(&engine);
+        let (engine, job) = (Arc::clone(&engine), job.clone());
         if let Err(e) = tokio::task::spawn_blocking(move || job(&*engine)).await {
             tracing::error!(error = %e, "the {what} panicked");
         }

@@ -31,7 +31,8 @@ pub struct Daemon {
 impl Daemon {
     /// Starts berth with a 64 GiB size-enforcing pool `default` (ext4 images), a 64 GiB pool
     /// `xfs` (xfs images), a plain-directory pool `plain` (profile `bulk`), and `extra`
-    /// appended to the config.
+    /// added to the config: its lines before its first table are top-level keys, the rest
+    /// goes at the end.
     pub fn start(extra: &str) -> Self {
         let level = std::env::var("BERTH_LOG").unwrap_or_else(|_| "info".into());
         Self::start_logging(extra, &level)
@@ -164,9 +165,20 @@ impl Daemon {
         } else {
             String::new()
         };
+        // Keys before the first table of the extra config are top-level ones.
+        let lines: Vec<&str> = self.extra_config.lines().collect();
+        let first_table = lines
+            .iter()
+            .position(|line| line.trim_start().starts_with('['))
+            .unwrap_or(lines.len());
+        let (top, tables) = (
+            lines[..first_table].join("\n"),
+            lines[first_table..].join("\n"),
+        );
         let config = format!(
             r#"state_dir = "{d}/state"
 node_id = "{node}"
+{top}
 
 [listen]
 csi = "unix://{d}/csi.sock"
@@ -193,9 +205,10 @@ paths = ["{d}/plain"]
 backend = "none"
 profiles = ["bulk"]
 capacity = "8GiB"
-{extra}"#,
+
+{tables}
+"#,
             node = self.node_id,
-            extra = self.extra_config
         );
         std::fs::write(self.config_path(), config).expect("config");
     }
@@ -229,10 +242,20 @@ capacity = "8GiB"
 
     /// Resident memory of the daemon, in KiB (`VmRSS`).
     pub fn rss_kib(&self) -> Option<u64> {
+        self.status_kib("VmRSS:")
+    }
+
+    /// The part of [`Daemon::rss_kib`] that is the daemon's own memory rather than mapped
+    /// pages of its binary and libraries.
+    pub fn anonymous_rss_kib(&self) -> Option<u64> {
+        self.status_kib("RssAnon:")
+    }
+
+    fn status_kib(&self, field: &str) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.split_whitespace().next())
             .and_then(|v| v.parse().ok())
     }
