@@ -94,10 +94,53 @@ const FULL: Sizes = Sizes {
 };
 
 const QUICK: Sizes = Sizes {
-    runtime_s: 2,
+    runtime_s: 1,
     fsync_file: "16m",
     read_file: "64m",
     seq_file: "128m",
+};
+
+/// A volume made with `mkfs` + `losetup` + `mount`, differing from berth's way only in what
+/// its fields say (berth's own way also sets `POSIX_FADV_RANDOM` on the image's open file,
+/// which `losetup` cannot: [`EXT4`] and [`XFS`] are berth's way without it).
+#[derive(Clone, Copy)]
+struct Lever {
+    fs: FsType,
+    direct_io: bool,
+    sector_size: u32,
+    mkfs: &'static [&'static str],
+    /// The inner filesystem's mount options.
+    options: &'static str,
+    /// `/sys/block/loopN/queue/<name>` values written before the mount.
+    queue: &'static [(&'static str, &'static str)],
+}
+
+const EXT4: Lever = Lever {
+    fs: FsType::Ext4,
+    direct_io: false,
+    sector_size: 512,
+    mkfs: &[
+        "-E",
+        "nodiscard,lazy_itable_init=1,lazy_journal_init=1",
+        "-m",
+        "0",
+    ],
+    options: "noinit_itable",
+    queue: &[],
+};
+
+const XFS: Lever = Lever {
+    fs: FsType::Xfs,
+    direct_io: false,
+    sector_size: 512,
+    mkfs: &["-K"],
+    options: "nouuid",
+    queue: &[],
+};
+
+const EXT4_DIRECT: Lever = Lever {
+    direct_io: true,
+    ..EXT4
 };
 
 /// One way of making the directory the jobs run in.
@@ -106,21 +149,28 @@ enum Setup {
     Plain,
     /// berth's own `create_image` + `mount_image`.
     Berth(FsType),
-    /// `mkfs` + `losetup` with one lever changed from berth's way.
-    Lever {
-        fs: FsType,
-        direct_io: bool,
-        sector_size: u32,
-        mkfs: &'static [&'static str],
-    },
+    Lever(Lever),
 }
+
+/// One round's figures: fsync'd 4k write IOPS, 4k random read IOPS (`O_DIRECT`, then
+/// buffered), 1 MiB write MiB/s.
+type Figures = [f64; COLUMNS];
+
+const COLUMNS: usize = 4;
+const HEADER: [&str; COLUMNS] = [
+    "4k randwrite+fsync",
+    "4k randread direct",
+    "4k randread buffered",
+    "1M seq write",
+];
+const UNITS: [&str; COLUMNS] = ["IOPS", "IOPS", "IOPS", "MiB/s"];
 
 struct Variant {
     label: &'static str,
     setup: Setup,
-    fsync_write_iops: Vec<f64>,
-    rand_read_iops: Vec<f64>,
-    seq_write_mibps: Vec<f64>,
+    rounds: Vec<Figures>,
+    /// The plain directory's figures measured right next to each round's.
+    plain: Vec<Figures>,
 }
 
 impl Variant {
@@ -128,73 +178,106 @@ impl Variant {
         Self {
             label,
             setup,
-            fsync_write_iops: Vec::new(),
-            rand_read_iops: Vec::new(),
-            seq_write_mibps: Vec::new(),
+            rounds: Vec::new(),
+            plain: Vec::new(),
         }
     }
 }
 
-const BERTH_EXT4_MKFS: &[&str] = &[
-    "-E",
-    "nodiscard,lazy_itable_init=1,lazy_journal_init=1",
-    "-m",
-    "0",
-];
-
-fn variants(levers: bool) -> Vec<Variant> {
+/// berth's variants, and the levers whose label contains one of `levers` (all of them for
+/// `1`).
+fn variants(levers: &[String]) -> Vec<Variant> {
     let mut all = vec![
-        Variant::new("plain directory", Setup::Plain),
         Variant::new("berth loopfs ext4", Setup::Berth(FsType::Ext4)),
         Variant::new("berth loopfs xfs", Setup::Berth(FsType::Xfs)),
     ];
-    if levers {
-        let ext4 = |direct_io, sector_size, mkfs| Setup::Lever {
-            fs: FsType::Ext4,
-            direct_io,
-            sector_size,
-            mkfs,
-        };
-        all.extend([
-            Variant::new("ext4, loop direct I/O", ext4(true, 512, BERTH_EXT4_MKFS)),
-            Variant::new(
-                "ext4, direct I/O, 4k lbs",
-                ext4(true, 4096, BERTH_EXT4_MKFS),
-            ),
-            Variant::new("ext4, buffered, 4k lbs", ext4(false, 4096, BERTH_EXT4_MKFS)),
-            Variant::new(
-                "ext4, buffered, eager init",
-                ext4(
-                    false,
-                    512,
-                    &[
-                        "-E",
-                        "nodiscard,lazy_itable_init=0,lazy_journal_init=0",
-                        "-m",
-                        "0",
-                    ],
-                ),
-            ),
-            Variant::new(
-                "xfs, loop direct I/O",
-                Setup::Lever {
-                    fs: FsType::Xfs,
-                    direct_io: true,
-                    sector_size: 512,
-                    mkfs: &["-K"],
-                },
-            ),
-            Variant::new(
-                "xfs, buffered, 64m log",
-                Setup::Lever {
-                    fs: FsType::Xfs,
-                    direct_io: false,
-                    sector_size: 512,
-                    mkfs: &["-K", "-l", "size=64m"],
-                },
-            ),
-        ]);
-    }
+    let lever = |label, lever| Variant::new(label, Setup::Lever(lever));
+    all.extend([
+        lever("ext4, no fadvise", EXT4),
+        lever(
+            "ext4, loop read_ahead 128k",
+            Lever {
+                queue: &[("read_ahead_kb", "128")],
+                ..EXT4
+            },
+        ),
+        lever(
+            "ext4, noatime",
+            Lever {
+                options: "noinit_itable,noatime",
+                ..EXT4
+            },
+        ),
+        lever(
+            "ext4, lazytime",
+            Lever {
+                options: "noinit_itable,lazytime",
+                ..EXT4
+            },
+        ),
+        lever("ext4, direct I/O", EXT4_DIRECT),
+        lever(
+            "ext4, dio, mq-deadline",
+            Lever {
+                queue: &[("scheduler", "mq-deadline")],
+                ..EXT4_DIRECT
+            },
+        ),
+        lever(
+            "ext4, dio, rq_affinity 1",
+            Lever {
+                queue: &[("rq_affinity", "1")],
+                ..EXT4_DIRECT
+            },
+        ),
+        lever(
+            "ext4, dio, nomerges 2",
+            Lever {
+                queue: &[("nomerges", "2")],
+                ..EXT4_DIRECT
+            },
+        ),
+        lever(
+            "ext4, dio, 4k lbs, none",
+            Lever {
+                sector_size: 4096,
+                queue: &[("scheduler", "none")],
+                ..EXT4_DIRECT
+            },
+        ),
+        lever(
+            "ext4, buffered, 4k lbs",
+            Lever {
+                sector_size: 4096,
+                ..EXT4
+            },
+        ),
+        lever("xfs, no fadvise", XFS),
+        lever(
+            "xfs, dio, 4k lbs+sectors",
+            Lever {
+                direct_io: true,
+                sector_size: 4096,
+                mkfs: &["-K", "-s", "size=4096"],
+                ..XFS
+            },
+        ),
+        lever(
+            "xfs, logbsize 256k",
+            Lever {
+                options: "nouuid,logbsize=256k",
+                ..XFS
+            },
+        ),
+    ]);
+    let berth = 2;
+    let chosen = |v: &Variant| {
+        levers
+            .iter()
+            .any(|l| l == "1" || v.label.contains(l.as_str()))
+    };
+    let levers = all.split_off(berth).into_iter().filter(chosen);
+    all.extend(levers);
     all
 }
 
@@ -209,6 +292,10 @@ fn run(program: &str, args: &[&OsStr]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn os<'a>(args: &[&'a str]) -> Vec<&'a OsStr> {
+    args.iter().map(|a| OsStr::new(*a)).collect()
 }
 
 /// A mounted (or plain) directory for one round of one variant; torn down on drop.
@@ -239,57 +326,65 @@ impl Place {
                     device: None,
                 }
             }
-            Setup::Lever {
-                fs,
-                direct_io,
-                sector_size,
-                mkfs,
-            } => {
-                let size = GIB.max(fs.min_size()).to_string();
-                run("truncate", &["-s", &size, path_str(&image)].map(OsStr::new));
-                let mut args = vec!["-q", "-F"];
-                if fs == FsType::Xfs {
-                    args = vec!["-q", "-f"];
+            Setup::Lever(lever) => {
+                let size = GIB.max(lever.fs.min_size()).to_string();
+                let image_str = path_str(&image);
+                run("truncate", &os(&["-s", &size, image_str]));
+                let force = if lever.fs == FsType::Xfs { "-f" } else { "-F" };
+                let mut args = vec!["-q", force];
+                args.extend(lever.mkfs);
+                args.push(image_str);
+                run(&format!("mkfs.{}", lever.fs.as_str()), &os(&args));
+                run("fallocate", &os(&["-l", &size, image_str]));
+                let dio = format!("--direct-io={}", if lever.direct_io { "on" } else { "off" });
+                let sector = format!("--sector-size={}", lever.sector_size);
+                let device = run("losetup", &os(&["-f", "--show", &dio, &sector, image_str]));
+                let name = device.trim_start_matches("/dev/");
+                for (knob, value) in lever.queue {
+                    let file = format!("/sys/block/{name}/queue/{knob}");
+                    std::fs::write(&file, value).unwrap_or_else(|e| panic!("{file}: {e}"));
                 }
-                args.extend(mkfs);
-                args.push(path_str(&image));
-                run(&format!("mkfs.{}", fs.as_str()), &args.map_os());
-                run(
-                    "fallocate",
-                    &["-l", &size, path_str(&image)].map(OsStr::new),
-                );
-                let dio = format!("--direct-io={}", if direct_io { "on" } else { "off" });
-                let sector = format!("--sector-size={sector_size}");
-                let device = run(
-                    "losetup",
-                    &["-f", "--show", &dio, &sector, path_str(&image)].map(OsStr::new),
-                );
-                let options = if fs == FsType::Ext4 {
-                    "noinit_itable"
-                } else {
-                    "defaults"
-                };
-                run(
-                    "mount",
-                    &["-o", options, &device, path_str(&dir)].map(OsStr::new),
-                );
-                Self {
+                let place = Self {
                     dir,
                     image: Some(image),
                     device: Some(device),
-                }
+                };
+                let device = place.device.as_deref().unwrap();
+                run(
+                    "mount",
+                    &os(&["-o", lever.options, device, path_str(&place.dir)]),
+                );
+                place
             }
         }
     }
 
-    /// Drops the image's pages from the host page cache (they are clean after the inner
-    /// filesystem's flush), so a read inside goes to the disk as the plain directory's does.
-    fn drop_host_cache(&self) {
-        let Some(image) = &self.image else { return };
-        let file = std::fs::File::open(image).unwrap();
-        // SAFETY: posix_fadvise only reads its integer arguments; `file` is open.
-        let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-        assert_eq!(rc, 0, "posix_fadvise {}", image.display());
+    /// Writes back everything dirty on the host filesystem, so that no job pays for an
+    /// earlier one's (or another variant's) writeback.
+    /// The volume's filesystem first (a no-op twice over for the plain directory), then the
+    /// host's, which the scratch directory holding `dir` is on.
+    fn settle(&self) {
+        for path in [&self.dir, self.dir.parent().unwrap()] {
+            let dir = std::fs::File::open(path).unwrap();
+            // SAFETY: syncfs only reads its fd argument; `dir` is open.
+            let rc = unsafe { libc::syncfs(dir.as_raw_fd()) };
+            assert_eq!(rc, 0, "syncfs {}", path.display());
+        }
+    }
+
+    /// Drops the page cache of the job files (for a volume: the inner filesystem's) and of
+    /// the image (the host's), all clean after a flush, so that a read finds nothing cached
+    /// on either side.
+    fn drop_caches(&self) {
+        let mut files = job_files(&self.dir);
+        files.extend(self.image.clone());
+        for path in files {
+            let file = std::fs::File::open(&path).unwrap();
+            // SAFETY: posix_fadvise only reads its integer arguments; `file` is open.
+            let rc =
+                unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+            assert_eq!(rc, 0, "posix_fadvise {}", path.display());
+        }
     }
 }
 
@@ -308,16 +403,6 @@ impl Drop for Place {
     }
 }
 
-trait MapOs {
-    fn map_os(&self) -> Vec<&OsStr>;
-}
-
-impl MapOs for Vec<&str> {
-    fn map_os(&self) -> Vec<&OsStr> {
-        self.iter().map(OsStr::new).collect()
-    }
-}
-
 fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 scratch path")
 }
@@ -332,7 +417,7 @@ fn fio(dir: &Path, args: &[&str]) -> serde_json::Value {
         "--output-format=json",
     ];
     all.extend(args);
-    let out = run("fio", &all.map_os());
+    let out = run("fio", &os(&all));
     let report: serde_json::Value =
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("fio's JSON: {e}: {out}"));
     let job = report["jobs"][0].clone();
@@ -340,24 +425,30 @@ fn fio(dir: &Path, args: &[&str]) -> serde_json::Value {
     job
 }
 
+fn job_files(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| {
+            path.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("bench"))
+        })
+        .collect()
+}
+
 fn remove_job_files(dir: &Path) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with("bench"))
-        {
-            std::fs::remove_file(path).unwrap();
-        }
+    for path in job_files(dir) {
+        std::fs::remove_file(path).unwrap();
     }
 }
 
-fn measure(variant: &mut Variant, place: &Place, sizes: &Sizes) {
+fn measure(place: &Place, sizes: &Sizes) -> Figures {
     let runtime = format!("--runtime={}", sizes.runtime_s);
     let size = |s: &str| format!("--size={s}");
     let dir = place.dir.as_path();
 
     let fsync_file = size(sizes.fsync_file);
+    place.settle();
     let job = fio(
         dir,
         &[
@@ -368,36 +459,40 @@ fn measure(variant: &mut Variant, place: &Place, sizes: &Sizes) {
             &runtime,
         ],
     );
-    variant
-        .fsync_write_iops
-        .push(job["write"]["iops"].as_f64().unwrap());
+    let fsync_write_iops = job["write"]["iops"].as_f64().unwrap();
     remove_job_files(dir);
 
+    // Random reads of a file written and flushed before, with every cache of it dropped
+    // first: with O_DIRECT (each read goes to the disk: fio's random map reads each block
+    // once, so a volume's host cache can only help it through readahead), then buffered
+    // (what most applications do: one page cache and one readahead on each side, the inner
+    // filesystem's for a volume).
     let read_file = size(sizes.read_file);
     fio(dir, &["--rw=write", "--bs=1m", "--end_fsync=1", &read_file]);
-    place.drop_host_cache();
-    let job = fio(
-        dir,
-        &[
-            "--rw=randread",
-            "--bs=4k",
-            "--direct=1",
-            &read_file,
-            &runtime,
-        ],
-    );
-    variant
-        .rand_read_iops
-        .push(job["read"]["iops"].as_f64().unwrap());
+    let mut rand_read_iops = [0.0; 2];
+    for (direct, iops) in ["--direct=1", "--direct=0"].iter().zip(&mut rand_read_iops) {
+        place.settle();
+        place.drop_caches();
+        let job = fio(
+            dir,
+            &["--rw=randread", "--bs=4k", direct, &read_file, &runtime],
+        );
+        *iops = job["read"]["iops"].as_f64().unwrap();
+    }
     remove_job_files(dir);
 
     let seq_file = size(sizes.seq_file);
+    place.settle();
     let job = fio(dir, &["--rw=write", "--bs=1m", "--end_fsync=1", &seq_file]);
     // fio's bandwidth is in KiB/s.
-    variant
-        .seq_write_mibps
-        .push(job["write"]["bw"].as_f64().unwrap() / 1024.0);
+    let seq_write_mibps = job["write"]["bw"].as_f64().unwrap() / 1024.0;
     remove_job_files(dir);
+    [
+        fsync_write_iops,
+        rand_read_iops[0],
+        rand_read_iops[1],
+        seq_write_mibps,
+    ]
 }
 
 fn median(samples: &[f64]) -> f64 {
@@ -408,6 +503,16 @@ fn median(samples: &[f64]) -> f64 {
 
 fn env_flag(name: &str) -> bool {
     std::env::var(name).is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+/// Each round's figures as ratios to the plain directory's measured next to them.
+fn paired_ratios(variant: &Variant) -> Vec<Figures> {
+    variant
+        .rounds
+        .iter()
+        .zip(&variant.plain)
+        .map(|(v, p)| std::array::from_fn(|i| v[i] / p[i]))
+        .collect()
 }
 
 fn main() {
@@ -423,49 +528,77 @@ fn main() {
             .unwrap_or(3)
     };
     let sizes = if quick { &QUICK } else { &FULL };
-    let mut variants = variants(env_flag("BERTH_BENCH_LEVERS") && !quick);
+    let levers: Vec<String> = match std::env::var("BERTH_BENCH_LEVERS") {
+        Ok(list) if !quick => list
+            .split(',')
+            .filter(|l| !l.is_empty() && *l != "0")
+            .map(str::to_string)
+            .collect(),
+        _ => Vec::new(),
+    };
+    let mut variants = variants(&levers);
     let scratch = scratch();
+    println!(
+        "fio in a 1 GiB loopfs volume against a plain directory on the host filesystem ({}), \
+         {rounds} round(s); ratios are to the plain directory measured beside each",
+        run(
+            "findmnt",
+            &os(&["-no", "FSTYPE,SOURCE", "-T", path_str(scratch.path())])
+        )
+    );
+    // The host's fsync latency drifts several times over within minutes (other builds):
+    // each variant is measured right next to the plain directory, in alternating order, and
+    // compared with that measurement only.
+    let plain = Place::make(&scratch, Setup::Plain, 0);
     let mut n = 0;
-    for _ in 0..rounds {
-        for variant in variants.iter_mut() {
+    for round in 0..rounds {
+        // Every other round runs the variants backwards.
+        let mut order: Vec<usize> = (0..variants.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for i in order {
             n += 1;
-            let place = Place::make(&scratch, variant.setup, n);
-            measure(variant, &place, sizes);
+            let place = Place::make(&scratch, variants[i].setup, n);
+            let (inside, beside) = if n % 2 == 0 {
+                let inside = measure(&place, sizes);
+                (inside, measure(&plain, sizes))
+            } else {
+                let beside = measure(&plain, sizes);
+                (measure(&place, sizes), beside)
+            };
+            variants[i].rounds.push(inside);
+            variants[i].plain.push(beside);
+        }
+        println!(
+            "round {}: the variant, then the plain directory beside it",
+            round + 1
+        );
+        for v in &variants {
+            let cells: Vec<String> = (0..COLUMNS)
+                .map(|i| {
+                    let (x, p) = (v.rounds[round][i], v.plain[round][i]);
+                    format!("{x:>6.0}/{p:<6.0} {:<5} {:>5.2}x", UNITS[i], x / p)
+                })
+                .collect();
+            println!("  {:<28} {}", v.label, cells.join("  "));
         }
     }
     println!(
-        "fio in a 1 GiB loopfs volume against a plain directory on the host filesystem \
-         ({}), median of {rounds} round(s)",
-        run(
-            "findmnt",
-            &["-no", "FSTYPE,SOURCE", "-T", path_str(scratch.path())].map(OsStr::new)
-        )
-    );
-    println!(
-        "  {:<28} {:>18} {:>18} {:>18}",
-        "", "4k randwrite+fsync", "4k randread", "1M seq write"
-    );
-    let plain = (
-        median(&variants[0].fsync_write_iops),
-        median(&variants[0].rand_read_iops),
-        median(&variants[0].seq_write_mibps),
+        "median of the per-round ratios [lowest-highest]: {}",
+        HEADER.join(" / ")
     );
     for v in &variants {
-        let (w, r, s) = (
-            median(&v.fsync_write_iops),
-            median(&v.rand_read_iops),
-            median(&v.seq_write_mibps),
-        );
-        println!(
-            "  {:<28} {:>7.0} IOPS {:>5.2}x {:>7.0} IOPS {:>5.2}x {:>6.0} MiB/s {:>5.2}x",
-            v.label,
-            w,
-            w / plain.0,
-            r,
-            r / plain.1,
-            s,
-            s / plain.2
-        );
+        let ratios = paired_ratios(v);
+        let cells: Vec<String> = (0..COLUMNS)
+            .map(|i| {
+                let column: Vec<f64> = ratios.iter().map(|r| r[i]).collect();
+                let low = column.iter().copied().fold(f64::INFINITY, f64::min);
+                let high = column.iter().copied().fold(0.0, f64::max);
+                format!("{:>5.2}x [{low:.2}-{high:.2}]", median(&column))
+            })
+            .collect();
+        println!("  {:<28} {}", v.label, cells.join("  "));
     }
     println!("  targets: 4k randwrite+fsync >= 0.60x, 4k randread >= 0.90x, seq write >= 0.90x");
 }

@@ -59,8 +59,8 @@ fn read_direct(device: &Path, first: u64, count: u64) {
     assert!(!ptr.is_null());
     // SAFETY: (test) `ptr` is valid for PAGE bytes and only used here.
     let buffer = unsafe { std::slice::from_raw_parts_mut(ptr, PAGE) };
-    let result = (first..first + count)
-        .try_for_each(|page| dev.read_exact_at(buffer, page * PAGE as u64));
+    let result =
+        (first..first + count).try_for_each(|page| dev.read_exact_at(buffer, page * PAGE as u64));
     // SAFETY: (test) allocated above with the same layout.
     unsafe { std::alloc::dealloc(ptr, layout) };
     result.unwrap();
