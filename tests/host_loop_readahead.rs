@@ -10,8 +10,9 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
-use berth::host::Host;
+use berth::engine::types::FsType;
 use berth::host::linux::LinuxHost;
+use berth::host::{Host, TargetKind};
 
 #[path = "support/harness/mod.rs"]
 mod harness;
@@ -22,7 +23,8 @@ use support::*;
 
 const PAGE: usize = 4096;
 
-/// How many of `file`'s pages are in the page cache (`mincore` of a shared mapping).
+/// How many of `file`'s first `len` bytes' pages are in the page cache (`mincore` of a
+/// shared mapping).
 fn resident_pages(file: &File, len: usize) -> usize {
     // SAFETY: (test) a fresh shared read-only mapping of an open file of at least `len`
     // bytes; nothing is read through it, and it is unmapped below.
@@ -66,18 +68,13 @@ fn read_direct(device: &Path, first: u64, count: u64) {
     result.unwrap();
 }
 
-#[test]
-fn attached_loop_device_does_not_read_ahead_on_the_host() {
-    harness::require_root();
-    let s = scratch();
-    let host = LinuxHost::new();
-    let image = s.join("block.img");
-    let len = 64 * MIB;
-    host.create_image(&image, len, None).unwrap();
-    let device = host.attach_loop(&image).unwrap();
-
-    let file = File::open(&image).unwrap();
-    // The image's pages are clean (create_image fsyncs it): drop them all.
+/// Drops `image`'s pages (clean: berth fsyncs what it writes and the inner filesystem is
+/// idle), reads four consecutive pages of `device` from page `first`, and asserts that the
+/// host cached those four only: without the hint its readahead takes them for a stream and
+/// reads well past them.
+fn assert_reads_only_what_is_asked(image: &Path, device: &Path, first: u64) {
+    let file = File::open(image).unwrap();
+    let len = usize::try_from(file.metadata().unwrap().len()).unwrap();
     nix::fcntl::posix_fadvise(
         &file,
         0,
@@ -85,19 +82,47 @@ fn attached_loop_device_does_not_read_ahead_on_the_host() {
         nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
     )
     .unwrap();
-    assert_eq!(resident_pages(&file, len as usize), 0);
-
-    // Four sequential reads in the middle of the device: without the hint the host's
-    // readahead takes them for a stream and reads well past them.
-    read_direct(&device, 2560, 4);
+    assert_eq!(resident_pages(&file, len), 0, "{}", image.display());
+    read_direct(device, first, 4);
     assert_eq!(
-        resident_pages(&file, len as usize),
+        resident_pages(&file, len),
         4,
         "the host read ahead in {}: its loop device {} lacks POSIX_FADV_RANDOM",
         image.display(),
         device.display()
     );
+}
 
+#[test]
+fn block_volume_loop_device_does_not_read_ahead_on_the_host() {
+    harness::require_root();
+    let s = scratch();
+    let host = LinuxHost::new();
+    let image = s.join("block.img");
+    host.create_image(&image, 64 * MIB, None).unwrap();
+    let device = host.attach_loop(&image).unwrap();
+    assert_reads_only_what_is_asked(&image, &device, 2560);
     host.detach_loop(&image).unwrap();
+    wait_no_loops(&host, &image);
+}
+
+#[test]
+fn mounted_volume_loop_device_does_not_read_ahead_on_the_host() {
+    harness::require_root();
+    let s = scratch();
+    let host = LinuxHost::new();
+    let image = s.join("vol.img");
+    let mnt = s.join("mnt");
+    host.prepare_target(&mnt, TargetKind::Directory).unwrap();
+    host.create_image(&image, 64 * MIB, Some(FsType::Ext4))
+        .unwrap();
+    host.mount_image(&image, &mnt, FsType::Ext4).unwrap();
+    let device = backed_loops(&host, &image).pop().expect("a loop device");
+    // Settle the fresh mount's own writes (superblock, journal) so that they are clean.
+    File::open(&mnt).unwrap().sync_all().unwrap();
+    File::open(&image).unwrap().sync_all().unwrap();
+    // Free space in the middle of the new filesystem: nothing there but what we read.
+    assert_reads_only_what_is_asked(&image, &device, 10240);
+    host.unmount(&mnt).unwrap();
     wait_no_loops(&host, &image);
 }
