@@ -168,14 +168,20 @@ pub(super) fn attach(image: &Path, autoclear: bool) -> Result<(OwnedFd, PathBuf)
     // for: with the host disk's readahead (8 MiB here) a 4k random read inside a volume
     // could pull in far more, and whether a later read found it cached made reads swing
     // (benches/data_path.rs). A hint about reads only: writes, flushes and their ordering
-    // are untouched.
-    nix::fcntl::posix_fadvise(
+    // are untouched, and a filesystem that refuses it still gets its volume.
+    if let Err(e) = nix::fcntl::posix_fadvise(
         &backing,
         0,
         0,
         nix::fcntl::PosixFadviseAdvice::POSIX_FADV_RANDOM,
-    )
-    .map_err(|e| nix_err("posix_fadvise", image, e))?;
+    ) {
+        tracing::warn!(
+            image = %image.display(),
+            error = %e,
+            "the image's filesystem refuses POSIX_FADV_RANDOM: the host reads ahead around \
+             each read inside the volume"
+        );
+    }
     let control_path = Path::new("/dev/loop-control");
     let control = nix::fcntl::open(
         control_path,
