@@ -14,12 +14,12 @@
 //!   (`syncfs` of the volume, then of the host filesystem), so no job pays for an earlier
 //!   one's writeback; before each read job every cache of the data is dropped
 //!   (`POSIX_FADV_DONTNEED` of the job files, which for a volume is the inner page cache,
-//!   and of the image, the host's). fio's random map reads each block once per pass, so a
-//!   cache can only help through readahead.
+//!   and of the image, the host's). fio's random map reads each block once per pass and a
+//!   read job reads a quarter of its file at most, so a cache can only help through
+//!   readahead, and cannot have guessed the whole file by the end.
 //! - **Drift**: the host's fsync latency moves several times over within minutes on this
-//!   shared machine, so rounds of variants run one after the other compare badly (in the
-//!   first lever run below the plain directory's fsync'd writes went from 338 to 3,474 IOPS
-//!   between runs and a mount option that cannot slow an fsync came out at 0.06x). Each
+//!   shared machine, so rounds of variants run one after the other compare badly (in run A
+//!   below a mount option that cannot slow an fsync came out at 0.06x). Each
 //!   variant is therefore measured right beside the plain directory, in alternating order,
 //!   and divided by that measurement only; every round is printed, then the median of the
 //!   per-round ratios with the lowest and highest.
@@ -87,11 +87,12 @@
 //! | xfs, `logbsize=256k` | 1.17x, 4.05x | 0.59x, 0.56x | 0.55x, 0.50x | 0.64x, 0.88x |
 //!
 //! No target is met reliably on this machine: the loop hop costs a 4k read about as much
-//! as the virtio disk itself (plain `O_DIRECT` reads ran at 10,000-17,000 IOPS, 60-100 µs,
-//! in berth's volumes 6,500-12,300), and fsync'd writes swing with the host's fsync latency more than
-//! with any lever (0.08-0.89x for berth ext4/xfs over runs B and C; the earlier helper's
-//! 0.73-0.87x and 1.8-2.5x fall inside that). Fsync'd ratios above 1x are the plain
-//! directory's measurement meeting another build's fsyncs.
+//! as the virtio disk itself (plain `O_DIRECT` reads ran at 10,000-17,000 IOPS, 60-100 µs;
+//! in berth's volumes 6,500-12,300), and fsync'd writes swing with the host's fsync latency
+//! more than with any lever (0.08-0.89x for berth ext4/xfs over runs B and C). The figures
+//! recorded here before (ext4 0.73-0.87x, xfs 1.8-2.5x, unpaired) are moments of the same
+//! swing: a fsync'd ratio above 1x is the plain directory's measurement meeting another
+//! build's fsyncs.
 //!
 //! - **Host readahead** (lever 1) is what made reads swing. The loop device keeps the image
 //!   file it was given, with one readahead state for every request of the device; the host
@@ -121,13 +122,17 @@
 //!   metadata), and `noatime` changes what applications see: not kept. ext4
 //!   `journal_async_commit` is not crash-safe: it writes the commit block without a flush
 //!   before it and leaves recovery to a checksum to discard a torn transaction, which may
-//!   be one an fsync already returned for (ext4 also refuses it with `data=ordered`).
+//!   be one an fsync already returned for (and ext4 refuses to mount with it in
+//!   `data=ordered` mode, checked on this kernel).
 //!   `journal_checksum` alone is safe but only adds work (mkfs's `metadata_csum` already
 //!   checksums the journal). xfs `logbsize=256k` sizes the in-memory log buffers only (each
 //!   fsync still forces the log with a flush and FUA, so it is ordering-safe): fsync'd
 //!   writes 0.30x/0.56x/1.17-4.05x against 0.20x/0.18x/0.69-1.82x without in runs A/B/C,
 //!   better in four rounds of six, worse in two, inside the spread: not kept on
 //!   this evidence; the first lever to measure again on a quiet machine.
+//! - **Format** (an earlier run, unpaired): ext4's inode tables and journal zeroed at
+//!   format (`lazy_itable_init=0,lazy_journal_init=0`) and a 64 MiB xfs log were within the
+//!   spread; berth keeps lazy init, mounted `noinit_itable` (see `image.rs`).
 //! - **Image allocation**: berth `fallocate`s the image, which leaves unwritten extents;
 //!   the first write of each block inside a volume converts one on the host, a host journal
 //!   commit inside the image's fsync. Zero-filling at create would remove it at the price
