@@ -86,10 +86,18 @@
 //! | xfs, no fadvise | 1.82x, 0.69x | 0.51x, 0.35x | 1.08x, 0.26x | 0.68x, 0.94x |
 //! | xfs, `logbsize=256k` | 1.17x, 4.05x | 0.59x, 0.56x | 0.55x, 0.50x | 0.64x, 0.88x |
 //!
+//! Run D, the bench as it is (`BERTH_BENCH_ROUNDS=3`, berth's variants, a kill -9 torture
+//! test running for part of it), each round's ratio, then the median [lowest-highest]:
+//!
+//! | variant | fsync'd 4k writes | 4k reads, direct | 4k reads, buffered | 1 MiB writes |
+//! |---|---|---|---|---|
+//! | berth ext4 | 0.60x, 0.20x, 0.25x: 0.25x | 0.63x, 0.87x, 0.68x: 0.68x | 0.49x, 0.78x, 0.81x: 0.78x | 0.54x, 0.42x, 0.46x: 0.46x |
+//! | berth xfs | 0.71x, 0.73x, 0.19x: 0.71x | 0.80x, 0.57x, 0.50x: 0.57x | 1.37x, 0.58x, 0.68x: 0.68x | 0.64x, 0.77x, 0.64x: 0.64x |
+//!
 //! No target is met reliably on this machine: the loop hop costs a 4k read about as much
 //! as the virtio disk itself (plain `O_DIRECT` reads ran at 10,000-17,000 IOPS, 60-100 µs;
 //! in berth's volumes 6,500-12,300), and fsync'd writes swing with the host's fsync latency
-//! more than with any lever (0.08-0.89x for berth ext4/xfs over runs B and C). The figures
+//! more than with any lever (0.08-0.89x for berth ext4/xfs over runs B-D). The figures
 //! recorded here before (ext4 0.73-0.87x, xfs 1.8-2.5x, unpaired) are moments of the same
 //! swing: a fsync'd ratio above 1x is the plain directory's measurement meeting another
 //! build's fsyncs.
