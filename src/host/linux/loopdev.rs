@@ -162,6 +162,26 @@ fn open_loop_node(number: i32) -> Result<(OwnedFd, PathBuf), HostError> {
 /// device has another user when `autoclear` is set) and its path.
 pub(super) fn attach(image: &Path, autoclear: bool) -> Result<(OwnedFd, PathBuf), HostError> {
     let (backing, _) = open_regular_rw("attach", image)?;
+    // The loop device keeps this open file for its life, readahead state included. The inner
+    // filesystem already reads ahead through the device (its queue's `read_ahead_kb`), so
+    // the host reading ahead again around each of its requests only reads what nobody asked
+    // for: with the host disk's readahead (8 MiB here) a 4k random read inside a volume
+    // could pull in far more, and whether a later read found it cached made reads swing
+    // (benches/data_path.rs). A hint about reads only: writes, flushes and their ordering
+    // are untouched, and a filesystem that refuses it still gets its volume.
+    if let Err(e) = nix::fcntl::posix_fadvise(
+        &backing,
+        0,
+        0,
+        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_RANDOM,
+    ) {
+        tracing::warn!(
+            image = %image.display(),
+            error = %e,
+            "the image's filesystem refuses POSIX_FADV_RANDOM: the host reads ahead around \
+             each read inside the volume"
+        );
+    }
     let control_path = Path::new("/dev/loop-control");
     let control = nix::fcntl::open(
         control_path,
