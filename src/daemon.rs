@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::engine::{Engine, VolumeService};
 use crate::host::linux::LinuxHost;
 use crate::server::socket::{socket_path, try_lock};
-use crate::server::{ServeError, io_err, sweep_pending_reservations};
+use crate::server::{ServeError, empty_trash_in_background, io_err, sweep_pending_reservations};
 
 /// Takes the state directory's lock (see the module docs), creating the directory.
 fn lock_state_dir(state_dir: &Path) -> Result<std::fs::File, ServeError> {
@@ -136,6 +136,10 @@ pub async fn serve(
         give_sockets_to_group(&config, gid)?;
     }
     servers.spawn(sweep_pending_reservations(
+        Arc::clone(&engine),
+        stop_rx.clone(),
+    ));
+    servers.spawn(empty_trash_in_background(
         Arc::clone(&engine),
         stop_rx.clone(),
     ));

@@ -1,6 +1,7 @@
 //! Deleting and wiping: a `Deleting` tombstone is committed first, then the host work,
 //! then the record is forgotten; detached volumes whose reclaim policy retains them are
-//! moved aside instead of destroyed.
+//! moved aside instead of destroyed. A loopfs image goes to its pool's trash (see
+//! [`super::trash`]) after whatever a wipe does inside it.
 
 use std::path::PathBuf;
 
@@ -79,11 +80,8 @@ impl<H: Host> Engine<H> {
                     .rename(image, &kept)
                     .map_err(err("retaining the image"))?;
             } else {
-                let removed = self
-                    .host
-                    .remove_tree(&p.base.join(IMAGES_DIR), image)
-                    .map_err(err("removing the image"))?;
-                stats.image_bytes += removed.bytes;
+                // Durable here; its blocks are freed by the trash's emptying, later.
+                stats.image_bytes += self.trash_image(v, image)?;
             }
         } else if retain && !gone {
             let kept = self.retained_path(v, "");

@@ -242,6 +242,20 @@ pub trait Host: Send + Sync {
     /// success (the rename already happened).
     fn rename(&self, from: &Path, to: &Path) -> Result<(), HostError>;
 
+    /// Moves `path` into the trash directory `trash` (made if missing, mode 0700; its
+    /// parent is a pool base on the same filesystem) under a fresh name, and makes the move
+    /// durable (both directories fsynced): the cheap, durable step of a delete, whose
+    /// freeing of blocks [`Host::empty_trash`] does later. A `trash` that is a symlink or
+    /// another mount is refused. Returns the bytes of the moved file (0 for anything else).
+    /// A missing `path` is success with 0: it was moved before.
+    fn move_to_trash(&self, trash: &Path, path: &Path) -> Result<u64, HostError>;
+
+    /// Removes everything in the trash directory `trash`: a symlink there is unlinked, never
+    /// followed, and no other mount is entered. A missing trash is success. Returns how many
+    /// entries went; an entry that cannot be removed does not stop the others, and the
+    /// first such error is returned at the end.
+    fn empty_trash(&self, trash: &Path) -> Result<u64, HostError>;
+
     /// Copies the tree at `from` into the existing directory `to`: files, directories and
     /// symlinks (as links), with modes and owners; never follows links or crosses mounts.
     fn copy_tree(&self, from: &Path, to: &Path) -> Result<(), HostError>;

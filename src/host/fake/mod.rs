@@ -99,6 +99,35 @@ impl Host for FakeHost {
         }
     }
 
+    fn move_to_trash(&self, trash: &Path, path: &Path) -> Result<u64, HostError> {
+        let mut m = self.enter("move_to_trash", path)?;
+        if m.symlinks.contains(trash) {
+            return Err(HostError::Symlink {
+                path: trash.to_path_buf(),
+            });
+        }
+        m.dirs.insert(trash.to_path_buf());
+        let Some(bytes) = m.images.remove(path) else {
+            return Ok(0);
+        };
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        m.random_counter += 1;
+        let to = trash.join(format!("{name}.{}", m.random_counter));
+        m.images.insert(to, bytes);
+        Ok(bytes)
+    }
+
+    fn empty_trash(&self, trash: &Path) -> Result<u64, HostError> {
+        let mut m = self.enter("empty_trash", trash)?;
+        let before = m.images.len() + m.files.len() + m.symlinks.len();
+        let inside = |p: &Path| p.starts_with(trash) && p != trash;
+        m.images.retain(|i, _| !inside(i));
+        m.files.retain(|f| !inside(f));
+        m.symlinks.retain(|l| !inside(l));
+        m.dirs.retain(|d| !inside(d));
+        Ok((before - m.images.len() - m.files.len() - m.symlinks.len()) as u64)
+    }
+
     fn rename(&self, from: &Path, to: &Path) -> Result<(), HostError> {
         let mut m = self.enter("rename", from)?;
         let moved: Vec<PathBuf> = m
