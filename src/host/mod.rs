@@ -108,6 +108,9 @@ pub enum TargetKind {
 /// `statvfs(2)` of a filesystem, in bytes and inodes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FsStats {
+    /// The filesystem's device number (`st_dev` of the path): equal for paths on one
+    /// filesystem.
+    pub device: u64,
     pub bytes_total: u64,
     pub bytes_free: u64,
     /// Free to unprivileged users (what `df` shows as available).

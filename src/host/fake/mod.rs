@@ -378,6 +378,7 @@ impl Host for FakeHost {
     fn fs_stats(&self, path: &Path) -> Result<FsStats, HostError> {
         let _m = self.enter("fs_stats", path)?;
         Ok(FsStats {
+            device: 0,
             bytes_total: self.fs_size,
             bytes_free: self.fs_size,
             bytes_available: self.fs_size,
