@@ -23,16 +23,27 @@
 //! fsyncs per create, then `fallocate`, the image's and its directory's fsync, and the
 //! store's commit.
 //!
-//! What is left, on this machine shared by seven builds (an fsync'd append at 1-4 ms, 15-60x
+//! Then, on this machine shared by seven builds (an fsync'd append at 1-4 ms, 15-60x
 //! the idle figure): CreateVolume 85-160 ms p50, of which `mkfs.ext4` 12-38 ms and the
 //! rest fsyncs, each a contended host journal commit. DeleteVolume 240-370 ms p50, nearly
 //! all of it one `unlinkat` of the image (216-224 ms in strace): freeing its allocated
 //! extents on a host ext4 mounted with `discard` waits for the host journal; the unmount
-//! before it (the inner journal flushed, an fsync of the image) takes 16-64 ms. End to end
-//! 350-590 ms p50 = 12-62x the floor sum measured beside it: the bar (11x) is not met here.
-//! Not yet tried: a stock of formatted images made ahead (create becomes a rename), and
-//! freeing a deleted image's blocks off the RPC's path (a rename into a trash directory the
-//! daemon empties, and recovery empties at start).
+//! before it (the inner journal flushed, an fsync of the image) takes 16-64 ms.
+//!
+//! # The trash (2026-12-07, 2 helpers building beside it)
+//! Before, 20 lifecycles under `strace -f -T`: the daemon's `unlinkat` of the image
+//! 6.7 ms p50, 54 ms max (218 ms over 22 images), `umount2` 2.9 ms mean, 2.2 fsyncs per RPC
+//! at 1.7 ms mean; DeleteVolume 12-15 ms p50, as long as CreateVolume (12.6-13.6 ms);
+//! end to end 32-36 ms p50 = 6.0-14.9x the floor sum, measured then once before the
+//! lifecycles (its sum moved from 2.4 to 5.5 ms between runs).
+//! After: DeleteVolume renames the image into `<pool>/.trash` (the rename and two directory
+//! fsyncs are the durable step) and the daemon unlinks it in the background
+//! (`src/engine/trash.rs`); DeleteVolume is left with the unmount, the rename and the
+//! store's commit: 14-17 ms p50 against CreateVolume's 35-41 ms in three runs at load 7
+//! (about 0.4x of CreateVolume, from 1x), end to end 61-72 ms = 8.5-10.4x the floor sum,
+//! now sampled between the lifecycles so both see the same load. CreateVolume
+//! (`mkfs.ext4`, `fallocate`, fsyncs) is now most of a lifecycle; not yet tried: a stock
+//! of formatted images made ahead, so a create becomes a rename.
 //!
 //! Environment: `BERTH_BENCH_N` volumes (default 100), `BERTH_BENCH_SIZE_MIB` (default 16),
 //! `BERTH_BENCH_QUICK=1` (10 volumes, for the test command: prints, asserts nothing about
