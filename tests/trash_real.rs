@@ -1,7 +1,7 @@
 //! The pools' trash for real (root): the host moves an image into it durably and empties
-//! it without following a symlink; the daemon's delete is done once the image is in the
-//! trash (it succeeds while the image cannot be unlinked yet), and a restart empties what
-//! was left there.
+//! it without following a symlink (an image on another filesystem is unlinked in place);
+//! the daemon's delete is done once the image is in the trash (it succeeds while the image
+//! cannot be unlinked yet), and a restart empties what was left there.
 
 #[path = "support/csi_daemon.rs"]
 mod csi_daemon;
@@ -200,4 +200,32 @@ async fn a_delete_is_done_before_the_unlink_and_a_restart_empties_what_is_left()
     let _c = daemon.clients().await;
     wait_empty(&daemon, &trash);
     assert_eq!(fs::read(outside.join("keep")).unwrap(), b"not berth's");
+}
+
+#[test]
+fn an_image_on_another_filesystem_than_the_trash_is_unlinked_where_it_is() {
+    harness::require_root();
+    let s = Scratch::new("berth-trash-");
+    let base = s.join("pool");
+    let images = base.join(".images");
+    fs::create_dir_all(&images).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &images,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=8m"),
+    )
+    .expect("mount a tmpfs");
+    let image = images.join("v.img");
+    fs::write(&image, vec![1u8; 4096]).unwrap();
+    let host = LinuxHost::new();
+    let trash = base.join(TRASH_DIR);
+
+    let moved = host.move_to_trash(&trash, &image);
+    let left = image.exists();
+    nix::mount::umount2(&images, nix::mount::MntFlags::UMOUNT_NOFOLLOW).expect("umount");
+    assert_eq!(moved.unwrap(), 4096);
+    assert!(!left, "the image is gone");
+    assert!(entries(&trash).is_empty());
 }

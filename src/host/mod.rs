@@ -250,7 +250,8 @@ pub trait Host: Send + Sync {
     /// durable (both directories fsynced): the cheap, durable step of a delete, whose
     /// freeing of blocks [`Host::empty_trash`] does later. A `trash` that is a symlink or
     /// another mount is refused. Returns the bytes of the moved file (0 for anything else).
-    /// A missing `path` is success with 0: it was moved before.
+    /// A missing `path` is success with 0: it was moved before. A file on another
+    /// filesystem than the trash is unlinked where it is instead.
     fn move_to_trash(&self, trash: &Path, path: &Path) -> Result<u64, HostError>;
 
     /// Removes everything in the trash directory `trash`: a symlink there is unlinked, never

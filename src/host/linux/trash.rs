@@ -87,14 +87,24 @@ pub(super) fn move_to_trash(trash: &Path, path: &Path) -> Result<u64, HostError>
         });
     }
     let to = trash_name(path, from_name)?;
-    nix::fcntl::renameat2(
+    match nix::fcntl::renameat2(
         &from_parent,
         from_c.as_c_str(),
         &trash_fd,
         to.as_c_str(),
         RenameFlags::RENAME_NOREPLACE,
-    )
-    .map_err(|e| nix_err("rename", path, e))?;
+    ) {
+        Ok(()) => {}
+        // Another filesystem mounted between the two (on the images directory, say): the
+        // file cannot be moved, so it goes where it is, on the request's path as before.
+        Err(Errno::EXDEV) if meta.is_file() => {
+            nix::unistd::unlinkat(&from_parent, from_c.as_c_str(), UnlinkatFlags::NoRemoveDir)
+                .map_err(|e| nix_err("unlink", path, e))?;
+            fsync_fd(from_parent.as_fd(), path)?;
+            return Ok(meta.size);
+        }
+        Err(e) => return Err(nix_err("rename", path, e)),
+    }
     // Durable only once both directories say so: the trash holds it, its old place does not.
     fsync_fd(trash_fd.as_fd(), trash)?;
     fsync_fd(from_parent.as_fd(), path)?;
