@@ -55,7 +55,7 @@ fn an_image_moved_to_the_trash_leaves_its_place_at_once_and_emptying_unlinks_it(
     let host = LinuxHost::new();
     let trash = base.join(TRASH_DIR);
 
-    assert_eq!(host.move_to_trash(&trash, &image).unwrap(), 4 * MIB);
+    assert_eq!(host.move_to_trash(&trash, &[&image]).unwrap(), 4 * MIB);
     assert!(!image.exists());
     let waiting = entries(&trash);
     assert_eq!(waiting.len(), 1, "{waiting:?}");
@@ -63,7 +63,7 @@ fn an_image_moved_to_the_trash_leaves_its_place_at_once_and_emptying_unlinks_it(
     let mode = fs::metadata(&trash).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o700, "only root looks into the trash");
     // Moved before: nothing to do.
-    assert_eq!(host.move_to_trash(&trash, &image).unwrap(), 0);
+    assert_eq!(host.move_to_trash(&trash, &[&image]).unwrap(), 0);
 
     assert_eq!(host.empty_trash(&trash).unwrap(), 1);
     assert!(entries(&trash).is_empty());
@@ -103,7 +103,7 @@ fn a_trash_that_is_a_symlink_is_refused_and_nothing_moves() {
     let trash = base.join(TRASH_DIR);
     std::os::unix::fs::symlink(&outside, &trash).unwrap();
 
-    let err = host.move_to_trash(&trash, &image).unwrap_err();
+    let err = host.move_to_trash(&trash, &[&image]).unwrap_err();
     assert!(matches!(err, HostError::Symlink { .. }), "{err}");
     assert!(image.exists(), "the image stays where it was");
     let err = host.empty_trash(&trash).unwrap_err();
@@ -179,14 +179,23 @@ async fn a_delete_is_done_before_the_unlink_and_a_restart_empties_what_is_left()
     chattr("-a", &trash);
     deleted.expect("DeleteVolume is done while its image cannot be unlinked yet");
     assert!(!pool.join(".images/second.img").exists());
-    assert_eq!(waiting.len(), 1, "{waiting:?}");
+    assert!(!pool.join("second").exists(), "its mount point went too");
+    let names: Vec<String> = waiting
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 2, "the image and the mount point: {names:?}");
     assert!(
-        waiting[0]
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .starts_with("second.img."),
-        "{waiting:?}"
+        names.iter().any(|n| n.starts_with("second.img.")),
+        "{names:?}"
+    );
+    assert!(
+        waiting.iter().any(|p| p.is_dir()
+            && p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("second.")),
+        "{names:?}"
     );
 
     // Planted while berth is down: emptied after the start, a link unlinked, not followed.
@@ -222,7 +231,7 @@ fn an_image_on_another_filesystem_than_the_trash_is_unlinked_where_it_is() {
     let host = LinuxHost::new();
     let trash = base.join(TRASH_DIR);
 
-    let moved = host.move_to_trash(&trash, &image);
+    let moved = host.move_to_trash(&trash, &[&image]);
     let left = image.exists();
     nix::mount::umount2(&images, nix::mount::MntFlags::UMOUNT_NOFOLLOW).expect("umount");
     assert_eq!(moved.unwrap(), 4096);

@@ -79,9 +79,14 @@ impl<H: Host> Engine<H> {
                 self.host
                     .rename(image, &kept)
                     .map_err(err("retaining the image"))?;
+            } else if p.fs.is_some() {
+                // Durable here, the emptied mount point with it (one journal commit for
+                // both); the blocks are freed by the trash's emptying, later. The data was
+                // counted inside.
+                stats.image_bytes += self.trash_paths(v, &[image, &p.dir])?;
+                return Ok(stats);
             } else {
-                // Durable here; its blocks are freed by the trash's emptying, later.
-                stats.image_bytes += self.trash_image(v, image)?;
+                stats.image_bytes += self.trash_paths(v, &[image])?;
             }
         } else if retain && !gone {
             let kept = self.retained_path(v, "");

@@ -49,12 +49,13 @@ impl<H: Host> Engine<H> {
         base.join(TRASH_DIR)
     }
 
-    /// Moves a deleted volume's image into its base's trash, durably; returns its bytes.
-    pub(super) fn trash_image(&self, v: &Volume, image: &Path) -> Result<u64, EngineError> {
+    /// Moves a deleted volume's image (and what else is given: its emptied mount point)
+    /// into its base's trash, durably; returns the image's bytes.
+    pub(super) fn trash_paths(&self, v: &Volume, paths: &[&Path]) -> Result<u64, EngineError> {
         let trash = Self::trash_of(&v.placement.base);
         let bytes = self
             .host
-            .move_to_trash(&trash, image)
+            .move_to_trash(&trash, paths)
             .map_err(Self::host_err(&v.name, "moving the image to the trash"))?;
         self.trash.push(trash);
         Ok(bytes)

@@ -93,9 +93,9 @@ impl<H: Host> Host for Faulty<H> {
         self.check("rename", from)?;
         self.inner.rename(from, to)
     }
-    fn move_to_trash(&self, trash: &Path, path: &Path) -> Result<u64, HostError> {
-        self.check("move_to_trash", path)?;
-        self.inner.move_to_trash(trash, path)
+    fn move_to_trash(&self, trash: &Path, paths: &[&Path]) -> Result<u64, HostError> {
+        self.check("move_to_trash", trash)?;
+        self.inner.move_to_trash(trash, paths)
     }
     fn empty_trash(&self, trash: &Path) -> Result<u64, HostError> {
         self.check("empty_trash", trash)?;

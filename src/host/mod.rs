@@ -245,14 +245,15 @@ pub trait Host: Send + Sync {
     /// success (the rename already happened).
     fn rename(&self, from: &Path, to: &Path) -> Result<(), HostError>;
 
-    /// Moves `path` into the trash directory `trash` (made if missing, mode 0700; its
-    /// parent is a pool base on the same filesystem) under a fresh name, and makes the move
-    /// durable (both directories fsynced): the cheap, durable step of a delete, whose
-    /// freeing of blocks [`Host::empty_trash`] does later. A `trash` that is a symlink or
-    /// another mount is refused. Returns the bytes of the moved file (0 for anything else).
-    /// A missing `path` is success with 0: it was moved before. A file on another
-    /// filesystem than the trash is unlinked where it is instead.
-    fn move_to_trash(&self, trash: &Path, path: &Path) -> Result<u64, HostError>;
+    /// Moves each of `paths` into the trash directory `trash` (made if missing, mode 0700;
+    /// its parent is a pool base on the same filesystem) under a fresh name, then makes the
+    /// moves durable (the trash and every old parent fsynced, after all the renames, so one
+    /// journal commit carries them): the cheap, durable step of a delete, whose freeing of
+    /// blocks [`Host::empty_trash`] does later. A `trash` that is a symlink or another
+    /// mount is refused, as is a path that is a mount. Returns the bytes of the moved files.
+    /// A missing path is skipped: it was moved before. A file on another filesystem than
+    /// the trash is unlinked where it is instead.
+    fn move_to_trash(&self, trash: &Path, paths: &[&Path]) -> Result<u64, HostError>;
 
     /// Removes everything in the trash directory `trash`: a symlink there is unlinked, never
     /// followed, and no other mount is entered. A missing trash is success. Returns how many

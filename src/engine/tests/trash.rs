@@ -94,7 +94,8 @@ fn a_delete_cut_short_after_the_move_finishes_at_start_and_the_trash_is_emptied(
     let image = v.placement.image.clone().unwrap();
     h.make_dir(&v.placement.dir, &Ownership::default()).unwrap();
     h.create_image(&image, GIB, Some(FsType::Ext4)).unwrap();
-    h.move_to_trash(&trash(), &image).unwrap();
+    h.move_to_trash(&trash(), &[&image, &v.placement.dir])
+        .unwrap();
     // And something an earlier run left in the trash.
     h.add_symlink(&trash().join("link"));
 

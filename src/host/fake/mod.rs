@@ -99,21 +99,52 @@ impl Host for FakeHost {
         }
     }
 
-    fn move_to_trash(&self, trash: &Path, path: &Path) -> Result<u64, HostError> {
-        let mut m = self.enter("move_to_trash", path)?;
+    fn move_to_trash(&self, trash: &Path, paths: &[&Path]) -> Result<u64, HostError> {
+        let mut m = self.enter("move_to_trash", trash)?;
         if m.symlinks.contains(trash) {
             return Err(HostError::Symlink {
                 path: trash.to_path_buf(),
             });
         }
+        if let Some(path) = paths.iter().find(|p| m.mounts.contains_key(**p)) {
+            return Err(HostError::CrossesMount {
+                path: path.to_path_buf(),
+            });
+        }
         m.dirs.insert(trash.to_path_buf());
-        let Some(bytes) = m.images.remove(path) else {
-            return Ok(0);
-        };
-        let name = path.file_name().unwrap_or_default().to_string_lossy();
-        m.random_counter += 1;
-        let to = trash.join(format!("{name}.{}", m.random_counter));
-        m.images.insert(to, bytes);
+        let mut bytes = 0;
+        for path in paths {
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            m.random_counter += 1;
+            let to = trash.join(format!("{name}.{}", m.random_counter));
+            if let Some(size) = m.images.remove(*path) {
+                bytes += size;
+                m.images.insert(to, size);
+                continue;
+            }
+            let moved: Vec<PathBuf> = m
+                .dirs
+                .iter()
+                .filter(|d| d.starts_with(path))
+                .cloned()
+                .collect();
+            for d in moved {
+                m.dirs.remove(&d);
+                let rel = d.strip_prefix(path).unwrap_or(Path::new(""));
+                m.dirs.insert(to.join(rel));
+            }
+            let moved: Vec<PathBuf> = m
+                .files
+                .iter()
+                .filter(|f| f.starts_with(path))
+                .cloned()
+                .collect();
+            for f in moved {
+                m.files.remove(&f);
+                let rel = f.strip_prefix(path).unwrap_or(Path::new(""));
+                m.files.insert(to.join(rel));
+            }
+        }
         Ok(bytes)
     }
 

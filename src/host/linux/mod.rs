@@ -170,8 +170,8 @@ impl Host for LinuxHost {
         rename(from, to)
     }
 
-    fn move_to_trash(&self, trash: &Path, path: &Path) -> Result<u64, HostError> {
-        trash::move_to_trash(trash, path)
+    fn move_to_trash(&self, trash: &Path, paths: &[&Path]) -> Result<u64, HostError> {
+        trash::move_to_trash(trash, paths)
     }
 
     fn empty_trash(&self, trash: &Path) -> Result<u64, HostError> {

@@ -70,45 +70,61 @@ fn trash_name(path: &Path, from: &OsStr) -> Result<CString, HostError> {
     cstring("rename", path, &bytes)
 }
 
-pub(super) fn move_to_trash(trash: &Path, path: &Path) -> Result<u64, HostError> {
-    let (from_parent, from_name) = open_parent(path)?;
-    let from_c = cstring("stat", path, from_name.as_bytes())?;
-    let meta = match statx_at(from_parent.as_fd(), &from_c) {
-        Ok(m) => m,
-        Err(Errno::ENOENT) => return Ok(0),
-        Err(e) => return Err(nix_err("stat", path, e)),
-    };
-    let Some(trash_fd) = open_trash(trash, true)? else {
-        return Err(invalid("open", trash, "the trash could not be made"));
-    };
-    if meta.mount_root {
-        return Err(HostError::CrossesMount {
-            path: path.to_path_buf(),
-        });
-    }
-    let to = trash_name(path, from_name)?;
-    match nix::fcntl::renameat2(
-        &from_parent,
-        from_c.as_c_str(),
-        &trash_fd,
-        to.as_c_str(),
-        RenameFlags::RENAME_NOREPLACE,
-    ) {
-        Ok(()) => {}
-        // Another filesystem mounted between the two (on the images directory, say): the
-        // file cannot be moved, so it goes where it is, on the request's path as before.
-        Err(Errno::EXDEV) if meta.is_file() => {
-            nix::unistd::unlinkat(&from_parent, from_c.as_c_str(), UnlinkatFlags::NoRemoveDir)
-                .map_err(|e| nix_err("unlink", path, e))?;
-            fsync_fd(from_parent.as_fd(), path)?;
-            return Ok(meta.size);
+pub(super) fn move_to_trash(trash: &Path, paths: &[&Path]) -> Result<u64, HostError> {
+    let mut bytes = 0;
+    let mut parents = Vec::new();
+    let mut trash_fd = None;
+    for path in paths {
+        let (from_parent, from_name) = open_parent(path)?;
+        let from_c = cstring("stat", path, from_name.as_bytes())?;
+        let meta = match statx_at(from_parent.as_fd(), &from_c) {
+            Ok(m) => m,
+            Err(Errno::ENOENT) => continue,
+            Err(e) => return Err(nix_err("stat", path, e)),
+        };
+        if meta.mount_root {
+            return Err(HostError::CrossesMount {
+                path: path.to_path_buf(),
+            });
         }
-        Err(e) => return Err(nix_err("rename", path, e)),
+        let into = match &trash_fd {
+            Some(fd) => fd,
+            None => match open_trash(trash, true)? {
+                Some(fd) => trash_fd.insert(fd),
+                None => return Err(invalid("open", trash, "the trash could not be made")),
+            },
+        };
+        let to = trash_name(path, from_name)?;
+        match nix::fcntl::renameat2(
+            &from_parent,
+            from_c.as_c_str(),
+            into,
+            to.as_c_str(),
+            RenameFlags::RENAME_NOREPLACE,
+        ) {
+            Ok(()) => {}
+            // Another filesystem mounted between the two (on the images directory, say):
+            // the file cannot be moved, so it goes where it is, on the request's path.
+            Err(Errno::EXDEV) if meta.is_file() => {
+                nix::unistd::unlinkat(&from_parent, from_c.as_c_str(), UnlinkatFlags::NoRemoveDir)
+                    .map_err(|e| nix_err("unlink", path, e))?;
+            }
+            Err(e) => return Err(nix_err("rename", path, e)),
+        }
+        if meta.is_file() {
+            bytes += meta.size;
+        }
+        parents.push((from_parent, *path));
     }
-    // Durable only once both directories say so: the trash holds it, its old place does not.
-    fsync_fd(trash_fd.as_fd(), trash)?;
-    fsync_fd(from_parent.as_fd(), path)?;
-    Ok(if meta.is_file() { meta.size } else { 0 })
+    // Durable only once the directories say so: the trash holds them, their old places do
+    // not. Synced after all the renames, so the first fsync commits them all.
+    if let Some(fd) = &trash_fd {
+        fsync_fd(fd.as_fd(), trash)?;
+    }
+    for (parent, path) in &parents {
+        fsync_fd(parent.as_fd(), path)?;
+    }
+    Ok(bytes)
 }
 
 pub(super) fn empty_trash(trash: &Path) -> Result<u64, HostError> {
