@@ -157,7 +157,7 @@ impl Scene {
                 for image in fs::read_dir(&path).unwrap() {
                     on_disk.insert(image.unwrap().path());
                 }
-            } else if name != ".retained" && name != ".trash" {
+            } else if ![".retained", ".trash", ".stock"].contains(&name.as_str()) {
                 on_disk.insert(path);
             }
         }

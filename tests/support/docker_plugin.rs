@@ -151,14 +151,15 @@ paths = ["{dir}/pool"]
     }
 
     /// What the pool holds besides berth's own (empty) directories: volumes, images and
-    /// retained data. Empty means nothing was left behind. The trash is not looked into:
-    /// what it holds was deleted and waits to be unlinked in the background.
+    /// retained data. Empty means nothing was left behind. The trash and the stock are not
+    /// looked into: what the trash holds was deleted and waits to be unlinked in the
+    /// background, the stock holds images made ahead for creates.
     pub fn pool_leftovers(&self) -> Vec<PathBuf> {
         let mut out = Vec::new();
         for entry in std::fs::read_dir(self.pool()).unwrap() {
             let path = entry.unwrap().path();
             let name = path.file_name();
-            if name.is_some_and(|n| n == ".trash") {
+            if name.is_some_and(|n| n == ".trash" || n == ".stock") {
                 continue;
             }
             let own = name.is_some_and(|n| n == ".images" || n == ".retained");
