@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::engine::{Engine, VolumeService};
 use crate::host::linux::LinuxHost;
 use crate::server::socket::{socket_path, try_lock};
-use crate::server::{ServeError, background_work, io_err, sweep_pending_reservations};
+use crate::server::{ServeError, empty_trash_in_background, io_err, sweep_pending_reservations};
 
 /// Takes the state directory's lock (see the module docs), creating the directory.
 fn lock_state_dir(state_dir: &Path) -> Result<std::fs::File, ServeError> {
@@ -139,7 +139,10 @@ pub async fn serve(
         Arc::clone(&engine),
         stop_rx.clone(),
     ));
-    servers.spawn(background_work(Arc::clone(&engine), stop_rx.clone()));
+    servers.spawn(empty_trash_in_background(
+        Arc::clone(&engine),
+        stop_rx.clone(),
+    ));
     tracing::info!(
         volumes = engine.list(&Default::default()).len(),
         millis = started.elapsed().as_millis() as u64,

@@ -1,9 +1,7 @@
-//! The pools' trash and stock for real (root): the host moves an image into the trash
-//! durably and empties it without following a symlink (an image on another filesystem is
-//! unlinked in place); the daemon's delete is done once the image is in the trash (it
-//! succeeds while the image cannot be unlinked yet), and a restart empties what was left
-//! there. The stock names only whole images, a create takes one of its size, and a start
-//! empties the stock.
+//! The pools' trash for real (root): the host moves an image into it durably and empties
+//! it without following a symlink (an image on another filesystem is unlinked in place);
+//! the daemon's delete is done once the image is in the trash (it succeeds while the image
+//! cannot be unlinked yet), and a restart empties what was left there.
 
 #[path = "support/csi_daemon.rs"]
 mod csi_daemon;
@@ -13,15 +11,14 @@ mod harness;
 mod support;
 
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use berth::csi::proto::volume_capability::access_mode::Mode;
 use berth::csi::proto::volume_capability::{AccessMode, AccessType, MountVolume};
 use berth::csi::proto::*;
-use berth::engine::types::FsType;
-use berth::engine::{STOCK_DIR, TRASH_DIR};
+use berth::engine::TRASH_DIR;
 use berth::host::linux::LinuxHost;
 use berth::host::{Host, HostError};
 use csi_daemon::{Clients, Daemon};
@@ -240,95 +237,4 @@ fn an_image_on_another_filesystem_than_the_trash_is_unlinked_where_it_is() {
     assert_eq!(moved.unwrap(), 4096);
     assert!(!left, "the image is gone");
     assert!(entries(&trash).is_empty());
-}
-
-#[test]
-fn a_stock_image_is_named_only_once_whole_and_a_take_renames_it_into_place() {
-    harness::require_root();
-    let s = Scratch::new("berth-stock-");
-    let (base, _, _) = pool_with_image(&s);
-    let host = LinuxHost::new();
-    let stock = base.join(STOCK_DIR);
-    let size = 16 * MIB;
-
-    assert!(host.stock_image(&stock, size, FsType::Ext4).unwrap());
-    assert!(
-        !host.stock_image(&stock, size, FsType::Ext4).unwrap(),
-        "one per size"
-    );
-    let made = entries(&stock);
-    assert_eq!(made.len(), 1, "{made:?}");
-    let name = made[0].file_name().unwrap().to_string_lossy().into_owned();
-    assert!(name.starts_with("ext4-16777216."), "{name}");
-    let meta = fs::metadata(&made[0]).unwrap();
-    assert!(meta.len() >= size);
-    assert!(meta.blocks() * 512 >= meta.len(), "allocated, not sparse");
-
-    let image = base.join(".images/w.img");
-    assert!(
-        !host
-            .take_from_stock(&stock, 2 * size, FsType::Ext4, &image)
-            .unwrap()
-    );
-    assert!(
-        !host
-            .take_from_stock(&stock, size, FsType::Xfs, &image)
-            .unwrap()
-    );
-    assert!(
-        host.take_from_stock(&stock, size, FsType::Ext4, &image)
-            .unwrap()
-    );
-    assert_eq!(fs::metadata(&image).unwrap().ino(), meta.ino());
-    assert!(entries(&stock).is_empty());
-    assert!(
-        !host
-            .take_from_stock(&stock, size, FsType::Ext4, &image)
-            .unwrap()
-    );
-
-    // What a create does next with it: nothing to make, and it mounts with the room asked.
-    host.create_image(&image, size, Some(FsType::Ext4)).unwrap();
-    assert_eq!(fs::metadata(&image).unwrap().ino(), meta.ino());
-    let target = s.join("mnt");
-    fs::create_dir_all(&target).unwrap();
-    host.mount_image(&image, &target, FsType::Ext4).unwrap();
-    let stats = nix::sys::statvfs::statvfs(&target).unwrap();
-    let room = stats.blocks_available() as u64 * stats.fragment_size() as u64;
-    host.unmount(&target).unwrap();
-    assert!(room >= size, "{room} bytes free, {size} asked");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_create_takes_the_stock_image_of_its_size_and_a_start_empties_the_stock() {
-    let mut daemon = Daemon::start("");
-    let mut c = daemon.clients().await;
-    let pool = daemon.path().join("pool");
-    let stock = pool.join(STOCK_DIR);
-    create(&mut c, "first").await;
-    let started = Instant::now();
-    while entries(&stock).is_empty() {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "no stock image was made: the pool holds {:?}\n{}",
-            entries(&pool),
-            daemon.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let stocked = entries(&stock);
-    let ino = fs::metadata(&stocked[0]).unwrap().ino();
-    create(&mut c, "second").await;
-    assert_eq!(
-        fs::metadata(pool.join(".images/second.img")).unwrap().ino(),
-        ino,
-        "second's image is the stock's"
-    );
-
-    daemon.stop();
-    fs::write(stock.join(".tmp-ext4-16777216.half"), b"cut short").unwrap();
-    fs::write(stock.join("ext4-16777216.planted"), b"not an image").unwrap();
-    daemon.spawn();
-    let _c = daemon.clients().await;
-    wait_empty(&daemon, &stock);
 }

@@ -180,7 +180,6 @@ impl<H: Host> Engine<H> {
                 self.host
                     .make_dir(&p.dir, &no_owner)
                     .map_err(err("creating the volume directory"))?;
-                self.take_stock(v, image, size, fs)?;
                 self.host
                     .create_image(image, size, Some(fs))
                     .map_err(err("creating the filesystem image"))?;

@@ -54,7 +54,6 @@ pub mod selector;
 mod service;
 pub mod sizing;
 pub mod snapshot;
-mod stock;
 mod table;
 pub mod transfer;
 mod trash;
@@ -87,8 +86,6 @@ pub const IMAGES_DIR: &str = ".images";
 pub const RETAINED_DIR: &str = ".retained";
 /// Where deleted images wait to be unlinked (see [`trash`]); made at the first delete.
 pub const TRASH_DIR: &str = ".trash";
-/// Where images made ahead wait for a create (see [`stock`]); made at the first.
-pub const STOCK_DIR: &str = ".stock";
 
 /// This node as the orchestrators see it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -215,11 +212,10 @@ pub trait VolumeService: Send + Sync {
     /// milliseconds) and that was never published; returns their names. A volume busy with
     /// another operation is left for the next call.
     fn expire_pending_reservations(&self, now_ms: u64) -> Vec<VolumeName>;
-    /// Waits up to `wait` for background work to be due, then does it: unlinks what every
-    /// due trash holds (a delete moved an image into it, or the engine started) and makes
-    /// the stock images creates asked for ([`stock`]); returns how many trash entries went.
-    /// The daemon calls it in a loop on a thread of its own. See [`trash`].
-    fn background_work(&self, wait: Duration) -> u64;
+    /// Waits up to `wait` for a pool's trash to be due (a delete moved an image into it, or
+    /// the engine started), then unlinks what every due trash holds; returns how many
+    /// entries went. The daemon calls it in a loop on a thread of its own. See [`trash`].
+    fn empty_trash(&self, wait: Duration) -> u64;
     fn expand(&self, caller: Caller, name: &VolumeName, size: u64) -> Result<Volume, EngineError>;
     /// Gives group `gid` read-write access to a filesystem volume's data root: the root's
     /// group becomes `gid`, with group read/write/search and set-group-id so that files made

@@ -195,8 +195,8 @@ impl<H: Host> VolumeService for Engine<H> {
             ..self.metrics.snapshot()
         }
     }
-    fn background_work(&self, wait: Duration) -> u64 {
-        self.do_background_work(wait)
+    fn empty_trash(&self, wait: Duration) -> u64 {
+        self.do_empty_trash(wait)
     }
     fn record_refused(
         &self,

@@ -1,9 +1,6 @@
-//! The daemon's background work: emptying trashes, and keeping the stock of images made
-//! ahead (see [`super::stock`]).
-//!
 //! Deleting a loopfs image in two steps: a delete renames it into its pool base's trash
 //! ([`TRASH_DIR`]) and is done once that rename is durable; the daemon's background task
-//! ([`VolumeService::background_work`]) unlinks what the trash holds afterwards, off the
+//! ([`VolumeService::empty_trash`]) unlinks what the trash holds afterwards, off the
 //! request's path (unlinking an allocated image on a host filesystem mounted with `discard`
 //! takes hundreds of milliseconds). The record stays `Deleting` until the rename is
 //! durable, and recovery of such a record finds the image gone and finishes. Every trash is
@@ -19,49 +16,24 @@ use super::types::*;
 use super::*;
 use crate::host::Host;
 
-/// The background work due: trashes (and, at start, stocks) that may hold something to
-/// unlink, stock images to make; and the wake-up of whoever does it.
+/// The trashes that may hold something to unlink, and the wake-up of whoever empties them.
 #[derive(Default)]
 pub(super) struct TrashQueue {
-    due: Mutex<Due>,
+    due: Mutex<BTreeSet<PathBuf>>,
     filled: Condvar,
 }
 
-#[derive(Default)]
-struct Due {
-    /// Directories to empty: trashes, and stocks at start.
-    empty: BTreeSet<PathBuf>,
-    /// Stock directories, each with an image size and filesystem to keep one of.
-    stock: BTreeSet<(PathBuf, u64, FsType)>,
-}
-
-impl Due {
-    fn is_empty(&self) -> bool {
-        self.empty.is_empty() && self.stock.is_empty()
-    }
-}
-
 impl TrashQueue {
-    pub(super) fn push(&self, dir: PathBuf) {
+    pub(super) fn push(&self, trash: PathBuf) {
         self.due
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .empty
-            .insert(dir);
+            .insert(trash);
         self.filled.notify_all();
     }
 
-    pub(super) fn push_stock(&self, stock: PathBuf, size: u64, fs: FsType) {
-        self.due
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .stock
-            .insert((stock, size, fs));
-        self.filled.notify_all();
-    }
-
-    /// The work due, waiting up to `wait` for some.
-    fn take(&self, wait: Duration) -> Due {
+    /// The trashes due, waiting up to `wait` for one.
+    fn take(&self, wait: Duration) -> BTreeSet<PathBuf> {
         let due = self.due.lock().unwrap_or_else(|e| e.into_inner());
         let (mut due, _) = self
             .filled
@@ -106,16 +78,13 @@ impl<H: Host> Engine<H> {
         );
         for base in bases {
             self.trash.push(Self::trash_of(&base));
-            // Images made ahead by an earlier run: perhaps half made by a crash.
-            self.trash.push(Self::stock_of(&base));
         }
     }
 
-    /// See [`VolumeService::background_work`].
-    pub(super) fn do_background_work(&self, wait: Duration) -> u64 {
-        let due = self.trash.take(wait);
+    /// See [`VolumeService::empty_trash`].
+    pub(super) fn do_empty_trash(&self, wait: Duration) -> u64 {
         let mut removed = 0;
-        for trash in due.empty {
+        for trash in self.trash.take(wait) {
             match self.host.empty_trash(&trash) {
                 Ok(n) => removed += n,
                 // Left for the next start (or the next delete into this trash).
@@ -125,9 +94,6 @@ impl<H: Host> Engine<H> {
                     "could not empty the trash; its space stays used until it is"
                 ),
             }
-        }
-        for (stock, size, fs) in due.stock {
-            self.refill_stock(&stock, size, fs);
         }
         removed
     }

@@ -97,20 +97,6 @@ impl<H: Host> Host for Faulty<H> {
         self.check("move_to_trash", trash)?;
         self.inner.move_to_trash(trash, paths)
     }
-    fn stock_image(&self, stock: &Path, size: u64, fs: FsType) -> Result<bool, HostError> {
-        self.check("stock_image", stock)?;
-        self.inner.stock_image(stock, size, fs)
-    }
-    fn take_from_stock(
-        &self,
-        stock: &Path,
-        size: u64,
-        fs: FsType,
-        image: &Path,
-    ) -> Result<bool, HostError> {
-        self.check("take_from_stock", image)?;
-        self.inner.take_from_stock(stock, size, fs, image)
-    }
     fn empty_trash(&self, trash: &Path) -> Result<u64, HostError> {
         self.check("empty_trash", trash)?;
         self.inner.empty_trash(trash)

@@ -255,24 +255,6 @@ pub trait Host: Send + Sync {
     /// the trash is unlinked where it is instead.
     fn move_to_trash(&self, trash: &Path, paths: &[&Path]) -> Result<u64, HostError>;
 
-    /// Makes one formatted, allocated image that holds `size` bytes of `fs` in the stock
-    /// directory `stock` (made if missing, mode 0700; a pool base's child), unless the stock
-    /// holds one already: made under a temporary name (`.tmp-`), its file and directory
-    /// fsynced, then renamed to its stock name and the directory fsynced, so the stock only
-    /// ever names complete images. Returns whether it made one.
-    fn stock_image(&self, stock: &Path, size: u64, fs: FsType) -> Result<bool, HostError>;
-
-    /// Renames a complete stock image for `size` and `fs` to `image` (never replacing what
-    /// is there) and syncs both directories. False, changing nothing, when the stock has
-    /// none (or `image` exists).
-    fn take_from_stock(
-        &self,
-        stock: &Path,
-        size: u64,
-        fs: FsType,
-        image: &Path,
-    ) -> Result<bool, HostError>;
-
     /// Removes everything in the trash directory `trash`: a symlink there is unlinked, never
     /// followed, and no other mount is entered. A missing trash is success. Returns how many
     /// entries went; an entry that cannot be removed does not stop the others, and the

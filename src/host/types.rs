@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The filesystem berth makes inside a `loopfs` image.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FsType {
     Ext4,

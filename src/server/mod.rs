@@ -97,12 +97,12 @@ pub async fn sweep_pending_reservations(
     }
 }
 
-/// How long one wait for background work lasts: bounds how long a stop waits for it.
+/// How long one wait for a trash to empty lasts: bounds how long a stop waits for it.
 const TRASH_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
 
-/// Unlinks what deletes (and earlier runs) left in the pools' trashes and makes stock
-/// images, off the requests' path (see [`VolumeService::background_work`]).
-pub async fn background_work(
+/// Unlinks what deletes (and earlier runs) left in the pools' trashes, off the requests'
+/// path (see [`VolumeService::empty_trash`]).
+pub async fn empty_trash_in_background(
     engine: Arc<dyn VolumeService>,
     stop: watch::Receiver<bool>,
 ) -> Result<(), ServeError> {
@@ -110,7 +110,7 @@ pub async fn background_work(
     tokio::pin!(stop);
     loop {
         let engine = Arc::clone(&engine);
-        let emptied = tokio::task::spawn_blocking(move || engine.background_work(TRASH_WAIT));
+        let emptied = tokio::task::spawn_blocking(move || engine.empty_trash(TRASH_WAIT));
         tokio::select! {
             _ = &mut stop => return Ok(()),
             done = emptied => {

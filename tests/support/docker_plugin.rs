@@ -151,15 +151,14 @@ paths = ["{dir}/pool"]
     }
 
     /// What the pool holds besides berth's own (empty) directories: volumes, images and
-    /// retained data. Empty means nothing was left behind. The trash and the stock are not
-    /// looked into: what the trash holds was deleted and waits to be unlinked in the
-    /// background, the stock holds images made ahead for creates.
+    /// retained data. Empty means nothing was left behind. The trash is not looked into:
+    /// what it holds was deleted and waits to be unlinked in the background.
     pub fn pool_leftovers(&self) -> Vec<PathBuf> {
         let mut out = Vec::new();
         for entry in std::fs::read_dir(self.pool()).unwrap() {
             let path = entry.unwrap().path();
             let name = path.file_name();
-            if name.is_some_and(|n| n == ".trash" || n == ".stock") {
+            if name.is_some_and(|n| n == ".trash") {
                 continue;
             }
             let own = name.is_some_and(|n| n == ".images" || n == ".retained");

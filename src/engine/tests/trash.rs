@@ -15,7 +15,7 @@ fn a_delete_moves_the_image_to_the_trash_and_emptying_it_unlinks_it() {
     let f = Fixture::new();
     let e = f.open(host());
     // What the start queued: nothing there yet.
-    assert_eq!(e.background_work(Duration::ZERO), 0);
+    assert_eq!(e.empty_trash(Duration::ZERO), 0);
     let v = e.create(CSI, request("v", Some(GIB))).unwrap();
     let image = v.placement.image.clone().unwrap();
     e.delete(CSI, &name("v")).unwrap();
@@ -33,10 +33,10 @@ fn a_delete_moves_the_image_to_the_trash_and_emptying_it_unlinks_it() {
     e.create(CSI, request("v", Some(GIB))).unwrap();
     assert!(e.host().has_image(&image));
 
-    assert_eq!(e.background_work(Duration::ZERO), 1);
+    assert_eq!(e.empty_trash(Duration::ZERO), 1);
     assert!(e.host().images_beneath(&trash()).is_empty());
     // Nothing more is due until the next delete.
-    assert_eq!(e.background_work(Duration::ZERO), 0);
+    assert_eq!(e.empty_trash(Duration::ZERO), 0);
 }
 
 #[test]
@@ -108,59 +108,6 @@ fn a_delete_cut_short_after_the_move_finishes_at_start_and_the_trash_is_emptied(
     assert!(!e.host().is_dir(&v.placement.dir));
     assert_eq!(e.host().images_beneath(&trash()).len(), 1);
     // The start queued every trash: the image and the link go.
-    assert_eq!(e.background_work(Duration::ZERO), 2);
+    assert_eq!(e.empty_trash(Duration::ZERO), 2);
     assert!(e.host().images_beneath(&trash()).is_empty());
-}
-
-#[test]
-fn a_create_takes_a_stock_image_of_its_size_and_the_stock_is_refilled_in_the_background() {
-    let f = Fixture::new();
-    let e = f.open(host());
-    let stock = PathBuf::from("/pool/volumes").join(STOCK_DIR);
-    e.background_work(Duration::ZERO);
-    let size = 16 << 20;
-    e.create(CSI, request("a", Some(size))).unwrap();
-    assert!(
-        e.host().images_beneath(&stock).is_empty(),
-        "made in the background"
-    );
-    e.background_work(Duration::ZERO);
-    let made = e.host().images_beneath(&stock);
-    assert_eq!(made.len(), 1, "{made:?}");
-    // One per size: asking again makes nothing more.
-    e.create(CSI, request("other", Some(2 * size))).unwrap();
-    e.background_work(Duration::ZERO);
-    assert_eq!(e.host().images_beneath(&stock).len(), 2);
-
-    let b = e.create(CSI, request("b", Some(size))).unwrap();
-    let image = b.placement.image.clone().unwrap();
-    assert!(e.host().has_image(&image));
-    let left = e.host().images_beneath(&stock);
-    assert!(
-        !left.contains(&made[0]),
-        "the stock image became b's: {left:?}"
-    );
-    assert_eq!(left.len(), 1, "{left:?}");
-    e.background_work(Duration::ZERO);
-    assert_eq!(e.host().images_beneath(&stock).len(), 2, "refilled");
-    // Bigger sizes are never kept in stock.
-    e.create(
-        CSI,
-        request("big", Some(stock::STOCK_MAX_BYTES + (1 << 20))),
-    )
-    .unwrap();
-    e.background_work(Duration::ZERO);
-    assert_eq!(e.host().images_beneath(&stock).len(), 2);
-}
-
-#[test]
-fn the_stock_is_emptied_at_start() {
-    let f = Fixture::new();
-    let h = host();
-    let stock = PathBuf::from("/pool/volumes").join(STOCK_DIR);
-    h.stock_image(&stock, 16 << 20, FsType::Ext4).unwrap();
-    h.add_file(&stock.join(".tmp-ext4-16777216.half"));
-    let e = f.open(h);
-    assert_eq!(e.background_work(Duration::ZERO), 2);
-    assert!(e.host().images_beneath(&stock).is_empty());
 }

@@ -148,46 +148,6 @@ impl Host for FakeHost {
         Ok(bytes)
     }
 
-    fn stock_image(&self, stock: &Path, size: u64, fs: FsType) -> Result<bool, HostError> {
-        let mut m = self.enter("stock_image", stock)?;
-        let prefix = stock.join(format!("{}-{size}.", fs.as_str()));
-        let prefix = prefix.to_string_lossy().into_owned();
-        if m.images
-            .keys()
-            .any(|i| i.to_string_lossy().starts_with(&prefix))
-        {
-            return Ok(false);
-        }
-        m.dirs.insert(stock.to_path_buf());
-        m.random_counter += 1;
-        let made = PathBuf::from(format!("{prefix}{}", m.random_counter));
-        m.images.insert(made, size);
-        Ok(true)
-    }
-
-    fn take_from_stock(
-        &self,
-        stock: &Path,
-        size: u64,
-        fs: FsType,
-        image: &Path,
-    ) -> Result<bool, HostError> {
-        let mut m = self.enter("take_from_stock", image)?;
-        let prefix = stock.join(format!("{}-{size}.", fs.as_str()));
-        let prefix = prefix.to_string_lossy().into_owned();
-        let found = m
-            .images
-            .keys()
-            .find(|i| i.to_string_lossy().starts_with(&prefix))
-            .cloned();
-        let Some(found) = found.filter(|_| !m.images.contains_key(image)) else {
-            return Ok(false);
-        };
-        let bytes = m.images.remove(&found).unwrap_or(size);
-        m.images.insert(image.to_path_buf(), bytes);
-        Ok(true)
-    }
-
     fn empty_trash(&self, trash: &Path) -> Result<u64, HostError> {
         let mut m = self.enter("empty_trash", trash)?;
         let before = m.images.len() + m.files.len() + m.symlinks.len();

@@ -98,7 +98,6 @@ mod mount;
 mod quota;
 mod random;
 mod snapshot;
-mod stock;
 mod trash;
 mod walk;
 mod xattr;
@@ -173,20 +172,6 @@ impl Host for LinuxHost {
 
     fn move_to_trash(&self, trash: &Path, paths: &[&Path]) -> Result<u64, HostError> {
         trash::move_to_trash(trash, paths)
-    }
-
-    fn stock_image(&self, stock: &Path, size: u64, fs: FsType) -> Result<bool, HostError> {
-        stock::stock_image(stock, size, fs, &self.image_sizes)
-    }
-
-    fn take_from_stock(
-        &self,
-        stock: &Path,
-        size: u64,
-        fs: FsType,
-        image: &Path,
-    ) -> Result<bool, HostError> {
-        stock::take_from_stock(stock, size, fs, image)
     }
 
     fn empty_trash(&self, trash: &Path) -> Result<u64, HostError> {

@@ -24,13 +24,12 @@ use super::fd::{
 use super::walk::{read_entries, remove_tree};
 use crate::host::{HostError, RemovalStats};
 
-/// Told apart from every other name this process makes in a trash or stock.
+/// Told apart from every other name moved into a trash by this process.
 static MOVED: AtomicU64 = AtomicU64::new(0);
 
-/// Opens a directory of berth's own in a pool base (the trash, the stock; made first when
-/// `create`, mode 0700), refusing a symlink or a mount there. `None`: missing and not to be
-/// made.
-pub(super) fn open_own_dir(trash: &Path, create: bool) -> Result<Option<OwnedFd>, HostError> {
+/// Opens the trash directory (made first when `create`), refusing a symlink or a mount
+/// there. `None`: missing and not to be made.
+fn open_trash(trash: &Path, create: bool) -> Result<Option<OwnedFd>, HostError> {
     let (parent, name) = open_parent(trash)?;
     if create {
         match nix::sys::stat::mkdirat(&parent, name, Mode::from_bits_truncate(0o700)) {
@@ -58,21 +57,16 @@ pub(super) fn open_own_dir(trash: &Path, create: bool) -> Result<Option<OwnedFd>
     Ok(Some(fd))
 }
 
-/// A suffix no other name made by any berth has: the time, the process and a counter.
-pub(super) fn unique_suffix() -> String {
+/// A name no other entry of the trash has: the moved entry's own name (for whoever looks),
+/// the time and a counter.
+fn trash_name(path: &Path, from: &OsStr) -> Result<CString, HostError> {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
     let n = MOVED.fetch_add(1, Ordering::Relaxed);
-    format!(".{nanos}.{}.{n}", std::process::id())
-}
-
-/// A name no other entry of the trash has: the moved entry's own name (for whoever looks)
-/// and a unique suffix.
-fn trash_name(path: &Path, from: &OsStr) -> Result<CString, HostError> {
     let mut bytes = from.as_bytes().to_vec();
-    bytes.extend_from_slice(unique_suffix().as_bytes());
+    bytes.extend_from_slice(format!(".{nanos}.{}.{n}", std::process::id()).as_bytes());
     cstring("rename", path, &bytes)
 }
 
@@ -95,7 +89,7 @@ pub(super) fn move_to_trash(trash: &Path, paths: &[&Path]) -> Result<u64, HostEr
         }
         let into = match &trash_fd {
             Some(fd) => fd,
-            None => match open_own_dir(trash, true)? {
+            None => match open_trash(trash, true)? {
                 Some(fd) => trash_fd.insert(fd),
                 None => return Err(invalid("open", trash, "the trash could not be made")),
             },
@@ -134,7 +128,7 @@ pub(super) fn move_to_trash(trash: &Path, paths: &[&Path]) -> Result<u64, HostEr
 }
 
 pub(super) fn empty_trash(trash: &Path) -> Result<u64, HostError> {
-    let Some(fd) = open_own_dir(trash, false)? else {
+    let Some(fd) = open_trash(trash, false)? else {
         return Ok(0);
     };
     let listing = fd.try_clone().map_err(|e| HostError::io("dup", trash, e))?;

@@ -237,10 +237,8 @@ pub fn check(world: &World<'_>, csi: &Csi, endpoints: &Endpoints) -> Result<u64,
     let mut expected_entries: BTreeSet<String> = store.keys().cloned().collect();
     expected_entries.extend([".images".to_string(), ".retained".to_string()]);
     let mut entries = dir_names(&layout.pool);
-    // The trash and the stock are berth's own too: what the trash holds was deleted and
-    // waits to be unlinked, the stock holds images made ahead for creates.
+    // The trash is berth's own too: what it holds was deleted and waits to be unlinked.
     entries.remove(".trash");
-    entries.remove(".stock");
     facts.hold(entries == expected_entries, || {
         format!("the pool holds {entries:?}, berth records {expected_entries:?}")
     })?;
