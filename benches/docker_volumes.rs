@@ -13,9 +13,14 @@
 //! A round is dominated by `docker run` (about 0.4 s); berth's own part of a sized volume is
 //! its create (format, allocate, mount) and its remove (unmount, image freed). Before the
 //! trash (2026-12-07, load about 2): local 444.5 ms, berth directory 1.02x, berth
-//! size=16MiB 1.10x. After (a removed image is renamed into its pool's trash and unlinked
-//! in the background, so `docker volume rm` no longer waits for the host filesystem to
-//! discard its extents), at load 5-7: local 550.0 ms, directory 1.03x, size=16MiB 1.13x.
+//! size=16MiB 1.10x. After (a removed image and its mount point are renamed into the pool's
+//! trash and unlinked in the background, so `docker volume rm` no longer waits for the host
+//! filesystem to discard the image's extents), six runs at load 5-7: local 481-550 ms,
+//! directory 0.97-1.12x, size=16MiB 1.06, 1.10, 1.13, 1.21, 1.22, 1.25x. Berth's own time
+//! in a sized round, from its log: create 17.6 ms (mostly `mkfs.ext4`), publish 0.6,
+//! unpublish 1.1, delete 5.7 ms; the directory variant's 0.97-1.12x is what dockerd's
+//! plugin calls cost beside it, and with 10 rounds the spread between runs is as wide as
+//! the bar's margin.
 
 #[path = "../tests/support/docker_plugin.rs"]
 mod docker_plugin;

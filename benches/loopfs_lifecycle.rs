@@ -36,16 +36,22 @@
 //! at 1.7 ms mean; DeleteVolume 12-15 ms p50, as long as CreateVolume (12.6-13.6 ms);
 //! end to end 32-36 ms p50 = 6.0-14.9x the floor sum, measured then once before the
 //! lifecycles (its sum moved from 2.4 to 5.5 ms between runs).
-//! After: DeleteVolume renames the image into `<pool>/.trash` (the rename and two directory
-//! fsyncs are the durable step) and the daemon unlinks it in the background
-//! (`src/engine/trash.rs`); DeleteVolume is left with the unmount, the rename and the
-//! store's commit: 14-17 ms p50 against CreateVolume's 35-41 ms in three runs at load 7
-//! (about 0.4x of CreateVolume, from 1x), end to end 61-72 ms = 8.5-10.4x the floor sum,
-//! now sampled between the lifecycles so both see the same load. Under `strace -f -T`
-//! (20 lifecycles): the rename into the trash 0.06 ms mean, the image's `unlinkat` 5.1 ms
-//! p50 on the daemon's trash thread, none on a request's; DeleteVolume 10.7 ms p50. CreateVolume
-//! (`mkfs.ext4`, `fallocate`, fsyncs) is now most of a lifecycle; not yet tried: a stock
-//! of formatted images made ahead, so a create becomes a rename.
+//! After: DeleteVolume renames the image and its emptied mount point into `<pool>/.trash`
+//! (both renames, then the directories' fsyncs: one host journal commit, the durable step)
+//! and the daemon unlinks them in the background (`src/engine/trash.rs`); DeleteVolume is
+//! left with the unmount, the renames and the store's commit. Under `strace -f -T` (20
+//! lifecycles): the rename into the trash 0.06 ms mean, the image's `unlinkat` 5.1 ms p50 on
+//! the daemon's trash thread, none on a request's. Each round now starts once the trash is
+//! empty (2-2.4 ms per volume waited, untimed) and samples the floor between lifecycles.
+//! Three runs at load 5.2-5.5: DeleteVolume 5.5-6.0 ms p50 against CreateVolume's
+//! 11.2-11.5 ms (half of it, from as long), end to end 21.6-22.4 ms = 3.2-3.6x the floor
+//! sum (6.2-6.9 ms); at load 5-7 earlier, 3.8-8.0x.
+//!
+//! Tried and reverted: a stock of formatted images made ahead (a create renamed one into
+//! place; the daemon made the next in the background). With volumes made back to back the
+//! refill (`mkfs`, `fallocate` and fsync of a whole image) ran during the rest of the
+//! lifecycle and contended with its fsyncs: DeleteVolume 47-49 ms p50, end to end 11.5-13.8x
+//! the floor sum at load 6-7.
 //!
 //! Environment: `BERTH_BENCH_N` volumes (default 100), `BERTH_BENCH_SIZE_MIB` (default 16),
 //! `BERTH_BENCH_QUICK=1` (10 volumes, for the test command: prints, asserts nothing about
