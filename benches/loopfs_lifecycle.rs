@@ -53,6 +53,10 @@
 //! lifecycle and contended with its fsyncs: DeleteVolume 47-49 ms p50, end to end 11.5-13.8x
 //! the floor sum at load 6-7.
 //!
+//! The test daemon also has an xfs pool, so a CSI create that names no filesystem is
+//! raised to the size every candidate pool can make: xfs's 300 MiB minimum. The ext4
+//! images here are 300 MiB, allocated, whatever `BERTH_BENCH_SIZE_MIB` asks below that.
+//!
 //! Environment: `BERTH_BENCH_N` volumes (default 100), `BERTH_BENCH_SIZE_MIB` (default 16),
 //! `BERTH_BENCH_QUICK=1` (10 volumes, for the test command: prints, asserts nothing about
 //! time), `BERTH_TEST_DIR` where the daemon's state and pools live (default /var/tmp).
