@@ -15,7 +15,9 @@ use crate::config::Config;
 use crate::engine::{Engine, VolumeService};
 use crate::host::linux::LinuxHost;
 use crate::server::socket::{socket_path, try_lock};
-use crate::server::{ServeError, io_err, sweep_pending_reservations, sweep_volume_health};
+use crate::server::{
+    ServeError, empty_trash_in_background, io_err, sweep_pending_reservations, sweep_volume_health,
+};
 
 /// Takes the state directory's lock (see the module docs), creating the directory.
 fn lock_state_dir(state_dir: &Path) -> Result<std::fs::File, ServeError> {
@@ -143,6 +145,10 @@ pub async fn serve(
         Arc::clone(&engine),
         stop_rx.clone(),
         config.health_sweep_interval(),
+    ));
+    servers.spawn(empty_trash_in_background(
+        Arc::clone(&engine),
+        stop_rx.clone(),
     ));
     tracing::info!(
         volumes = engine.list(&Default::default()).len(),

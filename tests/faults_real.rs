@@ -157,7 +157,7 @@ impl Scene {
                 for image in fs::read_dir(&path).unwrap() {
                     on_disk.insert(image.unwrap().path());
                 }
-            } else if name != ".retained" {
+            } else if name != ".retained" && name != ".trash" {
                 on_disk.insert(path);
             }
         }

@@ -336,16 +336,6 @@ fn remove_tree_refuses_outside_root_and_symlinked_paths() {
     assert!(outside.join("file").exists());
 }
 
-/// `chattr FLAG path`; a missing program fails the test naming its package.
-fn chattr(flag: &str, path: &Path) {
-    let status = std::process::Command::new("chattr")
-        .arg(flag)
-        .arg(path)
-        .status()
-        .unwrap_or_else(|e| panic!("chattr runs ({e}): install e2fsprogs"));
-    assert!(status.success(), "chattr {flag} {}", path.display());
-}
-
 #[test]
 fn remove_tree_goes_past_an_entry_it_cannot_remove_and_counts_the_rest() {
     harness::require_root(); // an immutable file needs CAP_LINUX_IMMUTABLE

@@ -592,6 +592,9 @@ impl VolumeService for Slow {
     fn expire_pending_reservations(&self, now_ms: u64) -> Vec<VolumeName> {
         self.inner.expire_pending_reservations(now_ms)
     }
+    fn empty_trash(&self, wait: Duration) -> u64 {
+        self.inner.empty_trash(wait)
+    }
     fn expand(&self, c: Caller, n: &VolumeName, size: u64) -> Result<Volume, EngineError> {
         self.inner.expand(c, n, size)
     }

@@ -1,6 +1,7 @@
 //! Deleting and wiping: a `Deleting` tombstone is committed first, then the host work,
 //! then the record is forgotten; detached volumes whose reclaim policy retains them are
-//! moved aside instead of destroyed.
+//! moved aside instead of destroyed. A loopfs image goes to its pool's trash (see
+//! [`super::trash`]) after whatever a wipe does inside it.
 
 use std::path::PathBuf;
 
@@ -78,12 +79,14 @@ impl<H: Host> Engine<H> {
                 self.host
                     .rename(image, &kept)
                     .map_err(err("retaining the image"))?;
+            } else if p.fs.is_some() {
+                // Durable here, the emptied mount point with it (one journal commit for
+                // both); the blocks are freed by the trash's emptying, later. The data was
+                // counted inside.
+                stats.image_bytes += self.trash_paths(v, &[image, &p.dir])?;
+                return Ok(stats);
             } else {
-                let removed = self
-                    .host
-                    .remove_tree(&p.base.join(IMAGES_DIR), image)
-                    .map_err(err("removing the image"))?;
-                stats.image_bytes += removed.bytes;
+                stats.image_bytes += self.trash_paths(v, &[image])?;
             }
         } else if retain && !gone {
             let kept = self.retained_path(v, "");

@@ -22,6 +22,9 @@
 //! backs, taken in an earlier boot: by boot id), loop
 //! filesystems re-mounted after a reboot, and mounts berth did not record reported.
 //! Every operation is idempotent, so a caller that lost its answer can simply retry.
+//! A loopfs image a delete destroys is renamed into its pool's trash, durably before the
+//! tombstone goes, and unlinked later in the background; every trash is emptied after a
+//! start too ([`trash`]).
 //!
 //! # Logging
 //! Each operation is logged exactly once, here, with its volume, front-end, outcome and
@@ -53,6 +56,7 @@ pub mod sizing;
 pub mod snapshot;
 mod table;
 pub mod transfer;
+mod trash;
 pub mod types;
 mod usage;
 
@@ -80,6 +84,8 @@ use types::*;
 /// Directory names inside each pool path that are berth's own, never volumes.
 pub const IMAGES_DIR: &str = ".images";
 pub const RETAINED_DIR: &str = ".retained";
+/// Where deleted images wait to be unlinked (see [`trash`]); made at the first delete.
+pub const TRASH_DIR: &str = ".trash";
 
 /// This node as the orchestrators see it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -206,6 +212,10 @@ pub trait VolumeService: Send + Sync {
     /// milliseconds) and that was never published; returns their names. A volume busy with
     /// another operation is left for the next call.
     fn expire_pending_reservations(&self, now_ms: u64) -> Vec<VolumeName>;
+    /// Waits up to `wait` for a pool's trash to be due (a delete moved an image into it, or
+    /// the engine started), then unlinks what every due trash holds; returns how many
+    /// entries went. The daemon calls it in a loop on a thread of its own. See [`trash`].
+    fn empty_trash(&self, wait: Duration) -> u64;
     fn expand(&self, caller: Caller, name: &VolumeName, size: u64) -> Result<Volume, EngineError>;
     /// Gives group `gid` read-write access to a filesystem volume's data root: the root's
     /// group becomes `gid`, with group read/write/search and set-group-id so that files made
@@ -340,6 +350,8 @@ pub struct Engine<H: Host> {
     recovery: Mutex<RecoveryReport>,
     /// What the last health sweep found, for large listings.
     health_book: Mutex<health::HealthBook>,
+    /// The pool trashes with images to unlink.
+    trash: trash::TrashQueue,
     /// Each pool's size-enforcing backend, resolved at start from its config and the
     /// filesystem under it.
     enforcing: HashMap<String, Backend>,
@@ -410,9 +422,11 @@ impl<H: Host> Engine<H> {
             metrics: Metrics::default(),
             recovery: Mutex::default(),
             health_book: Mutex::default(),
+            trash: trash::TrashQueue::default(),
         };
         let report = engine.recover()?;
         *engine.recovery.lock().unwrap_or_else(|e| e.into_inner()) = report;
+        engine.queue_every_trash();
         Ok(engine)
     }
 

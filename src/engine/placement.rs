@@ -150,6 +150,7 @@ impl<H: Host> Engine<H> {
         reasons: &mut Vec<String>,
     ) -> Result<Vec<Candidate<'p>>, EngineError> {
         let mut found = Vec::new();
+        let mut measured = Vec::new();
         for pool in &self.pools {
             if let Some(why) = pool.mismatch(spec) {
                 reasons.push(why);
@@ -199,7 +200,7 @@ impl<H: Host> Engine<H> {
                     continue;
                 }
                 let size = spec.size.or(pool.default_size);
-                let limits = self.room_on(pool, &base)?;
+                let limits = self.room_seen(pool, &base, &mut measured)?;
                 let room = limits.available();
                 if size.unwrap_or(0) > room {
                     reasons.push(format!(

@@ -11,7 +11,7 @@ use std::path::Path;
 use super::pool::PoolConfig;
 use super::types::format_size;
 use super::{Engine, EngineError};
-use crate::host::Host;
+use crate::host::{FsStats, Host};
 
 /// The two limits on a base path, in bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,7 +40,19 @@ impl Room {
 impl<H: Host> Engine<H> {
     /// One `statvfs` of the base path's filesystem and the table's running sums.
     pub(super) fn room_on(&self, pool: &PoolConfig, base: &Path) -> Result<Room, EngineError> {
-        let stats = self
+        self.room_seen(pool, base, &mut Vec::new())
+    }
+
+    /// [`Engine::room_on`], with the free space of a filesystem already measured for another
+    /// base in `seen` taken from there: bases on one filesystem are compared on one
+    /// measure, not on what was freed or written between two (a trash emptied meanwhile).
+    pub(super) fn room_seen(
+        &self,
+        pool: &PoolConfig,
+        base: &Path,
+        seen: &mut Vec<FsStats>,
+    ) -> Result<Room, EngineError> {
+        let measured = self
             .host
             .fs_stats(base)
             .map_err(|source| EngineError::Host {
@@ -48,6 +60,13 @@ impl<H: Host> Engine<H> {
                 operation: "measuring the pool",
                 source,
             })?;
+        let stats = match seen.iter().find(|s| s.device == measured.device) {
+            Some(first) => *first,
+            None => {
+                seen.push(measured);
+                measured
+            }
+        };
         let capacity = pool.capacity.unwrap_or(stats.bytes_total);
         let reserved = self.cache().reserved_on(base);
         let (reserved, not_on_disk) = (reserved.bytes, reserved.not_on_disk);

@@ -209,6 +209,9 @@ impl<H: Host> VolumeService for Engine<H> {
             ..self.metrics.snapshot()
         }
     }
+    fn empty_trash(&self, wait: Duration) -> u64 {
+        self.do_empty_trash(wait)
+    }
     fn record_refused(
         &self,
         frontend: Frontend,

@@ -10,6 +10,7 @@ use super::*;
 use crate::host::fake::FakeHost;
 
 mod ephemeral;
+mod trash;
 mod wipe;
 
 const GIB: u64 = 1 << 30;

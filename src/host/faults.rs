@@ -93,6 +93,14 @@ impl<H: Host> Host for Faulty<H> {
         self.check("rename", from)?;
         self.inner.rename(from, to)
     }
+    fn move_to_trash(&self, trash: &Path, paths: &[&Path]) -> Result<u64, HostError> {
+        self.check("move_to_trash", trash)?;
+        self.inner.move_to_trash(trash, paths)
+    }
+    fn empty_trash(&self, trash: &Path) -> Result<u64, HostError> {
+        self.check("empty_trash", trash)?;
+        self.inner.empty_trash(trash)
+    }
     fn copy_tree(&self, from: &Path, to: &Path) -> Result<(), HostError> {
         self.check("copy_tree", from)?;
         self.inner.copy_tree(from, to)

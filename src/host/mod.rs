@@ -108,6 +108,9 @@ pub enum TargetKind {
 /// `statvfs(2)` of a filesystem, in bytes and inodes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FsStats {
+    /// The filesystem's device number (`st_dev` of the path): equal for paths on one
+    /// filesystem.
+    pub device: u64,
     pub bytes_total: u64,
     pub bytes_free: u64,
     /// Free to unprivileged users (what `df` shows as available).
@@ -241,6 +244,22 @@ pub trait Host: Send + Sync {
     /// `rename(2)` without replacing an existing `to`. Missing `from` with existing `to` is
     /// success (the rename already happened).
     fn rename(&self, from: &Path, to: &Path) -> Result<(), HostError>;
+
+    /// Moves each of `paths` into the trash directory `trash` (made if missing, mode 0700;
+    /// its parent is a pool base on the same filesystem) under a fresh name, then makes the
+    /// moves durable (the trash and every old parent fsynced, after all the renames, so one
+    /// journal commit carries them): the cheap, durable step of a delete, whose freeing of
+    /// blocks [`Host::empty_trash`] does later. A `trash` that is a symlink or another
+    /// mount is refused, as is a path that is a mount. Returns the bytes of the moved files.
+    /// A missing path is skipped: it was moved before. A file on another filesystem than
+    /// the trash is unlinked where it is instead.
+    fn move_to_trash(&self, trash: &Path, paths: &[&Path]) -> Result<u64, HostError>;
+
+    /// Removes everything in the trash directory `trash`: a symlink there is unlinked, never
+    /// followed, and no other mount is entered. A missing trash is success. Returns how many
+    /// entries went; an entry that cannot be removed does not stop the others, and the
+    /// first such error is returned at the end.
+    fn empty_trash(&self, trash: &Path) -> Result<u64, HostError>;
 
     /// Copies the tree at `from` into the existing directory `to`: files, directories and
     /// symlinks (as links), with modes and owners; never follows links or crosses mounts.

@@ -127,3 +127,29 @@ async fn every(
         }
     }
 }
+
+/// How long one wait for a trash to empty lasts: bounds how long a stop waits for it.
+const TRASH_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Unlinks what deletes (and earlier runs) left in the pools' trashes, off the requests'
+/// path (see [`VolumeService::empty_trash`]).
+pub async fn empty_trash_in_background(
+    engine: Arc<dyn VolumeService>,
+    stop: watch::Receiver<bool>,
+) -> Result<(), ServeError> {
+    let stop = shutdown_future(stop);
+    tokio::pin!(stop);
+    loop {
+        let engine = Arc::clone(&engine);
+        let emptied = tokio::task::spawn_blocking(move || engine.empty_trash(TRASH_WAIT));
+        tokio::select! {
+            _ = &mut stop => return Ok(()),
+            done = emptied => {
+                if let Err(e) = done {
+                    tracing::error!(error = %e, "emptying the trash panicked");
+                    tokio::time::sleep(TRASH_WAIT).await;
+                }
+            }
+        }
+    }
+}

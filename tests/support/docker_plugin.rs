@@ -151,14 +151,17 @@ paths = ["{dir}/pool"]
     }
 
     /// What the pool holds besides berth's own (empty) directories: volumes, images and
-    /// retained data. Empty means nothing was left behind.
+    /// retained data. Empty means nothing was left behind. The trash is not looked into:
+    /// what it holds was deleted and waits to be unlinked in the background.
     pub fn pool_leftovers(&self) -> Vec<PathBuf> {
         let mut out = Vec::new();
         for entry in std::fs::read_dir(self.pool()).unwrap() {
             let path = entry.unwrap().path();
-            let own = path
-                .file_name()
-                .is_some_and(|n| n == ".images" || n == ".retained");
+            let name = path.file_name();
+            if name.is_some_and(|n| n == ".trash") {
+                continue;
+            }
+            let own = name.is_some_and(|n| n == ".images" || n == ".retained");
             if !own {
                 out.push(path);
             } else {

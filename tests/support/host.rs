@@ -160,3 +160,13 @@ pub fn sync_fs(path: &Path) {
     let f = fs::File::open(path).expect("open for syncfs");
     nix::unistd::syncfs(&f).expect("syncfs");
 }
+
+/// `chattr FLAG path`; a missing program fails the test naming its package.
+pub fn chattr(flag: &str, path: &Path) {
+    let status = std::process::Command::new("chattr")
+        .arg(flag)
+        .arg(path)
+        .status()
+        .unwrap_or_else(|e| panic!("chattr runs ({e}): install e2fsprogs"));
+    assert!(status.success(), "chattr {flag} {}", path.display());
+}

@@ -70,6 +70,16 @@ impl FakeHost {
         self.lock().images.contains_key(p)
     }
 
+    /// The images directly or deeper beneath `dir` (a trash, say).
+    pub fn images_beneath(&self, dir: &Path) -> Vec<PathBuf> {
+        let m = self.lock();
+        m.images
+            .keys()
+            .filter(|i| i.starts_with(dir))
+            .cloned()
+            .collect()
+    }
+
     pub fn loop_count(&self) -> usize {
         self.lock().loops.len()
     }

@@ -99,6 +99,66 @@ impl Host for FakeHost {
         }
     }
 
+    fn move_to_trash(&self, trash: &Path, paths: &[&Path]) -> Result<u64, HostError> {
+        let mut m = self.enter("move_to_trash", trash)?;
+        if m.symlinks.contains(trash) {
+            return Err(HostError::Symlink {
+                path: trash.to_path_buf(),
+            });
+        }
+        if let Some(path) = paths.iter().find(|p| m.mounts.contains_key(**p)) {
+            return Err(HostError::CrossesMount {
+                path: path.to_path_buf(),
+            });
+        }
+        m.dirs.insert(trash.to_path_buf());
+        let mut bytes = 0;
+        for path in paths {
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            m.random_counter += 1;
+            let to = trash.join(format!("{name}.{}", m.random_counter));
+            if let Some(size) = m.images.remove(*path) {
+                bytes += size;
+                m.images.insert(to, size);
+                continue;
+            }
+            let moved: Vec<PathBuf> = m
+                .dirs
+                .iter()
+                .filter(|d| d.starts_with(path))
+                .cloned()
+                .collect();
+            for d in moved {
+                m.dirs.remove(&d);
+                let rel = d.strip_prefix(path).unwrap_or(Path::new(""));
+                m.dirs.insert(to.join(rel));
+            }
+            let moved: Vec<PathBuf> = m
+                .files
+                .iter()
+                .filter(|f| f.starts_with(path))
+                .cloned()
+                .collect();
+            for f in moved {
+                m.files.remove(&f);
+                let rel = f.strip_prefix(path).unwrap_or(Path::new(""));
+                m.files.insert(to.join(rel));
+            }
+        }
+        Ok(bytes)
+    }
+
+    fn empty_trash(&self, trash: &Path) -> Result<u64, HostError> {
+        let mut m = self.enter("empty_trash", trash)?;
+        let before = m.images.len() + m.files.len() + m.symlinks.len();
+        let inside = |p: &Path| p.starts_with(trash) && p != trash;
+        m.images.retain(|i, _| !inside(i));
+        m.files.retain(|f| !inside(f));
+        m.symlinks.retain(|l| !inside(l));
+        m.dirs.retain(|d| !inside(d));
+        Ok((before - m.images.len() - m.files.len() - m.symlinks.len()) as u64)
+    }
+
     fn rename(&self, from: &Path, to: &Path) -> Result<(), HostError> {
         let mut m = self.enter("rename", from)?;
         let moved: Vec<PathBuf> = m
@@ -349,6 +409,7 @@ impl Host for FakeHost {
     fn fs_stats(&self, path: &Path) -> Result<FsStats, HostError> {
         let _m = self.enter("fs_stats", path)?;
         Ok(FsStats {
+            device: 0,
             bytes_total: self.fs_size,
             bytes_free: self.fs_size,
             bytes_available: self.fs_size,

@@ -240,7 +240,12 @@ pub(super) fn sync_path(path: &Path) -> Result<(), HostError> {
 pub(super) fn fs_stats(path: &Path) -> Result<FsStats, HostError> {
     let st = nix::sys::statvfs::statvfs(path).map_err(|e| nix_err("statvfs", path, e))?;
     let frsize = st.fragment_size();
+    // Followed like statvfs follows it.
+    let device = std::os::unix::fs::MetadataExt::dev(
+        &std::fs::metadata(path).map_err(|e| HostError::io("stat", path, e))?,
+    );
     Ok(FsStats {
+        device,
         bytes_total: st.blocks() * frsize,
         bytes_free: st.blocks_free() * frsize,
         bytes_available: st.blocks_available() * frsize,

@@ -98,6 +98,7 @@ mod mount;
 mod quota;
 mod random;
 mod snapshot;
+mod trash;
 mod walk;
 mod xattr;
 
@@ -167,6 +168,14 @@ impl Host for LinuxHost {
 
     fn rename(&self, from: &Path, to: &Path) -> Result<(), HostError> {
         rename(from, to)
+    }
+
+    fn move_to_trash(&self, trash: &Path, paths: &[&Path]) -> Result<u64, HostError> {
+        trash::move_to_trash(trash, paths)
+    }
+
+    fn empty_trash(&self, trash: &Path) -> Result<u64, HostError> {
+        trash::empty_trash(trash)
     }
 
     fn copy_tree(&self, from: &Path, to: &Path) -> Result<(), HostError> {

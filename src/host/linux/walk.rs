@@ -72,7 +72,8 @@ pub(super) struct Walker {
     top_dev: u64,
 }
 
-fn read_entries(fd: OwnedFd) -> Result<(Dir, Vec<CString>), Errno> {
+/// The names in the directory `fd`, `.` and `..` left out.
+pub(super) fn read_entries(fd: OwnedFd) -> Result<(Dir, Vec<CString>), Errno> {
     let mut dir = Dir::from_fd(fd)?;
     let mut names = Vec::new();
     for entry in dir.iter() {
