@@ -454,6 +454,12 @@ mod tests {
         assert!(VolumeName::parse(&"a".repeat(MAX_NAME_LEN)).is_ok());
         let long = VolumeName::parse(&"a".repeat(300)).unwrap_err().to_string();
         assert!(long.contains("at most 128 bytes"), "{long}");
+        // Read from JSON by the same rule, escapes included.
+        let db: VolumeName = serde_json::from_str(r#""d\u0062""#).unwrap();
+        assert_eq!(serde_json::to_string(&db).unwrap(), r#""db""#);
+        for bad in [r#""../x""#, r#""a\/b""#, "7", "null"] {
+            assert!(serde_json::from_str::<VolumeName>(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

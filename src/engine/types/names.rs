@@ -3,8 +3,10 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::de::Visitor;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::engine::error::InputError;
 
@@ -18,9 +20,11 @@ pub const MAX_NAME_LEN: usize = 128;
 /// Allowed: ASCII letters, digits and `_ . - # : @ +`, first character a letter or digit,
 /// at most [`MAX_NAME_LEN`] bytes. So a name is always one path component: it can contain no
 /// `/`, no NUL, and cannot be `.` or `..` (they start with a dot).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct VolumeName(String);
+///
+/// Shared (`Arc<str>`): the volume table's key and the record it indexes hold one copy, and
+/// a copy for a listing or a lock is a reference count.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct VolumeName(Arc<str>);
 
 impl VolumeName {
     pub fn parse(raw: &str) -> Result<Self, InputError> {
@@ -50,7 +54,7 @@ impl VolumeName {
                 bad
             )));
         }
-        Ok(Self(raw.to_string()))
+        Ok(Self(Arc::from(raw)))
     }
 
     pub fn as_str(&self) -> &str {
@@ -80,7 +84,31 @@ impl TryFrom<String> for VolumeName {
 
 impl From<VolumeName> for String {
     fn from(n: VolumeName) -> String {
-        n.0
+        n.0.to_string()
+    }
+}
+
+impl Serialize for VolumeName {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for VolumeName {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Name;
+        impl Visitor<'_> for Name {
+            type Value = VolumeName;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a volume name")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, raw: &str) -> Result<VolumeName, E> {
+                VolumeName::parse(raw).map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_str(Name)
     }
 }
 
