@@ -77,10 +77,10 @@ pub struct Store {
 
 /// redb's page cache. Records are read once at start (the engine keeps them in memory) and
 /// written one at a time, so a small cache costs nothing and keeps a daemon holding many
-/// volumes small: reading 10,000 records at start would otherwise leave the last 4 MiB of
-/// them cached for good, and redb's default would grow towards a gigabyte. A commit touches
-/// one path from the root to a leaf, a few pages.
-const CACHE_BYTES: usize = 1 << 20;
+/// volumes small: reading 10,000 records at start would otherwise leave megabytes of them
+/// cached for good, and redb's default would grow towards a gigabyte. A commit touches one
+/// path from the root to a leaf, a few pages, which 64 pages hold with room to spare.
+const CACHE_BYTES: usize = 256 << 10;
 
 impl Store {
     /// Opens (or creates) the store file. redb holds an exclusive lock on it, so a second
