@@ -91,7 +91,9 @@ pub async fn sweep_pending_reservations(
 
 /// Probes every volume's health at start and then every `interval`, for listings too large
 /// to probe as they answer (see [`VolumeService::sweep_health`]). A sweep is trusted for
-/// three intervals, so one slow sweep does not send listings back to probing.
+/// three intervals, so one slow sweep does not send listings back to probing. Each sweep
+/// also hands the allocator's free pages back to the kernel: a large listing's reply leaves
+/// megabytes freed but held.
 pub async fn sweep_volume_health(
     engine: Arc<dyn VolumeService>,
     stop: watch::Receiver<bool>,
@@ -100,6 +102,7 @@ pub async fn sweep_volume_health(
     every(interval, "health sweep", engine, stop, move |e| {
         let abnormal = e.sweep_health(interval * 3);
         tracing::debug!(abnormal, "swept every volume's health");
+        crate::host::linux::release_free_memory();
     })
     .await
 }

@@ -14,7 +14,8 @@ pub fn limit_allocator_arenas() {
     }
 }
 
-/// Hands the allocator's free pages back to the kernel (after start-up's transient work).
+/// Hands the allocator's free pages back to the kernel: after start-up's transient work, and
+/// after each health sweep (a large listing's reply leaves pages freed but held).
 pub fn release_free_memory() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only returns unused pages of the heap; any pad is valid.
