@@ -613,6 +613,7 @@ async fn main() {
         "  create throughput: {create_small:.0} volumes/s for the first {tenth}, {create_full:.0} volumes/s for the last {tenth} (up to {scale}): {:.2}x",
         create_full / create_small
     );
+    print_rss(&daemon, scale, "after creating them");
     let expected: Vec<String> = (0..scale).map(|i| format!("scale-{i:06}")).collect();
     // Pages of up to 256 volumes probe each volume's health; larger ones report the sweep.
     tokio::time::sleep(SWEPT).await;

@@ -3,8 +3,9 @@
 //! selector. One rule everywhere, so a label set through Docker or Marathon can be printed
 //! on a Kubernetes PersistentVolume and matched by a claim's selector unchanged.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::sync::{Arc, Mutex};
 
 use serde::de::{MapAccess, Visitor};
 use serde::ser::SerializeMap;
@@ -13,10 +14,30 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// A volume's labels: pairs in key order, each key once, in one allocation sized to fit.
 ///
 /// Why not a `BTreeMap`: every volume record in memory carries its labels, and a map's
-/// smallest node holds room for eleven pairs (over 500 bytes for one or two labels). Stored
-/// and shown exactly as a map (`{"team": "db"}`).
+/// smallest node holds room for eleven pairs (over 500 bytes for one or two labels). Keys
+/// repeat from volume to volume (Kubernetes puts the same two on every claim's volume), so
+/// they are shared ([`shared_key`]). Stored and shown exactly as a map (`{"team": "db"}`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
-pub struct LabelSet(Box<[(Box<str>, Box<str>)]>);
+pub struct LabelSet(Box<[(Arc<str>, Box<str>)]>);
+
+/// The most distinct label keys kept shared; keys beyond them are each volume's own, so
+/// a stream of made-up keys cannot grow the daemon.
+const MAX_SHARED_KEYS: usize = 256;
+
+/// `key`, shared with every other label of the same key while fewer than
+/// [`MAX_SHARED_KEYS`] keys are.
+fn shared_key(key: &str) -> Arc<str> {
+    static KEYS: Mutex<BTreeSet<Arc<str>>> = Mutex::new(BTreeSet::new());
+    let mut keys = KEYS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(shared) = keys.get(key) {
+        return Arc::clone(shared);
+    }
+    let key: Arc<str> = Arc::from(key);
+    if keys.len() < MAX_SHARED_KEYS {
+        keys.insert(Arc::clone(&key));
+    }
+    key
+}
 
 impl LabelSet {
     pub fn get(&self, key: &str) -> Option<&str> {
@@ -41,7 +62,7 @@ impl LabelSet {
         let mut pairs = std::mem::take(&mut self.0).into_vec();
         match pairs.binary_search_by(|(k, _)| (**k).cmp(key.as_str())) {
             Ok(i) => pairs[i].1 = value.into_boxed_str(),
-            Err(i) => pairs.insert(i, (key.into_boxed_str(), value.into_boxed_str())),
+            Err(i) => pairs.insert(i, (shared_key(&key), value.into_boxed_str())),
         }
         self.0 = pairs.into_boxed_slice();
     }
@@ -65,13 +86,13 @@ impl LabelSet {
 impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for LabelSet {
     /// A key given twice keeps its last value, as a map would.
     fn from_iter<I: IntoIterator<Item = (K, V)>>(pairs: I) -> Self {
-        let mut pairs: Vec<(Box<str>, Box<str>)> = pairs
+        let mut pairs: Vec<(Arc<str>, Box<str>)> = pairs
             .into_iter()
-            .map(|(k, v)| (k.into().into_boxed_str(), v.into().into_boxed_str()))
+            .map(|(k, v)| (shared_key(&k.into()), v.into().into_boxed_str()))
             .collect();
         // Stable: of equal keys the last given sorts last, and is the one kept.
         pairs.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut kept: Vec<(Box<str>, Box<str>)> = Vec::with_capacity(pairs.len());
+        let mut kept: Vec<(Arc<str>, Box<str>)> = Vec::with_capacity(pairs.len());
         for pair in pairs {
             match kept.last_mut() {
                 Some(last) if last.0 == pair.0 => *last = pair,
@@ -87,7 +108,7 @@ impl<K: Into<String>, V: Into<String>> Extend<(K, V)> for LabelSet {
         let old = std::mem::take(&mut self.0).into_vec();
         *self = old
             .into_iter()
-            .map(|(k, v)| (String::from(k), String::from(v)))
+            .map(|(k, v)| (k.to_string(), String::from(v)))
             .chain(pairs.into_iter().map(|(k, v)| (k.into(), v.into())))
             .collect();
     }
@@ -96,8 +117,8 @@ impl<K: Into<String>, V: Into<String>> Extend<(K, V)> for LabelSet {
 impl<'a> IntoIterator for &'a LabelSet {
     type Item = (&'a str, &'a str);
     type IntoIter = std::iter::Map<
-        std::slice::Iter<'a, (Box<str>, Box<str>)>,
-        fn(&'a (Box<str>, Box<str>)) -> (&'a str, &'a str),
+        std::slice::Iter<'a, (Arc<str>, Box<str>)>,
+        fn(&'a (Arc<str>, Box<str>)) -> (&'a str, &'a str),
     >;
 
     fn into_iter(self) -> Self::IntoIter {
@@ -247,6 +268,25 @@ mod tests {
         set.extend([("app", "z"), ("b", "1")]);
         assert_eq!(set.get("app"), Some("z"));
         assert_eq!(set.len(), 4);
+    }
+
+    #[test]
+    fn keys_are_shared_up_to_a_bound() {
+        let a: LabelSet = [("shared.example.com/k", "1")].into();
+        let b: LabelSet = [("shared.example.com/k", "2")].into();
+        assert!(
+            Arc::ptr_eq(&a.0[0].0, &b.0[0].0),
+            "one copy of a repeated key"
+        );
+        // Made-up keys past the bound are each set's own; the bound holds.
+        for i in 0..MAX_SHARED_KEYS + 10 {
+            let _: LabelSet = [(format!("k{i}"), "v")].into();
+        }
+        let late = format!("k{}", MAX_SHARED_KEYS + 5);
+        let c: LabelSet = [(late.as_str(), "v")].into();
+        let d: LabelSet = [(late.as_str(), "v")].into();
+        assert_eq!(c, d);
+        assert!(!Arc::ptr_eq(&c.0[0].0, &d.0[0].0));
     }
 
     #[test]
