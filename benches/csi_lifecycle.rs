@@ -617,10 +617,12 @@ async fn main() {
         "  create throughput: {create_small:.0} volumes/s for the first {tenth}, {create_full:.0} volumes/s for the last {tenth} (up to {scale}): {:.2}x",
         create_full / create_small
     );
-    print_rss(&daemon, scale, "after creating them");
+    print_rss(&daemon, scale, "right after creating them");
     let expected: Vec<String> = (0..scale).map(|i| format!("scale-{i:06}")).collect();
-    // Pages of up to 256 volumes probe each volume's health; larger ones report the sweep.
+    // Pages of up to 256 volumes probe each volume's health; larger ones report the sweep,
+    // which also hands back what the creates freed.
     tokio::time::sleep(SWEPT).await;
+    print_rss(&daemon, scale, "after a health sweep");
     for &page_size in &page_sizes {
         let (pages, total, per_page) = list_all(&mut c, page_size, &expected).await;
         let mut per_page = per_page;
@@ -646,7 +648,7 @@ async fn main() {
     }
     report("GetCapacity", capacity);
     println!("  available_capacity {available} bytes");
-    print_rss(&daemon, scale, "after listing");
+    print_rss(&daemon, scale, "right after listing");
     let store = daemon.path().join("state/berth.redb");
     println!(
         "  store file {}: {:.1} MiB",
