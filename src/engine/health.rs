@@ -78,10 +78,14 @@ impl<H: Host> Engine<H> {
             .filter(|(at, _, valid_for)| at.elapsed() <= *valid_for)
             .map(|(_, ms, _)| ms);
         page.iter()
-            .map(|v| match (fresh, book.abnormal.get(&v.name)) {
-                _ if v.phase != Phase::Ready => self.do_health(v),
-                (Some(began), None) if v.created_at < began => VolumeHealth::Normal,
-                (Some(_), Some(what)) => VolumeHealth::Abnormal(what.clone()),
+            .map(|v| match fresh {
+                // The sweep saw this very volume (not one of the same name made since).
+                Some(began) if v.phase == Phase::Ready && v.created_at < began => {
+                    match book.abnormal.get(&v.name) {
+                        Some(what) => VolumeHealth::Abnormal(what.clone()),
+                        None => VolumeHealth::Normal,
+                    }
+                }
                 _ => self.do_health(v),
             })
             .collect()

@@ -1163,6 +1163,18 @@ fn a_large_listing_reports_the_last_sweep_and_a_small_one_probes() {
 
     assert_eq!(e.sweep_health(Duration::from_secs(60)), 2);
     abnormal_about(e.listed_health(&all)[1].clone(), "v001/data is gone");
+
+    // A volume made again under a swept name is probed, not taken for the one swept.
+    std::thread::sleep(Duration::from_millis(2));
+    e.delete(CSI, &name("v000")).unwrap();
+    e.create(CSI, request("v000", None)).unwrap();
+    let all = e.list_after(CSI, None, usize::MAX);
+    assert_eq!(e.listed_health(&all)[0], VolumeHealth::Normal);
+    // A sweep no longer fresh is not trusted.
+    assert_eq!(e.sweep_health(Duration::ZERO), 1);
+    abnormal_about(e.listed_health(&all)[1].clone(), "v001/data is gone");
+    e.host().drop_dir(&all[2].placement.dir);
+    abnormal_about(e.listed_health(&all)[2].clone(), "v002/data is gone");
 }
 
 #[test]
