@@ -11,9 +11,9 @@
 //! a loopfs volume), so a listing of thousands would spend most of its time on them. A
 //! sweep ([`HealthBook`]) probes every volume in the background, and a listing of more
 //! than [`LIVE_PROBE_LIMIT`] volumes reports what the last sweep found, as long as it is
-//! fresh (the sweeper says for how long): a condition can then be up to one sweep interval old. Smaller
-//! listings, a volume made after the sweep began and `NodeGetVolumeStats` probe as they
-//! answer.
+//! fresh (the sweeper says for how long): a condition can then be up to one sweep interval
+//! old. Smaller listings, a volume made after the sweep began and `NodeGetVolumeStats`
+//! probe as they answer.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
