@@ -865,6 +865,62 @@ fn tree_usage_and_copy_tree() {
     host.unmount(&from.join("mnt")).unwrap();
 }
 
+/// A volume's directory and its data directory made together: ownership on each, again is
+/// fine, a chain that is not one is refused before anything is made, and a symlink in the
+/// chain is refused without following it.
+#[test]
+fn make_dirs_makes_a_chain_or_nothing() {
+    harness::require_root();
+    let s = scratch();
+    let host = LinuxHost::new();
+    let (vol, data) = (s.join("vol"), s.join("vol/data"));
+    let owned = Ownership {
+        uid: Some(1000),
+        gid: Some(2000),
+        mode: Some(0o2770),
+    };
+    let chain = [
+        (vol.as_path(), &Ownership::default()),
+        (data.as_path(), &owned),
+    ];
+    host.make_dirs(&chain).unwrap();
+    host.make_dirs(&chain).unwrap();
+    let meta = fs::metadata(&data).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (1000, 2000));
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o2770);
+    assert_eq!(
+        fs::metadata(&vol).unwrap().permissions().mode() & 0o7777,
+        0o755
+    );
+
+    let (other, stray) = (s.join("other"), s.join("stray"));
+    let err = host
+        .make_dirs(&[(other.as_path(), &owned), (stray.as_path(), &owned)])
+        .unwrap_err();
+    assert!(
+        matches!(&err, HostError::Io { source, .. } if source.kind() == std::io::ErrorKind::InvalidInput),
+        "{err}"
+    );
+    assert!(
+        !other.exists() && !stray.exists(),
+        "a refused chain made something"
+    );
+
+    let outside = scratch();
+    let linked = s.join("linked");
+    fs::create_dir(&linked).unwrap();
+    std::os::unix::fs::symlink(outside.path(), linked.join("data")).unwrap();
+    let err = host
+        .make_dirs(&[
+            (linked.as_path(), &owned),
+            (s.join("linked/data").as_path(), &owned),
+        ])
+        .unwrap_err();
+    assert!(matches!(err, HostError::Symlink { .. }), "{err}");
+    let outside_meta = fs::metadata(outside.path()).unwrap();
+    assert_ne!(outside_meta.uid(), 1000, "followed the link!");
+}
+
 #[test]
 fn make_dir_rename_sync_and_stats() {
     harness::require_root();

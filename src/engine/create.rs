@@ -192,6 +192,11 @@ impl<H: Host> Engine<H> {
             }
             _ => {
                 let size = v.size.unwrap_or(0);
+                let make_data = || {
+                    self.host
+                        .make_dir(&p.data, &v.spec.ownership)
+                        .map_err(err("creating the data directory"))
+                };
                 match p.backend {
                     Backend::Btrfs => {
                         self.host
@@ -200,6 +205,7 @@ impl<H: Host> Engine<H> {
                         self.host
                             .btrfs_set_limit(&p.dir, size)
                             .map_err(err("setting the qgroup limit"))?;
+                        make_data()?;
                     }
                     Backend::Prjquota => {
                         self.host
@@ -208,15 +214,13 @@ impl<H: Host> Engine<H> {
                         self.host
                             .set_project_quota(&p.dir, p.project_id.unwrap_or(0), size)
                             .map_err(err("setting the project quota"))?;
+                        make_data()?;
                     }
                     _ => self
                         .host
-                        .make_dir(&p.dir, &no_owner)
-                        .map_err(err("creating the volume directory"))?,
+                        .make_dirs(&[(&p.dir, &no_owner), (&p.data, &v.spec.ownership)])
+                        .map_err(err("creating the volume and data directories"))?,
                 }
-                self.host
-                    .make_dir(&p.data, &v.spec.ownership)
-                    .map_err(err("creating the data directory"))?;
             }
         }
         if let Some(source) = source {

@@ -221,6 +221,14 @@ pub trait Host: Send + Sync {
     /// then applies `ownership` (uid/gid/mode) if given. An existing directory is fine.
     fn make_dir(&self, dir: &Path, ownership: &Ownership) -> Result<(), HostError>;
 
+    /// [`Host::make_dir`] for each directory in order, each inside the one before it (a
+    /// volume's directory and its data directory). Durable on return like `make_dir`, for
+    /// fewer syncs than one `make_dir` after another.
+    fn make_dirs(&self, dirs: &[(&Path, &Ownership)]) -> Result<(), HostError> {
+        dirs.iter()
+            .try_for_each(|(dir, ownership)| self.make_dir(dir, ownership))
+    }
+
     /// Removes `path` and everything beneath it; `path` must be beneath `root`, or be `root`'s
     /// child. Symlinks are unlinked, never followed; other mounts are never entered. A missing
     /// `path` is success.

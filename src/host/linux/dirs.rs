@@ -1,7 +1,8 @@
 //! Directories, renames and publish targets: making, preparing and removing them without
 //! following a symlink, and syncing.
 
-use std::os::fd::AsFd;
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path};
 
@@ -12,23 +13,65 @@ use nix::unistd::{Gid, Uid, UnlinkatFlags};
 
 use super::fd::{
     cstring, fsync_fd, invalid, nix_err, not_a_dir_error, oflags_dir, open_dir_nofollow,
-    open_parent, statx_at, statx_fd,
+    open_parent, split, statx_at, statx_fd,
 };
 use crate::host::types::Ownership;
 use crate::host::{FsStats, HostError, TargetKind};
 
 pub(super) fn make_dir(dir: &Path, ownership: &Ownership) -> Result<(), HostError> {
-    let (parent, name) = open_parent(dir)?;
+    make_dirs(&[(dir, ownership)])
+}
+
+/// See [`crate::host::Host::make_dirs`]. Every directory is made first and synced after,
+/// deepest first: the first `fsync` commits the filesystem's journal with all of them, so
+/// the others (each needed for its own entry by POSIX) cost only a cache flush.
+pub(super) fn make_dirs(dirs: &[(&Path, &Ownership)]) -> Result<(), HostError> {
+    let Some(((first, _), _)) = dirs.split_first() else {
+        return Ok(());
+    };
+    for pair in dirs.windows(2) {
+        if pair[1].0.parent() != Some(pair[0].0) {
+            return Err(invalid(
+                "mkdir",
+                pair[1].0,
+                "each directory made together must be inside the one before it",
+            ));
+        }
+    }
+    let (first_parent, first_name) = open_parent(first)?;
+    let mut made: Vec<(&Path, OwnedFd)> = Vec::with_capacity(dirs.len());
+    for (dir, ownership) in dirs {
+        let (parent, name) = match made.last() {
+            None => (first_parent.as_fd(), first_name),
+            Some((_, fd)) => (fd.as_fd(), split(dir)?.1),
+        };
+        let fd = create_dir_at(parent, name, dir, ownership)?;
+        made.push((dir, fd));
+    }
+    for (dir, fd) in made.iter().rev() {
+        fsync_fd(fd.as_fd(), dir)?;
+    }
+    fsync_fd(first_parent.as_fd(), first)
+}
+
+/// Makes `name` in `parent` (an existing directory is fine), opens it without following a
+/// symlink and applies `ownership`.
+fn create_dir_at(
+    parent: BorrowedFd<'_>,
+    name: &OsStr,
+    dir: &Path,
+    ownership: &Ownership,
+) -> Result<OwnedFd, HostError> {
     let mode = ownership.mode.unwrap_or(0o755) & 0o7777;
-    match nix::sys::stat::mkdirat(&parent, name, Mode::from_bits_truncate(mode)) {
+    match nix::sys::stat::mkdirat(parent, name, Mode::from_bits_truncate(mode)) {
         Ok(()) | Err(Errno::EEXIST) => {}
         Err(e) => return Err(nix_err("mkdir", dir, e)),
     }
     let c = cstring("mkdir", dir, name.as_bytes())?;
     let fd =
-        nix::fcntl::openat(&parent, c.as_c_str(), oflags_dir(), Mode::empty()).map_err(|e| {
+        nix::fcntl::openat(parent, c.as_c_str(), oflags_dir(), Mode::empty()).map_err(|e| {
             if e == Errno::ELOOP || e == Errno::ENOTDIR {
-                not_a_dir_error("mkdir", parent.as_fd(), &c, dir)
+                not_a_dir_error("mkdir", parent, &c, dir)
             } else {
                 nix_err("open", dir, e)
             }
@@ -45,8 +88,7 @@ pub(super) fn make_dir(dir: &Path, ownership: &Ownership) -> Result<(), HostErro
     // systemd unit runs berth with UMask=0077).
     nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(mode))
         .map_err(|e| nix_err("chmod", dir, e))?;
-    fsync_fd(fd.as_fd(), dir)?;
-    fsync_fd(parent.as_fd(), dir)
+    Ok(fd)
 }
 
 /// See [`crate::host::Host::dirs_beneath`].

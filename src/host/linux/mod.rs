@@ -117,7 +117,7 @@ use crate::host::{
     TargetKind, TreeUsage,
 };
 use copy::copy_tree;
-use dirs::{fs_stats, make_dir, prepare_target, remove_target, rename, sync_path};
+use dirs::{fs_stats, make_dir, make_dirs, prepare_target, remove_target, rename, sync_path};
 use fd::{fd_kind, nix_err, read_mountinfo, statx_path};
 pub use group::{group_id, set_group};
 use grow::grow_image;
@@ -155,6 +155,10 @@ impl LinuxHost {
 impl Host for LinuxHost {
     fn make_dir(&self, dir: &Path, ownership: &Ownership) -> Result<(), HostError> {
         make_dir(dir, ownership)
+    }
+
+    fn make_dirs(&self, dirs: &[(&Path, &Ownership)]) -> Result<(), HostError> {
+        make_dirs(dirs)
     }
 
     fn remove_tree_counting(
