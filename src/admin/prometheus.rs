@@ -219,13 +219,18 @@ pub fn render(s: &Scrape<'_>) -> String {
     let store_counters = [
         (
             "berth_store_durable_commits_total",
-            "Store transactions committed with an fsync; concurrent changes share one.",
+            "Store writes made durable (one journal flush each); concurrent changes share one.",
             store.durable_commits,
         ),
         (
             "berth_store_unsynced_commits_total",
-            "Store transactions committed without an fsync (made durable by the next one).",
+            "Store writes not waited for (made durable by the next durable one).",
             store.unsynced_commits,
+        ),
+        (
+            "berth_store_checkpoints_total",
+            "Times the store file was made durable and its journal begun anew.",
+            store.checkpoints,
         ),
         (
             "berth_store_changes_total",

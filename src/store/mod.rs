@@ -1,10 +1,12 @@
 //! The durable reservation store: one record per volume, written in one ACID transaction per
 //! state change.
 //!
-//! Why redb: an embedded, pure-Rust, copy-on-write B-tree whose commits are atomic and
-//! `fsync`ed before `commit()` returns (`Durability::Immediate`). A `kill -9` at any instant
-//! leaves either the previous or the next committed state, never a torn record, and it needs
-//! no external process or write-ahead log of our own. Records are JSON so an operator can
+//! Why redb: an embedded, pure-Rust, copy-on-write B-tree whose commits are atomic. A `kill -9`
+//! at any instant leaves either the previous or the next committed state, never a torn record,
+//! and it needs no external process. A durable redb commit writes every page on the path from
+//! the root and flushes them all; so a write is made durable instead by the store's own
+//! [`journal`] (one small frame and one flush), and redb is made durable at checkpoints (see
+//! [`group`] for how writes reach both). Records are JSON so an operator can
 //! read a dump, and so optional fields can be added without a migration; the schema version
 //! in the `meta` table guards against an older berth opening a newer store, and an older
 //! store is migrated at open (see [`migrate`]).
@@ -17,6 +19,7 @@
 //! the volumes' (a snapshot may share a name with a volume).
 
 mod group;
+mod journal;
 pub mod migrate;
 
 use std::path::{Path, PathBuf};
@@ -25,6 +28,7 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 
 pub use group::StoreStats;
 use group::{Change, GroupCommit};
+use journal::{FrameKind, Journal};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use thiserror::Error;
@@ -38,6 +42,37 @@ const VOLUMES: TableDefinition<&str, &[u8]> = TableDefinition::new("volumes_v1")
 const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots_v1");
 
 type Table = TableDefinition<'static, &'static str, &'static [u8]>;
+
+/// The tables a change can write, by the code the journal knows them by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Records {
+    Volumes,
+    Snapshots,
+}
+
+impl Records {
+    fn table(self) -> Table {
+        match self {
+            Records::Volumes => VOLUMES,
+            Records::Snapshots => SNAPSHOTS,
+        }
+    }
+
+    fn code(self) -> u8 {
+        match self {
+            Records::Volumes => 1,
+            Records::Snapshots => 2,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<Self> {
+        match code {
+            1 => Some(Records::Volumes),
+            2 => Some(Records::Snapshots),
+            _ => None,
+        }
+    }
+}
 
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -62,6 +97,12 @@ pub enum StoreError {
     },
     #[error("store transaction: {0}")]
     Transaction(#[from] Box<redb::Error>),
+    #[error("the store's journal {path}: {source}")]
+    Journal {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 fn txn_err(e: impl Into<redb::Error>) -> StoreError {
@@ -103,13 +144,58 @@ impl Store {
             .set_cache_size(CACHE_BYTES)
             .create(path)
             .map_err(|e| open_err(e.into()))?;
+        let journal_path = journal_path(path);
+        let journal_err = |source| StoreError::Journal {
+            path: journal_path.clone(),
+            source,
+        };
+        let (journal, frames) = Journal::open(&journal_path).map_err(journal_err)?;
         let store = Self {
             db,
             path: path.to_path_buf(),
-            commits: GroupCommit::default(),
+            commits: GroupCommit::new(journal).map_err(journal_err)?,
         };
+        store.replay(frames)?;
         store.check_schema(rewrote)?;
         Ok(store)
+    }
+
+    /// Applies the frames a crash left in the journal, in order, and checkpoints them.
+    fn replay(&self, frames: Vec<journal::Frame>) -> Result<(), StoreError> {
+        if frames.is_empty() {
+            return Ok(());
+        }
+        let count = frames.len();
+        let mut changes = Vec::with_capacity(count);
+        for frame in frames {
+            let records = Records::from_code(frame.records).ok_or_else(|| StoreError::Corrupt {
+                key: frame.key.clone(),
+                reason: format!("journal frame for unknown records {}", frame.records),
+            })?;
+            changes.push(match frame.kind {
+                FrameKind::Put => Change::Put {
+                    records,
+                    key: frame.key,
+                    bytes: frame.value,
+                },
+                FrameKind::Remove => Change::Remove {
+                    records,
+                    key: frame.key,
+                },
+            });
+        }
+        group::apply(
+            &self.db,
+            &changes.iter().collect::<Vec<_>>(),
+            Durability::None,
+        )?;
+        self.commits.checkpoint(&self.db)?;
+        tracing::info!(
+            store = %self.path.display(),
+            changes = count,
+            "replayed the store's journal"
+        );
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {
@@ -242,13 +328,13 @@ impl Store {
     /// Writes the snapshot record under `key` durably.
     pub fn put_snapshot<T: Serialize>(&self, key: &str, record: &T) -> Result<(), StoreError> {
         self.commits
-            .commit(&self.db, Self::put_change(SNAPSHOTS, key, record)?)
+            .commit(&self.db, Self::put_change(Records::Snapshots, key, record)?)
     }
 
     /// Removes the snapshot record under `key` durably; a missing record is fine.
     pub fn remove_snapshot(&self, key: &str) -> Result<(), StoreError> {
         self.commits
-            .commit(&self.db, Self::remove_change(SNAPSHOTS, key))
+            .commit(&self.db, Self::remove_change(Records::Snapshots, key))
     }
 
     fn load<T: DeserializeOwned>(
@@ -274,7 +360,7 @@ impl Store {
     /// [`group`]); this returns once the record is on disk.
     pub fn put<T: Serialize>(&self, key: &str, record: &T) -> Result<(), StoreError> {
         self.commits
-            .commit(&self.db, Self::put_change(VOLUMES, key, record)?)
+            .commit(&self.db, Self::put_change(Records::Volumes, key, record)?)
     }
 
     /// Writes the record under `key` without waiting for the disk: readers see it at once, it
@@ -282,37 +368,41 @@ impl Store {
     /// an intent whose loss recovery can do without.
     pub fn put_unsynced<T: Serialize>(&self, key: &str, record: &T) -> Result<(), StoreError> {
         self.commits
-            .commit_unsynced(&self.db, Self::put_change(VOLUMES, key, record)?)
+            .commit_unsynced(&self.db, Self::put_change(Records::Volumes, key, record)?)
     }
 
     /// Removes the record under `key` durably; a missing record is fine.
     pub fn remove(&self, key: &str) -> Result<(), StoreError> {
         self.commits
-            .commit(&self.db, Self::remove_change(VOLUMES, key))
+            .commit(&self.db, Self::remove_change(Records::Volumes, key))
     }
 
     /// Removes the record under `key` without waiting for the disk, like
     /// [`Store::put_unsynced`].
     pub fn remove_unsynced(&self, key: &str) -> Result<(), StoreError> {
         self.commits
-            .commit_unsynced(&self.db, Self::remove_change(VOLUMES, key))
+            .commit_unsynced(&self.db, Self::remove_change(Records::Volumes, key))
     }
 
-    fn put_change<T: Serialize>(table: Table, key: &str, record: &T) -> Result<Change, StoreError> {
+    fn put_change<T: Serialize>(
+        records: Records,
+        key: &str,
+        record: &T,
+    ) -> Result<Change, StoreError> {
         let bytes = serde_json::to_vec(record).map_err(|e| StoreError::Corrupt {
             key: key.to_string(),
             reason: e.to_string(),
         })?;
         Ok(Change::Put {
-            table,
+            records,
             key: key.to_string(),
             bytes,
         })
     }
 
-    fn remove_change(table: Table, key: &str) -> Change {
+    fn remove_change(records: Records, key: &str) -> Change {
         Change::Remove {
-            table,
+            records,
             key: key.to_string(),
         }
     }
@@ -328,4 +418,20 @@ impl Store {
         txn.open_table(META).map_err(txn_err)?;
         Ok(())
     }
+}
+
+impl Drop for Store {
+    /// A store closed cleanly leaves its journal empty, so the next open replays nothing.
+    fn drop(&mut self) {
+        if let Err(e) = self.commits.checkpoint(&self.db) {
+            tracing::warn!(store = %self.path.display(), error = %e, "checkpoint at close failed; the next start replays the journal");
+        }
+    }
+}
+
+/// The journal beside the store file: `berth.redb` → `berth.redb.journal`.
+pub fn journal_path(store: &Path) -> PathBuf {
+    let mut name = store.as_os_str().to_owned();
+    name.push(".journal");
+    PathBuf::from(name)
 }

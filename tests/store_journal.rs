@@ -1,0 +1,132 @@
+//! The store's journal under `kill -9`: a child process writes and removes records as fast as
+//! it can, saying after each write that it returned; the test kills it at several points
+//! (before the first checkpoint and after several) and reopens the store. Every write that
+//! returned must be there, nothing after the next one may be, and a second open replays
+//! nothing.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use berth::store::{Store, StoreStats, journal_path};
+use serde_json::{Value, json};
+
+/// Set in the child: the store it writes to.
+const CHILD_STORE_ENV: &str = "BERTH_TEST_JOURNAL_VICTIM";
+const KEYS: usize = 97;
+
+/// Operation `i`: which key, and the record it writes (`None`: it removes the key).
+fn operation(i: usize) -> (String, Option<Value>) {
+    let key = format!("k{:02}", i % KEYS);
+    if i % 10 == 9 {
+        (key, None)
+    } else {
+        let record = json!({"key": key, "i": i, "pad": "x".repeat(400 + i % 300)});
+        (key, Some(record))
+    }
+}
+
+/// The records after the first `n` operations, by key.
+fn after(n: usize) -> BTreeMap<String, Value> {
+    let mut records = BTreeMap::new();
+    for i in 0..n {
+        match operation(i) {
+            (key, Some(record)) => records.insert(key, record),
+            (key, None) => records.remove(&key),
+        };
+    }
+    records
+}
+
+/// Every record, by key, and what opening the store wrote.
+fn stored(path: &Path) -> (BTreeMap<String, Value>, StoreStats) {
+    let store = Store::open(path).unwrap();
+    let records: Vec<Value> = store.load_all().unwrap();
+    let records = records
+        .into_iter()
+        .map(|r| (r["key"].as_str().unwrap().to_string(), r))
+        .collect();
+    (records, store.stats())
+}
+
+/// Run in a child process: writes operations until it is killed, printing `acked i` after
+/// operation `i` returned.
+#[test]
+fn journal_victim() {
+    let Some(path) = std::env::var_os(CHILD_STORE_ENV) else {
+        return; // Only the child of the test below does anything.
+    };
+    let store = Store::open(Path::new(&path)).unwrap();
+    for i in 0.. {
+        match operation(i) {
+            (key, Some(record)) => store.put(&key, &record).unwrap(),
+            (key, None) => store.remove(&key).unwrap(),
+        }
+        println!("acked {i}");
+    }
+}
+
+#[test]
+fn kill_9_keeps_every_acknowledged_write_across_checkpoints() {
+    // About 350 records fill the journal: kill before the first checkpoint and after several.
+    for kill_after in [40, 700, 2_100] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("berth.redb");
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "journal_victim",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_STORE_ENV, &path)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut acked = None;
+        for line in lines.by_ref() {
+            if let Some(i) = line.unwrap().strip_prefix("acked ") {
+                acked = Some(i.parse::<usize>().unwrap());
+                if acked == Some(kill_after) {
+                    break;
+                }
+            }
+        }
+        child.kill().unwrap();
+        // What the child printed before it died: its last acknowledged operation.
+        for line in lines {
+            if let Some(i) = line.unwrap().strip_prefix("acked ") {
+                acked = Some(i.parse::<usize>().unwrap());
+            }
+        }
+        child.wait().unwrap();
+        let acked = acked.expect("the child acknowledged nothing") + 1;
+        assert!(
+            std::fs::metadata(journal_path(&path)).is_ok(),
+            "the journal is beside the store"
+        );
+
+        let (found, replaying) = stored(&path);
+        // Before the first checkpoint there are frames to replay for sure; later the kill may
+        // (rarely) fall just after a checkpoint, with none.
+        if kill_after < 300 {
+            assert_eq!(replaying.checkpoints, 1, "not replayed: {replaying:?}");
+        } else {
+            assert!(replaying.checkpoints <= 1, "{replaying:?}");
+        }
+        // The operation after the last acknowledged one may have landed too.
+        assert!(
+            found == after(acked) || found == after(acked + 1),
+            "killed after {acked} acknowledged operations: the store holds {} records, \
+             expected {} (or {})",
+            found.len(),
+            after(acked).len(),
+            after(acked + 1).len()
+        );
+        // Replayed and checkpointed by that open: the next one reads the same and commits
+        // nothing.
+        assert_eq!(stored(&path), (found, StoreStats::default()));
+    }
+}
