@@ -6,7 +6,7 @@
 
 use tonic::{Code, Request, Response, Status};
 
-use super::describe::{TOKEN_PREFIX, bytes, csi_volume, page_request, status_of};
+use super::describe::{Describer, TOKEN_PREFIX, bytes, csi_volume, page_request};
 use super::params::{
     ParamSource, check_fits, check_requirements, node_in, parse_capability, parse_parameters,
     parse_range,
@@ -308,14 +308,14 @@ impl CsiService {
         } else {
             String::new()
         };
-        let node = self.engine.node();
+        let describe = Describer::new(self.engine.node());
         Ok(ListVolumesResponse {
             entries: page
                 .iter()
                 .zip(health)
                 .map(|(v, health)| Entry {
-                    volume: Some(csi_volume(v, node)),
-                    status: Some(status_of(v, health, node)),
+                    volume: Some(describe.volume(v)),
+                    status: Some(describe.status(v, health)),
                 })
                 .collect(),
             next_token,
