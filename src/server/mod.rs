@@ -117,7 +117,10 @@ const REPLY_SENT: std::time::Duration = std::time::Duration::from_millis(10);
 pub fn release_memory_after_reply() {
     tokio::spawn(async {
         tokio::time::sleep(REPLY_SENT).await;
-        if let Err(e) = tokio::task::spawn_blocking(crate::host::linux::release_free_memory).await {
+        // Cancelled only when the daemon is stopping, which hands everything back anyway.
+        if let Err(e) = tokio::task::spawn_blocking(crate::host::linux::release_free_memory).await
+            && e.is_panic()
+        {
             tracing::error!(error = %e, "handing a reply's memory back panicked");
         }
     });
