@@ -73,7 +73,7 @@
 //! libraries, which the bench prints apart.
 //!
 //! # The next round: the reply and the allocator (10,000 volumes, same machine)
-//! Figures from one run each, C=1 lifecycles cut to 5 (`BERTH_BENCH_N=5`); RSS as total
+//! Figures from one run each, lifecycles cut to 5 or 20 (`BERTH_BENCH_N`); RSS as total
 //! (own anonymous memory). The VM was shared with other builds: listing times swing by a
 //! third from run to run, the RSS figures by about 0.5 MiB.
 //!
@@ -81,8 +81,9 @@
 //! sweep; right after the listings 28.3 (19.1); fresh after a restart 20.0 (11.5). A full
 //! listing after the restart p50 21.3 ms, min 15.3 (an earlier run: 22.5 and 19.1), timed
 //! with the bench's own check of the reply (about 1.5 ms). `perf record` on the daemon
-//! during the full listings (its binary is stripped: kernel and libc symbols only) put
-//! malloc, free and their consolidation first in user space: the reply is about six small
+//! during the full listings (its binary is stripped: kernel and libc symbols only; the
+//! window also caught the first deletes) put malloc, free and their consolidation first in
+//! user space: the reply is about six small
 //! allocations per entry (id, topology list, its segment map and two strings, the
 //! condition's message), megabytes per listing, which glibc kept once freed: a freed 2 MB
 //! block raises its mmap and trim thresholds to that size, so up to twice that stays on the
@@ -106,11 +107,20 @@
 //!
 //! After (all of the above, two runs): after the creates 22.4 (13.0) and 22.0 (12.7); fresh
 //! after a restart 18.8 (10.4) both; a full listing after a restart, timed from request to
-//! decoded reply, p50 18.5 and 15.8 ms (min 15.7 and 11.8). Not reached: the 20 MiB bar
-//! before a restart. The same 10,000 records take 2.3-2.9 MiB more after being created one
-//! by one than after being read at start: each sits among the freed pieces of the requests
-//! that made it, on pages no trim can return; and the binary's and libraries' pages are
-//! 9.3 MiB of the total after the creates against 8.4 after a restart.
+//! decoded reply, p50 18.5 and 15.8 ms (min 15.7 and 11.8); two later runs with the same
+//! daemon, on a busier and a quieter VM: 26.2 (min 17.0) and 14.2 (min 13.2).
+//!
+//! Not reached: 20 MiB right after the creates. glibc's `malloc_stats` (called through gdb)
+//! after the creates and a sweep: 12.2 MB in use of 12.3 MB held, against 10.2 of 10.3
+//! after a restart, so it is held blocks, not fragmentation. They are the per-thread caches
+//! of freed blocks (tcache: no trim returns them) of the blocking threads the creates
+//! started (18 threads after them, 7 after a restart): the same binary run with
+//! `GLIBC_TUNABLES=glibc.malloc.tcache_count=0` gave 20.2 (10.8) after the creates. glibc
+//! has no call to shrink those caches. Ending idle blocking threads after 1 s instead of
+//! 10 (tokio's `thread_keep_alive`) was tried and not kept: 9 threads after the sweep, but
+//! still 22.2 (12.9), since the blocks the ended threads hand back lie between records, and
+//! meanwhile the heap had grown past them. The binary's and libraries' pages are 9.3 MiB of
+//! the total after the creates against 8.4 after a restart.
 
 #[path = "csi_lifecycle/attribution.rs"]
 mod attribution;
@@ -147,8 +157,10 @@ const RPCS: [&str; 6] = [
 /// binary's and libraries' pages, shared with the page cache).
 fn print_rss(daemon: &Daemon, scale: usize, when: &str) {
     let mib = |kib: Option<u64>| kib.unwrap_or(0) as f64 / 1024.0;
+    let threads =
+        std::fs::read_dir(format!("/proc/{}/task", daemon.pid())).map_or(0, Iterator::count);
     println!(
-        "  daemon RSS with {scale} volumes, {when}: {:.1} MiB (bar: 20 MiB at 10000), of which {:.1} MiB its own (anonymous) memory",
+        "  daemon RSS with {scale} volumes, {when}: {:.1} MiB (bar: 20 MiB at 10000), of which {:.1} MiB its own (anonymous) memory; {threads} threads",
         mib(daemon.rss_kib()),
         mib(daemon.anonymous_rss_kib())
     );
