@@ -13,8 +13,9 @@
 //!    throughput at a tenth (at most 1,000) and at the full count; ListVolumes over all
 //!    pages at several page sizes (checked complete, ordered and without duplicates; pages
 //!    of up to 256 volumes probe each volume's health, larger ones report the daemon's
-//!    health sweep, run every second here), GetCapacity, the daemon's RSS, and the time from
-//!    a restart to a ready Probe.
+//!    health sweep, run every second here), GetCapacity, the daemon's RSS (after the
+//!    creates, after a sweep, after the listings, after a restart and after the full
+//!    listings that follow it), and the time from a restart to a ready Probe.
 //!
 //! Environment: `BERTH_BENCH_QUICK=1` for a smoke run (N=20, SCALE=500: the test command runs
 //! it so the bench cannot rot; it prints figures, asserts no timing), `BERTH_BENCH_N`
@@ -70,6 +71,56 @@
 //! health sweep instead of probing each volume. The remaining RSS is about half the
 //! daemon's own memory (records at about 1.2 KiB each) and half pages of its binary and
 //! libraries, which the bench prints apart.
+//!
+//! # The next round: the reply and the allocator (10,000 volumes, same machine)
+//! Figures from one run each, lifecycles cut to 5 or 20 (`BERTH_BENCH_N`); RSS as total
+//! (own anonymous memory). The VM was shared with other builds: listing times swing by a
+//! third from run to run, the RSS figures by about 0.5 MiB.
+//!
+//! Before (d89ec1f): right after the creates 24.0 MiB (14.8), unchanged after a health
+//! sweep; right after the listings 28.3 (19.1); fresh after a restart 20.0 (11.5). A full
+//! listing after the restart p50 21.3 ms, min 15.3 (an earlier run: 22.5 and 19.1), timed
+//! with the bench's own check of the reply (about 1.5 ms). `perf record` on the daemon
+//! during the full listings (its binary is stripped: kernel and libc symbols only; the
+//! window also caught the first deletes) put malloc, free and their consolidation first in
+//! user space: the reply is about six small
+//! allocations per entry (id, topology list, its segment map and two strings, the
+//! condition's message), megabytes per listing, which glibc kept once freed: a freed 2 MB
+//! block raises its mmap and trim thresholds to that size, so up to twice that stays on the
+//! heap, and each of the two arenas then held its own listing's worth.
+//!
+//! What each change did:
+//! - a record's owner out of line (`OwnerSlot`: empty for CSI and Docker volumes, 120 bytes
+//!   a record): fresh after a restart 18.9 (10.4), after the creates 22.5 (13.2);
+//! - the topology built once per reply, not once per entry: within the noise of the
+//!   listing times;
+//! - fixed mmap and trim thresholds alone (tried through `GLIBC_TUNABLES`, two arenas):
+//!   right after one listing 23.0 (13.8) instead of 26.8 (17.4), but after five listings
+//!   in a row still 27.5 (18.8);
+//! - one arena as well: after five listings 23.2 (14.7), though 26.0 (16.6) right after
+//!   the first;
+//! - handing the memory back 10 ms after a reply of more than 1,000 volumes, alone (two
+//!   arenas, glibc's moving thresholds): no change, 26.8 (17.4) after a listing;
+//! - all three together (two runs): right after a listing 22.4 (13.0) and 22.1 (12.7), the
+//!   same as before it; after five listings in a row, measured at once, 23.1 (14.5) and
+//!   22.7 (14.2).
+//!
+//! After (all of the above, two runs): after the creates 22.4 (13.0) and 22.0 (12.7); fresh
+//! after a restart 18.8 (10.4) both; a full listing after a restart, timed from request to
+//! decoded reply, p50 18.5 and 15.8 ms (min 15.7 and 11.8); two later runs with the same
+//! daemon, on a busier and a quieter VM: 26.2 (min 17.0) and 14.2 (min 13.2).
+//!
+//! Not reached: 20 MiB right after the creates. glibc's `malloc_stats` (called through gdb)
+//! after the creates and a sweep: 12.2 MB in use of 12.3 MB held, against 10.2 of 10.3
+//! after a restart, so it is held blocks, not fragmentation. They are the per-thread caches
+//! of freed blocks (tcache: no trim returns them) of the blocking threads the creates
+//! started (18 threads after them, 7 after a restart): the same binary run with
+//! `GLIBC_TUNABLES=glibc.malloc.tcache_count=0` gave 20.2 (10.8) after the creates. glibc
+//! has no call to shrink those caches. Ending idle blocking threads after 1 s instead of
+//! 10 (tokio's `thread_keep_alive`) was tried and not kept: 9 threads after the sweep, but
+//! still 22.2 (12.9), since the blocks the ended threads hand back lie between records, and
+//! meanwhile the heap had grown past them. The binary's and libraries' pages are 9.3 MiB of
+//! the total after the creates against 8.4 after a restart.
 
 #[path = "csi_lifecycle/attribution.rs"]
 mod attribution;
@@ -106,8 +157,10 @@ const RPCS: [&str; 6] = [
 /// binary's and libraries' pages, shared with the page cache).
 fn print_rss(daemon: &Daemon, scale: usize, when: &str) {
     let mib = |kib: Option<u64>| kib.unwrap_or(0) as f64 / 1024.0;
+    let threads =
+        std::fs::read_dir(format!("/proc/{}/task", daemon.pid())).map_or(0, Iterator::count);
     println!(
-        "  daemon RSS with {scale} volumes, {when}: {:.1} MiB (bar: 20 MiB at 10000), of which {:.1} MiB its own (anonymous) memory",
+        "  daemon RSS with {scale} volumes, {when}: {:.1} MiB (bar: 20 MiB at 10000), of which {:.1} MiB its own (anonymous) memory; {threads} threads",
         mib(daemon.rss_kib()),
         mib(daemon.anonymous_rss_kib())
     );
@@ -669,15 +722,18 @@ async fn main() {
     tokio::time::sleep(SWEPT).await;
     let mut full = Vec::new();
     for _ in 0..FULL_LISTINGS {
-        full.push(list_all(&mut c, 0, &expected).await.1);
+        let (pages, _, per_page) = list_all(&mut c, 0, &expected).await;
+        assert_eq!(pages, 1, "max_entries 0 lists everything in one page");
+        full.extend(per_page);
     }
     full.sort();
     println!(
-        "  full ListVolumes after the restart (and its first health sweep), {FULL_LISTINGS} in a row: p50 {:.1} ms, min {:.1} ms, max {:.1} ms (bar: 20 ms at 10000)",
+        "  full ListVolumes after the restart (and its first health sweep), {FULL_LISTINGS} in a row, request to decoded reply: p50 {:.1} ms, min {:.1} ms, max {:.1} ms (bar: 20 ms at 10000)",
         percentile(&full, 0.5).as_secs_f64() * 1e3,
         full[0].as_secs_f64() * 1e3,
         full[full.len() - 1].as_secs_f64() * 1e3,
     );
+    print_rss(&daemon, scale, "right after these listings");
     let delete_full = sweep(&clients, scale - tenth..scale, false).await;
     sweep(&clients, tenth..scale - tenth, false).await;
     let delete_small = sweep(&clients, 0..tenth, false).await;

@@ -176,7 +176,7 @@ impl VolumeView {
             profile: v.spec.profile.clone(),
             labels: v.spec.labels.to_map(),
             reclaim: v.reclaim,
-            owner: v.owner.clone(),
+            owner: (*v.owner).clone(),
             frontend: v.frontend,
             path: v.placement.data.clone(),
             publications: v.publications.iter().map(publication_view).collect(),

@@ -6,7 +6,7 @@ use tonic::Status;
 use super::params::topology_of;
 use super::proto::list_volumes_response::VolumeStatus;
 use super::proto::volume_content_source::{self, SnapshotSource, VolumeSource};
-use super::proto::{Volume, VolumeCondition, VolumeContentSource};
+use super::proto::{Topology, Volume, VolumeCondition, VolumeContentSource};
 use crate::engine::types::{PublishTarget, Volume as EngineVolume, VolumeName};
 use crate::engine::{NodeInfo, VolumeHealth};
 
@@ -50,25 +50,7 @@ pub(super) fn bytes(n: u64) -> i64 {
 /// An engine volume as CSI describes it: id, size (0 for an unlimited directory, which CSI
 /// reads as unknown), the clone source and this node's topology.
 pub(super) fn csi_volume(v: &EngineVolume, node: &NodeInfo) -> Volume {
-    Volume {
-        capacity_bytes: bytes(v.size.unwrap_or(0)),
-        volume_id: v.name.to_string(),
-        volume_context: Default::default(),
-        content_source: match (&v.spec.source, &v.spec.snapshot) {
-            (Some(source), _) => Some(VolumeContentSource {
-                r#type: Some(volume_content_source::Type::Volume(VolumeSource {
-                    volume_id: source.to_string(),
-                })),
-            }),
-            (None, Some(snapshot)) => Some(VolumeContentSource {
-                r#type: Some(volume_content_source::Type::Snapshot(SnapshotSource {
-                    snapshot_id: snapshot.to_string(),
-                })),
-            }),
-            (None, None) => None,
-        },
-        accessible_topology: vec![topology_of(&node.topology)],
-    }
+    Describer::new(node).volume(v)
 }
 
 /// The engine's health of a volume as CSI's `VolumeCondition`.
@@ -80,24 +62,67 @@ pub(super) fn condition_of(health: VolumeHealth) -> VolumeCondition {
         },
         VolumeHealth::Normal => VolumeCondition {
             abnormal: false,
-            message: "the volume's data is in place".into(),
+            message: NORMAL.into(),
         },
     }
 }
 
-/// A listed volume's status: the node it is staged or published on (this one, or none:
-/// berth volumes are node-local) and its condition.
-pub(super) fn status_of(v: &EngineVolume, health: VolumeHealth, node: &NodeInfo) -> VolumeStatus {
-    let published = v
-        .publications
-        .iter()
-        .any(|p| matches!(p.target, PublishTarget::Bind { .. }));
-    VolumeStatus {
-        published_node_ids: if published {
-            vec![node.node_id.clone()]
-        } else {
-            Vec::new()
-        },
-        volume_condition: Some(condition_of(health)),
+/// A normal condition's message.
+const NORMAL: &str = "the volume's data is in place";
+
+/// Describes the volumes of one reply. What every entry shares (this node's topology as
+/// CSI carries it) is built once: a listing of 10,000 volumes otherwise rebuilt and hashed
+/// the same segment map for each.
+pub(super) struct Describer<'a> {
+    node: &'a NodeInfo,
+    topology: Vec<Topology>,
+}
+
+impl<'a> Describer<'a> {
+    pub fn new(node: &'a NodeInfo) -> Self {
+        Self {
+            node,
+            topology: vec![topology_of(&node.topology)],
+        }
+    }
+
+    /// See [`csi_volume`].
+    pub fn volume(&self, v: &EngineVolume) -> Volume {
+        Volume {
+            capacity_bytes: bytes(v.size.unwrap_or(0)),
+            volume_id: v.name.as_str().to_owned(),
+            volume_context: Default::default(),
+            content_source: match (&v.spec.source, &v.spec.snapshot) {
+                (Some(source), _) => Some(VolumeContentSource {
+                    r#type: Some(volume_content_source::Type::Volume(VolumeSource {
+                        volume_id: source.as_str().to_owned(),
+                    })),
+                }),
+                (None, Some(snapshot)) => Some(VolumeContentSource {
+                    r#type: Some(volume_content_source::Type::Snapshot(SnapshotSource {
+                        snapshot_id: snapshot.as_str().to_owned(),
+                    })),
+                }),
+                (None, None) => None,
+            },
+            accessible_topology: self.topology.clone(),
+        }
+    }
+
+    /// A listed volume's status: the node it is staged or published on (this one, or
+    /// none: berth volumes are node-local) and its condition.
+    pub fn status(&self, v: &EngineVolume, health: VolumeHealth) -> VolumeStatus {
+        let published = v
+            .publications
+            .iter()
+            .any(|p| matches!(p.target, PublishTarget::Bind { .. }));
+        VolumeStatus {
+            published_node_ids: if published {
+                vec![self.node.node_id.clone()]
+            } else {
+                Vec::new()
+            },
+            volume_condition: Some(condition_of(health)),
+        }
     }
 }

@@ -27,7 +27,7 @@ impl<H: Host> Engine<H> {
                 volume: name.to_string(),
             });
         }
-        v.owner = owner;
+        v.owner = owner.into();
         self.save(&v, "adopt")?;
         Ok(v)
     }

@@ -129,7 +129,7 @@ impl<H: Host> Engine<H> {
                 project_id,
             },
             reclaim: request.spec.reclaim.unwrap_or(pool.reclaim),
-            owner: request.owner.clone(),
+            owner: request.owner.clone().into(),
             frontend,
             phase: Phase::Creating,
             publications: Vec::new(),

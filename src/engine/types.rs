@@ -14,12 +14,14 @@ pub use crate::host::types::{FsType, Ownership};
 
 mod caller;
 mod names;
+mod owner_slot;
 mod path_constraint;
 mod publication;
 mod stored;
 
 pub use caller::{Caller, Frontend, OwnerFrontend};
 pub use names::{MAX_NAME_LEN, VolumeName, format_size, parse_size};
+pub use owner_slot::OwnerSlot;
 pub use path_constraint::PathConstraint;
 pub use publication::{DOCKER_HOLDER, Publication, PublicationState, PublishTarget};
 
@@ -275,8 +277,9 @@ pub struct Volume {
     pub size: Option<u64>,
     pub placement: Placement,
     pub reclaim: ReclaimPolicy,
+    /// Empty (and unboxed) for every volume but a Mesos one.
     #[serde(default)]
-    pub owner: Owner,
+    pub owner: OwnerSlot,
     /// The front-end the volume belongs to: only it (and the admin API) acts on the volume.
     pub frontend: OwnerFrontend,
     #[serde(flatten)]

@@ -29,7 +29,7 @@ pub(super) struct StoredVolume {
     placement: Placement,
     reclaim: ReclaimPolicy,
     #[serde(default)]
-    owner: Owner,
+    owner: OwnerSlot,
     frontend: OwnerFrontend,
     phase: PhaseName,
     /// Only with `deleting`: whether the delete is a wipe.
@@ -108,7 +108,8 @@ mod tests {
             owner: Owner {
                 task_id: Some("t1".into()),
                 ..Owner::default()
-            },
+            }
+            .into(),
             frontend: OwnerFrontend::Csi,
             phase,
             publications: Vec::new(),

@@ -161,7 +161,7 @@ fn reserve(
     for v in detached {
         let owner = Owner {
             task_id: task.clone(),
-            ..v.owner.clone()
+            ..(*v.owner).clone()
         };
         match engine.adopt(CALLER, &v.name, &v.owner, owner) {
             Ok(adopted) => {
