@@ -10,6 +10,7 @@ use std::path::{Component, Path};
 use berth::config::Config;
 use berth::docker::{Call, Endpoint, Failure, parse_call};
 use berth::engine::EngineError;
+use berth::engine::labels;
 use berth::engine::request;
 use berth::engine::selector::LabelSelector;
 use berth::engine::types::{
@@ -312,7 +313,10 @@ pub fn docker_request(data: &[u8]) {
                 .and_then(|o| serde_json::from_value(o.clone()).ok())
                 .unwrap_or_default();
             for (key, value) in &spec.labels {
-                assert!(!key.is_empty() && key.len() <= 63, "{key:?}");
+                // Kubernetes' syntax: an optional DNS-subdomain prefix and `/`, then a name
+                // of at most 63 characters (so a whole key may be longer than 63).
+                assert_eq!(labels::key_error(key), None, "{key:?}");
+                assert_eq!(labels::value_error(value), None, "{value:?}");
                 assert_eq!(
                     opts.get(&format!("label.{key}")).map(String::as_str),
                     Some(value),
