@@ -45,7 +45,7 @@ type Table = TableDefinition<'static, &'static str, &'static [u8]>;
 
 /// The tables a change can write, by the code the journal knows them by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Records {
+enum Records {
     Volumes,
     Snapshots,
 }
