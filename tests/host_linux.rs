@@ -921,6 +921,45 @@ fn make_dirs_makes_a_chain_or_nothing() {
     assert_ne!(outside_meta.uid(), 1000, "followed the link!");
 }
 
+/// Creates and deletes in one pool at the same time share the syncs of the pool and its
+/// trash (`host/linux/dir_sync.rs`): every one of them still finds its own work done.
+#[test]
+fn concurrent_creates_and_deletes_in_one_pool_all_land() {
+    harness::require_root();
+    let s = scratch();
+    let host = std::sync::Arc::new(LinuxHost::new());
+    let pool = s.path().to_path_buf();
+    let workers: Vec<_> = (0..8)
+        .map(|w| {
+            let (host, pool) = (std::sync::Arc::clone(&host), pool.clone());
+            std::thread::spawn(move || {
+                for i in 0..25 {
+                    let vol = pool.join(format!("v{w}-{i}"));
+                    let data = vol.join("data");
+                    let own = Ownership::default();
+                    host.make_dirs(&[(vol.as_path(), &own), (data.as_path(), &own)])
+                        .unwrap();
+                    assert!(data.is_dir());
+                    if i % 2 == 0 {
+                        host.move_to_trash(&pool.join(".trash"), &[vol.as_path()])
+                            .unwrap();
+                        assert!(!vol.exists());
+                    }
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.join().unwrap();
+    }
+    let kept = fs::read_dir(&pool)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name() != ".trash")
+        .count();
+    assert_eq!(kept, 8 * 12, "every odd volume kept, every even one moved");
+    assert_eq!(fs::read_dir(pool.join(".trash")).unwrap().count(), 8 * 13);
+}
+
 #[test]
 fn make_dir_rename_sync_and_stats() {
     harness::require_root();

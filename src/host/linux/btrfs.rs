@@ -39,8 +39,9 @@ use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 
+use super::dir_sync::fsync_shared_dir;
 use super::fd::{
-    Meta, cstring, fd_kind, fd_real_path, fsync_fd, invalid, mount_by_id, nix_err, open_parent,
+    Meta, cstring, fd_kind, fd_real_path, invalid, mount_by_id, nix_err, open_parent,
     read_mountinfo, statx_at, statx_fd,
 };
 use super::walk::tree_usage;
@@ -255,7 +256,7 @@ pub(super) fn create_subvolume(path: &Path) -> Result<(), HostError> {
         }
         Err(e) => return Err(nix_err("BTRFS_IOC_SUBVOL_CREATE", path, e)),
     }
-    fsync_fd(parent.as_fd(), path)
+    fsync_shared_dir(parent.as_fd(), path)
 }
 
 /// Makes `to` a snapshot of the subvolume `from` (`BTRFS_IOC_SNAP_CREATE_V2` on `to`'s
@@ -303,7 +304,7 @@ pub(super) fn snapshot_subvolume(from: &Path, to: &Path, read_only: bool) -> Res
         }
         Err(e) => return Err(nix_err("BTRFS_IOC_SNAP_CREATE_V2", to, e)),
     }
-    fsync_fd(parent.as_fd(), to)
+    fsync_shared_dir(parent.as_fd(), to)
 }
 
 /// The path of the directory `fd` inside its filesystem (what mountinfo's `root` field
@@ -422,7 +423,7 @@ pub(super) fn delete_subvolume(path: &Path) -> Result<(), HostError> {
         Ok(_) | Err(Errno::ENOENT) => {}
         Err(e) => return Err(nix_err("BTRFS_IOC_SNAP_DESTROY", path, e)),
     }
-    fsync_fd(parent.as_fd(), path)
+    fsync_shared_dir(parent.as_fd(), path)
 }
 
 pub(super) fn enable_quota(fs_path: &Path) -> Result<(), HostError> {

@@ -11,6 +11,7 @@ use nix::fcntl::{OFlag, RenameFlags};
 use nix::sys::stat::Mode;
 use nix::unistd::{Gid, Uid, UnlinkatFlags};
 
+use super::dir_sync::fsync_shared_dir;
 use super::fd::{
     cstring, fsync_fd, invalid, nix_err, not_a_dir_error, oflags_dir, open_dir_nofollow,
     open_parent, split, statx_at, statx_fd,
@@ -51,7 +52,7 @@ pub(super) fn make_dirs(dirs: &[(&Path, &Ownership)]) -> Result<(), HostError> {
     for (dir, fd) in made.iter().rev() {
         fsync_fd(fd.as_fd(), dir)?;
     }
-    fsync_fd(first_parent.as_fd(), first)
+    fsync_shared_dir(first_parent.as_fd(), first)
 }
 
 /// Makes `name` in `parent` (an existing directory is fine), opens it without following a

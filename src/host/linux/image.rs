@@ -14,6 +14,7 @@ use nix::fcntl::OFlag;
 use nix::mount::MsFlags;
 use nix::sys::stat::Mode;
 
+use super::dir_sync::fsync_shared_dir;
 use super::fd::{
     fd_path, fsync_fd, invalid, mount_by_id, nix_err, open_nofollow, open_parent, open_regular_rw,
     statx_fd,
@@ -213,7 +214,7 @@ pub(super) fn create_image(
         .size;
     allocate(&file, image, 0, len)?;
     fsync_fd(file.as_fd(), image)?;
-    fsync_fd(parent.as_fd(), image)
+    fsync_shared_dir(parent.as_fd(), image)
 }
 
 /// `fallocate(2)` of `len` bytes from `offset`: real blocks, not a hole (the data reads as

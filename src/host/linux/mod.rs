@@ -83,6 +83,7 @@
 
 mod btrfs;
 mod copy;
+mod dir_sync;
 mod dirs;
 mod export;
 mod fd;

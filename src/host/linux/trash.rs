@@ -17,6 +17,7 @@ use nix::fcntl::RenameFlags;
 use nix::sys::stat::Mode;
 use nix::unistd::UnlinkatFlags;
 
+use super::dir_sync::fsync_shared_dir;
 use super::fd::{
     cstring, fsync_fd, invalid, nix_err, not_a_dir_error, oflags_dir, open_parent, statx_at,
     statx_fd,
@@ -119,10 +120,10 @@ pub(super) fn move_to_trash(trash: &Path, paths: &[&Path]) -> Result<u64, HostEr
     // Durable only once the directories say so: the trash holds them, their old places do
     // not. Synced after all the renames, so the first fsync commits them all.
     if let Some(fd) = &trash_fd {
-        fsync_fd(fd.as_fd(), trash)?;
+        fsync_shared_dir(fd.as_fd(), trash)?;
     }
     for (parent, path) in &parents {
-        fsync_fd(parent.as_fd(), path)?;
+        fsync_shared_dir(parent.as_fd(), path)?;
     }
     Ok(bytes)
 }
