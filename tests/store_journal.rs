@@ -2,14 +2,16 @@
 //! it can, saying after each write that it returned; the test kills it at several points
 //! (before the first checkpoint and after several) and reopens the store. Every write that
 //! returned must be there, nothing after the next one may be, and a second open replays
-//! nothing.
+//! nothing. Until a clean close the store file says a schema version no berth without the
+//! journal accepts.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use berth::store::{Store, StoreStats, journal_path};
+use berth::store::{SCHEMA_VERSION, SCHEMA_VERSION_OPEN, Store, StoreStats, journal_path};
+use redb::{ReadableDatabase, TableDefinition};
 use serde_json::{Value, json};
 
 /// Set in the child: the store it writes to.
@@ -48,6 +50,15 @@ fn stored(path: &Path) -> (BTreeMap<String, Value>, StoreStats) {
         .map(|r| (r["key"].as_str().unwrap().to_string(), r))
         .collect();
     (records, store.stats())
+}
+
+/// The schema version in the store file, read with redb directly (as an older berth would).
+fn schema_version(path: &Path) -> u64 {
+    const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+    let db = redb::Database::open(path).unwrap();
+    let txn = db.begin_read().unwrap();
+    let meta = txn.open_table(META).unwrap();
+    meta.get("schema_version").unwrap().unwrap().value()
 }
 
 /// Run in a child process: writes operations until it is killed, printing `acked i` after
@@ -108,7 +119,13 @@ fn kill_9_keeps_every_acknowledged_write_across_checkpoints() {
             "the journal is beside the store"
         );
 
+        assert_eq!(
+            schema_version(&path),
+            SCHEMA_VERSION_OPEN,
+            "a store left by a crash must say it is open with a journal"
+        );
         let (found, replaying) = stored(&path);
+        assert_eq!(schema_version(&path), SCHEMA_VERSION, "closed cleanly");
         // Before the first checkpoint there are frames to replay for sure; later the kill may
         // (rarely) fall just after a checkpoint, with none.
         if kill_after < 300 {

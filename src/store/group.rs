@@ -200,6 +200,17 @@ impl GroupCommit {
         Ok(())
     }
 
+    /// Whether every write is in redb alone: no frame in the journal (or no journal in use),
+    /// so nothing is lost to a reader of the store file.
+    pub fn journal_is_empty(&self) -> bool {
+        let writer = self.writer();
+        match writer.state {
+            JournalState::Working => writer.journal.frames() == 0,
+            JournalState::Bypassed => true,
+            JournalState::Broken => false,
+        }
+    }
+
     /// `changes` in one redb transaction and one journal append, then, if `durable`, a flush.
     fn write(&self, db: &Database, changes: &[&Change], durable: bool) -> Result<(), StoreError> {
         let mut writer = self.writer();

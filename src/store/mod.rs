@@ -37,6 +37,13 @@ use thiserror::Error;
 /// 2: every record names the front-end that owns it (`frontend`).
 pub const SCHEMA_VERSION: u64 = 2;
 
+/// The schema version the store file says while a daemon has it open: [`SCHEMA_VERSION`]
+/// with the journal in use. Until the store is closed cleanly its latest writes may be in
+/// the journal alone, and a berth without the journal would open the file without them.
+/// Every berth refuses a store whose version is above its own, so those refuse this one;
+/// a clean close writes [`SCHEMA_VERSION`] back.
+pub const SCHEMA_VERSION_OPEN: u64 = SCHEMA_VERSION + 1000;
+
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const VOLUMES: TableDefinition<&str, &[u8]> = TableDefinition::new("volumes_v1");
 const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots_v1");
@@ -221,13 +228,7 @@ impl Store {
             // Every version since snapshots came has their table; make sure it exists.
             txn.open_table(SNAPSHOTS).map_err(txn_err)?;
             match found {
-                Some(v) if v > SCHEMA_VERSION => {
-                    return Err(StoreError::Schema {
-                        path: self.path.clone(),
-                        found: v,
-                    });
-                }
-                Some(SCHEMA_VERSION) => {}
+                Some(SCHEMA_VERSION | SCHEMA_VERSION_OPEN) => {}
                 Some(1) => self.migrate_v1(&mut volumes, rewrote)?,
                 Some(other) => {
                     return Err(StoreError::Schema {
@@ -237,13 +238,13 @@ impl Store {
                 }
                 None => {}
             }
-            meta.insert("schema_version", SCHEMA_VERSION)
+            meta.insert("schema_version", SCHEMA_VERSION_OPEN)
                 .map_err(txn_err)?;
         }
         txn.commit().map_err(txn_err)
     }
 
-    /// Whether the store is at [`SCHEMA_VERSION`] with every table in place.
+    /// Whether the store is at [`SCHEMA_VERSION`], marked open, with every table in place.
     fn is_current(&self) -> Result<bool, StoreError> {
         let txn = self.db.begin_read().map_err(txn_err)?;
         let meta = match txn.open_table(META) {
@@ -255,7 +256,7 @@ impl Store {
             .get("schema_version")
             .map_err(txn_err)?
             .map(|v| v.value());
-        if version != Some(SCHEMA_VERSION) {
+        if version != Some(SCHEMA_VERSION_OPEN) {
             return Ok(false);
         }
         for table in [VOLUMES, SNAPSHOTS] {
@@ -412,6 +413,19 @@ impl Store {
         self.commits.stats()
     }
 
+    /// Writes [`SCHEMA_VERSION`] over [`SCHEMA_VERSION_OPEN`] once every write is in the
+    /// store file (a store migrated or made by this open).
+    fn mark_closed(&self) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write().map_err(txn_err)?;
+        txn.set_durability(Durability::Immediate).map_err(txn_err)?;
+        {
+            let mut meta = txn.open_table(META).map_err(txn_err)?;
+            meta.insert("schema_version", SCHEMA_VERSION)
+                .map_err(txn_err)?;
+        }
+        txn.commit().map_err(txn_err)
+    }
+
     /// A read that proves the store answers (for readiness probes).
     pub fn probe(&self) -> Result<(), StoreError> {
         let txn = self.db.begin_read().map_err(txn_err)?;
@@ -421,10 +435,18 @@ impl Store {
 }
 
 impl Drop for Store {
-    /// A store closed cleanly leaves its journal empty, so the next open replays nothing.
+    /// A store closed cleanly leaves its journal empty, so the next open replays nothing, and
+    /// says [`SCHEMA_VERSION`] again.
     fn drop(&mut self) {
         if let Err(e) = self.commits.checkpoint(&self.db) {
             tracing::warn!(store = %self.path.display(), error = %e, "checkpoint at close failed; the next start replays the journal");
+            return;
+        }
+        if !self.commits.journal_is_empty() {
+            return;
+        }
+        if let Err(e) = self.mark_closed() {
+            tracing::warn!(store = %self.path.display(), error = %e, "marking the store closed failed; a berth without the journal will refuse it");
         }
     }
 }
