@@ -31,6 +31,10 @@
 //! (prints, asserts nothing about time; about 25 s). `BERTH_BENCH_ROUNDS` sets the rounds
 //! (default 3). Needs root and fio (scripts/test-deps.sh).
 //!
+//! The places the jobs run in are made in `data_path/place.rs`, the fio jobs are run and
+//! read in `data_path/fio.rs`; this file picks the variants, alternates each with the plain
+//! directory and reports.
+//!
 //! # Findings (2 cores, virtio disk, host ext4 with `read_ahead_kb` 8192, kernel 6.18, load 4-7)
 //! Ratios to the plain directory: median of the rounds [lowest-highest]. Every lever but
 //! berth's own rows lacks `POSIX_FADV_RANDOM` (losetup cannot set it).
@@ -149,114 +153,23 @@
 //! Barriers and the inner journal's ordering are never touched: buffered or not, the loop
 //! driver turns the inner filesystem's flush and FUA into an fsync of the image.
 
+#[path = "data_path/fio.rs"]
+mod fio;
 #[path = "../tests/support/harness/mod.rs"]
 mod harness;
 #[path = "../tests/support/host.rs"]
 mod host_support;
+#[path = "data_path/place.rs"]
+mod place;
 
 use std::ffi::OsStr;
-use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use berth::host::Host;
-use berth::host::linux::LinuxHost;
 use berth::host::types::FsType;
-use host_support::{Scratch, scratch};
-
-const GIB: u64 = 1 << 30;
-
-/// How long and how big each job runs.
-struct Sizes {
-    runtime_s: u32,
-    fsync_file: &'static str,
-    read_file: &'static str,
-    /// How much of `read_file` a random read job reads at most: a quarter, so that the
-    /// job is not over by the time a cache would hold the whole file.
-    read_io: &'static str,
-    seq_file: &'static str,
-}
-
-const FULL: Sizes = Sizes {
-    runtime_s: 5,
-    fsync_file: "64m",
-    read_file: "256m",
-    read_io: "64m",
-    seq_file: "512m",
-};
-
-const QUICK: Sizes = Sizes {
-    runtime_s: 1,
-    fsync_file: "16m",
-    read_file: "64m",
-    read_io: "16m",
-    seq_file: "128m",
-};
-
-/// A volume made with `mkfs` + `losetup` + `mount`, differing from berth's way only in what
-/// its fields say (berth's own way also sets `POSIX_FADV_RANDOM` on the image's open file,
-/// which `losetup` cannot: [`EXT4`] and [`XFS`] are berth's way without it).
-#[derive(Clone, Copy)]
-struct Lever {
-    fs: FsType,
-    direct_io: bool,
-    sector_size: u32,
-    mkfs: &'static [&'static str],
-    /// The inner filesystem's mount options.
-    options: &'static str,
-    /// `/sys/block/loopN/queue/<name>` values written before the mount.
-    queue: &'static [(&'static str, &'static str)],
-}
-
-const EXT4: Lever = Lever {
-    fs: FsType::Ext4,
-    direct_io: false,
-    sector_size: 512,
-    mkfs: &[
-        "-E",
-        "nodiscard,lazy_itable_init=1,lazy_journal_init=1",
-        "-m",
-        "0",
-    ],
-    options: "noinit_itable",
-    queue: &[],
-};
-
-const XFS: Lever = Lever {
-    fs: FsType::Xfs,
-    direct_io: false,
-    sector_size: 512,
-    mkfs: &["-K"],
-    options: "nouuid",
-    queue: &[],
-};
-
-const EXT4_DIRECT: Lever = Lever {
-    direct_io: true,
-    ..EXT4
-};
-
-/// One way of making the directory the jobs run in.
-#[derive(Clone, Copy)]
-enum Setup {
-    Plain,
-    /// berth's own `create_image` + `mount_image`.
-    Berth(FsType),
-    Lever(Lever),
-}
-
-/// One round's figures: fsync'd 4k write IOPS, 4k random read IOPS (`O_DIRECT`, then
-/// buffered), 1 MiB write MiB/s.
-type Figures = [f64; COLUMNS];
-
-const COLUMNS: usize = 4;
-const HEADER: [&str; COLUMNS] = [
-    "4k randwrite+fsync",
-    "4k randread direct",
-    "4k randread buffered",
-    "1M seq write",
-];
-const UNITS: [&str; COLUMNS] = ["IOPS", "IOPS", "IOPS", "MiB/s"];
+use fio::{COLUMNS, FULL, Figures, HEADER, QUICK, UNITS, measure};
+use host_support::scratch;
+use place::{EXT4, EXT4_DIRECT, Lever, Place, Setup, XFS};
 
 struct Variant {
     label: &'static str,
@@ -391,209 +304,8 @@ fn os<'a>(args: &[&'a str]) -> Vec<&'a OsStr> {
     args.iter().map(|a| OsStr::new(*a)).collect()
 }
 
-/// A mounted (or plain) directory for one round of one variant; torn down on drop.
-struct Place {
-    dir: PathBuf,
-    image: Option<PathBuf>,
-    device: Option<String>,
-}
-
-impl Place {
-    fn make(scratch: &Scratch, setup: Setup, n: usize) -> Self {
-        let dir = scratch.join(&format!("dir-{n}"));
-        std::fs::create_dir(&dir).unwrap();
-        let image = scratch.join(&format!("image-{n}"));
-        match setup {
-            Setup::Plain => Self {
-                dir,
-                image: None,
-                device: None,
-            },
-            Setup::Berth(fs) => {
-                let host = LinuxHost::new();
-                host.create_image(&image, GIB, Some(fs)).unwrap();
-                host.mount_image(&image, &dir, fs).unwrap();
-                Self {
-                    dir,
-                    image: Some(image),
-                    device: None,
-                }
-            }
-            Setup::Lever(lever) => {
-                let size = GIB.max(lever.fs.min_size()).to_string();
-                let image_str = path_str(&image);
-                run("truncate", &os(&["-s", &size, image_str]));
-                let force = if lever.fs == FsType::Xfs { "-f" } else { "-F" };
-                let mut args = vec!["-q", force];
-                args.extend(lever.mkfs);
-                args.push(image_str);
-                run(&format!("mkfs.{}", lever.fs.as_str()), &os(&args));
-                run("fallocate", &os(&["-l", &size, image_str]));
-                let dio = format!("--direct-io={}", if lever.direct_io { "on" } else { "off" });
-                let sector = format!("--sector-size={}", lever.sector_size);
-                let device = run("losetup", &os(&["-f", "--show", &dio, &sector, image_str]));
-                let name = device.trim_start_matches("/dev/");
-                for (knob, value) in lever.queue {
-                    let file = format!("/sys/block/{name}/queue/{knob}");
-                    std::fs::write(&file, value).unwrap_or_else(|e| panic!("{file}: {e}"));
-                }
-                let place = Self {
-                    dir,
-                    image: Some(image),
-                    device: Some(device),
-                };
-                let device = place.device.as_deref().unwrap();
-                run(
-                    "mount",
-                    &os(&["-o", lever.options, device, path_str(&place.dir)]),
-                );
-                place
-            }
-        }
-    }
-
-    /// Writes back everything dirty on the host filesystem, so that no job pays for an
-    /// earlier one's (or another variant's) writeback.
-    /// The volume's filesystem first (a no-op twice over for the plain directory), then the
-    /// host's, which the scratch directory holding `dir` is on.
-    fn settle(&self) {
-        for path in [&self.dir, self.dir.parent().unwrap()] {
-            let dir = std::fs::File::open(path).unwrap();
-            // SAFETY: syncfs only reads its fd argument; `dir` is open.
-            let rc = unsafe { libc::syncfs(dir.as_raw_fd()) };
-            assert_eq!(rc, 0, "syncfs {}", path.display());
-        }
-    }
-
-    /// Drops the page cache of the job files (for a volume: the inner filesystem's) and of
-    /// the image (the host's), all clean after a flush, so that a read finds nothing cached
-    /// on either side.
-    fn drop_caches(&self) {
-        let mut files = job_files(&self.dir);
-        files.extend(self.image.clone());
-        for path in files {
-            let file = std::fs::File::open(&path).unwrap();
-            // SAFETY: posix_fadvise only reads its integer arguments; `file` is open.
-            let rc =
-                unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-            assert_eq!(rc, 0, "posix_fadvise {}", path.display());
-        }
-    }
-}
-
-impl Drop for Place {
-    fn drop(&mut self) {
-        if self.image.is_some() {
-            let _ = nix::mount::umount2(&self.dir, nix::mount::MntFlags::UMOUNT_NOFOLLOW);
-        }
-        if let Some(device) = &self.device {
-            let _ = Command::new("losetup").args(["-d", device]).status();
-        }
-        if let Some(image) = &self.image {
-            let _ = std::fs::remove_file(image);
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 scratch path")
-}
-
-/// Runs one fio job in `dir` and returns its JSON report's first job.
-fn fio(dir: &Path, args: &[&str]) -> serde_json::Value {
-    let directory = format!("--directory={}", dir.display());
-    let mut all = vec![
-        "--name=bench",
-        &directory,
-        "--ioengine=psync",
-        "--output-format=json",
-    ];
-    all.extend(args);
-    let out = run("fio", &os(&all));
-    let report: serde_json::Value =
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("fio's JSON: {e}: {out}"));
-    let job = report["jobs"][0].clone();
-    assert_eq!(job["error"], 0, "fio {args:?} in {}: {job}", dir.display());
-    job
-}
-
-fn job_files(dir: &Path) -> Vec<PathBuf> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .filter(|path| {
-            path.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("bench"))
-        })
-        .collect()
-}
-
-fn remove_job_files(dir: &Path) {
-    for path in job_files(dir) {
-        std::fs::remove_file(path).unwrap();
-    }
-}
-
-fn measure(place: &Place, sizes: &Sizes) -> Figures {
-    let runtime = format!("--runtime={}", sizes.runtime_s);
-    let size = |s: &str| format!("--size={s}");
-    let dir = place.dir.as_path();
-
-    let fsync_file = size(sizes.fsync_file);
-    place.settle();
-    let job = fio(
-        dir,
-        &[
-            "--rw=randwrite",
-            "--bs=4k",
-            "--fsync=1",
-            &fsync_file,
-            &runtime,
-        ],
-    );
-    let fsync_write_iops = job["write"]["iops"].as_f64().unwrap();
-    remove_job_files(dir);
-
-    // Random reads of a file written and flushed before, with every cache of it dropped
-    // first: with O_DIRECT (each read goes to the disk: fio's random map reads each block
-    // once, so a volume's host cache can only help it through readahead), then buffered
-    // (what most applications do: one page cache and one readahead on each side, the inner
-    // filesystem's for a volume).
-    let read_file = size(sizes.read_file);
-    let read_io = format!("--io_size={}", sizes.read_io);
-    fio(dir, &["--rw=write", "--bs=1m", "--end_fsync=1", &read_file]);
-    let mut rand_read_iops = [0.0; 2];
-    for (direct, iops) in ["--direct=1", "--direct=0"].iter().zip(&mut rand_read_iops) {
-        place.settle();
-        place.drop_caches();
-        let job = fio(
-            dir,
-            &[
-                "--rw=randread",
-                "--bs=4k",
-                direct,
-                &read_file,
-                &read_io,
-                &runtime,
-            ],
-        );
-        *iops = job["read"]["iops"].as_f64().unwrap();
-    }
-    remove_job_files(dir);
-
-    let seq_file = size(sizes.seq_file);
-    place.settle();
-    let job = fio(dir, &["--rw=write", "--bs=1m", "--end_fsync=1", &seq_file]);
-    // fio's bandwidth is in KiB/s.
-    let seq_write_mibps = job["write"]["bw"].as_f64().unwrap() / 1024.0;
-    remove_job_files(dir);
-    [
-        fsync_write_iops,
-        rand_read_iops[0],
-        rand_read_iops[1],
-        seq_write_mibps,
-    ]
 }
 
 fn median(samples: &[f64]) -> f64 {

@@ -47,6 +47,7 @@ pub mod metrics;
 mod placement;
 pub mod pool;
 mod publish;
+mod records;
 mod recovery;
 pub mod request;
 mod room;
@@ -60,13 +61,13 @@ mod trash;
 pub mod types;
 mod usage;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::host::{Host, HostError};
-use crate::store::{Store, StoreError};
+use crate::store::Store;
 
 pub use crate::host::{ArchiveStats, MountEntry, RemovalStats};
 use backend::resolve_backend;
@@ -434,72 +435,6 @@ impl<H: Host> Engine<H> {
         &self.host
     }
 
-    fn cache(&self) -> MutexGuard<'_, VolumeTable> {
-        self.volumes.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn cached(&self, name: &VolumeName) -> Option<Volume> {
-        self.cache().get(name).map(|v| Volume::clone(v))
-    }
-
-    /// Commits a record durably and updates the cache.
-    fn save(&self, volume: &Volume, operation: &'static str) -> Result<(), EngineError> {
-        self.commit(volume, operation, Store::put::<Volume>)
-    }
-
-    /// Commits the record that completes an operation whose durable intent was committed
-    /// before its host work, without waiting for the disk (see "Crash safety" above): a
-    /// crash that loses it leaves the intent, which recovery finishes from the host's state.
-    fn save_completion(&self, volume: &Volume, operation: &'static str) -> Result<(), EngineError> {
-        self.commit(volume, operation, Store::put_unsynced::<Volume>)
-    }
-
-    fn commit(
-        &self,
-        volume: &Volume,
-        operation: &'static str,
-        put: fn(&Store, &str, &Volume) -> Result<(), StoreError>,
-    ) -> Result<(), EngineError> {
-        put(&self.store, volume.name.as_str(), volume).map_err(|source| EngineError::Store {
-            volume: Some(volume.name.to_string()),
-            operation,
-            source,
-        })?;
-        self.cache().insert(volume.name.clone(), volume.clone());
-        Ok(())
-    }
-
-    /// Durably removes a record and drops it from the cache.
-    fn forget(&self, name: &VolumeName, operation: &'static str) -> Result<(), EngineError> {
-        self.drop_record(name, operation, Store::remove)
-    }
-
-    /// Removes the record of a volume whose `Deleting` tombstone is durable, without waiting
-    /// for the disk: a crash that loses the removal leaves the tombstone, and recovery
-    /// finishes the delete.
-    fn forget_completion(
-        &self,
-        name: &VolumeName,
-        operation: &'static str,
-    ) -> Result<(), EngineError> {
-        self.drop_record(name, operation, Store::remove_unsynced)
-    }
-
-    fn drop_record(
-        &self,
-        name: &VolumeName,
-        operation: &'static str,
-        remove: fn(&Store, &str) -> Result<(), StoreError>,
-    ) -> Result<(), EngineError> {
-        remove(&self.store, name.as_str()).map_err(|source| EngineError::Store {
-            volume: Some(name.to_string()),
-            operation,
-            source,
-        })?;
-        self.cache().remove(name);
-        Ok(())
-    }
-
     fn pool(&self, name: &str) -> Option<&PoolConfig> {
         self.pools.iter().find(|p| p.name == name)
     }
@@ -509,31 +444,6 @@ impl<H: Host> Engine<H> {
             .get(&pool.name)
             .copied()
             .unwrap_or(Backend::Loopfs)
-    }
-
-    /// The lowest project id that no berth volume holds and the filesystem under `base`
-    /// does not already use (listed in `/etc/projid` or set on a directory there). Called
-    /// under the placement lock, so two creates never get the same id. `volume` is the one
-    /// being placed, for the error when no id is left.
-    fn free_project_id(&self, volume: &str, base: &Path) -> Result<u32, EngineError> {
-        let in_use = |dir: &Path| {
-            self.host
-                .project_ids_in_use(dir)
-                .map_err(|source| EngineError::Host {
-                    volume: None,
-                    operation: "listing project ids in use",
-                    source,
-                })
-        };
-        let mut taken: BTreeSet<u32> = in_use(base)?;
-        taken.extend(in_use(&base.join(RETAINED_DIR))?);
-        taken.extend(self.cache().values().filter_map(|v| v.placement.project_id));
-        (FIRST_PROJECT_ID..u32::MAX)
-            .find(|id| !taken.contains(id))
-            .ok_or_else(|| EngineError::Unsupported {
-                volume: volume.to_string(),
-                reason: "no project id is free".into(),
-            })
     }
 
     /// Runs one operation: logs it once and counts it.

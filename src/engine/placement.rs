@@ -1,6 +1,7 @@
 //! Where a new volume goes: the candidate pools, disks and paths, and how much room each
 //! has left, decided under the placement lock so concurrent creates never over-commit.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use super::pool::PoolConfig;
@@ -420,6 +421,31 @@ impl<H: Host> Engine<H> {
                 }
             })
             .collect()
+    }
+
+    /// The lowest project id that no berth volume holds and the filesystem under `base`
+    /// does not already use (listed in `/etc/projid` or set on a directory there). Called
+    /// under the placement lock, so two creates never get the same id. `volume` is the one
+    /// being placed, for the error when no id is left.
+    pub(super) fn free_project_id(&self, volume: &str, base: &Path) -> Result<u32, EngineError> {
+        let in_use = |dir: &Path| {
+            self.host
+                .project_ids_in_use(dir)
+                .map_err(|source| EngineError::Host {
+                    volume: None,
+                    operation: "listing project ids in use",
+                    source,
+                })
+        };
+        let mut taken: BTreeSet<u32> = in_use(base)?;
+        taken.extend(in_use(&base.join(RETAINED_DIR))?);
+        taken.extend(self.cache().values().filter_map(|v| v.placement.project_id));
+        (FIRST_PROJECT_ID..u32::MAX)
+            .find(|id| !taken.contains(id))
+            .ok_or_else(|| EngineError::Unsupported {
+                volume: volume.to_string(),
+                reason: "no project id is free".into(),
+            })
     }
 }
 

@@ -7,6 +7,7 @@ use super::pool::PoolConfig;
 use super::types::*;
 use super::*;
 use crate::host::Host;
+use crate::store::StoreError;
 
 impl<H: Host> VolumeService for Engine<H> {
     fn create(&self, caller: Caller, request: CreateRequest) -> Result<Volume, EngineError> {
