@@ -24,7 +24,9 @@
 //! where the daemon's state and pools live (default /var/tmp; every state change is an
 //! fsync'd commit, so the disk under it sets the pace), `BERTH_LOG` the daemon's log filter
 //! (default `warn,berth::daemon=info`: no line per operation, but the start-up line with its
-//! own ready time).
+//! own ready time), `BERTH_DAEMON_BIN` the berth binary to serve with (default: cargo's
+//! build, dynamically linked; the README's figures are of the static release binary every
+//! package ships, `packaging/build-release.sh`, whose RSS holds no shared libraries).
 //!
 //! # Where the time went (2 cores, ext4 on a virtual disk, shared with six other builds)
 //! Profiled with `strace -c -f` on the daemon over the same 250 lifecycles (100 at C=1, 100
@@ -145,6 +147,8 @@ mod csi_daemon;
 mod floor;
 #[path = "../tests/support/harness/mod.rs"]
 mod harness;
+#[path = "../tests/support/release.rs"]
+mod release;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -188,6 +192,16 @@ const FULL_LISTINGS: usize = 5;
 /// Long enough for the daemon's health sweep (every second here) to have covered every
 /// volume.
 const SWEPT: Duration = Duration::from_millis(2500);
+
+/// "static" or "dynamic": the packages ship a static binary (`packaging/build-release.sh`),
+/// whose RSS has no shared libraries' pages; cargo's own build is dynamic.
+fn linkage_of(binary: &Path) -> &'static str {
+    match std::fs::read(binary) {
+        Ok(elf) if release::has_interpreter(&elf) => "dynamic",
+        Ok(_) => "static",
+        Err(_) => "unreadable",
+    }
+}
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -611,11 +625,12 @@ async fn main() {
 
     // A health sweep every second (30 s by default): the full listings below then report
     // it, as on a node whose volumes were not all made in the last half minute.
+    let daemon_binary = harness::serve::daemon_binary();
     let mut daemon = Daemon::start_logging_with_admin("health_sweep_secs = 1\n", &log_level);
     let clients = daemon.clients().await;
     let base: PathBuf = daemon.path().to_path_buf();
     println!(
-        "berth CSI bench{}: state and pools in {} ({}), {} cores, daemon log level {}",
+        "berth CSI bench{}: state and pools in {} ({}), {} cores, daemon log level {}, daemon {} ({})",
         if quick {
             " (quick: figures only, no timing is asserted)"
         } else {
@@ -624,7 +639,9 @@ async fn main() {
         base.display(),
         fs_type_of(&base),
         std::thread::available_parallelism().map_or(1, |n| n.get()),
-        log_level
+        log_level,
+        daemon_binary.display(),
+        linkage_of(&daemon_binary),
     );
 
     // The cost of the transport alone: an RPC that does not reach the engine, and one that

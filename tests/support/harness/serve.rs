@@ -16,6 +16,18 @@ pub const READY_DEADLINE: Duration = Duration::from_secs(30);
 /// How long a daemon may take to exit after SIGTERM.
 pub const STOP_DEADLINE: Duration = Duration::from_secs(20);
 
+/// Names another berth binary to serve with than the one cargo built for the tests: the
+/// release binary the packages ship (`packaging/build-release.sh`), say, for a bench of
+/// what operators run.
+pub const DAEMON_BINARY_ENV: &str = "BERTH_DAEMON_BIN";
+
+/// The binary `berth serve` runs from: [`DAEMON_BINARY_ENV`], or cargo's build.
+pub fn daemon_binary() -> PathBuf {
+    std::env::var_os(DAEMON_BINARY_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_berth")))
+}
+
 /// How much of the daemon's log a failed test prints.
 const LOG_LINES_ON_FAILURE: usize = 200;
 
@@ -96,7 +108,7 @@ impl Serve {
     }
 
     fn command(&self) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
+        let mut cmd = Command::new(daemon_binary());
         cmd.args(&self.global_args)
             .arg("serve")
             .arg("--config")
