@@ -149,6 +149,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if matches!(cli.command, Command::Serve { .. }) {
         // Before the runtime starts its threads: see host::linux::memory.
+        if let Err(e) = berth::host::linux::restart_without_thread_cache() {
+            eprintln!(
+                "berth: starting again with glibc's per-thread malloc caches off failed ({e}); \
+                 running with them"
+            );
+        }
         berth::host::linux::limit_allocator_arenas();
     }
     // `volume import` keeps SIGPIPE ignored: a server that refuses an archive closes the

@@ -360,6 +360,41 @@ backend = "none"
     }
 }
 
+/// `GLIBC_TUNABLES` in the environment process `pid` started with.
+fn tunables_of(pid: u32) -> Option<String> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    environ
+        .split(|b| *b == 0)
+        .find_map(|var| var.strip_prefix(b"GLIBC_TUNABLES="))
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// `berth serve` turns glibc's per-thread malloc caches off by starting itself again in the
+/// same process with `GLIBC_TUNABLES` set (host::linux::memory); an operator's own
+/// `tcache_count` is left alone. (With several tunables, glibc's parser cuts the value in
+/// the process's environment block at each `:` as it reads it, so only one is checked
+/// here; the unit test of the value covers the rest.)
+#[test]
+fn serve_runs_with_the_thread_caches_off_unless_the_operator_sets_them() {
+    let (_keep, log) = log_file("berth-ops-malloc-");
+    let unset = ("GLIBC_TUNABLES", String::new());
+    let daemon = Daemon::start(&[], &[unset], &log);
+    assert_eq!(
+        tunables_of(daemon.served.pid()).as_deref(),
+        Some("glibc.malloc.tcache_count=0"),
+        "the process berth was started as runs with the caches off"
+    );
+    daemon.stop();
+
+    let operators = ("GLIBC_TUNABLES", "glibc.malloc.tcache_count=3".to_string());
+    let daemon = Daemon::start(&[], &[operators], &log);
+    assert_eq!(
+        tunables_of(daemon.served.pid()).as_deref(),
+        Some("glibc.malloc.tcache_count=3")
+    );
+    daemon.stop();
+}
+
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }

@@ -124,7 +124,7 @@ pub use group::{group_id, set_group};
 use grow::grow_image;
 use image::{create_image, mount_image};
 use loopdev::{attach_loop, detach_loop, loops_of, sys_loops};
-pub use memory::{limit_allocator_arenas, release_free_memory};
+pub use memory::{limit_allocator_arenas, release_free_memory, restart_without_thread_cache};
 use mount::{bind_mount, unmount};
 use walk::{remove_tree, tree_usage};
 
