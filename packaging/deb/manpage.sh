@@ -121,6 +121,14 @@ Log JSON lines instead of text (as
 .TP
 .B NOTIFY_SOCKET
 Set by systemd; berth sends READY=1 there once it serves.
+.TP
+.B GLIBC_TUNABLES
+Unless it already sets
+.BR glibc.malloc.tcache_count ,
+.B berth serve
+starts itself again (the same process) with
+.B glibc.malloc.tcache_count=0
+added: per-thread allocator caches hold memory no trim returns.
 .SH SIGNALS
 .B SIGTERM
 and
