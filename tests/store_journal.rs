@@ -52,9 +52,10 @@ fn stored(path: &Path) -> (BTreeMap<String, Value>, StoreStats) {
     (records, store.stats())
 }
 
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
 /// The schema version in the store file, read with redb directly (as an older berth would).
 fn schema_version(path: &Path) -> u64 {
-    const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
     let db = redb::Database::open(path).unwrap();
     let txn = db.begin_read().unwrap();
     let meta = txn.open_table(META).unwrap();
@@ -78,42 +79,59 @@ fn journal_victim() {
     }
 }
 
+/// Runs [`journal_victim`] on the store at `path`, kills it with SIGKILL once it has
+/// acknowledged operation `kill_after`, and returns how many operations it acknowledged.
+fn write_until_killed(path: &Path, kill_after: usize) -> usize {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "journal_victim",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_STORE_ENV, path)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut acked = None;
+    for line in lines.by_ref() {
+        if let Some(i) = line.unwrap().strip_prefix("acked ") {
+            acked = Some(i.parse::<usize>().unwrap());
+            if acked == Some(kill_after) {
+                break;
+            }
+        }
+    }
+    child.kill().unwrap();
+    // What the child printed before it died: its last acknowledged operation.
+    for line in lines {
+        if let Some(i) = line.unwrap().strip_prefix("acked ") {
+            acked = Some(i.parse::<usize>().unwrap());
+        }
+    }
+    child.wait().unwrap();
+    acked.expect("the child acknowledged nothing") + 1
+}
+
+/// Sets the schema version in the store file with redb directly.
+fn set_schema_version(path: &Path, version: u64) {
+    let db = redb::Database::open(path).unwrap();
+    let txn = db.begin_write().unwrap();
+    txn.open_table(META)
+        .unwrap()
+        .insert("schema_version", version)
+        .unwrap();
+    txn.commit().unwrap();
+}
+
 #[test]
 fn kill_9_keeps_every_acknowledged_write_across_checkpoints() {
     // About 350 records fill the journal: kill before the first checkpoint and after several.
     for kill_after in [40, 700, 2_100] {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("berth.redb");
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "journal_victim",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_STORE_ENV, &path)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut acked = None;
-        for line in lines.by_ref() {
-            if let Some(i) = line.unwrap().strip_prefix("acked ") {
-                acked = Some(i.parse::<usize>().unwrap());
-                if acked == Some(kill_after) {
-                    break;
-                }
-            }
-        }
-        child.kill().unwrap();
-        // What the child printed before it died: its last acknowledged operation.
-        for line in lines {
-            if let Some(i) = line.unwrap().strip_prefix("acked ") {
-                acked = Some(i.parse::<usize>().unwrap());
-            }
-        }
-        child.wait().unwrap();
-        let acked = acked.expect("the child acknowledged nothing") + 1;
+        let acked = write_until_killed(&path, kill_after);
         assert!(
             std::fs::metadata(journal_path(&path)).is_ok(),
             "the journal is beside the store"
@@ -146,4 +164,22 @@ fn kill_9_keeps_every_acknowledged_write_across_checkpoints() {
         // nothing.
         assert_eq!(stored(&path), (found, StoreStats::default()));
     }
+}
+
+/// A store a newer berth left after a crash is refused before its journal is replayed: the
+/// frames are still there for that berth.
+#[test]
+fn a_newer_store_is_refused_before_its_journal_is_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("berth.redb");
+    write_until_killed(&path, 40);
+    set_schema_version(&path, SCHEMA_VERSION_OPEN + 1);
+    let refused = Store::open(&path).err().expect("a newer store opened");
+    assert!(refused.to_string().contains("upgrade berth"), "{refused}");
+    set_schema_version(&path, SCHEMA_VERSION_OPEN);
+    let (_, replaying) = stored(&path);
+    assert_eq!(
+        replaying.checkpoints, 1,
+        "the refused open replayed the journal"
+    );
 }

@@ -121,6 +121,10 @@ pub struct Store {
     db: Database,
     path: PathBuf,
     commits: GroupCommit,
+    /// Set once [`Store::open`] has replayed the journal and checked the schema: only then
+    /// does closing checkpoint. A store refused at open (a newer berth's, a frame it cannot
+    /// read) leaves its journal as it found it.
+    opened: bool,
 }
 
 /// redb's page cache. Records are read once at start (the engine keeps them in memory) and
@@ -157,13 +161,16 @@ impl Store {
             source,
         };
         let (journal, frames) = Journal::open(&journal_path).map_err(journal_err)?;
-        let store = Self {
+        let mut store = Self {
             db,
             path: path.to_path_buf(),
             commits: GroupCommit::new(journal).map_err(journal_err)?,
+            opened: false,
         };
+        store.refuse_newer()?;
         store.replay(frames)?;
         store.check_schema(rewrote)?;
+        store.opened = true;
         Ok(store)
     }
 
@@ -244,21 +251,38 @@ impl Store {
         txn.commit().map_err(txn_err)
     }
 
-    /// Whether the store is at [`SCHEMA_VERSION`], marked open, with every table in place.
-    fn is_current(&self) -> Result<bool, StoreError> {
+    /// The schema version the store file says (`None`: a new store).
+    fn stored_version(&self) -> Result<Option<u64>, StoreError> {
         let txn = self.db.begin_read().map_err(txn_err)?;
         let meta = match txn.open_table(META) {
             Ok(meta) => meta,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
             Err(e) => return Err(txn_err(e)),
         };
-        let version = meta
+        Ok(meta
             .get("schema_version")
             .map_err(txn_err)?
-            .map(|v| v.value());
-        if version != Some(SCHEMA_VERSION_OPEN) {
+            .map(|v| v.value()))
+    }
+
+    /// Refuses a store that a newer berth wrote before anything here (a replay of its
+    /// journal) changes it.
+    fn refuse_newer(&self) -> Result<(), StoreError> {
+        match self.stored_version()? {
+            None | Some(1 | SCHEMA_VERSION | SCHEMA_VERSION_OPEN) => Ok(()),
+            Some(found) => Err(StoreError::Schema {
+                path: self.path.clone(),
+                found,
+            }),
+        }
+    }
+
+    /// Whether the store is at [`SCHEMA_VERSION`], marked open, with every table in place.
+    fn is_current(&self) -> Result<bool, StoreError> {
+        if self.stored_version()? != Some(SCHEMA_VERSION_OPEN) {
             return Ok(false);
         }
+        let txn = self.db.begin_read().map_err(txn_err)?;
         for table in [VOLUMES, SNAPSHOTS] {
             match txn.open_table(table) {
                 Ok(_) => {}
@@ -413,8 +437,8 @@ impl Store {
         self.commits.stats()
     }
 
-    /// Writes [`SCHEMA_VERSION`] over [`SCHEMA_VERSION_OPEN`] once every write is in the
-    /// store file (a store migrated or made by this open).
+    /// Writes [`SCHEMA_VERSION`] over [`SCHEMA_VERSION_OPEN`]: at a clean close, once every
+    /// write is in the store file.
     fn mark_closed(&self) -> Result<(), StoreError> {
         let mut txn = self.db.begin_write().map_err(txn_err)?;
         txn.set_durability(Durability::Immediate).map_err(txn_err)?;
@@ -438,6 +462,9 @@ impl Drop for Store {
     /// A store closed cleanly leaves its journal empty, so the next open replays nothing, and
     /// says [`SCHEMA_VERSION`] again.
     fn drop(&mut self) {
+        if !self.opened {
+            return;
+        }
         if let Err(e) = self.commits.checkpoint(&self.db) {
             tracing::warn!(store = %self.path.display(), error = %e, "checkpoint at close failed; the next start replays the journal");
             return;

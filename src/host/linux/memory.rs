@@ -77,8 +77,9 @@ fn tunables_without_thread_cache(current: Option<&str>) -> Option<String> {
 /// is started or any file opened.
 pub fn restart_without_thread_cache() -> io::Result<()> {
     use std::os::unix::process::CommandExt;
-    #[cfg(not(target_env = "gnu"))]
-    return Ok(());
+    if !cfg!(target_env = "gnu") {
+        return Ok(());
+    }
     let current = std::env::var_os(TUNABLES);
     let current = current.as_ref().map(|v| v.to_string_lossy());
     let Some(tunables) = tunables_without_thread_cache(current.as_deref()) else {
